@@ -1,0 +1,110 @@
+//! The access log: one line per request, written when the response body has been sent (or
+//! abandoned), so it can state the bytes actually sent and whether the body completed.
+
+use crate::body::ResponseBody;
+use crate::idle::RequestGuard;
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// What the access line says about one request.
+pub struct AccessRecord {
+    pub started: Instant,
+    pub method: Method,
+    pub path: String,
+    pub route: Option<String>,
+    pub upstream: Option<String>,
+    pub status: StatusCode,
+    pub upstream_status: Option<StatusCode>,
+    pub request_id: HeaderValue,
+}
+
+/// A response body that counts the bytes sent and writes the access line when it is dropped.
+pub struct LoggedBody {
+    inner: ResponseBody,
+    record: Option<Box<AccessRecord>>,
+    bytes: u64,
+    complete: bool,
+    _guard: Option<RequestGuard>,
+}
+
+impl LoggedBody {
+    pub fn new(inner: ResponseBody, record: Option<AccessRecord>) -> Self {
+        let complete = inner.is_end_stream();
+        LoggedBody {
+            inner,
+            record: record.map(Box::new),
+            bytes: 0,
+            complete,
+            _guard: None,
+        }
+    }
+
+    /// Keeps the connection counted as busy until this body is finished.
+    pub fn with_guard(mut self, guard: RequestGuard) -> Self {
+        self._guard = Some(guard);
+        self
+    }
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.complete = true,
+            Poll::Ready(Some(Err(err))) => {
+                if let Some(record) = &this.record {
+                    tracing::warn!(request_id = ?record.request_id, error = %err, "upstream response body failed; aborting the client response");
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        let Some(record) = self.record.take() else {
+            return;
+        };
+        let complete = self.complete || self.inner.is_end_stream();
+        tracing::info!(
+            target: "restatus::access",
+            method = %record.method,
+            path = %record.path,
+            route = record.route.as_deref().unwrap_or("-"),
+            upstream = record.upstream.as_deref().unwrap_or("-"),
+            status = record.status.as_u16(),
+            upstream_status = record.upstream_status.map_or(0, |s| s.as_u16()),
+            duration_ms = record.started.elapsed().as_secs_f64() * 1000.0,
+            request_id = record.request_id.to_str().unwrap_or("-"),
+            bytes = self.bytes,
+            complete,
+            "access"
+        );
+    }
+}

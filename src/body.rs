@@ -1,0 +1,277 @@
+//! Body types on both legs: what goes to the client and what goes upstream, without boxing,
+//! plus bounded buffering that falls back to streaming when a body is larger than the bound.
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+/// The body of a response sent to the client.
+pub enum ResponseBody {
+    Empty,
+    Full(Option<Bytes>),
+    /// The upstream's body, streamed untouched.
+    Upstream(Incoming),
+    /// Bytes already read from the upstream, then the rest of its body.
+    Prefixed {
+        prefix: Option<Bytes>,
+        rest: Incoming,
+    },
+    /// A fully read upstream body that kept its trailers.
+    Buffered {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
+}
+
+impl ResponseBody {
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        ResponseBody::Full(Some(bytes.into()))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ResponseBody::Empty => Poll::Ready(None),
+            ResponseBody::Full(data) => Poll::Ready(data.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+            ResponseBody::Prefixed { prefix, rest } => match prefix.take() {
+                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
+            ResponseBody::Buffered { data, trailers } => match data.take() {
+                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Empty => true,
+            ResponseBody::Full(data) => data.is_none(),
+            ResponseBody::Upstream(body) => body.is_end_stream(),
+            ResponseBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            ResponseBody::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Empty => SizeHint::with_exact(0),
+            ResponseBody::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseBody::Upstream(body) => body.size_hint(),
+            ResponseBody::Prefixed { prefix, rest } => {
+                let extra = prefix.as_ref().map_or(0, |b| b.len() as u64);
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
+            ResponseBody::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+/// What bounded buffering read from a body.
+pub enum Buffered {
+    /// The whole body fit within the bound.
+    Complete {
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+    },
+    /// The body is larger than the bound: `prefix` was read, `rest` still streams.
+    TooLarge { prefix: Bytes, rest: Incoming },
+}
+
+/// Reads `body` while it stays within `limit` bytes. Unlike `Limited` + `collect`, nothing read
+/// so far is lost when the limit is crossed: the caller can stream prefix and rest onwards.
+pub async fn buffer_bounded(mut body: Incoming, limit: usize) -> Result<Buffered, hyper::Error> {
+    if body.size_hint().lower() > limit as u64 {
+        return Ok(Buffered::TooLarge {
+            prefix: Bytes::new(),
+            rest: body,
+        });
+    }
+    let mut data = BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(chunk) => {
+                data.extend_from_slice(&chunk);
+                if data.len() > limit {
+                    return Ok(Buffered::TooLarge {
+                        prefix: data.freeze(),
+                        rest: body,
+                    });
+                }
+            }
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok(Buffered::Complete {
+        data: data.freeze(),
+        trailers,
+    })
+}
+
+/// The request body read so far was larger than `limits.request_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+/// The error type of bodies sent upstream.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where the bytes of an upstream request body come from.
+pub enum Source {
+    Empty,
+    Full(Option<Bytes>),
+    /// The client's body, counted against `limit` as it streams.
+    Client { body: Incoming, seen: u64, limit: u64 },
+}
+
+/// A request body sent upstream. It can be reclaimed (see [`Reclaim`]) as long as the upstream
+/// client has not started reading it, so that a refused connect can be retried elsewhere.
+pub struct ForwardBody {
+    source: Option<Source>,
+    slot: Option<Arc<Mutex<Option<Source>>>>,
+    hint: SizeHint,
+    end: bool,
+}
+
+/// The handle that gets a body back from a [`ForwardBody`] that was never polled.
+pub struct Reclaim {
+    slot: Arc<Mutex<Option<Source>>>,
+}
+
+impl Reclaim {
+    /// The body, if the upstream client never started sending it.
+    pub fn take(self) -> Option<Source> {
+        self.slot.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+impl Source {
+    fn hint(&self) -> SizeHint {
+        match self {
+            Source::Empty => SizeHint::with_exact(0),
+            Source::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |b| b.len() as u64)),
+            Source::Client { body, .. } => body.size_hint(),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Empty => true,
+            Source::Full(data) => data.is_none(),
+            Source::Client { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            Source::Empty => Poll::Ready(None),
+            Source::Full(data) => Poll::Ready(data.take().map(|b| Ok(Frame::data(b)))),
+            Source::Client { body, seen, limit } => {
+                let frame = match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(err.into()))),
+                    Poll::Ready(Some(Ok(frame))) => frame,
+                };
+                if let Some(data) = frame.data_ref() {
+                    *seen += data.len() as u64;
+                    if *seen > *limit {
+                        let err = BodyTooLarge { limit: *limit };
+                        return Poll::Ready(Some(Err(err.into())));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+}
+
+impl ForwardBody {
+    pub fn new(source: Source) -> Self {
+        ForwardBody {
+            hint: source.hint(),
+            end: source.is_end_stream(),
+            source: Some(source),
+            slot: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        ForwardBody::new(Source::Empty)
+    }
+
+    /// A body whose source stays reclaimable until its first poll.
+    pub fn reclaimable(source: Source) -> (Self, Reclaim) {
+        let hint = source.hint();
+        let end = source.is_end_stream();
+        let slot = Arc::new(Mutex::new(Some(source)));
+        let body = ForwardBody {
+            source: None,
+            slot: Some(slot.clone()),
+            hint,
+            end,
+        };
+        (body, Reclaim { slot })
+    }
+}
+
+impl Body for ForwardBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.source.is_none() {
+            if let Some(slot) = this.slot.take() {
+                this.source = slot.lock().ok().and_then(|mut s| s.take());
+            }
+        }
+        match this.source.as_mut() {
+            Some(source) => source.poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.source {
+            Some(source) => source.is_end_stream(),
+            None => self.end,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Some(source) => source.hint(),
+            None => self.hint.clone(),
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Configuration: the TOML file is parsed into a raw mirror, then compiled once into this
+//! validated runtime form. Nothing on the request path parses strings from the config again.
+
+mod error;
+mod raw;
+mod units;
+
+pub use error::{ConfigError, Locator};
+pub use raw::{HostMode, LogFormat};
+pub use units::{parse_duration, parse_size};
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Uri};
+use raw::{RawConfig, RawRoute, RawUpstream};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use toml::Spanned;
+
+/// The config path used when none is given on the command line.
+pub const DEFAULT_PATH: &str = "config/restatus.toml";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub server: Server,
+    pub log: Log,
+    pub limits: Limits,
+    pub upstreams: Vec<Arc<UpstreamConfig>>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: Vec<SocketAddr>,
+    pub workers: Option<usize>,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub format: LogFormat,
+    pub level: String,
+    pub access: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub request_body: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub targets: Vec<Target>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub host: HostMode,
+}
+
+/// One upstream address, pre-split so the request path only copies parts.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// The value sent as `Host` when the upstream uses `host = "target"`.
+    pub host_header: HeaderValue,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    /// Lower-cased host without port; `None` matches any host.
+    pub host: Option<String>,
+    /// Starts with `/`; a trailing `/` is removed except for the root prefix.
+    pub path_prefix: String,
+    pub strip_prefix: bool,
+}
+
+impl Config {
+    /// Reads and compiles the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read config file: {err}"),
+        })?;
+        Config::parse(path, &source)
+    }
+
+    /// Compiles `source`, naming `path` in errors.
+    pub fn parse(path: &Path, source: &str) -> Result<Config, ConfigError> {
+        let locator = Locator { file: path, source };
+        let raw: RawConfig = toml::from_str(source).map_err(|err| locator.from_toml(&err))?;
+        compile(raw, &locator)
+    }
+
+    pub fn upstream(&self, route: &RouteConfig) -> &UpstreamConfig {
+        &self.upstreams[route.upstream]
+    }
+}
+
+fn compile(raw: RawConfig, at: &Locator) -> Result<Config, ConfigError> {
+    let server = compile_server(raw.server, at)?;
+    let log = compile_log(raw.log, at)?;
+    let limits = Limits {
+        request_body: raw.limits.request_body.map_or(16 << 20, |s| s.0),
+    };
+    let upstreams = compile_upstreams(raw.upstreams, at)?;
+    let routes = compile_routes(raw.routes, &upstreams, at)?;
+    Ok(Config {
+        file: at.file.to_path_buf(),
+        server,
+        log,
+        limits,
+        upstreams,
+        routes,
+    })
+}
+
+fn compile_server(raw: raw::RawServer, at: &Locator) -> Result<Server, ConfigError> {
+    let listen = match raw.listen {
+        None => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+        Some(list) => parse_listen(&list, at)?,
+    };
+    if let Some(workers) = &raw.workers {
+        if *workers.get_ref() == 0 {
+            return Err(at.at(workers.span(), "workers must be at least 1"));
+        }
+    }
+    let max_header_bytes = match raw.max_header_bytes {
+        None => 32 << 10,
+        Some(size) => {
+            let bytes = size.get_ref().0;
+            if !(1024..=1 << 20).contains(&bytes) {
+                return Err(at.at(size.span(), "max_header_bytes must be between 1KiB and 1MiB"));
+            }
+            bytes as usize
+        }
+    };
+    Ok(Server {
+        listen,
+        workers: raw.workers.map(|w| w.into_inner()),
+        header_timeout: raw.header_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        idle_timeout: raw.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+        max_header_bytes,
+    })
+}
+
+fn parse_listen(
+    list: &Spanned<raw::OneOrMany<String>>,
+    at: &Locator,
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    let addrs = list.get_ref().0.iter().map(|text| {
+        text.parse::<SocketAddr>().map_err(|_| {
+            at.at(
+                list.span(),
+                format!("`{text}` is not an address with a port, like \"127.0.0.1:8080\" or \"[::1]:8080\""),
+            )
+        })
+    });
+    let addrs = addrs.collect::<Result<Vec<_>, _>>()?;
+    if addrs.is_empty() {
+        return Err(at.at(list.span(), "listen needs at least one address"));
+    }
+    Ok(addrs)
+}
+
+fn compile_log(raw: raw::RawLog, at: &Locator) -> Result<Log, ConfigError> {
+    let level = match raw.level {
+        None => "info".to_string(),
+        Some(level) => {
+            let text = level.get_ref().trim().to_ascii_lowercase();
+            if tracing_subscriber::EnvFilter::try_new(&text).is_err() {
+                return Err(at.at(
+                    level.span(),
+                    format!("`{text}` is not a log level or filter (use error, warn, info, debug or trace)"),
+                ));
+            }
+            text
+        }
+    };
+    Ok(Log {
+        format: raw.format.unwrap_or(LogFormat::Text),
+        level,
+        access: raw.access.unwrap_or(true),
+    })
+}
+
+fn compile_upstreams(
+    raws: Vec<RawUpstream>,
+    at: &Locator,
+) -> Result<Vec<Arc<UpstreamConfig>>, ConfigError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(raws.len());
+    for raw in raws {
+        check_name(&raw.name, "upstream", &mut seen, at)?;
+        if raw.targets.get_ref().is_empty() {
+            return Err(at.at(raw.targets.span(), "an upstream needs at least one target"));
+        }
+        let targets = raw
+            .targets
+            .get_ref()
+            .iter()
+            .map(|t| parse_target(t, at))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push(Arc::new(UpstreamConfig {
+            name: raw.name.into_inner(),
+            targets,
+            connect_timeout: raw.connect_timeout.map_or(Duration::from_secs(2), |d| d.0),
+            response_timeout: raw.response_timeout.map_or(Duration::from_secs(30), |d| d.0),
+            host: raw.host.unwrap_or_default(),
+        }));
+    }
+    Ok(out)
+}
+
+fn check_name(
+    name: &Spanned<String>,
+    kind: &str,
+    seen: &mut HashSet<String>,
+    at: &Locator,
+) -> Result<(), ConfigError> {
+    let text = name.get_ref();
+    let valid = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        return Err(at.at(
+            name.span(),
+            format!("{kind} name `{text}` must be non-empty and use only letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    if !seen.insert(text.clone()) {
+        return Err(at.at(name.span(), format!("duplicate {kind} name `{text}`")));
+    }
+    Ok(())
+}
+
+fn parse_target(text: &Spanned<String>, at: &Locator) -> Result<Target, ConfigError> {
+    let bad = |why: &str| {
+        at.at(
+            text.span(),
+            format!("target `{}` {why} (write it like \"http://10.0.0.5:8081\")", text.get_ref()),
+        )
+    };
+    let uri: Uri = text.get_ref().parse().map_err(|_| bad("is not a URL"))?;
+    let scheme = uri.scheme().cloned().ok_or_else(|| bad("has no scheme"))?;
+    if scheme != Scheme::HTTP {
+        return Err(bad("must use http://"));
+    }
+    let authority = uri.authority().cloned().ok_or_else(|| bad("has no host"))?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("must not have a path or query"));
+    }
+    let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("has a bad host"))?;
+    Ok(Target {
+        scheme,
+        authority,
+        host_header,
+    })
+}
+
+fn compile_routes(
+    raws: Vec<RawRoute>,
+    upstreams: &[Arc<UpstreamConfig>],
+    at: &Locator,
+) -> Result<Vec<RouteConfig>, ConfigError> {
+    if raws.is_empty() {
+        return Err(at.whole_file("no routes: add at least one [[routes]] table"));
+    }
+    let mut names = HashSet::new();
+    let mut places = HashSet::new();
+    let mut out = Vec::with_capacity(raws.len());
+    for raw in raws {
+        check_name(&raw.name, "route", &mut names, at)?;
+        let upstream = upstreams
+            .iter()
+            .position(|u| u.name == *raw.upstream.get_ref())
+            .ok_or_else(|| {
+                at.at(
+                    raw.upstream.span(),
+                    format!("unknown upstream `{}`", raw.upstream.get_ref()),
+                )
+            })?;
+        let host = raw.host.as_ref().map(|h| parse_route_host(h, at)).transpose()?;
+        let path_prefix = match &raw.path_prefix {
+            None => "/".to_string(),
+            Some(prefix) => parse_prefix(prefix, at)?,
+        };
+        if !places.insert((host.clone(), path_prefix.clone())) {
+            let span = raw.path_prefix.as_ref().map_or(raw.name.span(), |p| p.span());
+            return Err(at.at(
+                span,
+                format!(
+                    "route `{}` has the same host and path_prefix as an earlier route",
+                    raw.name.get_ref()
+                ),
+            ));
+        }
+        out.push(RouteConfig {
+            name: raw.name.into_inner(),
+            upstream,
+            host,
+            path_prefix,
+            strip_prefix: raw.strip_prefix,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_route_host(host: &Spanned<String>, at: &Locator) -> Result<String, ConfigError> {
+    let text = host.get_ref().trim().to_ascii_lowercase();
+    let valid = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '[' | ']' | ':'));
+    if !valid {
+        return Err(at.at(host.span(), format!("`{text}` is not a host name")));
+    }
+    Ok(text)
+}
+
+fn parse_prefix(prefix: &Spanned<String>, at: &Locator) -> Result<String, ConfigError> {
+    let text = prefix.get_ref();
+    if !text.starts_with('/') || text.contains(['?', '#', ' ']) {
+        return Err(at.at(
+            prefix.span(),
+            format!("path_prefix `{text}` must start with '/' and hold no query, fragment or space"),
+        ));
+    }
+    if text.split('/').any(|seg| seg == ".." || seg == ".") {
+        return Err(at.at(prefix.span(), "path_prefix must not contain `.` or `..` segments"));
+    }
+    let trimmed = text.trim_end_matches('/');
+    Ok(if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() })
+}
+
+/// A short human summary of a compiled config, as printed by `restatus check`.
+pub fn summary(config: &Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let listen: Vec<String> = config.server.listen.iter().map(|a| a.to_string()).collect();
+    let _ = writeln!(out, "listeners: {}", listen.join(", "));
+    let _ = writeln!(out, "upstreams:");
+    for upstream in &config.upstreams {
+        let targets: Vec<String> = upstream
+            .targets
+            .iter()
+            .map(|t| format!("{}://{}", t.scheme, t.authority))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {}: {} (connect {:?}, response {:?})",
+            upstream.name,
+            targets.join(", "),
+            upstream.connect_timeout,
+            upstream.response_timeout
+        );
+    }
+    let _ = writeln!(out, "routes:");
+    for route in &config.routes {
+        let _ = writeln!(
+            out,
+            "  {}: host {} prefix {}{} -> {}",
+            route.name,
+            route.host.as_deref().unwrap_or("*"),
+            route.path_prefix,
+            if route.strip_prefix { " (stripped)" } else { "" },
+            config.upstream(route).name
+        );
+    }
+    out
+}

@@ -1,0 +1,128 @@
+//! The serde mirror of the TOML file: every table and key a user may write, nothing more.
+
+use super::units::{ByteSize, HumanDuration};
+use serde::de::{Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::marker::PhantomData;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Spanned<OneOrMany<String>>>,
+    pub workers: Option<Spanned<usize>>,
+    pub header_timeout: Option<HumanDuration>,
+    pub idle_timeout: Option<HumanDuration>,
+    pub shutdown_grace: Option<HumanDuration>,
+    pub max_header_bytes: Option<Spanned<ByteSize>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<LogFormat>,
+    pub level: Option<Spanned<String>>,
+    pub access: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub request_body: Option<ByteSize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: Spanned<String>,
+    pub targets: Spanned<Vec<Spanned<String>>>,
+    pub connect_timeout: Option<HumanDuration>,
+    pub response_timeout: Option<HumanDuration>,
+    pub host: Option<HostMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostMode {
+    /// Forward the client's Host header unchanged.
+    #[default]
+    Preserve,
+    /// Send the target's authority as Host.
+    Target,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Spanned<String>,
+    pub upstream: Spanned<String>,
+    pub host: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub strip_prefix: bool,
+}
+
+/// A value that may be written either alone or as a list: `listen = "a"` or `listen = ["a", "b"]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneOrMany<T>(pub Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(OneOrManyVisitor(PhantomData))
+    }
+}
+
+struct OneOrManyVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for OneOrManyVisitor<T> {
+    type Value = OneOrMany<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("one value or a list of values")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(OneOrMany(items))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        let one = T::deserialize(serde::de::value::StrDeserializer::<E>::new(v))?;
+        Ok(OneOrMany(vec![one]))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        let one = T::deserialize(serde::de::value::I64Deserializer::<E>::new(v))?;
+        Ok(OneOrMany(vec![one]))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        let one = T::deserialize(serde::de::value::U64Deserializer::<E>::new(v))?;
+        Ok(OneOrMany(vec![one]))
+    }
+}

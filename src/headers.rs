@@ -1,0 +1,221 @@
+//! Header work on forwarded messages, as pure functions over `HeaderMap`.
+
+use http::header::{HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE, VIA};
+use http::{HeaderMap, Version};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Marks a response the proxy made itself rather than relayed from the upstream.
+pub static X_RESTATUS_SOURCE: HeaderName = HeaderName::from_static("x-restatus-source");
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
+static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
+
+/// Removes the hop-by-hop fields of RFC 9110 §7.6.1: every field named by any value of any
+/// `Connection` header, then the fields that are hop-by-hop by definition.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+        &PROXY_AUTHORIZATION,
+        &PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client's address to `X-Forwarded-For`, keeping what earlier proxies wrote.
+pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+    let mut value = String::new();
+    for existing in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(text) = existing.to_str() {
+            if !text.trim().is_empty() {
+                value.push_str(text.trim());
+                value.push_str(", ");
+            }
+        }
+    }
+    value.push_str(&client.to_string());
+    if let Ok(value) = HeaderValue::try_from(value) {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+}
+
+/// Sets `X-Forwarded-Proto` and `X-Forwarded-Host` to what this proxy saw.
+pub fn set_forwarded_origin(headers: &mut HeaderMap, https: bool, host: Option<&HeaderValue>) {
+    let proto = if https { "https" } else { "http" };
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    match host {
+        Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+}
+
+/// Appends this hop to `Via` (RFC 9110 §7.6.3), naming the protocol version received.
+pub fn append_via(headers: &mut HeaderMap, received: Version) {
+    let hop = match received {
+        Version::HTTP_09 => "0.9 restatus",
+        Version::HTTP_10 => "1.0 restatus",
+        Version::HTTP_2 => "2 restatus",
+        Version::HTTP_3 => "3 restatus",
+        _ => "1.1 restatus",
+    };
+    let existing: Vec<&str> = headers
+        .get_all(VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if existing.is_empty() {
+        headers.insert(VIA, HeaderValue::from_static(hop));
+        return;
+    }
+    let joined = format!("{}, {hop}", existing.join(", "));
+    if let Ok(value) = HeaderValue::try_from(joined) {
+        headers.insert(VIA, value);
+    }
+}
+
+/// The client's request id if it sent a usable one, else a new one.
+pub fn request_id(headers: &HeaderMap, ids: &RequestIds) -> HeaderValue {
+    match headers.get(&X_REQUEST_ID) {
+        Some(value) if is_usable_id(value) => value.clone(),
+        _ => ids.next(),
+    }
+}
+
+fn is_usable_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// Makes request ids unique within the process and, through a random prefix, across replicas.
+pub struct RequestIds {
+    prefix: u32,
+    counter: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RequestIds {
+    pub fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        RequestIds {
+            prefix: hasher.finish() as u32,
+            counter: AtomicU64::new(1),
+        }
+    }
+
+    pub fn next(&self) -> HeaderValue {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let text = format!("{:08x}{:012x}", self.prefix, n);
+        HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_stripped() {
+        let cases: &[(&[(&str, &str)], &[&str], &[&str])] = &[
+            (
+                &[("connection", "x-a, x-b"), ("connection", "X-C"), ("x-a", "1"), ("x-b", "2"), ("x-c", "3"), ("x-d", "4")],
+                &["x-d"],
+                &["connection", "x-a", "x-b", "x-c"],
+            ),
+            (
+                &[("keep-alive", "5"), ("te", "trailers"), ("upgrade", "h2c"), ("proxy-connection", "x"), ("proxy-authorization", "Basic x"), ("transfer-encoding", "chunked"), ("accept", "*/*")],
+                &["accept"],
+                &["keep-alive", "te", "upgrade", "proxy-connection", "proxy-authorization", "transfer-encoding"],
+            ),
+            (&[("connection", "close, , bad name")], &[], &["connection"]),
+        ];
+        for (input, kept, gone) in cases {
+            let mut headers = map(input);
+            strip_hop_by_hop(&mut headers);
+            for name in *kept {
+                assert!(headers.contains_key(*name), "{name} should stay in {input:?}");
+            }
+            for name in *gone {
+                assert!(!headers.contains_key(*name), "{name} should go from {input:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let cases = [
+            (vec![], "10.1.2.3"),
+            (vec!["1.1.1.1"], "1.1.1.1, 10.1.2.3"),
+            (vec!["1.1.1.1, 2.2.2.2", "3.3.3.3"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3"),
+        ];
+        for (existing, want) in cases {
+            let pairs: Vec<(&str, &str)> = existing.iter().map(|v| ("x-forwarded-for", *v)).collect();
+            let mut headers = map(&pairs);
+            append_forwarded_for(&mut headers, ip);
+            assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
+            assert_eq!(headers["x-forwarded-for"], want);
+        }
+    }
+
+    #[test]
+    fn via_names_the_received_version() {
+        let mut headers = HeaderMap::new();
+        append_via(&mut headers, Version::HTTP_2);
+        assert_eq!(headers["via"], "2 restatus");
+        append_via(&mut headers, Version::HTTP_11);
+        assert_eq!(headers["via"], "2 restatus, 1.1 restatus");
+    }
+
+    #[test]
+    fn request_ids_are_kept_or_made() {
+        let ids = RequestIds::new();
+        let kept = request_id(&map(&[("x-request-id", "abc-1")]), &ids);
+        assert_eq!(kept, "abc-1");
+        let made = request_id(&map(&[("x-request-id", "")]), &ids);
+        let other = request_id(&HeaderMap::new(), &ids);
+        assert_eq!(made.len(), 20);
+        assert_ne!(made, other);
+    }
+}

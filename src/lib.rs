@@ -1,0 +1,17 @@
+//! restatus: a reverse proxy that puts legacy REST services' status codes right and records
+//! every deviation from the documented contract.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+pub mod access;
+pub mod body;
+pub mod config;
+pub mod headers;
+pub mod idle;
+pub mod logging;
+pub mod proxy;
+pub mod respond;
+pub mod route;
+pub mod server;
+pub mod upstream;
+pub mod signals;

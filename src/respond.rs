@@ -1,0 +1,143 @@
+//! Every response the proxy makes itself: one enum, each case mapped to a status and a reason.
+
+use crate::body::ResponseBody;
+use crate::headers::{X_REQUEST_ID, X_RESTATUS_SOURCE};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Response, StatusCode};
+
+/// Why the proxy answered instead of the upstream, and who caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No route matches the request's host and path.
+    NoRoute,
+    /// The declared or streamed request body is larger than `limits.request_body`.
+    BodyTooLarge { limit: u64 },
+    /// The request is malformed in a way the proxy refuses to forward.
+    BadRequest(&'static str),
+    /// Every target refused the connection or could not be reached.
+    UpstreamConnect,
+    /// The connection to the upstream was not made within `connect_timeout`.
+    UpstreamConnectTimeout,
+    /// The upstream did not send a response head within `response_timeout`.
+    UpstreamTimeout,
+    /// The upstream closed or reset the connection before its response head.
+    UpstreamReset,
+    /// The upstream sent something that is not a valid HTTP response.
+    UpstreamInvalid,
+}
+
+/// Which side a failure came from, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Culprit {
+    Client,
+    Upstream,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UpstreamConnect
+            | ProxyError::UpstreamReset
+            | ProxyError::UpstreamInvalid => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    pub fn culprit(&self) -> Culprit {
+        match self {
+            ProxyError::NoRoute | ProxyError::BodyTooLarge { .. } | ProxyError::BadRequest(_) => {
+                Culprit::Client
+            }
+            _ => Culprit::Upstream,
+        }
+    }
+
+    /// A short machine-friendly kind, used in logs and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::UpstreamConnect => "connect",
+            ProxyError::UpstreamConnectTimeout => "connect_timeout",
+            ProxyError::UpstreamTimeout => "timeout",
+            ProxyError::UpstreamReset => "reset",
+            ProxyError::UpstreamInvalid => "invalid_response",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ProxyError::NoRoute => "no route matches this host and path".into(),
+            ProxyError::BodyTooLarge { limit } => {
+                format!("request body is larger than the limit of {limit} bytes")
+            }
+            ProxyError::BadRequest(why) => (*why).into(),
+            ProxyError::UpstreamConnect => "upstream refused the connection or is unreachable".into(),
+            ProxyError::UpstreamConnectTimeout => "upstream connection timed out".into(),
+            ProxyError::UpstreamTimeout => "upstream did not answer in time".into(),
+            ProxyError::UpstreamReset => "upstream closed the connection before answering".into(),
+            ProxyError::UpstreamInvalid => "upstream sent an invalid response".into(),
+        }
+    }
+
+    pub fn response(&self, request_id: &HeaderValue) -> Response<ResponseBody> {
+        proxy_response(self.status(), &self.message(), request_id)
+    }
+}
+
+/// A JSON response `{"error": "...", "request_id": "..."}` tagged as the proxy's own.
+pub fn proxy_response(
+    status: StatusCode,
+    message: &str,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "error": message,
+        "request_id": request_id.to_str().unwrap_or(""),
+    })
+    .to_string();
+    let mut response = Response::new(ResponseBody::full(body.clone()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert(&X_RESTATUS_SOURCE, HeaderValue::from_static("proxy"));
+    headers.insert(&X_REQUEST_ID, request_id.clone());
+    response
+}
+
+/// Marks a response as the last on its connection (used when a request body was left unread).
+pub fn close_connection<B>(response: &mut Response<B>) {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_failure() {
+        let cases = [
+            (ProxyError::NoRoute, 404),
+            (ProxyError::BodyTooLarge { limit: 1 }, 413),
+            (ProxyError::UpstreamConnect, 502),
+            (ProxyError::UpstreamReset, 502),
+            (ProxyError::UpstreamInvalid, 502),
+            (ProxyError::UpstreamTimeout, 504),
+            (ProxyError::UpstreamConnectTimeout, 504),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.status().as_u16(), code, "{err:?}");
+            let response = err.response(&HeaderValue::from_static("id-1"));
+            assert_eq!(response.headers()["x-restatus-source"], "proxy");
+        }
+    }
+}

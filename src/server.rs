@@ -1,0 +1,184 @@
+//! Listeners, per-connection settings and timeouts, and graceful shutdown.
+
+use crate::config::Config;
+use crate::idle::{ActivityIo, Watchdog};
+use crate::proxy::{self, Connection, Proxy};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Connection settings taken from `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnSettings {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub max_header_bytes: usize,
+}
+
+impl ConnSettings {
+    pub fn from_config(config: &Config) -> Self {
+        ConnSettings {
+            header_timeout: config.server.header_timeout,
+            idle_timeout: config.server.idle_timeout,
+            shutdown_grace: config.server.shutdown_grace,
+            max_header_bytes: config.server.max_header_bytes,
+        }
+    }
+}
+
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    proxy: Arc<Proxy>,
+    settings: ConnSettings,
+}
+
+impl Server {
+    /// Binds every `server.listen` address; fails if any cannot be bound.
+    pub async fn bind(config: &Config) -> std::io::Result<Server> {
+        let mut listeners = Vec::with_capacity(config.server.listen.len());
+        for addr in &config.server.listen {
+            let listener = TcpListener::bind(addr).await.map_err(|err| {
+                std::io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}"))
+            })?;
+            listeners.push(listener);
+        }
+        Ok(Server {
+            listeners,
+            proxy: Arc::new(Proxy::new(config)),
+            settings: ConnSettings::from_config(config),
+        })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests
+    /// finish for up to `shutdown_grace`.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let builder = Arc::new(http_builder(&self.settings));
+        let graceful = Arc::new(GracefulShutdown::new());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut accept_tasks = Vec::new();
+        for listener in self.listeners {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "listening");
+            }
+            let ctx = AcceptContext {
+                proxy: self.proxy.clone(),
+                builder: builder.clone(),
+                settings: self.settings,
+                stop: stop_rx.clone(),
+            };
+            accept_tasks.push(tokio::spawn(accept_loop(listener, ctx, graceful.clone())));
+        }
+        shutdown.await;
+        tracing::info!(grace = ?self.settings.shutdown_grace, "shutting down: no new connections, finishing in-flight requests");
+        let _ = stop_tx.send(true);
+        for task in accept_tasks {
+            let _ = task.await;
+        }
+        let Ok(graceful) = Arc::try_unwrap(graceful) else {
+            tracing::warn!("connections still being accepted; not waiting for them");
+            return;
+        };
+        match tokio::time::timeout(self.settings.shutdown_grace, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+        }
+    }
+}
+
+struct AcceptContext {
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    settings: ConnSettings,
+    stop: watch::Receiver<bool>,
+}
+
+fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Idle and header timeouts are kept by the connection watchdog, which can tell an idle
+        // keep-alive connection from a slow request head (hyper's own timer cannot).
+        .header_read_timeout(None)
+        // hyper answers 431 when a request head does not fit in the read buffer.
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(settings.max_header_bytes as u32)
+        .max_concurrent_streams(256);
+    builder
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    mut ctx: AcceptContext,
+    graceful: Arc<GracefulShutdown>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = ctx.stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => serve_connection(stream, peer, &ctx, graceful.watcher()),
+            Err(err) => {
+                // EMFILE and friends: back off briefly instead of spinning on the error.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &AcceptContext,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let _ = stream.set_nodelay(true);
+    let conn_info = Connection { peer, https: false };
+    let watchdog = Watchdog::new(ctx.settings.header_timeout, ctx.settings.idle_timeout);
+    let io = TokioIo::new(ActivityIo::new(stream, watchdog.activity()));
+    let proxy = ctx.proxy.clone();
+    let activity = watchdog.activity();
+    let service = service_fn(move |request| {
+        let guard = activity.request_started();
+        let proxy = proxy.clone();
+        async move {
+            let response = proxy::handle(proxy, conn_info, request).await;
+            response.map(|r| r.map(|body| body.with_guard(guard)))
+        }
+    });
+    let conn = ctx.builder.serve_connection(io, service).into_owned();
+    let conn = watcher.watch(conn);
+    tokio::spawn(async move {
+        tokio::select! {
+            result = conn => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                }
+            }
+            reason = watchdog.expired() => {
+                tracing::debug!(%peer, reason, "closing connection");
+            }
+        }
+    });
+}

@@ -1,0 +1,176 @@
+//! Upstreams: a pooled keep-alive client per upstream, round-robin over its targets, and the
+//! mapping of every way a request to it can fail onto a [`ProxyError`].
+
+use crate::body::{BodyTooLarge, ForwardBody, Source};
+use crate::config::{HostMode, Target, UpstreamConfig};
+use crate::respond::ProxyError;
+use http::header::HOST;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::error::Error as StdError;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an idle pooled upstream connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Upstream {
+    pub config: Arc<UpstreamConfig>,
+    client: Client<HttpConnector, ForwardBody>,
+    next: AtomicUsize,
+}
+
+/// The parts of a request that go upstream, already rewritten by the proxy.
+pub struct OutboundRequest {
+    pub method: Method,
+    pub path_and_query: PathAndQuery,
+    pub headers: HeaderMap,
+    pub body: Source,
+}
+
+impl Upstream {
+    pub fn new(config: Arc<UpstreamConfig>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .http1_allow_obsolete_multiline_headers_in_responses(true)
+            .http1_allow_spaces_after_header_name_in_responses(true)
+            .http1_ignore_invalid_headers_in_responses(true)
+            .build(connector);
+        Upstream {
+            config,
+            client,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Sends the request to the next target in turn, moving on to the following target when
+    /// a connection is refused, and waits at most `response_timeout` for the response head.
+    pub async fn send(&self, outbound: OutboundRequest) -> Result<Response<Incoming>, ProxyError> {
+        let attempt = self.attempts(outbound);
+        match tokio::time::timeout(self.config.response_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::UpstreamTimeout),
+        }
+    }
+
+    async fn attempts(&self, outbound: OutboundRequest) -> Result<Response<Incoming>, ProxyError> {
+        let targets = &self.config.targets;
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % targets.len();
+        let OutboundRequest {
+            method,
+            path_and_query,
+            mut headers,
+            mut body,
+        } = outbound;
+        for tried in 0..targets.len() {
+            let target = &targets[(first + tried) % targets.len()];
+            let last = tried + 1 == targets.len();
+            if self.config.host == HostMode::Target {
+                headers.insert(HOST, target.host_header.clone());
+            }
+            let head = if last {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
+            let (forward, reclaim) = if last {
+                (ForwardBody::new(body), None)
+            } else {
+                let (forward, reclaim) = ForwardBody::reclaimable(body);
+                (forward, Some(reclaim))
+            };
+            let request = build_request(target, &method, &path_and_query, head, forward)?;
+            match self.client.request(request).await {
+                Ok(response) => return Ok(response),
+                Err(err) => {
+                    let mapped = classify(&err);
+                    let retry = mapped == ProxyError::UpstreamConnect && !last;
+                    match reclaim.and_then(|r| r.take()) {
+                        Some(source) if retry => {
+                            tracing::debug!(upstream = %self.config.name, target = %target.authority, error = %err, "connect refused, trying next target");
+                            body = source;
+                        }
+                        _ => {
+                            tracing::debug!(upstream = %self.config.name, target = %target.authority, error = ?err, "upstream request failed");
+                            return Err(mapped);
+                        }
+                    }
+                }
+            }
+        }
+        Err(ProxyError::UpstreamConnect)
+    }
+}
+
+fn build_request(
+    target: &Target,
+    method: &Method,
+    path_and_query: &PathAndQuery,
+    headers: HeaderMap,
+    body: ForwardBody,
+) -> Result<Request<ForwardBody>, ProxyError> {
+    let uri = Uri::builder()
+        .scheme(target.scheme.clone())
+        .authority(target.authority.clone())
+        .path_and_query(path_and_query.clone())
+        .build()
+        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+    let mut request = Request::new(body);
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri;
+    // The upstream leg is always HTTP/1.1, whatever the client spoke.
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+/// Maps a client error onto the failure the proxy reports.
+fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source: Option<&(dyn StdError + 'static)> = err.source();
+    let mut timed_out = false;
+    let mut hyper_err = None;
+    while let Some(cause) = source {
+        if let Some(too_large) = cause.downcast_ref::<BodyTooLarge>() {
+            return ProxyError::BodyTooLarge {
+                limit: too_large.limit,
+            };
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        if hyper_err.is_none() {
+            hyper_err = cause.downcast_ref::<hyper::Error>();
+        }
+        source = cause.source();
+    }
+    if err.is_connect() {
+        return if timed_out {
+            ProxyError::UpstreamConnectTimeout
+        } else {
+            ProxyError::UpstreamConnect
+        };
+    }
+    match hyper_err {
+        Some(e) if e.is_parse() || e.is_parse_status() => ProxyError::UpstreamInvalid,
+        Some(e) if e.is_user() => ProxyError::BadRequest("the request body could not be read from the client"),
+        Some(e) if e.is_body_write_aborted() => {
+            ProxyError::BadRequest("the request body could not be read from the client")
+        }
+        _ => ProxyError::UpstreamReset,
+    }
+}
