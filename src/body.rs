@@ -70,7 +70,9 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Empty => SizeHint::with_exact(0),
-            ResponseBody::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |b| b.len() as u64))
+            }
             ResponseBody::Upstream(body) => body.size_hint(),
             ResponseBody::Prefixed { prefix, rest } => {
                 let extra = prefix.as_ref().map_or(0, |b| b.len() as u64);
@@ -147,7 +149,11 @@ pub enum Source {
     Empty,
     Full(Option<Bytes>),
     /// The client's body, counted against `limit` as it streams.
-    Client { body: Incoming, seen: u64, limit: u64 },
+    Client {
+        body: Incoming,
+        seen: u64,
+        limit: u64,
+    },
 }
 
 /// A request body sent upstream. It can be reclaimed (see [`Reclaim`]) as long as the upstream

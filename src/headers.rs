@@ -159,14 +159,36 @@ mod tests {
     fn hop_by_hop_fields_are_stripped() {
         let cases: &[(&[(&str, &str)], &[&str], &[&str])] = &[
             (
-                &[("connection", "x-a, x-b"), ("connection", "X-C"), ("x-a", "1"), ("x-b", "2"), ("x-c", "3"), ("x-d", "4")],
+                &[
+                    ("connection", "x-a, x-b"),
+                    ("connection", "X-C"),
+                    ("x-a", "1"),
+                    ("x-b", "2"),
+                    ("x-c", "3"),
+                    ("x-d", "4"),
+                ],
                 &["x-d"],
                 &["connection", "x-a", "x-b", "x-c"],
             ),
             (
-                &[("keep-alive", "5"), ("te", "trailers"), ("upgrade", "h2c"), ("proxy-connection", "x"), ("proxy-authorization", "Basic x"), ("transfer-encoding", "chunked"), ("accept", "*/*")],
+                &[
+                    ("keep-alive", "5"),
+                    ("te", "trailers"),
+                    ("upgrade", "h2c"),
+                    ("proxy-connection", "x"),
+                    ("proxy-authorization", "Basic x"),
+                    ("transfer-encoding", "chunked"),
+                    ("accept", "*/*"),
+                ],
                 &["accept"],
-                &["keep-alive", "te", "upgrade", "proxy-connection", "proxy-authorization", "transfer-encoding"],
+                &[
+                    "keep-alive",
+                    "te",
+                    "upgrade",
+                    "proxy-connection",
+                    "proxy-authorization",
+                    "transfer-encoding",
+                ],
             ),
             (&[("connection", "close, , bad name")], &[], &["connection"]),
         ];
@@ -174,10 +196,16 @@ mod tests {
             let mut headers = map(input);
             strip_hop_by_hop(&mut headers);
             for name in *kept {
-                assert!(headers.contains_key(*name), "{name} should stay in {input:?}");
+                assert!(
+                    headers.contains_key(*name),
+                    "{name} should stay in {input:?}"
+                );
             }
             for name in *gone {
-                assert!(!headers.contains_key(*name), "{name} should go from {input:?}");
+                assert!(
+                    !headers.contains_key(*name),
+                    "{name} should go from {input:?}"
+                );
             }
         }
     }
@@ -188,10 +216,14 @@ mod tests {
         let cases = [
             (vec![], "10.1.2.3"),
             (vec!["1.1.1.1"], "1.1.1.1, 10.1.2.3"),
-            (vec!["1.1.1.1, 2.2.2.2", "3.3.3.3"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3"),
+            (
+                vec!["1.1.1.1, 2.2.2.2", "3.3.3.3"],
+                "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3",
+            ),
         ];
         for (existing, want) in cases {
-            let pairs: Vec<(&str, &str)> = existing.iter().map(|v| ("x-forwarded-for", *v)).collect();
+            let pairs: Vec<(&str, &str)> =
+                existing.iter().map(|v| ("x-forwarded-for", *v)).collect();
             let mut headers = map(&pairs);
             append_forwarded_for(&mut headers, ip);
             assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);

@@ -24,7 +24,8 @@ impl Activity {
     }
 
     fn on_read(&self) {
-        if self.in_flight.load(Ordering::Relaxed) == 0 && self.first_byte.load(Ordering::Relaxed) == 0
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.first_byte.load(Ordering::Relaxed) == 0
         {
             self.first_byte.store(self.now_ms(), Ordering::Relaxed);
         }
@@ -50,7 +51,9 @@ impl Drop for RequestGuard {
         let activity = &self.activity;
         if activity.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             activity.first_byte.store(0, Ordering::Relaxed);
-            activity.idle_since.store(activity.now_ms(), Ordering::Relaxed);
+            activity
+                .idle_since
+                .store(activity.now_ms(), Ordering::Relaxed);
         }
     }
 }
@@ -90,7 +93,10 @@ impl Watchdog {
                 (now + header_ms.min(idle_ms).max(1), "")
             } else {
                 match activity.first_byte.load(Ordering::Relaxed) {
-                    0 => (activity.idle_since.load(Ordering::Relaxed) + idle_ms, "idle timeout"),
+                    0 => (
+                        activity.idle_since.load(Ordering::Relaxed) + idle_ms,
+                        "idle timeout",
+                    ),
                     first => (first + header_ms, "request header timeout"),
                 }
             };

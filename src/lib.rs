@@ -6,12 +6,15 @@
 pub mod access;
 pub mod body;
 pub mod config;
+pub mod deviation;
 pub mod headers;
 pub mod idle;
 pub mod logging;
+pub mod normalize;
 pub mod proxy;
 pub mod respond;
 pub mod route;
+pub mod rules;
 pub mod server;
-pub mod upstream;
 pub mod signals;
+pub mod upstream;

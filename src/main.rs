@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "restatus", version, about = "A reverse proxy that normalizes legacy REST status codes and logs every deviation")]
+#[command(
+    name = "restatus",
+    version,
+    about = "A reverse proxy that normalizes legacy REST status codes and logs every deviation"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

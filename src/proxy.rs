@@ -3,25 +3,30 @@
 use crate::access::{AccessRecord, LoggedBody};
 use crate::body::{ResponseBody, Source};
 use crate::config::{Config, HostMode};
+use crate::deviation::{self, DeviationLog, Kind, Record};
 use crate::headers::{self, RequestIds, X_REQUEST_ID};
+use crate::normalize::{self, InspectError, Outcome, RequestFacts, Settings};
 use crate::respond::{close_connection, Culprit, ProxyError};
 use crate::route::{Route, RouteTable};
 use crate::upstream::{OutboundRequest, Upstream};
 use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// Everything the request path needs, compiled once from a [`Config`].
 pub struct Proxy {
     pub routes: RouteTable,
     pub request_body_limit: u64,
+    pub inspect_limit: usize,
+    pub original_status_header: Option<HeaderName>,
     pub access_log: bool,
     pub ids: RequestIds,
+    pub deviations: Arc<DeviationLog>,
 }
 
 /// What the listener knows about the connection a request came in on.
@@ -32,7 +37,7 @@ pub struct Connection {
 }
 
 impl Proxy {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, deviations: Arc<DeviationLog>) -> Self {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
@@ -41,16 +46,24 @@ impl Proxy {
         Proxy {
             routes: RouteTable::build(config, &upstreams),
             request_body_limit: config.limits.request_body,
+            inspect_limit: config.limits.inspect_body,
+            original_status_header: config.deviations.original_status_header.clone(),
             access_log: config.log.access,
             ids: RequestIds::new(),
+            deviations,
         }
     }
 }
 
-/// Per-request facts gathered by the stages, used for the response and the access line.
+/// Facts about one request gathered by the stages, for rules, records and the access line.
 struct Exchange<'a> {
+    started: Instant,
+    method: Method,
+    path: String,
     request_id: HeaderValue,
     route: Option<&'a Route>,
+    /// Kept only when a rule of the route looks at request headers.
+    request_headers: Option<HeaderMap>,
     upstream_status: Option<StatusCode>,
 }
 
@@ -60,33 +73,34 @@ pub async fn handle(
     conn: Connection,
     request: Request<Incoming>,
 ) -> Result<Response<LoggedBody>, Infallible> {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
     let mut exchange = Exchange {
+        started: Instant::now(),
+        method: request.method().clone(),
+        path: request.uri().path().to_string(),
         request_id: headers::request_id(request.headers(), &proxy.ids),
         route: None,
+        request_headers: None,
         upstream_status: None,
     };
-    let response = match proxy_request(&proxy, conn, request, &mut exchange).await {
-        Ok(response) => response,
-        Err(err) => proxy_error_response(&err, &exchange),
+    // 1-6: route, check, forward, and the upstream's answer (or the proxy's own).
+    let (response, source) = match forward(&proxy, conn, request, &mut exchange).await {
+        Ok(response) => (response, deviation::Source::Upstream),
+        Err(err) => (error_response(&err, &exchange), deviation::Source::Proxy),
     };
-    let record = proxy.access_log.then(|| AccessRecord {
-        started,
-        method,
-        path,
-        route: exchange.route.map(|r| r.name.clone()),
-        upstream: exchange.route.map(|r| r.upstream.name().to_string()),
-        status: response.status(),
-        upstream_status: exchange.upstream_status,
-        request_id: exchange.request_id.clone(),
-    });
+    // 7-8: normalize and record.
+    let response = match exchange.route {
+        Some(route) => normalize_and_record(&proxy, route, response, source, &exchange).await,
+        None => response,
+    };
+    // 9: respond, streaming.
+    let record = proxy
+        .access_log
+        .then(|| access_record(&exchange, response.status()));
     let (parts, body) = response.into_parts();
     Ok(Response::from_parts(parts, LoggedBody::new(body, record)))
 }
 
-async fn proxy_request<'a>(
+async fn forward<'a>(
     proxy: &'a Proxy,
     conn: Connection,
     request: Request<Incoming>,
@@ -96,21 +110,31 @@ async fn proxy_request<'a>(
     let host = request_host(&request);
     let route = proxy
         .routes
-        .find(host.as_ref().and_then(|h| h.to_str().ok()), request.uri().path())
+        .find(
+            host.as_ref().and_then(|h| h.to_str().ok()),
+            request.uri().path(),
+        )
         .ok_or(ProxyError::NoRoute)?;
     exchange.route = Some(route);
+    if route.rules.needs_request_headers() {
+        exchange.request_headers = Some(request.headers().clone());
+    }
 
     // 3. request checks from headers alone
     check_declared_length(&request, proxy.request_body_limit)?;
 
     // 5. forward
-    let outbound = outbound_request(route, conn, request, &exchange.request_id, proxy.request_body_limit);
+    let outbound = outbound_request(
+        route,
+        conn,
+        request,
+        &exchange.request_id,
+        proxy.request_body_limit,
+    );
 
     // 6. upstream answers (or fails)
     let upstream_response = route.upstream.send(outbound).await?;
     exchange.upstream_status = Some(upstream_response.status());
-
-    // 9. respond
     Ok(client_response(upstream_response, &exchange.request_id))
 }
 
@@ -171,7 +195,10 @@ fn outbound_request(
     }
 }
 
-fn client_response(upstream: Response<Incoming>, request_id: &HeaderValue) -> Response<ResponseBody> {
+fn client_response(
+    upstream: Response<Incoming>,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
     let (mut parts, body) = upstream.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::append_via(&mut parts.headers, parts.version);
@@ -181,28 +208,122 @@ fn client_response(upstream: Response<Incoming>, request_id: &HeaderValue) -> Re
     Response::from_parts(parts, ResponseBody::Upstream(body))
 }
 
-fn proxy_error_response(err: &ProxyError, exchange: &Exchange) -> Response<ResponseBody> {
+fn error_response(err: &ProxyError, exchange: &Exchange) -> Response<ResponseBody> {
     let route = exchange.route.map_or("-", |r| r.name.as_str());
+    let request_id = exchange.request_id.to_str().unwrap_or("-");
     match err.culprit() {
-        Culprit::Upstream => tracing::warn!(
-            request_id = exchange.request_id.to_str().unwrap_or("-"),
-            route,
-            kind = err.kind(),
-            "upstream failed: {}",
-            err.message()
-        ),
-        Culprit::Client => tracing::debug!(
-            request_id = exchange.request_id.to_str().unwrap_or("-"),
-            route,
-            kind = err.kind(),
-            "request refused: {}",
-            err.message()
-        ),
+        Culprit::Upstream => {
+            tracing::warn!(
+                request_id,
+                route,
+                kind = err.kind(),
+                "upstream failed: {}",
+                err.message()
+            )
+        }
+        Culprit::Client => {
+            tracing::debug!(
+                request_id,
+                route,
+                kind = err.kind(),
+                "request refused: {}",
+                err.message()
+            )
+        }
     }
     let mut response = err.response(&exchange.request_id);
-    if matches!(err, ProxyError::BodyTooLarge { .. } | ProxyError::BadRequest(_)) {
+    if matches!(
+        err,
+        ProxyError::BodyTooLarge { .. } | ProxyError::BadRequest(_)
+    ) {
         // The request body may be partly unread: the connection cannot carry another request.
         close_connection(&mut response);
     }
     response
+}
+
+async fn normalize_and_record(
+    proxy: &Proxy,
+    route: &Route,
+    response: Response<ResponseBody>,
+    source: deviation::Source,
+    exchange: &Exchange<'_>,
+) -> Response<ResponseBody> {
+    let request = RequestFacts {
+        method: &exchange.method,
+        path: &exchange.path,
+        headers: exchange.request_headers.as_ref(),
+    };
+    let settings = Settings {
+        rules: &route.rules,
+        mode: route.mode,
+        contract: route.contract,
+        inspect_limit: proxy.inspect_limit,
+        body_timeout: route.upstream.config.response_timeout,
+        original_status_header: proxy.original_status_header.as_ref(),
+    };
+    match normalize::normalize(&request, response, &settings).await {
+        Ok((response, outcome)) => {
+            if let Some(outcome) = outcome {
+                proxy
+                    .deviations
+                    .write(record(exchange, route, source, &outcome));
+            }
+            response
+        }
+        Err(err) => {
+            // The upstream failed while its body was being inspected; nothing was sent yet,
+            // so the client gets an honest proxy error, itself normalized.
+            let err = match err {
+                InspectError::Timeout => ProxyError::UpstreamTimeout,
+                InspectError::Upstream => ProxyError::UpstreamReset,
+            };
+            let response = error_response(&err, exchange);
+            Box::pin(normalize_and_record(
+                proxy,
+                route,
+                response,
+                deviation::Source::Proxy,
+                exchange,
+            ))
+            .await
+        }
+    }
+}
+
+fn record(
+    exchange: &Exchange,
+    route: &Route,
+    source: deviation::Source,
+    outcome: &Outcome,
+) -> Record {
+    Record {
+        ts: deviation::rfc3339_ms(SystemTime::now()),
+        request_id: exchange.request_id.to_str().unwrap_or("").to_string(),
+        route: route.name.clone(),
+        rule: outcome.rule.clone(),
+        action: outcome.action,
+        kind: Kind::Status,
+        source,
+        method: exchange.method.to_string(),
+        path: exchange.path.clone(),
+        upstream: route.upstream.name().to_string(),
+        upstream_status: outcome.upstream_status.as_u16(),
+        status: outcome.status.as_u16(),
+        body_inspected: outcome.body_inspected,
+        duration_ms: exchange.started.elapsed().as_secs_f64() * 1000.0,
+    }
+}
+
+fn access_record(exchange: &Exchange, status: StatusCode) -> AccessRecord {
+    AccessRecord {
+        started: exchange.started,
+        method: exchange.method.clone(),
+        path: exchange.path.clone(),
+        route: exchange.route.map(|r| r.name.clone()),
+        upstream: exchange.route.map(|r| r.upstream.name().to_string()),
+        status,
+        upstream_status: exchange.upstream_status,
+        request_id: exchange.request_id.clone(),
+    }
 }

@@ -78,7 +78,9 @@ impl ProxyError {
                 format!("request body is larger than the limit of {limit} bytes")
             }
             ProxyError::BadRequest(why) => (*why).into(),
-            ProxyError::UpstreamConnect => "upstream refused the connection or is unreachable".into(),
+            ProxyError::UpstreamConnect => {
+                "upstream refused the connection or is unreachable".into()
+            }
             ProxyError::UpstreamConnectTimeout => "upstream connection timed out".into(),
             ProxyError::UpstreamTimeout => "upstream did not answer in time".into(),
             ProxyError::UpstreamReset => "upstream closed the connection before answering".into(),

@@ -1,6 +1,8 @@
 //! The compiled route table: host, then the longest matching path prefix.
 
-use crate::config::Config;
+use crate::config::{Config, Mode};
+use crate::rules::profile::Profile;
+use crate::rules::RuleSet;
 use crate::upstream::Upstream;
 use http::uri::PathAndQuery;
 use std::sync::Arc;
@@ -11,6 +13,10 @@ pub struct Route {
     /// `/` or a prefix without trailing slash.
     pub prefix: String,
     pub strip_prefix: bool,
+    pub rules: Arc<RuleSet>,
+    pub mode: Mode,
+    /// Whether a contract profile applies (unmatched undocumented codes are recorded).
+    pub contract: bool,
 }
 
 pub struct RouteTable {
@@ -31,6 +37,9 @@ impl RouteTable {
                 upstream: upstreams[r.upstream].clone(),
                 prefix: r.path_prefix.clone(),
                 strip_prefix: r.strip_prefix,
+                rules: r.rules.clone(),
+                mode: r.mode,
+                contract: r.profile != Profile::None,
             })
             .collect();
         let mut by_host: Vec<(String, Vec<usize>)> = Vec::new();
@@ -170,7 +179,11 @@ path_prefix = "/inventory"
             (None, "/inventory/other", "inv"),
             (None, "/inventory", "inv"),
             (None, "/inventory-old", "root"),
-            (Some("api.example.com:8080"), "/inventory/items/1", "api-inv"),
+            (
+                Some("api.example.com:8080"),
+                "/inventory/items/1",
+                "api-inv",
+            ),
             (Some("api.example.com"), "/else", "root"),
             (Some("other.example.com"), "/inventory", "inv"),
         ];

@@ -1,6 +1,7 @@
 //! Listeners, per-connection settings and timeouts, and graceful shutdown.
 
 use crate::config::Config;
+use crate::deviation::DeviationLog;
 use crate::idle::{ActivityIo, Watchdog};
 use crate::proxy::{self, Connection, Proxy};
 use hyper::service::service_fn;
@@ -50,9 +51,10 @@ impl Server {
             })?;
             listeners.push(listener);
         }
+        let deviations = Arc::new(DeviationLog::start(&config.deviations.sink)?);
         Ok(Server {
             listeners,
-            proxy: Arc::new(Proxy::new(config)),
+            proxy: Arc::new(Proxy::new(config, deviations)),
             settings: ConnSettings::from_config(config),
         })
     }
@@ -96,6 +98,12 @@ impl Server {
         match tokio::time::timeout(self.settings.shutdown_grace, graceful.shutdown()).await {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+        }
+        let deviations = self.proxy.deviations.clone();
+        let flushed =
+            tokio::task::spawn_blocking(move || deviations.flush(Duration::from_secs(5))).await;
+        if !matches!(flushed, Ok(true)) {
+            tracing::warn!("deviation records may not all have been written");
         }
     }
 }

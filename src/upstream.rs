@@ -167,7 +167,9 @@ fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
     }
     match hyper_err {
         Some(e) if e.is_parse() || e.is_parse_status() => ProxyError::UpstreamInvalid,
-        Some(e) if e.is_user() => ProxyError::BadRequest("the request body could not be read from the client"),
+        Some(e) if e.is_user() => {
+            ProxyError::BadRequest("the request body could not be read from the client")
+        }
         Some(e) if e.is_body_write_aborted() => {
             ProxyError::BadRequest("the request body could not be read from the client")
         }

@@ -60,7 +60,12 @@ impl Locator<'_> {
     }
 
     /// An error at `span` whose key path the caller knows better than the text does.
-    pub fn at_key(&self, span: Range<usize>, key: String, message: impl Into<String>) -> ConfigError {
+    pub fn at_key(
+        &self,
+        span: Range<usize>,
+        key: String,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             key,
             ..self.at(span, message)
@@ -79,7 +84,10 @@ impl Locator<'_> {
         let offset = offset.min(self.source.len());
         let before = &self.source.as_bytes()[..offset];
         let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-        let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+        let line_start = before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |p| p + 1);
         let column = self.source[line_start..offset].chars().count() + 1;
         (line, column)
     }
@@ -89,7 +97,9 @@ impl Locator<'_> {
     fn key_path(&self, offset: usize) -> String {
         let offset = offset.min(self.source.len());
         let line_start = self.source[..offset].rfind('\n').map_or(0, |p| p + 1);
-        let line_end = self.source[offset..].find('\n').map_or(self.source.len(), |p| offset + p);
+        let line_end = self.source[offset..]
+            .find('\n')
+            .map_or(self.source.len(), |p| offset + p);
         let line = self.source[line_start..line_end].trim();
         let key = if line.starts_with('[') {
             ""
@@ -136,7 +146,8 @@ mod tests {
 
     #[test]
     fn key_paths_follow_tables_and_arrays() {
-        let source = "[server]\nlisten = \"x\"\n\n[[routes]]\nname = \"a\"\n[[routes]]\nname = \"b\"\n";
+        let source =
+            "[server]\nlisten = \"x\"\n\n[[routes]]\nname = \"a\"\n[[routes]]\nname = \"b\"\n";
         let locator = Locator {
             file: Path::new("f.toml"),
             source,
@@ -146,12 +157,12 @@ mod tests {
             locator.at(start..start + 1, "m")
         };
         let err = at("\"x\"");
-        assert_eq!((err.line, err.column, err.key.as_str()), (2, 10, "server.listen"));
+        assert_eq!(
+            (err.line, err.column, err.key.as_str()),
+            (2, 10, "server.listen")
+        );
         let err = at("\"b\"");
         assert_eq!((err.line, err.key.as_str()), (7, "routes[1].name"));
-        assert_eq!(
-            err.to_string(),
-            "f.toml:7:8: key `routes[1].name`: m"
-        );
+        assert_eq!(err.to_string(), "f.toml:7:8: key `routes[1].name`: m");
     }
 }

@@ -2,14 +2,17 @@
 //! validated runtime form. Nothing on the request path parses strings from the config again.
 
 mod error;
-mod raw;
+pub mod raw;
 mod units;
 
 pub use error::{ConfigError, Locator};
-pub use raw::{HostMode, LogFormat};
+pub use raw::{HostMode, LogFormat, Mode};
 pub use units::{parse_duration, parse_size};
 
+use crate::rules::profile::Profile;
+use crate::rules::{compile_rule, Origin, Rule, RuleSet};
 use http::uri::{Authority, Scheme};
+use http::HeaderName;
 use http::{HeaderValue, Uri};
 use raw::{RawConfig, RawRoute, RawUpstream};
 use std::collections::HashSet;
@@ -30,6 +33,25 @@ pub struct Config {
     pub limits: Limits,
     pub upstreams: Vec<Arc<UpstreamConfig>>,
     pub routes: Vec<RouteConfig>,
+    pub deviations: Deviations,
+    /// The user's `[[rules]]`, in file order.
+    pub rules: Vec<Arc<Rule>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deviations {
+    pub mode: Mode,
+    pub sink: SinkTarget,
+    /// Set on rewritten responses to the upstream's status; `None` when disabled.
+    pub original_status_header: Option<HeaderName>,
+}
+
+/// Where deviation records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkTarget {
+    Stdout,
+    Stderr,
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +74,8 @@ pub struct Log {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub request_body: u64,
+    /// Most of a response body buffered for body conditions.
+    pub inspect_body: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +106,10 @@ pub struct RouteConfig {
     /// Starts with `/`; a trailing `/` is removed except for the root prefix.
     pub path_prefix: String,
     pub strip_prefix: bool,
+    pub profile: Profile,
+    pub mode: Mode,
+    /// Own rules, then global rules, then the profile's, compiled.
+    pub rules: Arc<RuleSet>,
 }
 
 impl Config {
@@ -112,11 +140,11 @@ impl Config {
 fn compile(raw: RawConfig, at: &Locator) -> Result<Config, ConfigError> {
     let server = compile_server(raw.server, at)?;
     let log = compile_log(raw.log, at)?;
-    let limits = Limits {
-        request_body: raw.limits.request_body.map_or(16 << 20, |s| s.0),
-    };
+    let limits = compile_limits(&raw.limits, at)?;
+    let deviations = compile_deviations(&raw.deviations, at)?;
     let upstreams = compile_upstreams(raw.upstreams, at)?;
-    let routes = compile_routes(raw.routes, &upstreams, at)?;
+    let rules = compile_rules(&raw.rules, &raw.routes, at)?;
+    let routes = compile_routes(raw.routes, &upstreams, &rules, deviations.mode, at)?;
     Ok(Config {
         file: at.file.to_path_buf(),
         server,
@@ -124,6 +152,8 @@ fn compile(raw: RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         limits,
         upstreams,
         routes,
+        deviations,
+        rules,
     })
 }
 
@@ -142,7 +172,10 @@ fn compile_server(raw: raw::RawServer, at: &Locator) -> Result<Server, ConfigErr
         Some(size) => {
             let bytes = size.get_ref().0;
             if !(1024..=1 << 20).contains(&bytes) {
-                return Err(at.at(size.span(), "max_header_bytes must be between 1KiB and 1MiB"));
+                return Err(at.at(
+                    size.span(),
+                    "max_header_bytes must be between 1KiB and 1MiB",
+                ));
             }
             bytes as usize
         }
@@ -218,7 +251,9 @@ fn compile_upstreams(
             name: raw.name.into_inner(),
             targets,
             connect_timeout: raw.connect_timeout.map_or(Duration::from_secs(2), |d| d.0),
-            response_timeout: raw.response_timeout.map_or(Duration::from_secs(30), |d| d.0),
+            response_timeout: raw
+                .response_timeout
+                .map_or(Duration::from_secs(30), |d| d.0),
             host: raw.host.unwrap_or_default(),
         }));
     }
@@ -252,7 +287,10 @@ fn parse_target(text: &Spanned<String>, at: &Locator) -> Result<Target, ConfigEr
     let bad = |why: &str| {
         at.at(
             text.span(),
-            format!("target `{}` {why} (write it like \"http://10.0.0.5:8081\")", text.get_ref()),
+            format!(
+                "target `{}` {why} (write it like \"http://10.0.0.5:8081\")",
+                text.get_ref()
+            ),
         )
     };
     let uri: Uri = text.get_ref().parse().map_err(|_| bad("is not a URL"))?;
@@ -264,7 +302,8 @@ fn parse_target(text: &Spanned<String>, at: &Locator) -> Result<Target, ConfigEr
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(bad("must not have a path or query"));
     }
-    let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("has a bad host"))?;
+    let host_header =
+        HeaderValue::from_str(authority.as_str()).map_err(|_| bad("has a bad host"))?;
     Ok(Target {
         scheme,
         authority,
@@ -272,11 +311,104 @@ fn parse_target(text: &Spanned<String>, at: &Locator) -> Result<Target, ConfigEr
     })
 }
 
+fn compile_limits(raw: &raw::RawLimits, at: &Locator) -> Result<Limits, ConfigError> {
+    let inspect_body = match &raw.inspect_body {
+        None => 64 << 10,
+        Some(size) if size.get_ref().0 > 64 << 20 => {
+            return Err(at.at(size.span(), "inspect_body must be at most 64MiB"));
+        }
+        Some(size) => size.get_ref().0 as usize,
+    };
+    Ok(Limits {
+        request_body: raw.request_body.map_or(16 << 20, |s| s.0),
+        inspect_body,
+    })
+}
+
+fn compile_deviations(raw: &raw::RawDeviations, at: &Locator) -> Result<Deviations, ConfigError> {
+    let sink = match raw.sink.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+        None | Some(("stdout", _)) => SinkTarget::Stdout,
+        Some(("stderr", _)) => SinkTarget::Stderr,
+        Some(("", span)) => {
+            return Err(at.at(span, "sink must be \"stdout\", \"stderr\" or a file path"))
+        }
+        Some((path, _)) => SinkTarget::File(resolve(at.file, path)),
+    };
+    let original_status_header = match &raw.original_status_header {
+        None => Some(HeaderName::from_static("x-restatus-original-status")),
+        Some(name) if name.get_ref().is_empty() => None,
+        Some(name) => Some(
+            HeaderName::from_bytes(name.get_ref().as_bytes()).map_err(|_| {
+                at.at(
+                    name.span(),
+                    format!("`{}` is not a header name", name.get_ref()),
+                )
+            })?,
+        ),
+    };
+    Ok(Deviations {
+        mode: raw.mode.unwrap_or_default(),
+        sink,
+        original_status_header,
+    })
+}
+
+/// A relative path in the config is relative to the config file's folder.
+fn resolve(config_file: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    match config_file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+fn compile_rules(
+    raws: &[crate::rules::raw::RawRule],
+    routes: &[RawRoute],
+    at: &Locator,
+) -> Result<Vec<Arc<Rule>>, ConfigError> {
+    let mut names = HashSet::new();
+    let mut out = Vec::with_capacity(raws.len());
+    for raw in raws {
+        check_name(&raw.name, "rule", &mut names, at)?;
+        if let Some(list) = &raw.routes {
+            for name in list.get_ref() {
+                if !routes.iter().any(|r| r.name.get_ref() == name.get_ref()) {
+                    return Err(at.at(
+                        name.span(),
+                        format!("rule refers to unknown route `{}`", name.get_ref()),
+                    ));
+                }
+            }
+        }
+        let origin = if raw.routes.is_some() {
+            Origin::Route
+        } else {
+            Origin::Global
+        };
+        out.push(Arc::new(compile_rule(raw, origin, at)?));
+    }
+    Ok(out)
+}
+
+/// A route's evaluation order: its own rules in file order, global rules, then its profile.
+fn route_rules(route: &str, rules: &[Arc<Rule>], profile: &[Arc<Rule>]) -> RuleSet {
+    let own = rules.iter().filter(|r| r.routes.iter().any(|n| n == route));
+    let global = rules.iter().filter(|r| r.routes.is_empty());
+    RuleSet::new(own.chain(global).chain(profile.iter()).cloned().collect())
+}
+
 fn compile_routes(
     raws: Vec<RawRoute>,
     upstreams: &[Arc<UpstreamConfig>],
+    rules: &[Arc<Rule>],
+    default_mode: Mode,
     at: &Locator,
 ) -> Result<Vec<RouteConfig>, ConfigError> {
+    let documented = Profile::Documented.rules()?;
     if raws.is_empty() {
         return Err(at.whole_file("no routes: add at least one [[routes]] table"));
     }
@@ -294,13 +426,20 @@ fn compile_routes(
                     format!("unknown upstream `{}`", raw.upstream.get_ref()),
                 )
             })?;
-        let host = raw.host.as_ref().map(|h| parse_route_host(h, at)).transpose()?;
+        let host = raw
+            .host
+            .as_ref()
+            .map(|h| parse_route_host(h, at))
+            .transpose()?;
         let path_prefix = match &raw.path_prefix {
             None => "/".to_string(),
             Some(prefix) => parse_prefix(prefix, at)?,
         };
         if !places.insert((host.clone(), path_prefix.clone())) {
-            let span = raw.path_prefix.as_ref().map_or(raw.name.span(), |p| p.span());
+            let span = raw
+                .path_prefix
+                .as_ref()
+                .map_or(raw.name.span(), |p| p.span());
             return Err(at.at(
                 span,
                 format!(
@@ -309,12 +448,33 @@ fn compile_routes(
                 ),
             ));
         }
+        let profile = match &raw.profile {
+            None => Profile::Documented,
+            Some(text) => Profile::parse(text.get_ref()).ok_or_else(|| {
+                at.at(
+                    text.span(),
+                    format!(
+                        "unknown profile `{}` (use \"documented\" or \"none\")",
+                        text.get_ref()
+                    ),
+                )
+            })?,
+        };
+        let profile_rules = if profile == Profile::Documented {
+            &documented[..]
+        } else {
+            &[]
+        };
+        let rules = Arc::new(route_rules(raw.name.get_ref(), rules, profile_rules));
         out.push(RouteConfig {
             name: raw.name.into_inner(),
             upstream,
             host,
             path_prefix,
             strip_prefix: raw.strip_prefix,
+            profile,
+            mode: raw.mode.unwrap_or(default_mode),
+            rules,
         });
     }
     Ok(out)
@@ -337,14 +497,23 @@ fn parse_prefix(prefix: &Spanned<String>, at: &Locator) -> Result<String, Config
     if !text.starts_with('/') || text.contains(['?', '#', ' ']) {
         return Err(at.at(
             prefix.span(),
-            format!("path_prefix `{text}` must start with '/' and hold no query, fragment or space"),
+            format!(
+                "path_prefix `{text}` must start with '/' and hold no query, fragment or space"
+            ),
         ));
     }
     if text.split('/').any(|seg| seg == ".." || seg == ".") {
-        return Err(at.at(prefix.span(), "path_prefix must not contain `.` or `..` segments"));
+        return Err(at.at(
+            prefix.span(),
+            "path_prefix must not contain `.` or `..` segments",
+        ));
     }
     let trimmed = text.trim_end_matches('/');
-    Ok(if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() })
+    Ok(if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    })
 }
 
 /// A short human summary of a compiled config, as printed by `restatus check`.
@@ -377,7 +546,11 @@ pub fn summary(config: &Config) -> String {
             route.name,
             route.host.as_deref().unwrap_or("*"),
             route.path_prefix,
-            if route.strip_prefix { " (stripped)" } else { "" },
+            if route.strip_prefix {
+                " (stripped)"
+            } else {
+                ""
+            },
             config.upstream(route).name
         );
     }

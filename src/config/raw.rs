@@ -19,6 +19,27 @@ pub struct RawConfig {
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub deviations: RawDeviations,
+    #[serde(default)]
+    pub rules: Vec<crate::rules::raw::RawRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeviations {
+    pub mode: Option<Mode>,
+    pub sink: Option<Spanned<String>>,
+    pub original_status_header: Option<Spanned<String>>,
+}
+
+/// Whether rules change responses or only record what they would change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -51,6 +72,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub request_body: Option<ByteSize>,
+    pub inspect_body: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +104,8 @@ pub struct RawRoute {
     pub path_prefix: Option<Spanned<String>>,
     #[serde(default)]
     pub strip_prefix: bool,
+    pub profile: Option<Spanned<String>>,
+    pub mode: Option<Mode>,
 }
 
 /// A value that may be written either alone or as a list: `listen = "a"` or `listen = ["a", "b"]`.

@@ -17,7 +17,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("duration `{text}` has no unit (use ms, s, m or h, e.g. \"30s\")"))?;
+        .ok_or_else(|| {
+            format!("duration `{text}` has no unit (use ms, s, m or h, e.g. \"30s\")")
+        })?;
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
@@ -27,7 +29,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1.0,
         "m" | "min" => 60.0,
         "h" => 3600.0,
-        other => return Err(format!("duration `{text}` has unknown unit `{other}` (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "duration `{text}` has unknown unit `{other}` (use ms, s, m or h)"
+            ))
+        }
     };
     let seconds = value * scale;
     if !seconds.is_finite() || seconds > 86_400.0 * 365.0 {
@@ -38,7 +44,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: u64 = number
         .parse()
@@ -49,7 +57,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "MiB" | "MB" | "M" => 1 << 20,
         "GiB" | "GB" | "G" => 1 << 30,
         other => {
-            return Err(format!("size `{text}` has unknown unit `{other}` (use B, KiB, MiB or GiB)"))
+            return Err(format!(
+                "size `{text}` has unknown unit `{other}` (use B, KiB, MiB or GiB)"
+            ))
         }
     };
     value
@@ -60,7 +70,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        parse_duration(&text).map(HumanDuration).map_err(D::Error::custom)
+        parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(D::Error::custom)
     }
 }
 

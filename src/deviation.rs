@@ -1,0 +1,222 @@
+//! Deviation records: one JSON line per difference between what the upstream said and what
+//! the contract says, written by a background thread so the request path never waits on IO.
+
+use crate::config::SinkTarget;
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How many records may wait for the writer before new ones are dropped (and counted).
+pub const QUEUE_CAPACITY: usize = 16_384;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// The status was changed.
+    Rewrote,
+    /// Audit mode: the status would have been changed.
+    WouldRewrite,
+    /// No rule matched and the status is outside the documented set.
+    Left,
+}
+
+/// Who produced the status the rules looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Upstream,
+    Proxy,
+}
+
+/// What kind of deviation a record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The status code differs from the contract.
+    Status,
+    /// The upstream answered an `Expect: 100-continue` request only after the body.
+    ExpectIgnored,
+    /// The upstream sent `100 Continue` to a request that did not ask for it.
+    Unsolicited100,
+}
+
+/// One deviation. Holds no header values and no body bytes, so secrets stay out of logs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub ts: String,
+    pub request_id: String,
+    pub route: String,
+    pub rule: Option<String>,
+    pub action: Action,
+    pub kind: Kind,
+    pub source: Source,
+    pub method: String,
+    pub path: String,
+    pub upstream: String,
+    pub upstream_status: u16,
+    pub status: u16,
+    pub body_inspected: bool,
+    pub duration_ms: f64,
+}
+
+enum Message {
+    Record(Box<Record>),
+    Flush(mpsc::Sender<()>),
+}
+
+/// The deviation log: a bounded queue in front of a writer thread.
+pub struct DeviationLog {
+    queue: SyncSender<Message>,
+    written: std::sync::Arc<AtomicU64>,
+    dropped: AtomicU64,
+}
+
+impl DeviationLog {
+    /// Starts the writer for `target`. A file is opened for appending now, so a bad path is
+    /// reported at start rather than lost later.
+    pub fn start(target: &SinkTarget) -> std::io::Result<DeviationLog> {
+        let out = open(target)?;
+        let (queue, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let written = std::sync::Arc::new(AtomicU64::new(0));
+        let counter = written.clone();
+        std::thread::Builder::new()
+            .name("restatus-deviations".into())
+            .spawn(move || write_loop(receiver, out, &counter))?;
+        Ok(DeviationLog {
+            queue,
+            written,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Queues a record; never blocks. A full queue drops the record and counts it.
+    pub fn write(&self, record: Record) {
+        match self.queue.try_send(Message::Record(Box::new(record))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Records written to the sink so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Records dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits (at most `timeout`) until every record queued so far is written and flushed.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (ack, done) = mpsc::channel();
+        if self.queue.send(Message::Flush(ack)).is_err() {
+            return false;
+        }
+        done.recv_timeout(timeout).is_ok()
+    }
+}
+
+fn open(target: &SinkTarget) -> std::io::Result<Box<dyn Write + Send>> {
+    Ok(match target {
+        SinkTarget::Stdout => Box::new(std::io::stdout()),
+        SinkTarget::Stderr => Box::new(std::io::stderr()),
+        SinkTarget::File(path) => {
+            let file: File = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|err| {
+                    std::io::Error::new(
+                        err.kind(),
+                        format!("cannot open deviation sink {}: {err}", path.display()),
+                    )
+                })?;
+            Box::new(file)
+        }
+    })
+}
+
+fn write_loop(receiver: Receiver<Message>, out: Box<dyn Write + Send>, written: &AtomicU64) {
+    let mut out = BufWriter::with_capacity(64 << 10, out);
+    let mut line = Vec::with_capacity(512);
+    while let Ok(message) = receiver.recv() {
+        let mut next = Some(message);
+        // Drain whatever is queued before flushing, so a burst costs one write.
+        while let Some(message) = next {
+            match message {
+                Message::Record(record) => {
+                    line.clear();
+                    if serde_json::to_writer(&mut line, &record).is_ok() {
+                        line.push(b'\n');
+                        if let Err(err) = out.write_all(&line) {
+                            tracing::error!(error = %err, "cannot write deviation record");
+                        } else {
+                            written.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Message::Flush(ack) => {
+                    let _ = out.flush();
+                    let _ = ack.send(());
+                }
+            }
+            next = receiver.try_recv().ok();
+        }
+        if let Err(err) = out.flush() {
+            tracing::error!(error = %err, "cannot flush deviation records");
+        }
+    }
+}
+
+/// `2026-11-24T21:41:10.123Z`: RFC 3339 in UTC with milliseconds.
+pub fn rfc3339_ms(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's civil calendar method.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        let cases = [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400_123, "2000-02-29T00:00:00.123Z"),
+            (1_795_556_470_456, "2026-11-24T21:41:10.456Z"),
+        ];
+        for (ms, want) in cases {
+            let time = UNIX_EPOCH + Duration::from_millis(ms);
+            assert_eq!(rfc3339_ms(time), want);
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The normalize stage: find the rule for a response, inspect its body only when a candidate
+//! rule needs it, and rewrite status, headers and body as the rule says.
+
+use crate::body::{buffer_bounded, Buffered, ResponseBody};
+use crate::config::Mode;
+use crate::deviation::Action;
+use crate::rules::{is_documented, Action as RuleAction, BodyState, Facts, Rule, RuleSet, Step};
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use http::response::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use std::io::Read;
+use std::time::Duration;
+
+/// What the request looked like, for rules that look at it.
+pub struct RequestFacts<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub headers: Option<&'a HeaderMap>,
+}
+
+/// How the rules treated a response.
+pub struct Outcome {
+    pub rule: Option<String>,
+    pub action: Action,
+    pub upstream_status: StatusCode,
+    pub status: StatusCode,
+    pub body_inspected: bool,
+}
+
+/// Settings of the stage, from the route and `[deviations]`.
+pub struct Settings<'a> {
+    pub rules: &'a RuleSet,
+    pub mode: Mode,
+    /// Whether the route applies a contract profile (then unmatched undocumented codes are
+    /// recorded as `left`).
+    pub contract: bool,
+    pub inspect_limit: usize,
+    pub body_timeout: Duration,
+    pub original_status_header: Option<&'a HeaderName>,
+}
+
+/// The body could not be read from the upstream while inspecting it.
+#[derive(Debug)]
+pub enum InspectError {
+    Upstream,
+    Timeout,
+}
+
+/// Applies the rules to `response`. Returns the response to send and, when the exchange is a
+/// deviation, what to record.
+pub async fn normalize(
+    request: &RequestFacts<'_>,
+    response: Response<ResponseBody>,
+    settings: &Settings<'_>,
+) -> Result<(Response<ResponseBody>, Option<Outcome>), InspectError> {
+    let upstream_status = response.status();
+    let status = upstream_status.as_u16();
+    if settings.rules.candidates(request.method, status).is_empty() {
+        return Ok((response, left(settings, upstream_status, false)));
+    }
+    let (mut parts, body) = response.into_parts();
+    let facts = facts(request, status, &parts.headers);
+    let (matched, body, inspected) =
+        match settings.rules.evaluate(&facts, BodyState::Unread, 0, None) {
+            Step::Matched(rule) => (Some(rule), body, false),
+            Step::NoMatch => (None, body, false),
+            Step::NeedBody { resume } => {
+                let (body, copy) = inspect(body, request.method, &parts.headers, settings).await?;
+                let state = match &copy {
+                    Some(bytes) => BodyState::Inspected(bytes),
+                    None => BodyState::NotInspected,
+                };
+                let facts = self::facts(request, status, &parts.headers);
+                let matched = match settings.rules.evaluate(&facts, state, resume, None) {
+                    Step::Matched(rule) => Some(rule),
+                    _ => None,
+                };
+                (matched, body, copy.is_some())
+            }
+        };
+    let Some(rule) = matched else {
+        let outcome = left(settings, upstream_status, inspected);
+        return Ok((Response::from_parts(parts, body), outcome));
+    };
+    if rule.then.status == upstream_status {
+        // A rule that keeps the status is an allowed exception, not a deviation.
+        return Ok((Response::from_parts(parts, body), None));
+    }
+    let outcome = Outcome {
+        rule: Some(rule.name.clone()),
+        action: match settings.mode {
+            Mode::Enforce => Action::Rewrote,
+            Mode::Audit => Action::WouldRewrite,
+        },
+        upstream_status,
+        status: match settings.mode {
+            Mode::Enforce => rule.then.status,
+            Mode::Audit => upstream_status,
+        },
+        body_inspected: inspected,
+    };
+    let body = match settings.mode {
+        Mode::Audit => body,
+        Mode::Enforce => rewrite(
+            rule,
+            &mut parts,
+            body,
+            request.method,
+            settings.original_status_header,
+        ),
+    };
+    Ok((Response::from_parts(parts, body), Some(outcome)))
+}
+
+fn facts<'a>(request: &RequestFacts<'a>, status: u16, headers: &'a HeaderMap) -> Facts<'a> {
+    Facts {
+        method: request.method,
+        path: request.path,
+        status,
+        request_headers: request.headers,
+        response_headers: headers,
+    }
+}
+
+fn left(settings: &Settings, status: StatusCode, inspected: bool) -> Option<Outcome> {
+    (settings.contract && !is_documented(status.as_u16())).then(|| Outcome {
+        rule: None,
+        action: Action::Left,
+        upstream_status: status,
+        status,
+        body_inspected: inspected,
+    })
+}
+
+/// Buffers up to the inspect limit. Returns the body to send on (its bytes unchanged) and a
+/// copy to inspect (decompressed when gzip), or `None` when the body could not be inspected.
+async fn inspect(
+    body: ResponseBody,
+    method: &Method,
+    headers: &HeaderMap,
+    settings: &Settings<'_>,
+) -> Result<(ResponseBody, Option<Bytes>), InspectError> {
+    if *method == Method::HEAD {
+        return Ok((body, None));
+    }
+    let (body, raw) = match body {
+        ResponseBody::Upstream(incoming) => {
+            let read = tokio::time::timeout(
+                settings.body_timeout,
+                buffer_bounded(incoming, settings.inspect_limit),
+            );
+            match read.await {
+                Err(_) => return Err(InspectError::Timeout),
+                Ok(Err(_)) => return Err(InspectError::Upstream),
+                Ok(Ok(Buffered::Complete { data, trailers })) => (
+                    ResponseBody::Buffered {
+                        data: Some(data.clone()),
+                        trailers,
+                    },
+                    Some(data),
+                ),
+                Ok(Ok(Buffered::TooLarge { prefix, rest })) => (
+                    ResponseBody::Prefixed {
+                        prefix: Some(prefix),
+                        rest,
+                    },
+                    None,
+                ),
+            }
+        }
+        ResponseBody::Full(Some(data)) => (ResponseBody::Full(Some(data.clone())), Some(data)),
+        ResponseBody::Empty | ResponseBody::Full(None) => (body, Some(Bytes::new())),
+        other => (other, None),
+    };
+    let copy = match raw {
+        Some(bytes) if is_gzip(headers) => gunzip_bounded(&bytes, settings.inspect_limit),
+        other => other,
+    };
+    Ok((body, copy))
+}
+
+fn is_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim().eq_ignore_ascii_case("gzip") || v.trim().eq_ignore_ascii_case("x-gzip")
+        })
+}
+
+/// A decompressed copy of at most `limit` bytes; `None` if larger or not valid gzip.
+fn gunzip_bounded(bytes: &[u8], limit: usize) -> Option<Bytes> {
+    let mut out = Vec::new();
+    let decoder = flate2::read::MultiGzDecoder::new(bytes);
+    let read = decoder.take(limit as u64 + 1).read_to_end(&mut out).ok()?;
+    (read <= limit).then(|| Bytes::from(out))
+}
+
+/// Applies a rule's `then` to the response head and body.
+fn rewrite(
+    rule: &Rule,
+    parts: &mut Parts,
+    body: ResponseBody,
+    method: &Method,
+    original_status_header: Option<&HeaderName>,
+) -> ResponseBody {
+    let action: &RuleAction = &rule.then;
+    let original = parts.status;
+    parts.status = action.status;
+    // A reason phrase belongs to the old status (hyper would write it back out).
+    parts.extensions.remove::<hyper::ext::ReasonPhrase>();
+    if let Some(name) = original_status_header {
+        parts
+            .headers
+            .insert(name.clone(), HeaderValue::from(original.as_u16()));
+    }
+    for name in &action.remove_headers {
+        parts.headers.remove(name);
+    }
+    for (name, value) in &action.set_headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    if let Some((bytes, content_type)) = &action.body {
+        parts.headers.remove(CONTENT_ENCODING);
+        parts.headers.remove(TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        if let Some(content_type) = content_type {
+            parts.headers.insert(CONTENT_TYPE, content_type.clone());
+        }
+        return ResponseBody::full(bytes.clone());
+    }
+    if !allows_body(action.status) {
+        parts.headers.remove(CONTENT_LENGTH);
+        return ResponseBody::Empty;
+    }
+    if !allows_body(original) && *method != Method::HEAD {
+        // The upstream's 204/304 had no body; the new status needs a framed empty one.
+        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
+        return ResponseBody::Empty;
+    }
+    body
+}
+
+fn allows_body(status: StatusCode) -> bool {
+    !(status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status.is_informational())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+
+    #[test]
+    fn gunzip_is_bounded() {
+        let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(&[b'a'; 1000]).unwrap();
+        let gz = encoder.finish().unwrap();
+        assert_eq!(gunzip_bounded(&gz, 1000).map(|b| b.len()), Some(1000));
+        assert_eq!(gunzip_bounded(&gz, 999), None);
+        assert_eq!(gunzip_bounded(b"not gzip", 1000), None);
+    }
+}

@@ -1,0 +1,371 @@
+//! Status rules: the model, compiled matchers, per-route candidate indexes and evaluation.
+
+pub mod condition;
+pub mod profile;
+pub mod raw;
+
+use crate::config::{ConfigError, Locator};
+use bytes::Bytes;
+use condition::{method_bucket, Conditions, METHOD_BUCKETS};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use raw::{RawRule, RawThen};
+use serde_json::Value;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// The final codes of the documented contract.
+pub const DOCUMENTED: [u16; 8] = [200, 201, 202, 400, 403, 404, 409, 500];
+
+pub fn is_documented(status: u16) -> bool {
+    DOCUMENTED.contains(&status)
+}
+
+/// Where a rule came from; it decides its place in a route's evaluation order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Route,
+    Global,
+    Profile,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Route => "route",
+            Origin::Global => "global",
+            Origin::Profile => "profile",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub description: Option<String>,
+    pub origin: Origin,
+    /// Route names from `routes = [...]`; empty means every route.
+    pub routes: Vec<String>,
+    pub when: Conditions,
+    pub then: Action,
+}
+
+/// What a matching rule does to the response.
+#[derive(Debug, Clone)]
+pub struct Action {
+    pub status: StatusCode,
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    pub remove_headers: Vec<HeaderName>,
+    /// A replacement body, with the content type to send it with.
+    pub body: Option<(Bytes, Option<HeaderValue>)>,
+}
+
+/// Compiles one `[[rules]]` table (or a profile's rule).
+pub fn compile_rule(raw: &RawRule, origin: Origin, at: &Locator) -> Result<Rule, ConfigError> {
+    let when = condition::compile(raw.when.get_ref(), raw.when.span(), at)?;
+    let then = compile_then(raw.then.get_ref(), raw.then.span(), at)?;
+    let routes = raw
+        .routes
+        .as_ref()
+        .map(|list| list.get_ref().iter().map(|r| r.get_ref().clone()).collect())
+        .unwrap_or_default();
+    Ok(Rule {
+        name: raw.name.get_ref().clone(),
+        description: raw.description.clone(),
+        origin,
+        routes,
+        when,
+        then,
+    })
+}
+
+pub fn compile_then(
+    raw: &RawThen,
+    span: Range<usize>,
+    at: &Locator,
+) -> Result<Action, ConfigError> {
+    let code = *raw.status.get_ref();
+    // hyper cannot send a 1xx as a final response (it would become a 500): never allow one.
+    if !(200..=599).contains(&code) {
+        return Err(at.at(
+            raw.status.span(),
+            format!("then.status {code} must be a final status between 200 and 599"),
+        ));
+    }
+    let status = StatusCode::from_u16(code as u16).map_err(|_| {
+        at.at(
+            raw.status.span(),
+            format!("then.status {code} is not a status"),
+        )
+    })?;
+    let mut set_headers = Vec::new();
+    let mut remove_headers = Vec::new();
+    if let Some(edits) = &raw.headers {
+        for (name, value) in &edits.set {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                at.at(
+                    span.clone(),
+                    format!("then.headers.set: `{name}` is not a header name"),
+                )
+            })?;
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                at.at(
+                    span.clone(),
+                    format!("then.headers.set: bad value for `{name}`"),
+                )
+            })?;
+            set_headers.push((name, value));
+        }
+        for name in &edits.remove {
+            remove_headers.push(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                at.at(
+                    span.clone(),
+                    format!("then.headers.remove: `{name}` is not a header name"),
+                )
+            })?);
+        }
+    }
+    let body = raw
+        .body
+        .as_ref()
+        .map(|b| compile_body(b.get_ref(), b.span(), at))
+        .transpose()?;
+    Ok(Action {
+        status,
+        set_headers,
+        remove_headers,
+        body,
+    })
+}
+
+/// A string body is sent as written; a table or array is sent as JSON.
+fn compile_body(
+    value: &toml::Value,
+    span: Range<usize>,
+    at: &Locator,
+) -> Result<(Bytes, Option<HeaderValue>), ConfigError> {
+    match value {
+        toml::Value::String(text) => Ok((Bytes::from(text.clone()), None)),
+        other => {
+            let json =
+                serde_json::to_vec(other).map_err(|e| at.at(span, format!("then.body: {e}")))?;
+            Ok((
+                Bytes::from(json),
+                Some(HeaderValue::from_static("application/json")),
+            ))
+        }
+    }
+}
+
+impl Action {
+    pub fn content_type(&self) -> Option<&HeaderValue> {
+        self.body.as_ref().and_then(|(_, ct)| ct.as_ref())
+    }
+}
+
+/// The facts about one exchange that rules look at.
+pub struct Facts<'a> {
+    pub method: &'a Method,
+    /// The path as the client sent it, without the query string.
+    pub path: &'a str,
+    pub status: u16,
+    pub request_headers: Option<&'a HeaderMap>,
+    pub response_headers: &'a HeaderMap,
+}
+
+/// What is known of the response body while evaluating.
+#[derive(Clone, Copy)]
+pub enum BodyState<'a> {
+    /// Not read yet: a rule that needs it stops evaluation with [`Step::NeedBody`].
+    Unread,
+    Inspected(&'a [u8]),
+    /// Could not be inspected (larger than `inspect_body`, HEAD, or unreadable).
+    NotInspected,
+}
+
+pub enum Step<'r> {
+    Matched(&'r Rule),
+    NoMatch,
+    /// Candidate `resume` needs the body: read it, then evaluate again from there.
+    NeedBody {
+        resume: usize,
+    },
+}
+
+/// Why one candidate did or did not match, for `restatus explain`.
+#[derive(Debug, Clone)]
+pub struct TraceLine {
+    pub rule: String,
+    pub origin: Origin,
+    pub outcome: String,
+}
+
+/// The rules that apply to one route, in evaluation order, indexed by method and status.
+pub struct RuleSet {
+    rules: Vec<Arc<Rule>>,
+    /// `METHOD_BUCKETS * 500` lists of rule positions, for status 100..=599.
+    index: Vec<Box<[u16]>>,
+    needs_request_headers: bool,
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.rules.iter().map(|r| r.name.as_str()).collect();
+        f.debug_struct("RuleSet").field("rules", &names).finish()
+    }
+}
+
+impl RuleSet {
+    pub fn new(rules: Vec<Arc<Rule>>) -> Self {
+        let mut index = Vec::with_capacity(METHOD_BUCKETS * 500);
+        for bucket in 0..METHOD_BUCKETS {
+            for status in 100..=599u16 {
+                let list: Vec<u16> = rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| {
+                        r.when.statuses.contains(status) && r.when.method_bucket_matches(bucket)
+                    })
+                    .map(|(i, _)| i as u16)
+                    .collect();
+                index.push(list.into_boxed_slice());
+            }
+        }
+        let needs_request_headers = rules.iter().any(|r| !r.when.request_headers.is_empty());
+        RuleSet {
+            rules,
+            index,
+            needs_request_headers,
+        }
+    }
+
+    pub fn rules(&self) -> &[Arc<Rule>] {
+        &self.rules
+    }
+
+    /// Whether evaluation will look at request headers (so they must be kept).
+    pub fn needs_request_headers(&self) -> bool {
+        self.needs_request_headers
+    }
+
+    /// Rule positions that could match this method and status, in order.
+    pub fn candidates(&self, method: &Method, status: u16) -> &[u16] {
+        if !(100..=599).contains(&status) {
+            return &[];
+        }
+        &self.index[method_bucket(method) * 500 + (status - 100) as usize]
+    }
+
+    /// Evaluates candidates from position `start` until the first match.
+    pub fn evaluate(
+        &self,
+        facts: &Facts,
+        body: BodyState,
+        start: usize,
+        mut trace: Option<&mut Vec<TraceLine>>,
+    ) -> Step<'_> {
+        let candidates = self.candidates(facts.method, facts.status);
+        let mut json = JsonCache::default();
+        for (position, &i) in candidates.iter().enumerate().skip(start) {
+            let rule = &self.rules[i as usize];
+            let outcome = check(rule, facts, body, &mut json);
+            if let Some(trace) = trace.as_deref_mut() {
+                let text = match &outcome {
+                    Check::Pass => "matched".to_string(),
+                    Check::Fail(why) => format!("skipped: {why}"),
+                    Check::NeedBody => "needs the response body".to_string(),
+                };
+                trace.push(TraceLine {
+                    rule: rule.name.clone(),
+                    origin: rule.origin,
+                    outcome: text,
+                });
+            }
+            match outcome {
+                Check::Pass => return Step::Matched(rule),
+                Check::NeedBody => return Step::NeedBody { resume: position },
+                Check::Fail(_) => {}
+            }
+        }
+        Step::NoMatch
+    }
+
+    /// Pairs (earlier, later) where the earlier rule matches everything the later one does.
+    pub fn shadowed(&self) -> Vec<(&Rule, &Rule)> {
+        let mut out = Vec::new();
+        for (i, later) in self.rules.iter().enumerate() {
+            if let Some(earlier) = self.rules[..i].iter().find(|e| e.when.covers(&later.when)) {
+                out.push((earlier.as_ref(), later.as_ref()));
+            }
+        }
+        out
+    }
+}
+
+enum Check {
+    Pass,
+    Fail(String),
+    NeedBody,
+}
+
+#[derive(Default)]
+struct JsonCache {
+    parsed: Option<Option<Value>>,
+}
+
+impl JsonCache {
+    fn get(&mut self, body: &[u8]) -> Option<&Value> {
+        self.parsed
+            .get_or_insert_with(|| serde_json::from_slice(body).ok())
+            .as_ref()
+    }
+}
+
+fn check(rule: &Rule, facts: &Facts, body: BodyState, json: &mut JsonCache) -> Check {
+    let when = &rule.when;
+    if !when.method_matches(facts.method) {
+        return Check::Fail(format!(
+            "method is not {:?}",
+            when.methods.as_deref().unwrap_or(&[])
+        ));
+    }
+    if let Some(path) = &when.path {
+        if !path.matches(facts.path) {
+            return Check::Fail(format!(
+                "path does not match {}",
+                when.path_text.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    for header in &when.request_headers {
+        if !facts.request_headers.is_some_and(|h| header.matches(h)) {
+            return Check::Fail(format!("request header `{}` does not match", header.name));
+        }
+    }
+    for header in &when.response_headers {
+        if !header.matches(facts.response_headers) {
+            return Check::Fail(format!("response header `{}` does not match", header.name));
+        }
+    }
+    if !when.needs_body() {
+        return Check::Pass;
+    }
+    let bytes = match body {
+        BodyState::Unread => return Check::NeedBody,
+        BodyState::NotInspected => return Check::Fail("response body was not inspected".into()),
+        BodyState::Inspected(bytes) => bytes,
+    };
+    if let Some(regex) = &when.body_regex {
+        if !regex.is_match(bytes) {
+            return Check::Fail(format!("body does not match /{}/", regex.as_str()));
+        }
+    }
+    if let Some(body_json) = &when.body_json {
+        if !body_json.matches(json.get(bytes)) {
+            return Check::Fail(format!(
+                "body JSON at `{}` does not match",
+                body_json.pointer
+            ));
+        }
+    }
+    Check::Pass
+}
