@@ -3,10 +3,12 @@
 
 use crate::config::SinkTarget;
 use serde::Serialize;
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How many records may wait for the writer before new ones are dropped (and counted).
@@ -67,29 +69,51 @@ enum Message {
     Flush(mpsc::Sender<()>),
 }
 
+/// How many of the latest records are kept in memory (for the admin page and the demo).
+pub const RECENT_CAPACITY: usize = 1000;
+
 /// The deviation log: a bounded queue in front of a writer thread.
 pub struct DeviationLog {
     queue: SyncSender<Message>,
-    written: std::sync::Arc<AtomicU64>,
+    shared: Arc<Shared>,
     dropped: AtomicU64,
+}
+
+/// State the writer thread updates and readers look at.
+#[derive(Default)]
+struct Shared {
+    written: AtomicU64,
+    recent: Mutex<VecDeque<Record>>,
 }
 
 impl DeviationLog {
     /// Starts the writer for `target`. A file is opened for appending now, so a bad path is
     /// reported at start rather than lost later.
     pub fn start(target: &SinkTarget) -> std::io::Result<DeviationLog> {
-        let out = open(target)?;
+        DeviationLog::with_writer(open(target)?)
+    }
+
+    /// Starts the writer on any byte sink.
+    pub fn with_writer(out: Box<dyn Write + Send>) -> std::io::Result<DeviationLog> {
         let (queue, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
-        let written = std::sync::Arc::new(AtomicU64::new(0));
-        let counter = written.clone();
+        let shared = Arc::new(Shared::default());
+        let state = shared.clone();
         std::thread::Builder::new()
             .name("restatus-deviations".into())
-            .spawn(move || write_loop(receiver, out, &counter))?;
+            .spawn(move || write_loop(receiver, out, &state))?;
         Ok(DeviationLog {
             queue,
-            written,
+            shared,
             dropped: AtomicU64::new(0),
         })
+    }
+
+    /// The latest records written, oldest first.
+    pub fn recent(&self) -> Vec<Record> {
+        match self.shared.recent.lock() {
+            Ok(recent) => recent.iter().cloned().collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Queues a record; never blocks. A full queue drops the record and counts it.
@@ -104,7 +128,7 @@ impl DeviationLog {
 
     /// Records written to the sink so far.
     pub fn written(&self) -> u64 {
-        self.written.load(Ordering::Relaxed)
+        self.shared.written.load(Ordering::Relaxed)
     }
 
     /// Records dropped because the queue was full.
@@ -142,7 +166,7 @@ fn open(target: &SinkTarget) -> std::io::Result<Box<dyn Write + Send>> {
     })
 }
 
-fn write_loop(receiver: Receiver<Message>, out: Box<dyn Write + Send>, written: &AtomicU64) {
+fn write_loop(receiver: Receiver<Message>, out: Box<dyn Write + Send>, shared: &Shared) {
     let mut out = BufWriter::with_capacity(64 << 10, out);
     let mut line = Vec::with_capacity(512);
     while let Ok(message) = receiver.recv() {
@@ -157,9 +181,10 @@ fn write_loop(receiver: Receiver<Message>, out: Box<dyn Write + Send>, written: 
                         if let Err(err) = out.write_all(&line) {
                             tracing::error!(error = %err, "cannot write deviation record");
                         } else {
-                            written.fetch_add(1, Ordering::Relaxed);
+                            shared.written.fetch_add(1, Ordering::Relaxed);
                         }
                     }
+                    remember(shared, *record);
                 }
                 Message::Flush(ack) => {
                     let _ = out.flush();
@@ -171,6 +196,15 @@ fn write_loop(receiver: Receiver<Message>, out: Box<dyn Write + Send>, written: 
         if let Err(err) = out.flush() {
             tracing::error!(error = %err, "cannot flush deviation records");
         }
+    }
+}
+
+fn remember(shared: &Shared, record: Record) {
+    if let Ok(mut recent) = shared.recent.lock() {
+        if recent.len() == RECENT_CAPACITY {
+            recent.pop_front();
+        }
+        recent.push_back(record);
     }
 }
 

@@ -44,6 +44,15 @@ pub struct Server {
 impl Server {
     /// Binds every `server.listen` address; fails if any cannot be bound.
     pub async fn bind(config: &Config) -> std::io::Result<Server> {
+        let deviations = Arc::new(DeviationLog::start(&config.deviations.sink)?);
+        Server::bind_with(config, deviations).await
+    }
+
+    /// Binds with a deviation log made by the caller.
+    pub async fn bind_with(
+        config: &Config,
+        deviations: Arc<DeviationLog>,
+    ) -> std::io::Result<Server> {
         let mut listeners = Vec::with_capacity(config.server.listen.len());
         for addr in &config.server.listen {
             let listener = TcpListener::bind(addr).await.map_err(|err| {
@@ -51,12 +60,15 @@ impl Server {
             })?;
             listeners.push(listener);
         }
-        let deviations = Arc::new(DeviationLog::start(&config.deviations.sink)?);
         Ok(Server {
             listeners,
             proxy: Arc::new(Proxy::new(config, deviations)),
             settings: ConnSettings::from_config(config),
         })
+    }
+
+    pub fn deviations(&self) -> Arc<DeviationLog> {
+        self.proxy.deviations.clone()
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
