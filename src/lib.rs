@@ -5,8 +5,11 @@
 
 pub mod access;
 pub mod body;
+pub mod check;
 pub mod config;
+pub mod demo;
 pub mod deviation;
+pub mod explain;
 pub mod headers;
 pub mod idle;
 pub mod logging;

@@ -246,7 +246,7 @@ pub fn compile(
     let body_regex = match &when.body_regex {
         None => None,
         Some(text) => {
-            detail_text.push(format!("body_regex={}", text.get_ref()));
+            detail_text.push(format!("body_regex {}", text.get_ref()));
             Some(
                 BytesRegex::new(text.get_ref())
                     .map_err(|e| at.at(text.span(), format!("bad body_regex: {e}")))?,
@@ -256,7 +256,7 @@ pub fn compile(
     let body_json = match &when.body_json {
         None => None,
         Some(raw) => {
-            detail_text.push(format!("body_json={:?}", raw.get_ref()));
+            detail_text.push(describe_body_json(raw.get_ref()));
             Some(compile_body_json(raw.get_ref(), raw.span(), at)?)
         }
     };
@@ -412,7 +412,7 @@ fn compile_headers(
                 }
             },
         };
-        detail_text.push(format!("{side}:{name}={condition:?}"));
+        detail_text.push(format!("{side}_header {}", describe_header(&header, &test)));
         out.push(HeaderCondition { name: header, test });
     }
     Ok(out)
@@ -514,4 +514,32 @@ mod tests {
         assert!(!set.is_superset(&StatusSet::all()));
         assert!(!set.contains(600));
     }
+}
+
+/// A header condition as the user reads it; also the key that shadowing compares.
+fn describe_header(name: &HeaderName, test: &HeaderTest) -> String {
+    match test {
+        HeaderTest::Exact(value) => format!("{name} = {value:?}"),
+        HeaderTest::Regex(regex) => format!("{name} ~ /{}/", regex.as_str()),
+        HeaderTest::Present(true) => format!("{name} present"),
+        HeaderTest::Present(false) => format!("{name} absent"),
+    }
+}
+
+/// A `body_json` condition as the user reads it; also the key that shadowing compares.
+fn describe_body_json(raw: &RawBodyJson) -> String {
+    let mut text = format!("body_json {}", raw.pointer);
+    if let Some(value) = &raw.equals {
+        text.push_str(&format!(" == {value}"));
+    }
+    if let Some(list) = &raw.one_of {
+        let values: Vec<String> = list.iter().map(|v| v.to_string()).collect();
+        text.push_str(&format!(" in [{}]", values.join(", ")));
+    }
+    match raw.exists {
+        Some(true) => text.push_str(" exists"),
+        Some(false) => text.push_str(" missing"),
+        None => {}
+    }
+    text
 }

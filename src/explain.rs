@@ -1,0 +1,233 @@
+//! `restatus explain`: runs one made-up exchange through a route's rules exactly as the proxy
+//! would, and says which rule fires, why earlier candidates did not, and what gets recorded.
+
+use crate::body::ResponseBody;
+use crate::config::{Config, RouteConfig};
+use crate::deviation::{self, Kind, Record, Source};
+use crate::normalize::{self, Outcome, RequestFacts, Settings};
+use crate::rules::profile::Profile;
+use crate::rules::{BodyState, Facts, RuleSet, Step, TraceLine};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Response, StatusCode};
+use std::fmt::Write;
+use std::time::{Duration, SystemTime};
+
+/// The exchange to explain.
+pub struct Query {
+    pub route: String,
+    pub method: Method,
+    /// As the client would send it; a query string is ignored like the proxy ignores it.
+    pub path: String,
+    pub status: u16,
+    pub request_headers: HeaderMap,
+    pub response_headers: HeaderMap,
+    pub body: Option<Bytes>,
+}
+
+/// Explains `query` against `config`; an error names what was wrong with the query.
+pub async fn explain(config: &Config, query: &Query) -> Result<String, String> {
+    let route = find_route(config, &query.route)?;
+    let status = StatusCode::from_u16(query.status)
+        .ok()
+        .filter(|s| (200..=599).contains(&s.as_u16()))
+        .ok_or_else(|| format!("--status {} is not a final status (200-599)", query.status))?;
+    let path = query.path.split('?').next().unwrap_or("/");
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "route {} (profile {}, mode {}), upstream {}",
+        route.name,
+        route.profile.as_str(),
+        route.mode.as_str(),
+        config.upstream(route).name
+    );
+    let _ = writeln!(
+        out,
+        "{} {} answered {} by the service",
+        query.method, path, query.status
+    );
+    let matched = write_trace(&mut out, config, route, query, path);
+    let (response, outcome) = run(config, route, query, path, status).await?;
+    match outcome {
+        Some(outcome) => write_record(&mut out, config, route, query, path, &response, outcome),
+        None => {
+            let _ = writeln!(out, "\nthe client gets: {}", response.status());
+            let _ = writeln!(
+                out,
+                "record: none ({})",
+                no_record_reason(route, query, matched)
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn find_route<'a>(config: &'a Config, name: &str) -> Result<&'a RouteConfig, String> {
+    config
+        .routes
+        .iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+            format!(
+                "no route named `{name}`; routes in this config: {}",
+                names.join(", ")
+            )
+        })
+}
+
+/// Writes every candidate the proxy would look at, in order, with why it did or did not match.
+/// Returns the rule that matched, if any.
+fn write_trace(
+    out: &mut String,
+    config: &Config,
+    route: &RouteConfig,
+    query: &Query,
+    path: &str,
+) -> Option<String> {
+    let rules = &route.rules;
+    let candidates = rules.candidates(&query.method, query.status).len();
+    let _ = writeln!(
+        out,
+        "\n{candidates} of {} rules are candidates for {} {} (the others are never looked at):",
+        rules.rules().len(),
+        query.method,
+        query.status
+    );
+    let facts = Facts {
+        method: &query.method,
+        path,
+        status: query.status,
+        request_headers: Some(&query.request_headers),
+        response_headers: &query.response_headers,
+    };
+    let lines = trace(rules, &facts, body_state(config, query));
+    for line in &lines {
+        let _ = writeln!(
+            out,
+            "  {} [{}]: {}",
+            line.rule,
+            line.origin.as_str(),
+            line.outcome
+        );
+    }
+    lines
+        .last()
+        .filter(|line| line.outcome == "matched")
+        .map(|line| line.rule.clone())
+}
+
+/// What the proxy would know of the body: nothing if none was given, nothing past the limit.
+fn body_state<'a>(config: &Config, query: &'a Query) -> BodyState<'a> {
+    match &query.body {
+        Some(body) if body.len() <= config.limits.inspect_body && query.method != Method::HEAD => {
+            BodyState::Inspected(body)
+        }
+        _ => BodyState::NotInspected,
+    }
+}
+
+fn trace(rules: &RuleSet, facts: &Facts, body: BodyState) -> Vec<TraceLine> {
+    let mut lines = Vec::new();
+    if let Step::NeedBody { resume } = rules.evaluate(facts, BodyState::Unread, 0, Some(&mut lines))
+    {
+        // The proxy reads the body at this point and carries on from the same candidate.
+        lines.pop();
+        rules.evaluate(facts, body, resume, Some(&mut lines));
+    }
+    lines
+}
+
+/// Runs the real normalize stage on the made-up response.
+async fn run(
+    config: &Config,
+    route: &RouteConfig,
+    query: &Query,
+    path: &str,
+    status: StatusCode,
+) -> Result<(Response<ResponseBody>, Option<Outcome>), String> {
+    let mut response = Response::new(match &query.body {
+        Some(body) => ResponseBody::full(body.clone()),
+        None => ResponseBody::Empty,
+    });
+    *response.status_mut() = status;
+    *response.headers_mut() = query.response_headers.clone();
+    let request = RequestFacts {
+        method: &query.method,
+        path,
+        headers: Some(&query.request_headers),
+    };
+    let settings = Settings {
+        rules: &route.rules,
+        mode: route.mode,
+        contract: route.profile != Profile::None,
+        inspect_limit: config.limits.inspect_body,
+        body_timeout: Duration::from_secs(5),
+        original_status_header: config.deviations.original_status_header.as_ref(),
+    };
+    normalize::normalize(&request, response, &settings)
+        .await
+        .map_err(|err| format!("the response body could not be read: {err:?}"))
+}
+
+fn write_record(
+    out: &mut String,
+    config: &Config,
+    route: &RouteConfig,
+    query: &Query,
+    path: &str,
+    response: &Response<ResponseBody>,
+    outcome: Outcome,
+) {
+    let _ = writeln!(out, "\nthe client gets: {}", response.status());
+    let _ = writeln!(
+        out,
+        "rule: {} ({})",
+        outcome.rule.as_deref().unwrap_or("none"),
+        action_text(outcome.action)
+    );
+    if let Some(header) = &config.deviations.original_status_header {
+        if let Some(value) = response.headers().get(header) {
+            let _ = writeln!(out, "header: {header}: {}", value.to_str().unwrap_or(""));
+        }
+    }
+    let record = Record {
+        ts: deviation::rfc3339_ms(SystemTime::now()),
+        request_id: "explain".to_string(),
+        route: route.name.clone(),
+        rule: outcome.rule.clone(),
+        action: outcome.action,
+        kind: Kind::Status,
+        source: Source::Upstream,
+        method: query.method.to_string(),
+        path: path.to_string(),
+        upstream: config.upstream(route).name.clone(),
+        upstream_status: outcome.upstream_status.as_u16(),
+        status: outcome.status.as_u16(),
+        body_inspected: outcome.body_inspected,
+        duration_ms: 0.0,
+    };
+    let json = serde_json::to_string(&record).unwrap_or_default();
+    let _ = writeln!(out, "record: {json}");
+}
+
+fn action_text(action: deviation::Action) -> &'static str {
+    match action {
+        deviation::Action::Rewrote => "rewrote the status",
+        deviation::Action::WouldRewrite => "audit mode: would rewrite, the status is unchanged",
+        deviation::Action::Left => "no rule matched and the status is outside the contract",
+    }
+}
+
+fn no_record_reason(route: &RouteConfig, query: &Query, matched: Option<String>) -> String {
+    if let Some(rule) = matched {
+        return format!("rule `{rule}` keeps the status: an allowed exception");
+    }
+    if crate::rules::is_documented(query.status) {
+        "the status is in the documented contract and no rule changes it".to_string()
+    } else if route.profile == Profile::None {
+        "no rule matched, and without a profile undocumented codes are not recorded".to_string()
+    } else {
+        "no rule matched".to_string()
+    }
+}
