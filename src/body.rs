@@ -1,6 +1,7 @@
 //! Body types on both legs: what goes to the client and what goes upstream, without boxing,
 //! plus bounded buffering that falls back to streaming when a body is larger than the bound.
 
+use crate::expect::Hold;
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -159,6 +160,8 @@ pub enum Source {
 /// A request body sent upstream. It can be reclaimed (see [`Reclaim`]) as long as the upstream
 /// client has not started reading it, so that a refused connect can be retried elsewhere.
 pub struct ForwardBody {
+    /// Holds the body back until the upstream asks for it (`Expect: 100-continue`).
+    hold: Option<Hold>,
     source: Option<Source>,
     slot: Option<Arc<Mutex<Option<Source>>>>,
     hint: SizeHint,
@@ -186,7 +189,7 @@ impl Source {
         }
     }
 
-    fn is_end_stream(&self) -> bool {
+    pub fn is_end_stream(&self) -> bool {
         match self {
             Source::Empty => true,
             Source::Full(data) => data.is_none(),
@@ -221,6 +224,7 @@ impl Source {
 impl ForwardBody {
     pub fn new(source: Source) -> Self {
         ForwardBody {
+            hold: None,
             hint: source.hint(),
             end: source.is_end_stream(),
             source: Some(source),
@@ -238,12 +242,19 @@ impl ForwardBody {
         let end = source.is_end_stream();
         let slot = Arc::new(Mutex::new(Some(source)));
         let body = ForwardBody {
+            hold: None,
             source: None,
             slot: Some(slot.clone()),
             hint,
             end,
         };
         (body, Reclaim { slot })
+    }
+
+    /// Holds the body back behind `hold` (see [`crate::expect`]).
+    pub fn held(mut self, hold: Option<Hold>) -> Self {
+        self.hold = hold;
+        self
     }
 }
 
@@ -256,6 +267,13 @@ impl Body for ForwardBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(hold) = this.hold.as_mut() {
+            match hold.poll_release(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(err)) => return Poll::Ready(Some(Err(err))),
+                Poll::Ready(Ok(())) => this.hold = None,
+            }
+        }
         if this.source.is_none() {
             if let Some(slot) = this.slot.take() {
                 this.source = slot.lock().ok().and_then(|mut s| s.take());
@@ -277,7 +295,7 @@ impl Body for ForwardBody {
     fn size_hint(&self) -> SizeHint {
         match &self.source {
             Some(source) => source.hint(),
-            None => self.hint.clone(),
+            None => self.hint,
         }
     }
 }

@@ -9,16 +9,30 @@ use std::fmt::Write;
 /// The full `check` report for a valid config.
 pub fn report(config: &Config) -> String {
     let mut out = config::summary(config);
-    let _ = writeln!(out, "rules, in evaluation order:");
+    let _ = writeln!(out, "checks and rules, in evaluation order:");
     let mut warnings = Vec::new();
     for route in &config.routes {
         let _ = writeln!(
             out,
-            "  route {} (profile {}, mode {}):",
+            "  route {} (profile {}, mode {}{}):",
             route.name,
             route.profile.as_str(),
-            route.mode.as_str()
+            route.mode.as_str(),
+            if route.validate_json {
+                ", validate_json"
+            } else {
+                ""
+            }
         );
+        for check in route.checks.iter() {
+            let _ = writeln!(
+                out,
+                "    check {} when {} -> {}",
+                check.name,
+                describe_conditions(&check.when),
+                check.then.status.as_u16()
+            );
+        }
         for (i, rule) in route.rules.rules().iter().enumerate() {
             let _ = writeln!(out, "    {:>3}. {}", i + 1, describe_rule(rule));
         }

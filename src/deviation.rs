@@ -42,6 +42,7 @@ pub enum Kind {
     /// The upstream answered an `Expect: 100-continue` request only after the body.
     ExpectIgnored,
     /// The upstream sent `100 Continue` to a request that did not ask for it.
+    #[serde(rename = "unsolicited_100")]
     Unsolicited100,
 }
 

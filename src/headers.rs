@@ -157,7 +157,8 @@ mod tests {
 
     #[test]
     fn hop_by_hop_fields_are_stripped() {
-        let cases: &[(&[(&str, &str)], &[&str], &[&str])] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a [&'a str]);
+        let cases: &[Case] = &[
             (
                 &[
                     ("connection", "x-a, x-b"),

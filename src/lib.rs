@@ -4,11 +4,13 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod access;
+pub mod admit;
 pub mod body;
 pub mod check;
 pub mod config;
 pub mod demo;
 pub mod deviation;
+pub mod expect;
 pub mod explain;
 pub mod headers;
 pub mod idle;

@@ -124,7 +124,7 @@ fn facts<'a>(request: &RequestFacts<'a>, status: u16, headers: &'a HeaderMap) ->
 }
 
 fn left(settings: &Settings, status: StatusCode, inspected: bool) -> Option<Outcome> {
-    (settings.contract && !is_documented(status.as_u16())).then(|| Outcome {
+    (settings.contract && !is_documented(status.as_u16())).then_some(Outcome {
         rule: None,
         action: Action::Left,
         upstream_status: status,

@@ -1,9 +1,11 @@
 //! The per-request function: every stage of a request, in order, in one place.
 
 use crate::access::{AccessRecord, LoggedBody};
+use crate::admit;
 use crate::body::{ResponseBody, Source};
 use crate::config::{Config, HostMode};
 use crate::deviation::{self, DeviationLog, Kind, Record};
+use crate::expect::{self, Held};
 use crate::headers::{self, RequestIds, X_REQUEST_ID};
 use crate::normalize::{self, InspectError, Outcome, RequestFacts, Settings};
 use crate::respond::{close_connection, Culprit, ProxyError};
@@ -65,6 +67,10 @@ struct Exchange<'a> {
     /// Kept only when a rule of the route looks at request headers.
     request_headers: Option<HeaderMap>,
     upstream_status: Option<StatusCode>,
+    /// The client's request body was left unread: its connection cannot carry another request.
+    close: bool,
+    /// A 100-continue protocol deviation of the upstream, recorded beside any status deviation.
+    protocol: Option<Kind>,
 }
 
 /// Handles one request; never fails, every failure becomes a response.
@@ -81,17 +87,26 @@ pub async fn handle(
         route: None,
         request_headers: None,
         upstream_status: None,
+        close: false,
+        protocol: None,
     };
-    // 1-6: route, check, forward, and the upstream's answer (or the proxy's own).
+    // 1-6: route, checks, forward, and the upstream's answer (or the proxy's own).
     let (response, source) = match forward(&proxy, conn, request, &mut exchange).await {
         Ok(response) => (response, deviation::Source::Upstream),
         Err(err) => (error_response(&err, &exchange), deviation::Source::Proxy),
     };
     // 7-8: normalize and record.
-    let response = match exchange.route {
+    let mut response = match exchange.route {
         Some(route) => normalize_and_record(&proxy, route, response, source, &exchange).await,
         None => response,
     };
+    if let (Some(route), Some(kind)) = (exchange.route, exchange.protocol) {
+        let record = protocol_record(&exchange, route, kind, response.status());
+        proxy.deviations.write(record);
+    }
+    if exchange.close {
+        close_connection(&mut response);
+    }
     // 9: respond, streaming.
     let record = proxy
         .access_log
@@ -106,8 +121,53 @@ async fn forward<'a>(
     request: Request<Incoming>,
     exchange: &mut Exchange<'a>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    // 2. route
-    let host = request_host(&request);
+    // 2-3. route and checks, from the request head alone: with `Expect: 100-continue`, a
+    // refusal goes out before any 100 and the body is never asked for.
+    let route = match admit(proxy, &request, exchange) {
+        Ok(route) => route,
+        Err(err) => {
+            exchange.close = !admit::settle_unread(request).await;
+            return Err(err);
+        }
+    };
+
+    // 4. request body check (reads the body, so the client gets its 100 first)
+    let (parts, body) = request.into_parts();
+    let limit = proxy.request_body_limit;
+    let (body, validated) = match admit::validate_json(route, &parts.headers, body, limit).await {
+        Ok(checked) => checked,
+        Err(err) => {
+            exchange.close = !matches!(err, ProxyError::InvalidJson(_));
+            return Err(err);
+        }
+    };
+
+    // 5. forward
+    let version = parts.version;
+    let mut outbound = outbound_request(route, conn, parts, body, &exchange.request_id);
+    let held = expect::plan(&mut outbound, route, version, validated);
+    let interim = outbound.interim.clone();
+
+    // 6. upstream answers (or fails)
+    let result = route.upstream.send(outbound).await;
+    exchange.protocol = expect::deviation(&interim, held);
+    if interim.on_final() == Held::Withheld {
+        // The client was never asked for its body; it may still be sending some of it.
+        exchange.close = true;
+    }
+    let upstream_response = result?;
+    exchange.upstream_status = Some(upstream_response.status());
+    Ok(client_response(upstream_response, &exchange.request_id))
+}
+
+/// Routes the request and applies the header-level decisions: the route's checks and the
+/// declared body size.
+fn admit<'a>(
+    proxy: &'a Proxy,
+    request: &Request<Incoming>,
+    exchange: &mut Exchange<'a>,
+) -> Result<&'a Route, ProxyError> {
+    let host = request_host(request);
     let route = proxy
         .routes
         .find(
@@ -119,23 +179,16 @@ async fn forward<'a>(
     if route.rules.needs_request_headers() {
         exchange.request_headers = Some(request.headers().clone());
     }
-
-    // 3. request checks from headers alone
-    check_declared_length(&request, proxy.request_body_limit)?;
-
-    // 5. forward
-    let outbound = outbound_request(
-        route,
-        conn,
-        request,
-        &exchange.request_id,
-        proxy.request_body_limit,
-    );
-
-    // 6. upstream answers (or fails)
-    let upstream_response = route.upstream.send(outbound).await?;
-    exchange.upstream_status = Some(upstream_response.status());
-    Ok(client_response(upstream_response, &exchange.request_id))
+    let (method, path, headers) = (request.method(), request.uri().path(), request.headers());
+    if let Some(check) = route
+        .checks
+        .iter()
+        .find(|c| c.refuses(method, path, headers))
+    {
+        return Err(ProxyError::Refused(check.clone()));
+    }
+    check_declared_length(request, proxy.request_body_limit)?;
+    Ok(route)
 }
 
 /// The host the client asked for: the URI authority (HTTP/2, absolute-form) or `Host`.
@@ -161,12 +214,14 @@ fn check_declared_length<B>(request: &Request<B>, limit: u64) -> Result<(), Prox
 fn outbound_request(
     route: &Route,
     conn: Connection,
-    request: Request<Incoming>,
+    parts: http::request::Parts,
+    body: Source,
     request_id: &HeaderValue,
-    limit: u64,
 ) -> OutboundRequest {
-    let host = request_host(&request);
-    let (parts, body) = request.into_parts();
+    let host = match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => parts.headers.get(HOST).cloned(),
+    };
     let mut headers = parts.headers;
     headers::strip_hop_by_hop(&mut headers);
     headers::append_forwarded_for(&mut headers, conn.peer.ip());
@@ -187,11 +242,8 @@ fn outbound_request(
         method: parts.method,
         path_and_query: route.upstream_path(&original),
         headers,
-        body: Source::Client {
-            body,
-            seen: 0,
-            limit,
-        },
+        body,
+        interim: expect::Interim::new(false),
     }
 }
 
@@ -312,6 +364,22 @@ fn record(
         status: outcome.status.as_u16(),
         body_inspected: outcome.body_inspected,
         duration_ms: exchange.started.elapsed().as_secs_f64() * 1000.0,
+    }
+}
+
+/// A record of the upstream's 100-continue misbehaviour; the status is what the client got.
+fn protocol_record(exchange: &Exchange, route: &Route, kind: Kind, status: StatusCode) -> Record {
+    let upstream_status = exchange.upstream_status.unwrap_or(status);
+    let outcome = Outcome {
+        rule: None,
+        action: deviation::Action::Left,
+        upstream_status,
+        status,
+        body_inspected: false,
+    };
+    Record {
+        kind,
+        ..record(exchange, route, deviation::Source::Upstream, &outcome)
     }
 }
 

@@ -2,14 +2,20 @@
 
 use crate::body::ResponseBody;
 use crate::headers::{X_REQUEST_ID, X_RESTATUS_SOURCE};
+use crate::rules::check::Check;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Response, StatusCode};
+use std::sync::Arc;
 
 /// Why the proxy answered instead of the upstream, and who caused it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ProxyError {
     /// No route matches the request's host and path.
     NoRoute,
+    /// A `[[checks]]` entry refused the request from its head.
+    Refused(Arc<Check>),
+    /// `validate_json` is on and the JSON request body does not parse.
+    InvalidJson(String),
     /// The declared or streamed request body is larger than `limits.request_body`.
     BodyTooLarge { limit: u64 },
     /// The request is malformed in a way the proxy refuses to forward.
@@ -37,6 +43,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Refused(check) => check.then.status,
+            ProxyError::InvalidJson(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UpstreamConnect
@@ -50,9 +58,11 @@ impl ProxyError {
 
     pub fn culprit(&self) -> Culprit {
         match self {
-            ProxyError::NoRoute | ProxyError::BodyTooLarge { .. } | ProxyError::BadRequest(_) => {
-                Culprit::Client
-            }
+            ProxyError::NoRoute
+            | ProxyError::Refused(_)
+            | ProxyError::InvalidJson(_)
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::BadRequest(_) => Culprit::Client,
             _ => Culprit::Upstream,
         }
     }
@@ -61,6 +71,8 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no_route",
+            ProxyError::Refused(_) => "check",
+            ProxyError::InvalidJson(_) => "invalid_json",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::UpstreamConnect => "connect",
@@ -74,6 +86,8 @@ impl ProxyError {
     pub fn message(&self) -> String {
         match self {
             ProxyError::NoRoute => "no route matches this host and path".into(),
+            ProxyError::Refused(check) => refusal_message(check),
+            ProxyError::InvalidJson(why) => format!("request body is not valid JSON: {why}"),
             ProxyError::BodyTooLarge { limit } => {
                 format!("request body is larger than the limit of {limit} bytes")
             }
@@ -89,7 +103,10 @@ impl ProxyError {
     }
 
     pub fn response(&self, request_id: &HeaderValue) -> Response<ResponseBody> {
-        proxy_response(self.status(), &self.message(), request_id)
+        match self {
+            ProxyError::Refused(check) => check_response(check, request_id),
+            _ => proxy_response(self.status(), &self.message(), request_id),
+        }
     }
 }
 
@@ -111,6 +128,35 @@ pub fn proxy_response(
     headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     headers.insert(&X_RESTATUS_SOURCE, HeaderValue::from_static("proxy"));
     headers.insert(&X_REQUEST_ID, request_id.clone());
+    response
+}
+
+fn refusal_message(check: &Check) -> String {
+    match &check.description {
+        Some(description) => format!("refused by check `{}`: {description}", check.name),
+        None => format!("refused by check `{}`", check.name),
+    }
+}
+
+/// A check's refusal: its own `then.body` and headers when it has them, else the usual JSON.
+fn check_response(check: &Check, request_id: &HeaderValue) -> Response<ResponseBody> {
+    let then = &check.then;
+    let mut response = proxy_response(then.status, &refusal_message(check), request_id);
+    if let Some((body, content_type)) = &then.body {
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        match content_type {
+            Some(value) => headers.insert(CONTENT_TYPE, value.clone()),
+            None => headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain")),
+        };
+        *response.body_mut() = ResponseBody::full(body.clone());
+    }
+    for name in &then.remove_headers {
+        response.headers_mut().remove(name);
+    }
+    for (name, value) in &then.set_headers {
+        response.headers_mut().insert(name, value.clone());
+    }
     response
 }
 

@@ -1,6 +1,7 @@
 //! The compiled route table: host, then the longest matching path prefix.
 
 use crate::config::{Config, Mode};
+use crate::rules::check::Check;
 use crate::rules::profile::Profile;
 use crate::rules::RuleSet;
 use crate::upstream::Upstream;
@@ -14,6 +15,10 @@ pub struct Route {
     pub prefix: String,
     pub strip_prefix: bool,
     pub rules: Arc<RuleSet>,
+    /// Request checks, decided from the head before anything is forwarded.
+    pub checks: Arc<[Arc<Check>]>,
+    /// JSON request bodies must parse before they are forwarded.
+    pub validate_json: bool,
     pub mode: Mode,
     /// Whether a contract profile applies (unmatched undocumented codes are recorded).
     pub contract: bool,
@@ -38,6 +43,8 @@ impl RouteTable {
                 prefix: r.path_prefix.clone(),
                 strip_prefix: r.strip_prefix,
                 rules: r.rules.clone(),
+                checks: r.checks.clone(),
+                validate_json: r.validate_json,
                 mode: r.mode,
                 contract: r.profile != Profile::None,
             })

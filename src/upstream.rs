@@ -2,7 +2,8 @@
 //! mapping of every way a request to it can fail onto a [`ProxyError`].
 
 use crate::body::{BodyTooLarge, ForwardBody, Source};
-use crate::config::{HostMode, Target, UpstreamConfig};
+use crate::config::{ExpectMode, HostMode, Target, UpstreamConfig};
+use crate::expect::{Hold, Interim};
 use crate::respond::ProxyError;
 use http::header::HOST;
 use http::uri::PathAndQuery;
@@ -12,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::error::Error as StdError;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ pub struct Upstream {
     pub config: Arc<UpstreamConfig>,
     client: Client<HttpConnector, ForwardBody>,
     next: AtomicUsize,
+    /// Set once the upstream answered as HTTP/1.0: it cannot take part in 100-continue.
+    http10: AtomicBool,
 }
 
 /// The parts of a request that go upstream, already rewritten by the proxy.
@@ -31,6 +34,14 @@ pub struct OutboundRequest {
     pub path_and_query: PathAndQuery,
     pub headers: HeaderMap,
     pub body: Source,
+    /// Interim responses of this request; a held body waits on it.
+    pub interim: Arc<Interim>,
+}
+
+impl OutboundRequest {
+    pub fn body_is_empty(&self) -> bool {
+        self.body.is_end_stream()
+    }
 }
 
 impl Upstream {
@@ -51,6 +62,7 @@ impl Upstream {
             config,
             client,
             next: AtomicUsize::new(0),
+            http10: AtomicBool::new(false),
         }
     }
 
@@ -58,14 +70,27 @@ impl Upstream {
         &self.config.name
     }
 
+    /// Whether `Expect: 100-continue` goes upstream. RFC 9110 §10.1.1 lets a proxy answer
+    /// `100` itself for an HTTP/1.0 next hop, which knows nothing of it.
+    pub fn forwards_expect(&self) -> bool {
+        self.config.expect == ExpectMode::Forward && !self.http10.load(Ordering::Relaxed)
+    }
+
     /// Sends the request to the next target in turn, moving on to the following target when
     /// a connection is refused, and waits at most `response_timeout` for the response head.
     pub async fn send(&self, outbound: OutboundRequest) -> Result<Response<Incoming>, ProxyError> {
         let attempt = self.attempts(outbound);
-        match tokio::time::timeout(self.config.response_timeout, attempt).await {
+        let result = match tokio::time::timeout(self.config.response_timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(ProxyError::UpstreamTimeout),
+        };
+        if let Ok(response) = &result {
+            if response.version() == Version::HTTP_10 && !self.http10.swap(true, Ordering::Relaxed)
+            {
+                tracing::info!(upstream = %self.config.name, "upstream answers HTTP/1.0: Expect is answered locally from now on");
+            }
         }
+        result
     }
 
     async fn attempts(&self, outbound: OutboundRequest) -> Result<Response<Incoming>, ProxyError> {
@@ -76,6 +101,7 @@ impl Upstream {
             path_and_query,
             mut headers,
             mut body,
+            interim,
         } = outbound;
         for tried in 0..targets.len() {
             let target = &targets[(first + tried) % targets.len()];
@@ -94,12 +120,20 @@ impl Upstream {
                 let (forward, reclaim) = ForwardBody::reclaimable(body);
                 (forward, Some(reclaim))
             };
-            let request = build_request(target, &method, &path_and_query, head, forward)?;
+            let hold = interim
+                .is_held()
+                .then(|| Hold::new(interim.clone(), self.config.expect_timeout));
+            let mut request =
+                build_request(target, &method, &path_and_query, head, forward.held(hold))?;
+            let observer = interim.clone();
+            hyper::ext::on_informational(&mut request, move |response| {
+                observer.on_informational(response.status());
+            });
             match self.client.request(request).await {
                 Ok(response) => return Ok(response),
                 Err(err) => {
                     let mapped = classify(&err);
-                    let retry = mapped == ProxyError::UpstreamConnect && !last;
+                    let retry = matches!(mapped, ProxyError::UpstreamConnect) && !last;
                     match reclaim.and_then(|r| r.take()) {
                         Some(source) if retry => {
                             tracing::debug!(upstream = %self.config.name, target = %target.authority, error = %err, "connect refused, trying next target");

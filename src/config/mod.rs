@@ -6,9 +6,10 @@ pub mod raw;
 mod units;
 
 pub use error::{ConfigError, Locator};
-pub use raw::{HostMode, LogFormat, Mode};
+pub use raw::{ExpectMode, HostMode, LogFormat, Mode};
 pub use units::{parse_duration, parse_size};
 
+use crate::rules::check::{compile_check, Check};
 use crate::rules::profile::Profile;
 use crate::rules::{compile_rule, Origin, Rule, RuleSet};
 use http::uri::{Authority, Scheme};
@@ -36,6 +37,8 @@ pub struct Config {
     pub deviations: Deviations,
     /// The user's `[[rules]]`, in file order.
     pub rules: Vec<Arc<Rule>>,
+    /// The user's `[[checks]]`, in file order.
+    pub checks: Vec<Arc<Check>>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +88,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub host: HostMode,
+    pub expect: ExpectMode,
+    /// How long a held request body waits for the upstream's `100` before it is sent anyway.
+    pub expect_timeout: Duration,
 }
 
 /// One upstream address, pre-split so the request path only copies parts.
@@ -110,6 +116,10 @@ pub struct RouteConfig {
     pub mode: Mode,
     /// Own rules, then global rules, then the profile's, compiled.
     pub rules: Arc<RuleSet>,
+    /// Own checks, then global checks, in file order.
+    pub checks: Arc<[Arc<Check>]>,
+    /// JSON request bodies must parse before they are forwarded.
+    pub validate_json: bool,
 }
 
 impl Config {
@@ -144,7 +154,14 @@ fn compile(raw: RawConfig, at: &Locator) -> Result<Config, ConfigError> {
     let deviations = compile_deviations(&raw.deviations, at)?;
     let upstreams = compile_upstreams(raw.upstreams, at)?;
     let rules = compile_rules(&raw.rules, &raw.routes, at)?;
-    let routes = compile_routes(raw.routes, &upstreams, &rules, deviations.mode, at)?;
+    let checks = compile_checks(&raw.checks, &raw.routes, at)?;
+    let routes = compile_routes(
+        raw.routes,
+        &upstreams,
+        (&rules, &checks),
+        deviations.mode,
+        at,
+    )?;
     Ok(Config {
         file: at.file.to_path_buf(),
         server,
@@ -154,6 +171,7 @@ fn compile(raw: RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         routes,
         deviations,
         rules,
+        checks,
     })
 }
 
@@ -255,6 +273,8 @@ fn compile_upstreams(
                 .response_timeout
                 .map_or(Duration::from_secs(30), |d| d.0),
             host: raw.host.unwrap_or_default(),
+            expect: raw.expect.unwrap_or_default(),
+            expect_timeout: raw.expect_timeout.map_or(Duration::from_secs(1), |d| d.0),
         }));
     }
     Ok(out)
@@ -374,16 +394,7 @@ fn compile_rules(
     let mut out = Vec::with_capacity(raws.len());
     for raw in raws {
         check_name(&raw.name, "rule", &mut names, at)?;
-        if let Some(list) = &raw.routes {
-            for name in list.get_ref() {
-                if !routes.iter().any(|r| r.name.get_ref() == name.get_ref()) {
-                    return Err(at.at(
-                        name.span(),
-                        format!("rule refers to unknown route `{}`", name.get_ref()),
-                    ));
-                }
-            }
-        }
+        check_route_refs(raw.routes.as_ref(), "rule", routes, at)?;
         let origin = if raw.routes.is_some() {
             Origin::Route
         } else {
@@ -392,6 +403,48 @@ fn compile_rules(
         out.push(Arc::new(compile_rule(raw, origin, at)?));
     }
     Ok(out)
+}
+
+fn compile_checks(
+    raws: &[crate::rules::raw::RawCheck],
+    routes: &[RawRoute],
+    at: &Locator,
+) -> Result<Vec<Arc<Check>>, ConfigError> {
+    let mut names = HashSet::new();
+    let mut out = Vec::with_capacity(raws.len());
+    for raw in raws {
+        check_name(&raw.name, "check", &mut names, at)?;
+        check_route_refs(raw.routes.as_ref(), "check", routes, at)?;
+        out.push(Arc::new(compile_check(raw, at)?));
+    }
+    Ok(out)
+}
+
+/// Every name in a `routes = [...]` list must be a route of this file.
+fn check_route_refs(
+    list: Option<&Spanned<Vec<Spanned<String>>>>,
+    kind: &str,
+    routes: &[RawRoute],
+    at: &Locator,
+) -> Result<(), ConfigError> {
+    for name in list.map(|l| l.get_ref().as_slice()).unwrap_or_default() {
+        if !routes.iter().any(|r| r.name.get_ref() == name.get_ref()) {
+            return Err(at.at(
+                name.span(),
+                format!("{kind} refers to unknown route `{}`", name.get_ref()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A route's checks: its own in file order, then the global ones.
+fn route_checks(route: &str, checks: &[Arc<Check>]) -> Arc<[Arc<Check>]> {
+    let own = checks
+        .iter()
+        .filter(|c| c.routes.iter().any(|n| n == route));
+    let global = checks.iter().filter(|c| c.routes.is_empty());
+    own.chain(global).cloned().collect()
 }
 
 /// A route's evaluation order: its own rules in file order, global rules, then its profile.
@@ -404,7 +457,7 @@ fn route_rules(route: &str, rules: &[Arc<Rule>], profile: &[Arc<Rule>]) -> RuleS
 fn compile_routes(
     raws: Vec<RawRoute>,
     upstreams: &[Arc<UpstreamConfig>],
-    rules: &[Arc<Rule>],
+    (rules, checks): (&[Arc<Rule>], &[Arc<Check>]),
     default_mode: Mode,
     at: &Locator,
 ) -> Result<Vec<RouteConfig>, ConfigError> {
@@ -466,6 +519,7 @@ fn compile_routes(
             &[]
         };
         let rules = Arc::new(route_rules(raw.name.get_ref(), rules, profile_rules));
+        let checks = route_checks(raw.name.get_ref(), checks);
         out.push(RouteConfig {
             name: raw.name.into_inner(),
             upstream,
@@ -475,6 +529,8 @@ fn compile_routes(
             profile,
             mode: raw.mode.unwrap_or(default_mode),
             rules,
+            checks,
+            validate_json: raw.validate_json,
         });
     }
     Ok(out)

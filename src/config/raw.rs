@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub deviations: RawDeviations,
     #[serde(default)]
     pub rules: Vec<crate::rules::raw::RawRule>,
+    #[serde(default)]
+    pub checks: Vec<crate::rules::raw::RawCheck>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +94,19 @@ pub struct RawUpstream {
     pub connect_timeout: Option<HumanDuration>,
     pub response_timeout: Option<HumanDuration>,
     pub host: Option<HostMode>,
+    pub expect: Option<ExpectMode>,
+    pub expect_timeout: Option<HumanDuration>,
+}
+
+/// How `Expect: 100-continue` requests are handled toward an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpectMode {
+    /// Send `Expect` upstream and relay its `100` (or its early final answer) to the client.
+    #[default]
+    Forward,
+    /// Strip `Expect`; the proxy itself answers `100` once its checks pass.
+    Local,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -115,6 +130,8 @@ pub struct RawRoute {
     pub strip_prefix: bool,
     pub profile: Option<Spanned<String>>,
     pub mode: Option<Mode>,
+    #[serde(default)]
+    pub validate_json: bool,
 }
 
 /// A value that may be written either alone or as a list: `listen = "a"` or `listen = ["a", "b"]`.

@@ -454,6 +454,34 @@ fn compile_body_json(
     })
 }
 
+/// A header condition as the user reads it; also the key that shadowing compares.
+fn describe_header(name: &HeaderName, test: &HeaderTest) -> String {
+    match test {
+        HeaderTest::Exact(value) => format!("{name} = {value:?}"),
+        HeaderTest::Regex(regex) => format!("{name} ~ /{}/", regex.as_str()),
+        HeaderTest::Present(true) => format!("{name} present"),
+        HeaderTest::Present(false) => format!("{name} absent"),
+    }
+}
+
+/// A `body_json` condition as the user reads it; also the key that shadowing compares.
+fn describe_body_json(raw: &RawBodyJson) -> String {
+    let mut text = format!("body_json {}", raw.pointer);
+    if let Some(value) = &raw.equals {
+        text.push_str(&format!(" == {value}"));
+    }
+    if let Some(list) = &raw.one_of {
+        let values: Vec<String> = list.iter().map(|v| v.to_string()).collect();
+        text.push_str(&format!(" in [{}]", values.join(", ")));
+    }
+    match raw.exists {
+        Some(true) => text.push_str(" exists"),
+        Some(false) => text.push_str(" missing"),
+        None => {}
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,32 +542,4 @@ mod tests {
         assert!(!set.is_superset(&StatusSet::all()));
         assert!(!set.contains(600));
     }
-}
-
-/// A header condition as the user reads it; also the key that shadowing compares.
-fn describe_header(name: &HeaderName, test: &HeaderTest) -> String {
-    match test {
-        HeaderTest::Exact(value) => format!("{name} = {value:?}"),
-        HeaderTest::Regex(regex) => format!("{name} ~ /{}/", regex.as_str()),
-        HeaderTest::Present(true) => format!("{name} present"),
-        HeaderTest::Present(false) => format!("{name} absent"),
-    }
-}
-
-/// A `body_json` condition as the user reads it; also the key that shadowing compares.
-fn describe_body_json(raw: &RawBodyJson) -> String {
-    let mut text = format!("body_json {}", raw.pointer);
-    if let Some(value) = &raw.equals {
-        text.push_str(&format!(" == {value}"));
-    }
-    if let Some(list) = &raw.one_of {
-        let values: Vec<String> = list.iter().map(|v| v.to_string()).collect();
-        text.push_str(&format!(" in [{}]", values.join(", ")));
-    }
-    match raw.exists {
-        Some(true) => text.push_str(" exists"),
-        Some(false) => text.push_str(" missing"),
-        None => {}
-    }
-    text
 }

@@ -1,5 +1,6 @@
 //! Status rules: the model, compiled matchers, per-route candidate indexes and evaluation.
 
+pub mod check;
 pub mod condition;
 pub mod profile;
 pub mod raw;

@@ -1,0 +1,145 @@
+//! Request-side decisions that involve the body: validating JSON bodies before they are
+//! forwarded, and what to do with a body left unread when the proxy answers early.
+
+use crate::body::{buffer_bounded, Buffered, Source};
+use crate::respond::ProxyError;
+use crate::route::Route;
+use http::header::{CONTENT_TYPE, EXPECT};
+use http::{HeaderMap, Request, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::time::Duration;
+
+/// An early answer reads at most this much of a request body to keep the connection usable.
+const DRAIN_LIMIT: u64 = 64 * 1024;
+/// ... and waits at most this long for it.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the request asks for `100 Continue` before sending its body (RFC 9110 §10.1.1:
+/// only HTTP/1.1 and later; an HTTP/1.0 request's expectation is ignored).
+pub fn expects_continue<B>(request: &Request<B>) -> bool {
+    request.version() == Version::HTTP_11 && has_expect_continue(request.headers())
+}
+
+pub fn has_expect_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(EXPECT)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// The proxy answered without forwarding: settles the unread request body. Returns whether
+/// the connection can carry another request.
+///
+/// A client waiting for `100 Continue` is never asked for its body (reading it would make
+/// hyper send the 100), so its connection closes. Otherwise a small body is read and dropped
+/// so that keep-alive survives; a large or slow one closes the connection. HTTP/2 streams
+/// are reset on their own without affecting the connection.
+pub async fn settle_unread(request: Request<Incoming>) -> bool {
+    let expects = expects_continue(&request);
+    let version = request.version();
+    let mut body = request.into_body();
+    if body.is_end_stream() || version == Version::HTTP_2 {
+        return true;
+    }
+    if expects || body.size_hint().lower() > DRAIN_LIMIT {
+        return false;
+    }
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > DRAIN_LIMIT {
+                return false;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_TIMEOUT, drain)
+        .await
+        .unwrap_or(false)
+}
+
+/// `application/json` or any `application/*+json`, parameters ignored.
+pub fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+/// With `validate_json` on the route and a JSON body, reads the body (bounded by `limit`)
+/// and refuses it with 400 unless it parses. Returns the body to forward and whether it was
+/// read here.
+pub async fn validate_json(
+    route: &Route,
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: u64,
+) -> Result<(Source, bool), ProxyError> {
+    if !route.validate_json || body.is_end_stream() || !is_json(headers) {
+        let source = Source::Client {
+            body,
+            seen: 0,
+            limit,
+        };
+        return Ok((source, false));
+    }
+    let bound = usize::try_from(limit).unwrap_or(usize::MAX);
+    let data = match buffer_bounded(body, bound).await {
+        Ok(Buffered::Complete { data, .. }) => data,
+        Ok(Buffered::TooLarge { .. }) => return Err(ProxyError::BodyTooLarge { limit }),
+        Err(_) => {
+            return Err(ProxyError::BadRequest(
+                "the request body could not be read from the client",
+            ))
+        }
+    };
+    match serde_json::from_slice::<serde::de::IgnoredAny>(&data) {
+        Ok(_) => Ok((Source::Full(Some(data)), true)),
+        Err(err) => Err(ProxyError::InvalidJson(err.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        let cases = [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("application/problem+json", true),
+            ("application/vnd.api+JSON", true),
+            ("text/json", false),
+            ("application/jsonp", false),
+            ("application/x-www-form-urlencoded", false),
+            ("+json", false),
+        ];
+        for (value, expected) in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(value));
+            assert_eq!(is_json(&headers), expected, "{value}");
+        }
+        assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn expect_continue_is_case_insensitive() {
+        let mut headers = HeaderMap::new();
+        headers.insert(EXPECT, HeaderValue::from_static("100-Continue"));
+        assert!(has_expect_continue(&headers));
+        headers.insert(EXPECT, HeaderValue::from_static("something-else"));
+        assert!(!has_expect_continue(&headers));
+    }
+}
