@@ -3,6 +3,7 @@
 
 use crate::body::ResponseBody;
 use crate::idle::RequestGuard;
+use crate::metrics::GaugeGuard;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -29,6 +30,7 @@ pub struct LoggedBody {
     bytes: u64,
     complete: bool,
     _guard: Option<RequestGuard>,
+    _in_flight: Option<GaugeGuard>,
 }
 
 impl LoggedBody {
@@ -40,7 +42,14 @@ impl LoggedBody {
             bytes: 0,
             complete,
             _guard: None,
+            _in_flight: None,
         }
+    }
+
+    /// Keeps the request counted as in flight until the body is done.
+    pub fn with_in_flight(mut self, guard: GaugeGuard) -> Self {
+        self._in_flight = Some(guard);
+        self
     }
 
     /// Keeps the connection counted as busy until this body is finished.

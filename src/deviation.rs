@@ -2,13 +2,14 @@
 //! the contract says, written by a background thread so the request path never waits on IO.
 
 use crate::config::SinkTarget;
+use crate::metrics::Metrics;
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How many records may wait for the writer before new ones are dropped (and counted).
@@ -23,6 +24,16 @@ pub enum Action {
     WouldRewrite,
     /// No rule matched and the status is outside the documented set.
     Left,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Rewrote => "rewrote",
+            Action::WouldRewrite => "would_rewrite",
+            Action::Left => "left",
+        }
+    }
 }
 
 /// Who produced the status the rules looked at.
@@ -44,6 +55,16 @@ pub enum Kind {
     /// The upstream sent `100 Continue` to a request that did not ask for it.
     #[serde(rename = "unsolicited_100")]
     Unsolicited100,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Status => "status",
+            Kind::ExpectIgnored => "expect_ignored",
+            Kind::Unsolicited100 => "unsolicited_100",
+        }
+    }
 }
 
 /// One deviation. Holds no header values and no body bytes, so secrets stay out of logs.
@@ -68,6 +89,8 @@ pub struct Record {
 enum Message {
     Record(Box<Record>),
     Flush(mpsc::Sender<()>),
+    /// Reopen the sink (logrotate moved the file away) or switch to a new one (reload).
+    Reopen(SinkTarget),
 }
 
 /// How many of the latest records are kept in memory (for the admin page and the demo).
@@ -85,6 +108,36 @@ pub struct DeviationLog {
 struct Shared {
     written: AtomicU64,
     recent: Mutex<VecDeque<Record>>,
+    counts: Mutex<Counts>,
+    metrics: OnceLock<Arc<Metrics>>,
+}
+
+/// Running totals of the records written, for the admin page.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    /// route -> rule (or `-` for records without a rule) -> records.
+    pub by_rule: BTreeMap<String, BTreeMap<String, u64>>,
+    /// route -> `upstream->final` status pair -> records.
+    pub by_status: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl Counts {
+    fn add(&mut self, record: &Record) {
+        let rule = record.rule.as_deref().unwrap_or("-");
+        *self
+            .by_rule
+            .entry(record.route.clone())
+            .or_default()
+            .entry(rule.to_string())
+            .or_default() += 1;
+        let pair = format!("{}->{}", record.upstream_status, record.status);
+        *self
+            .by_status
+            .entry(record.route.clone())
+            .or_default()
+            .entry(pair)
+            .or_default() += 1;
+    }
 }
 
 impl DeviationLog {
@@ -125,6 +178,24 @@ impl DeviationLog {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Totals per route of the records written so far.
+    pub fn counts(&self) -> Counts {
+        match self.shared.counts.lock() {
+            Ok(counts) => counts.clone(),
+            Err(_) => Counts::default(),
+        }
+    }
+
+    /// Counts every record written in `metrics` from now on (once; later calls are ignored).
+    pub fn observe(&self, metrics: Arc<Metrics>) {
+        let _ = self.shared.metrics.set(metrics);
+    }
+
+    /// Asks the writer to reopen `target`; if it cannot be opened the old sink is kept.
+    pub fn reopen(&self, target: SinkTarget) {
+        let _ = self.queue.send(Message::Reopen(target));
     }
 
     /// Records written to the sink so far.
@@ -176,26 +247,52 @@ fn write_loop(receiver: Receiver<Message>, out: Box<dyn Write + Send>, shared: &
         while let Some(message) = next {
             match message {
                 Message::Record(record) => {
-                    line.clear();
-                    if serde_json::to_writer(&mut line, &record).is_ok() {
-                        line.push(b'\n');
-                        if let Err(err) = out.write_all(&line) {
-                            tracing::error!(error = %err, "cannot write deviation record");
-                        } else {
-                            shared.written.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+                    write_record(&mut out, &mut line, &record, shared);
                     remember(shared, *record);
                 }
                 Message::Flush(ack) => {
                     let _ = out.flush();
                     let _ = ack.send(());
                 }
+                Message::Reopen(target) => reopen(&mut out, &target),
             }
             next = receiver.try_recv().ok();
         }
         if let Err(err) = out.flush() {
             tracing::error!(error = %err, "cannot flush deviation records");
+        }
+    }
+}
+
+fn write_record(out: &mut impl Write, line: &mut Vec<u8>, record: &Record, shared: &Shared) {
+    line.clear();
+    if serde_json::to_writer(&mut *line, record).is_ok() {
+        line.push(b'\n');
+        if let Err(err) = out.write_all(line) {
+            tracing::error!(error = %err, "cannot write deviation record");
+        } else {
+            shared.written.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    if let Some(metrics) = shared.metrics.get() {
+        metrics.deviation(record);
+    }
+    if let Ok(mut counts) = shared.counts.lock() {
+        counts.add(record);
+    }
+}
+
+fn reopen(out: &mut BufWriter<Box<dyn Write + Send>>, target: &SinkTarget) {
+    if let Err(err) = out.flush() {
+        tracing::error!(error = %err, "cannot flush deviation records");
+    }
+    match open(target) {
+        Ok(new) => {
+            *out = BufWriter::with_capacity(64 << 10, new);
+            tracing::info!(sink = ?target, "deviation sink reopened");
+        }
+        Err(err) => {
+            tracing::error!(sink = ?target, error = %err, "cannot reopen the deviation sink; keeping the old one");
         }
     }
 }

@@ -4,6 +4,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod access;
+pub mod admin;
 pub mod admit;
 pub mod body;
 pub mod check;
@@ -14,7 +15,9 @@ pub mod expect;
 pub mod explain;
 pub mod headers;
 pub mod idle;
+pub mod live;
 pub mod logging;
+pub mod metrics;
 pub mod normalize;
 pub mod proxy;
 pub mod respond;

@@ -225,7 +225,13 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let operations = tokio::spawn(restatus::signals::operate(
+            server.live(),
+            path.to_path_buf(),
+            config.server.watch_config,
+        ));
         server.serve(restatus::signals::shutdown()).await;
+        operations.abort();
         ExitCode::SUCCESS
     })
 }

@@ -7,9 +7,11 @@ use crate::config::{Config, HostMode};
 use crate::deviation::{self, DeviationLog, Kind, Record};
 use crate::expect::{self, Held};
 use crate::headers::{self, RequestIds, X_REQUEST_ID};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::normalize::{self, InspectError, Outcome, RequestFacts, Settings};
 use crate::respond::{close_connection, Culprit, ProxyError};
 use crate::route::{Route, RouteTable};
+use crate::server::ConnSettings;
 use crate::upstream::{OutboundRequest, Upstream};
 use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
@@ -29,6 +31,11 @@ pub struct Proxy {
     pub access_log: bool,
     pub ids: RequestIds,
     pub deviations: Arc<DeviationLog>,
+    pub metrics: Arc<Metrics>,
+    /// Metrics of requests that matched no route.
+    unrouted: RouteMetrics,
+    /// Per-connection settings for connections accepted while this config is in force.
+    pub settings: ConnSettings,
 }
 
 /// What the listener knows about the connection a request came in on.
@@ -39,14 +46,28 @@ pub struct Connection {
 }
 
 impl Proxy {
-    pub fn new(config: &Config, deviations: Arc<DeviationLog>) -> Self {
+    /// Compiles `config`. Upstreams whose settings did not change are taken over from
+    /// `previous`, with their pooled connections.
+    pub fn new(
+        config: &Config,
+        deviations: Arc<DeviationLog>,
+        metrics: Arc<Metrics>,
+        previous: Option<&Proxy>,
+    ) -> Self {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(Upstream::new(u.clone())))
+            .map(|u| {
+                previous
+                    .and_then(|p| p.routes.upstream_like(u))
+                    .unwrap_or_else(|| Arc::new(Upstream::new(u.clone())))
+            })
             .collect();
         Proxy {
-            routes: RouteTable::build(config, &upstreams),
+            routes: RouteTable::build(config, &upstreams, &metrics),
+            unrouted: metrics.route("-"),
+            settings: ConnSettings::from_config(config),
+            metrics,
             request_body_limit: config.limits.request_body,
             inspect_limit: config.limits.inspect_body,
             original_status_header: config.deviations.original_status_header.clone(),
@@ -79,6 +100,7 @@ pub async fn handle(
     conn: Connection,
     request: Request<Incoming>,
 ) -> Result<Response<LoggedBody>, Infallible> {
+    let in_flight = proxy.metrics.in_flight();
     let mut exchange = Exchange {
         started: Instant::now(),
         method: request.method().clone(),
@@ -93,7 +115,10 @@ pub async fn handle(
     // 1-6: route, checks, forward, and the upstream's answer (or the proxy's own).
     let (response, source) = match forward(&proxy, conn, request, &mut exchange).await {
         Ok(response) => (response, deviation::Source::Upstream),
-        Err(err) => (error_response(&err, &exchange), deviation::Source::Proxy),
+        Err(err) => (
+            error_response(&err, &exchange, &proxy.metrics),
+            deviation::Source::Proxy,
+        ),
     };
     // 7-8: normalize and record.
     let mut response = match exchange.route {
@@ -108,11 +133,15 @@ pub async fn handle(
         close_connection(&mut response);
     }
     // 9: respond, streaming.
+    let metrics = exchange.route.map_or(&proxy.unrouted, |r| &r.metrics);
+    let elapsed = exchange.started.elapsed();
+    metrics.request(&exchange.method, response.status().as_u16(), elapsed);
     let record = proxy
         .access_log
         .then(|| access_record(&exchange, response.status()));
     let (parts, body) = response.into_parts();
-    Ok(Response::from_parts(parts, LoggedBody::new(body, record)))
+    let body = LoggedBody::new(body, record).with_in_flight(in_flight);
+    Ok(Response::from_parts(parts, body))
 }
 
 async fn forward<'a>(
@@ -149,7 +178,9 @@ async fn forward<'a>(
     let interim = outbound.interim.clone();
 
     // 6. upstream answers (or fails)
+    let sent = Instant::now();
     let result = route.upstream.send(outbound).await;
+    route.metrics.upstream(sent.elapsed());
     exchange.protocol = expect::deviation(&interim, held);
     if interim.on_final() == Held::Withheld {
         // The client was never asked for its body; it may still be sending some of it.
@@ -260,11 +291,18 @@ fn client_response(
     Response::from_parts(parts, ResponseBody::Upstream(body))
 }
 
-fn error_response(err: &ProxyError, exchange: &Exchange) -> Response<ResponseBody> {
+fn error_response(
+    err: &ProxyError,
+    exchange: &Exchange,
+    metrics: &Metrics,
+) -> Response<ResponseBody> {
     let route = exchange.route.map_or("-", |r| r.name.as_str());
     let request_id = exchange.request_id.to_str().unwrap_or("-");
     match err.culprit() {
         Culprit::Upstream => {
+            if let Some(route) = exchange.route {
+                metrics.upstream_error(route.upstream.name(), err.kind());
+            }
             tracing::warn!(
                 request_id,
                 route,
@@ -330,7 +368,7 @@ async fn normalize_and_record(
                 InspectError::Timeout => ProxyError::UpstreamTimeout,
                 InspectError::Upstream => ProxyError::UpstreamReset,
             };
-            let response = error_response(&err, exchange);
+            let response = error_response(&err, exchange, &proxy.metrics);
             Box::pin(normalize_and_record(
                 proxy,
                 route,

@@ -1,6 +1,7 @@
 //! The compiled route table: host, then the longest matching path prefix.
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, UpstreamConfig};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::rules::check::Check;
 use crate::rules::profile::Profile;
 use crate::rules::RuleSet;
@@ -22,6 +23,7 @@ pub struct Route {
     pub mode: Mode,
     /// Whether a contract profile applies (unmatched undocumented codes are recorded).
     pub contract: bool,
+    pub metrics: RouteMetrics,
 }
 
 pub struct RouteTable {
@@ -33,7 +35,7 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn build(config: &Config, upstreams: &[Arc<Upstream>]) -> Self {
+    pub fn build(config: &Config, upstreams: &[Arc<Upstream>], metrics: &Metrics) -> Self {
         let routes: Vec<Route> = config
             .routes
             .iter()
@@ -47,6 +49,7 @@ impl RouteTable {
                 validate_json: r.validate_json,
                 mode: r.mode,
                 contract: r.profile != Profile::None,
+                metrics: metrics.route(&r.name),
             })
             .collect();
         let mut by_host: Vec<(String, Vec<usize>)> = Vec::new();
@@ -70,6 +73,15 @@ impl RouteTable {
             by_host,
             any_host,
         }
+    }
+
+    /// An upstream in use by some route with exactly these settings, to keep its pool.
+    pub fn upstream_like(&self, config: &UpstreamConfig) -> Option<Arc<Upstream>> {
+        self.routes
+            .iter()
+            .map(|r| &r.upstream)
+            .find(|u| *u.config == *config)
+            .cloned()
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -175,7 +187,7 @@ path_prefix = "/inventory"
             .iter()
             .map(|u| Arc::new(Upstream::new(u.clone())))
             .collect();
-        RouteTable::build(&config, &upstreams)
+        RouteTable::build(&config, &upstreams, &crate::metrics::Metrics::new())
     }
 
     #[tokio::test]

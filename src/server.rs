@@ -3,7 +3,9 @@
 use crate::config::Config;
 use crate::deviation::DeviationLog;
 use crate::idle::{ActivityIo, Watchdog};
-use crate::proxy::{self, Connection, Proxy};
+use crate::live::Live;
+use crate::metrics::Metrics;
+use crate::proxy::{self, Connection};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -37,12 +39,13 @@ impl ConnSettings {
 
 pub struct Server {
     listeners: Vec<TcpListener>,
-    proxy: Arc<Proxy>,
+    admin: Option<TcpListener>,
+    live: Arc<Live>,
     settings: ConnSettings,
 }
 
 impl Server {
-    /// Binds every `server.listen` address; fails if any cannot be bound.
+    /// Binds every `server.listen` address (and `[admin]`); fails if any cannot be bound.
     pub async fn bind(config: &Config) -> std::io::Result<Server> {
         let deviations = Arc::new(DeviationLog::start(&config.deviations.sink)?);
         Server::bind_with(config, deviations).await
@@ -55,20 +58,28 @@ impl Server {
     ) -> std::io::Result<Server> {
         let mut listeners = Vec::with_capacity(config.server.listen.len());
         for addr in &config.server.listen {
-            let listener = TcpListener::bind(addr).await.map_err(|err| {
-                std::io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}"))
-            })?;
-            listeners.push(listener);
+            listeners.push(bind(*addr).await?);
         }
+        let admin = match &config.admin {
+            Some(admin) => Some(bind(admin.listen).await?),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::new());
         Ok(Server {
             listeners,
-            proxy: Arc::new(Proxy::new(config, deviations)),
+            admin,
+            live: Arc::new(Live::new(config.clone(), deviations, metrics)),
             settings: ConnSettings::from_config(config),
         })
     }
 
     pub fn deviations(&self) -> Arc<DeviationLog> {
-        self.proxy.deviations.clone()
+        self.live.deviations.clone()
+    }
+
+    /// The live configuration: reload it, reopen the deviation sink, read metrics.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.clone()
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -78,40 +89,56 @@ impl Server {
             .collect()
     }
 
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests
-    /// finish for up to `shutdown_grace`.
+    /// finish for up to `shutdown_grace`. The admin listener answers until the end, with
+    /// `/readyz` failing while connections drain.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let builder = Arc::new(http_builder(&self.settings));
         let graceful = Arc::new(GracefulShutdown::new());
         let (stop_tx, stop_rx) = watch::channel(false);
+        let admin = self.admin.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "admin listening");
+            }
+            tokio::spawn(crate::admin::serve(
+                listener,
+                self.live.clone(),
+                stop_rx.clone(),
+            ))
+        });
         let mut accept_tasks = Vec::new();
         for listener in self.listeners {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "listening");
             }
             let ctx = AcceptContext {
-                proxy: self.proxy.clone(),
+                live: self.live.clone(),
                 builder: builder.clone(),
-                settings: self.settings,
                 stop: stop_rx.clone(),
             };
             accept_tasks.push(tokio::spawn(accept_loop(listener, ctx, graceful.clone())));
         }
         shutdown.await;
-        tracing::info!(grace = ?self.settings.shutdown_grace, "shutting down: no new connections, finishing in-flight requests");
-        let _ = stop_tx.send(true);
+        self.live.start_draining();
+        let grace = self.live.proxy().settings.shutdown_grace;
+        tracing::info!(
+            ?grace,
+            "shutting down: no new connections, finishing in-flight requests"
+        );
         for task in accept_tasks {
+            task.abort();
             let _ = task.await;
         }
-        let Ok(graceful) = Arc::try_unwrap(graceful) else {
-            tracing::warn!("connections still being accepted; not waiting for them");
-            return;
-        };
-        match tokio::time::timeout(self.settings.shutdown_grace, graceful.shutdown()).await {
-            Ok(()) => tracing::info!("all connections closed"),
-            Err(_) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+        drain(graceful, grace).await;
+        let _ = stop_tx.send(true);
+        if let Some(admin) = admin {
+            let _ = admin.await;
         }
-        let deviations = self.proxy.deviations.clone();
+        let deviations = self.live.deviations.clone();
         let flushed =
             tokio::task::spawn_blocking(move || deviations.flush(Duration::from_secs(5))).await;
         if !matches!(flushed, Ok(true)) {
@@ -120,10 +147,27 @@ impl Server {
     }
 }
 
+async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| std::io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))
+}
+
+/// Waits for open connections to finish, at most `grace`.
+async fn drain(graceful: Arc<GracefulShutdown>, grace: Duration) {
+    let Ok(graceful) = Arc::try_unwrap(graceful) else {
+        tracing::warn!("connections still being accepted; not waiting for them");
+        return;
+    };
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+    }
+}
+
 struct AcceptContext {
-    proxy: Arc<Proxy>,
+    live: Arc<Live>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    settings: ConnSettings,
     stop: watch::Receiver<bool>,
 }
 
@@ -175,13 +219,16 @@ fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let conn_info = Connection { peer, https: false };
-    let watchdog = Watchdog::new(ctx.settings.header_timeout, ctx.settings.idle_timeout);
+    let settings = ctx.live.proxy().settings;
+    let watchdog = Watchdog::new(settings.header_timeout, settings.idle_timeout);
     let io = TokioIo::new(ActivityIo::new(stream, watchdog.activity()));
-    let proxy = ctx.proxy.clone();
+    let live = ctx.live.clone();
+    let open = ctx.live.metrics.connection();
     let activity = watchdog.activity();
     let service = service_fn(move |request| {
         let guard = activity.request_started();
-        let proxy = proxy.clone();
+        // Each request runs on the config in force when it arrived, even across a reload.
+        let proxy = live.proxy();
         async move {
             let response = proxy::handle(proxy, conn_info, request).await;
             response.map(|r| r.map(|body| body.with_guard(guard)))
@@ -190,6 +237,7 @@ fn serve_connection(
     let conn = ctx.builder.serve_connection(io, service).into_owned();
     let conn = watcher.watch(conn);
     tokio::spawn(async move {
+        let _open = open;
         tokio::select! {
             result = conn => {
                 if let Err(err) = result {

@@ -1,5 +1,11 @@
 //! Unix signals the process reacts to.
 
+use crate::live::Live;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
 /// Completes on the first SIGTERM or SIGINT.
 pub async fn shutdown() {
     let terminate = async {
@@ -17,4 +23,52 @@ pub async fn shutdown() {
         _ = terminate => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
+}
+
+/// Reloads the config on SIGHUP (and, with `watch`, when the file's contents change),
+/// and reopens the deviation sink on SIGUSR1. Runs until the process exits.
+pub async fn operate(live: Arc<Live>, path: PathBuf, watch: bool) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hangup), Ok(mut user1)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+    ) else {
+        tracing::warn!("cannot watch SIGHUP/SIGUSR1: reload by signal is unavailable");
+        return;
+    };
+    let mut seen = fingerprint(&path);
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                seen = fingerprint(&path);
+                let _ = live.reload(&path);
+            }
+            _ = user1.recv() => {
+                tracing::info!("SIGUSR1 received: reopening the deviation sink");
+                live.reopen_sink();
+            }
+            _ = tick.tick(), if watch => {
+                let now = fingerprint(&path);
+                if now != seen {
+                    seen = now;
+                    tracing::info!(file = %path.display(), "configuration file changed: reloading");
+                    let _ = live.reload(&path);
+                }
+            }
+        }
+    }
+}
+
+/// How often a watched config file is looked at. Polling the contents (not inotify) also
+/// sees Kubernetes ConfigMap updates, which swap a symlink rather than write the file.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+fn fingerprint(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    Some(hasher.finish())
 }

@@ -39,6 +39,13 @@ pub struct Config {
     pub rules: Vec<Arc<Rule>>,
     /// The user's `[[checks]]`, in file order.
     pub checks: Vec<Arc<Check>>,
+    /// The admin listener; `None` when the `[admin]` table is absent.
+    pub admin: Option<Admin>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +72,8 @@ pub struct Server {
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
     pub max_header_bytes: usize,
+    /// Reload when the config file changes on disk.
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -81,7 +90,7 @@ pub struct Limits {
     pub inspect_body: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub name: String,
     pub targets: Vec<Target>,
@@ -94,7 +103,7 @@ pub struct UpstreamConfig {
 }
 
 /// One upstream address, pre-split so the request path only copies parts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub scheme: Scheme,
     pub authority: Authority,
@@ -172,7 +181,28 @@ fn compile(raw: RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         deviations,
         rules,
         checks,
+        admin: compile_admin(raw.admin.as_ref(), at)?,
     })
+}
+
+/// `[admin]` listens on loopback port 9901 unless told otherwise.
+fn compile_admin(raw: Option<&raw::RawAdmin>, at: &Locator) -> Result<Option<Admin>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let listen = match &raw.listen {
+        None => SocketAddr::from(([127, 0, 0, 1], 9901)),
+        Some(text) => text.get_ref().parse().map_err(|_| {
+            at.at(
+                text.span(),
+                format!(
+                    "`{}` is not an address with a port, like \"127.0.0.1:9901\"",
+                    text.get_ref()
+                ),
+            )
+        })?,
+    };
+    Ok(Some(Admin { listen }))
 }
 
 fn compile_server(raw: raw::RawServer, at: &Locator) -> Result<Server, ConfigError> {
@@ -205,6 +235,7 @@ fn compile_server(raw: raw::RawServer, at: &Locator) -> Result<Server, ConfigErr
         idle_timeout: raw.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
         shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
         max_header_bytes,
+        watch_config: raw.watch_config,
     })
 }
 

@@ -25,6 +25,13 @@ pub struct RawConfig {
     pub rules: Vec<crate::rules::raw::RawRule>,
     #[serde(default)]
     pub checks: Vec<crate::rules::raw::RawCheck>,
+    pub admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +69,8 @@ pub struct RawServer {
     pub idle_timeout: Option<HumanDuration>,
     pub shutdown_grace: Option<HumanDuration>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
+    #[serde(default)]
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

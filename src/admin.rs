@@ -1,0 +1,222 @@
+//! The admin listener: Prometheus metrics, health and readiness, recent deviations as JSON,
+//! and a small self-refreshing HTML page for people.
+
+use crate::deviation::{Counts, Record};
+use crate::live::Live;
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How many of the latest records the page and `/deviations` show.
+const LATEST: usize = 50;
+
+/// Serves admin requests until `stop` turns true.
+pub async fn serve(listener: TcpListener, live: Arc<Live>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        let Ok((stream, _)) = accepted else {
+            continue;
+        };
+        let live = live.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let live = live.clone();
+                async move { Ok::<_, Infallible>(route(&live, &request)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn route(live: &Live, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+    }
+    match request.uri().path() {
+        "/metrics" => {
+            let body = live.metrics.encode(live.deviations.dropped());
+            with_type(
+                StatusCode::OK,
+                body,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if live.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        "/deviations" => deviations_json(live),
+        "/" => with_type(StatusCode::OK, page(live), "text/html; charset=utf-8"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    with_type(status, body.to_string(), "text/plain; charset=utf-8")
+}
+
+fn with_type(
+    status: StatusCode,
+    body: String,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn latest(live: &Live) -> Vec<Record> {
+    let mut recent = live.deviations.recent();
+    let skip = recent.len().saturating_sub(LATEST);
+    recent.drain(..skip);
+    recent.reverse();
+    recent
+}
+
+/// `{"written", "dropped", "counts": {"by_rule", "by_status"}, "recent": [...]}`, newest first.
+fn deviations_json(live: &Live) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "written": live.deviations.written(),
+        "dropped": live.deviations.dropped(),
+        "counts": live.deviations.counts(),
+        "recent": latest(live),
+    });
+    with_type(StatusCode::OK, body.to_string(), "application/json")
+}
+
+/// The page: per route, deviations per rule, the upstream -> final status matrix, and the
+/// latest records. No scripts or external assets; it reloads itself every 5 seconds.
+fn page(live: &Live) -> String {
+    let counts = live.deviations.counts();
+    let mut html = String::with_capacity(16 << 10);
+    html.push_str(PAGE_HEAD);
+    let _ = write!(
+        html,
+        "<p class=meta>config <code>{}</code> · {} records written · {} dropped · {}</p>",
+        escape(&live.file().display().to_string()),
+        live.deviations.written(),
+        live.deviations.dropped(),
+        if live.is_ready() { "ready" } else { "draining" }
+    );
+    if counts.by_rule.is_empty() {
+        html.push_str("<p>No deviations recorded yet.</p>");
+    }
+    for route in counts.by_rule.keys() {
+        route_section(&mut html, &counts, route);
+    }
+    latest_table(&mut html, &latest(live));
+    html.push_str("</body></html>\n");
+    html
+}
+
+fn route_section(html: &mut String, counts: &Counts, route: &str) {
+    let _ = write!(
+        html,
+        "<section><h2>route {}</h2><div class=cols>",
+        escape(route)
+    );
+    let rules = counts.by_rule.get(route).cloned().unwrap_or_default();
+    let total: u64 = rules.values().sum();
+    html.push_str("<table><tr><th>rule</th><th>records</th><th>share</th></tr>");
+    let mut rules: Vec<(String, u64)> = rules.into_iter().collect();
+    rules.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    for (rule, n) in rules {
+        let share = n as f64 * 100.0 / total.max(1) as f64;
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td class=n>{n}</td><td><span class=bar style=\"width:{share:.0}px\"></span> {share:.0}%</td></tr>",
+            escape(&rule)
+        );
+    }
+    html.push_str("</table>");
+    html.push_str("<table><tr><th>upstream → final</th><th>records</th></tr>");
+    for (pair, n) in counts.by_status.get(route).into_iter().flatten() {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td class=n>{n}</td></tr>",
+            escape(pair)
+        );
+    }
+    html.push_str("</table></div></section>");
+}
+
+fn latest_table(html: &mut String, records: &[Record]) {
+    html.push_str("<section><h2>latest records</h2><table><tr><th>time</th><th>route</th><th>request</th><th>upstream</th><th>final</th><th>rule</th><th>action</th></tr>");
+    for r in records {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{} {}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&r.ts),
+            escape(&r.route),
+            escape(&r.method),
+            escape(&r.path),
+            r.upstream_status,
+            r.status,
+            escape(r.rule.as_deref().unwrap_or("-")),
+            r.action.as_str()
+        );
+    }
+    html.push_str("</table></section>");
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const PAGE_HEAD: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="5">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>restatus: deviations</title>
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1d2430;background:#fafbfc}
+h1{font-size:1.4rem;margin:0 0 .3rem}h2{font-size:1.1rem;margin:1.2rem 0 .4rem}
+.meta{color:#5a6270;margin:0 0 1rem}code{font-size:13px}
+section{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:.4rem 1rem 1rem;margin-bottom:1rem}
+.cols{display:flex;flex-wrap:wrap;gap:2rem}
+table{border-collapse:collapse}th,td{text-align:left;padding:.2rem .6rem;border-bottom:1px solid #eef0f3}
+th{color:#5a6270;font-weight:600}.n{text-align:right;font-variant-numeric:tabular-nums}
+.bar{display:inline-block;height:.7rem;background:#d9534f;border-radius:2px;vertical-align:middle}
+</style></head><body>
+<h1>restatus: what the service gets wrong</h1>
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape("<a href='x'>&\"</a>"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;"
+        );
+    }
+}

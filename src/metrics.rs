@@ -1,0 +1,292 @@
+//! Prometheus metrics. Each server owns its registry (tests build their own); the handles a
+//! request touches are resolved once per route, so the request path only does atomic adds.
+
+use crate::deviation::Record;
+use http::Method;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeviationLabels {
+    route: String,
+    rule: String,
+    upstream_status: u16,
+    status: u16,
+    action: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    upstream: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+/// Latency buckets in seconds: 0.5 ms to 30 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily,
+    upstream_duration: HistogramFamily,
+    deviations: Family<DeviationLabels, Counter>,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    in_flight: Gauge,
+    open_connections: Gauge,
+    deviations_dropped: Counter,
+    dropped_seen: AtomicU64,
+    tls_handshake_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("restatus");
+        let metrics = Metrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            upstream_duration: Family::new_with_constructor(latency_histogram),
+            deviations: Family::default(),
+            upstream_errors: Family::default(),
+            reloads: Family::default(),
+            in_flight: Gauge::default(),
+            open_connections: Gauge::default(),
+            deviations_dropped: Counter::default(),
+            dropped_seen: AtomicU64::new(0),
+            tls_handshake_failures: Counter::default(),
+            registry: Registry::default(),
+        };
+        metrics.register(&mut registry);
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "requests",
+            "Requests by route, method and final status class",
+            self.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from the request to the response head, by route",
+            self.request_duration.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending upstream to its response head, by route",
+            self.upstream_duration.clone(),
+        );
+        registry.register(
+            "deviations",
+            "Deviation records by route, rule, upstream status, final status, action and kind",
+            self.deviations.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failed upstream requests by upstream and kind",
+            self.upstream_errors.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by result",
+            self.reloads.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Requests being handled",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections open",
+            self.open_connections.clone(),
+        );
+        registry.register(
+            "deviation_records_dropped",
+            "Deviation records dropped because the sink could not keep up",
+            self.deviations_dropped.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes with clients that failed",
+            self.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+    }
+
+    /// The Prometheus text exposition of every metric. `dropped` is the deviation log's
+    /// running count of dropped records.
+    pub fn encode(&self, dropped: u64) -> String {
+        let seen = self.dropped_seen.swap(dropped, Ordering::AcqRel);
+        self.deviations_dropped.inc_by(dropped.saturating_sub(seen));
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// The handles one route's requests use.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let labels = RouteLabels {
+            route: route.to_string(),
+        };
+        RouteMetrics {
+            route: route.to_string(),
+            requests: self.requests.clone(),
+            by_method_class: (0..METHOD_SLOTS * 5).map(|_| OnceLock::new()).collect(),
+            duration: self.request_duration.get_or_create(&labels).clone(),
+            upstream_duration: self.upstream_duration.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Counted by the deviation log's writer thread, off the request path.
+    pub fn deviation(&self, record: &Record) {
+        let labels = DeviationLabels {
+            route: record.route.clone(),
+            rule: record.rule.clone().unwrap_or_default(),
+            upstream_status: record.upstream_status,
+            status: record.status,
+            action: record.action.as_str().to_string(),
+            kind: record.kind.as_str().to_string(),
+        };
+        self.deviations.get_or_create(&labels).inc();
+    }
+
+    pub fn upstream_error(&self, upstream: &str, kind: &str) {
+        let labels = UpstreamErrorLabels {
+            upstream: upstream.to_string(),
+            kind: kind.to_string(),
+        };
+        self.upstream_errors.get_or_create(&labels).inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        let labels = ResultLabels {
+            result: result.to_string(),
+        };
+        self.reloads.get_or_create(&labels).inc();
+    }
+
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.inc();
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn in_flight(&self) -> GaugeGuard {
+        self.in_flight.inc();
+        GaugeGuard(self.in_flight.clone())
+    }
+
+    /// Counts an open client connection until the guard is dropped.
+    pub fn connection(&self) -> GaugeGuard {
+        self.open_connections.inc();
+        GaugeGuard(self.open_connections.clone())
+    }
+}
+
+/// Decrements its gauge when dropped.
+pub struct GaugeGuard(Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+const METHOD_SLOTS: usize = 8;
+const METHOD_NAMES: [&str; METHOD_SLOTS] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+];
+
+fn method_slot(method: &Method) -> usize {
+    match *method {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::PATCH => 4,
+        Method::DELETE => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+/// One route's metric handles. Counters for a method and status class are created on first
+/// use, so `/metrics` lists only series that happened.
+pub struct RouteMetrics {
+    route: String,
+    requests: Family<RequestLabels, Counter>,
+    by_method_class: Box<[OnceLock<Counter>]>,
+    duration: Histogram,
+    upstream_duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts a request that got its response head after `elapsed`.
+    pub fn request(&self, method: &Method, status: u16, elapsed: Duration) {
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        let slot = method_slot(method) * 5 + class;
+        self.by_method_class[slot]
+            .get_or_init(|| {
+                let labels = RequestLabels {
+                    route: self.route.clone(),
+                    method: METHOD_NAMES[method_slot(method)].to_string(),
+                    class: format!("{}xx", class + 1),
+                };
+                self.requests.get_or_create(&labels).clone()
+            })
+            .inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn upstream(&self, elapsed: Duration) {
+        self.upstream_duration.observe(elapsed.as_secs_f64());
+    }
+}
