@@ -175,6 +175,9 @@ impl Write for SharedSink {
 /// A running proxy, shut down gracefully by `stop` or aborted when dropped.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// The admin listener, when the config has an `[admin]` table.
+    pub admin: Option<SocketAddr>,
+    pub live: Arc<restatus::live::Live>,
     pub log: Arc<DeviationLog>,
     pub sink: SharedSink,
     shutdown: Option<oneshot::Sender<()>>,
@@ -244,12 +247,16 @@ pub async fn spawn_proxy_with(config: Config) -> TestProxy {
         .await
         .expect("bind proxy");
     let addr = server.local_addrs()[0];
+    let admin = server.admin_addr();
+    let live = server.live();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(async move {
         let _ = rx.await;
     }));
     TestProxy {
         addr,
+        admin,
+        live,
         log,
         sink,
         shutdown: Some(tx),

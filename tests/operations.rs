@@ -1,0 +1,354 @@
+//! Operations: metrics, health and readiness, the deviations endpoint and page, reload.
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+use tokio::sync::Notify;
+
+fn with_admin(upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        simple_config(upstream, extra)
+    )
+}
+
+fn admin_url(proxy: &TestProxy, path: &str) -> String {
+    format!("http://{}{}", proxy.admin.expect("admin listener"), path)
+}
+
+/// The value of the series whose line starts with `series` (name and labels, in order).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_known_traffic() {
+    let upstream = spawn_upstream(|seen| async move {
+        if seen.uri.starts_with("/missing") {
+            json(200, r#"{"error":{"code":"NOT_FOUND"}}"#)
+        } else {
+            json(200, "{}")
+        }
+    })
+    .await;
+    let rules = r#"
+[[rules]]
+name = "missing-is-404"
+when = { path = "/missing/*", status = 200, body_json = { pointer = "/error/code", equals = "NOT_FOUND" } }
+then = { status = 404 }
+"#;
+    let proxy = spawn_proxy(&with_admin(upstream.addr, rules)).await;
+    for _ in 0..3 {
+        assert_eq!(get(&proxy.url("/items")).await.status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            send("POST", &proxy.url("/items"), &[], "{}").await.status,
+            201
+        );
+    }
+    assert_eq!(get(&proxy.url("/missing/1")).await.status, 404);
+    proxy.records();
+    let metrics = get(&admin_url(&proxy, "/metrics")).await.text();
+    let requests = |labels: &str| sample(&metrics, &format!("restatus_requests_total{{{labels}}}"));
+    assert_eq!(
+        requests(r#"route="main",method="GET",class="2xx""#),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        requests(r#"route="main",method="POST",class="2xx""#),
+        Some(2.0)
+    );
+    assert_eq!(
+        requests(r#"route="main",method="GET",class="4xx""#),
+        Some(1.0)
+    );
+    let deviations =
+        |labels: &str| sample(&metrics, &format!("restatus_deviations_total{{{labels}}}"));
+    assert_eq!(
+        deviations(
+            r#"route="main",rule="documented/create-is-201",upstream_status="200",status="201",action="rewrote",kind="status""#
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        deviations(
+            r#"route="main",rule="missing-is-404",upstream_status="200",status="404",action="rewrote",kind="status""#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"restatus_request_duration_seconds_count{route="main"}"#
+        ),
+        Some(6.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"restatus_upstream_duration_seconds_count{route="main"}"#
+        ),
+        Some(6.0)
+    );
+    assert_eq!(sample(&metrics, "restatus_in_flight_requests "), Some(0.0));
+    assert_eq!(
+        sample(&metrics, "restatus_deviation_records_dropped_total "),
+        Some(0.0)
+    );
+    assert!(
+        metrics.contains("restatus_build_info{version=\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("restatus_open_connections"), "{metrics}");
+}
+
+#[tokio::test]
+async fn upstream_errors_are_counted_by_kind() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = closed.local_addr().expect("addr");
+    drop(closed);
+    let proxy = spawn_proxy(&with_admin(dead, "")).await;
+    assert_eq!(get(&proxy.url("/x")).await.status, 500);
+    let metrics = get(&admin_url(&proxy, "/metrics")).await.text();
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"restatus_upstream_errors_total{upstream="backend",kind="connect"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn health_and_readiness_flip_while_draining() {
+    let release = Arc::new(Notify::new());
+    let arrived = Arc::new(AtomicBool::new(false));
+    let (gate, seen) = (release.clone(), arrived.clone());
+    let upstream = spawn_upstream(move |_| {
+        let (gate, seen) = (gate.clone(), seen.clone());
+        async move {
+            seen.store(true, Ordering::SeqCst);
+            gate.notified().await;
+            json(200, "{}")
+        }
+    })
+    .await;
+    let mut proxy = spawn_proxy(&with_admin(upstream.addr, "")).await;
+    assert_eq!(get(&admin_url(&proxy, "/healthz")).await.status, 200);
+    assert_eq!(get(&admin_url(&proxy, "/readyz")).await.status, 200);
+    let url = proxy.url("/slow");
+    let slow = tokio::spawn(async move { get(&url).await });
+    wait_until(Duration::from_secs(10), "request at upstream", || {
+        arrived.load(Ordering::SeqCst)
+    })
+    .await;
+    let serving = proxy.begin_shutdown();
+    let ready_url = admin_url(&proxy, "/readyz");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = get(&ready_url).await;
+        if reply.status == 503 {
+            assert_eq!(reply.text(), "draining\n");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        get(&admin_url(&proxy, "/healthz")).await.status,
+        200,
+        "alive while draining"
+    );
+    release.notify_one();
+    assert_eq!(slow.await.expect("slow request").status, 200);
+    tokio::time::timeout(Duration::from_secs(20), serving)
+        .await
+        .expect("server stops")
+        .expect("server task");
+}
+
+#[tokio::test]
+async fn deviations_endpoint_and_page_show_counts_and_latest_records() {
+    let upstream = spawn_upstream(|seen| async move {
+        match seen.uri.as_str() {
+            "/gone" => json(410, "{}"),
+            _ => json(200, "{}"),
+        }
+    })
+    .await;
+    let proxy = spawn_proxy(&with_admin(upstream.addr, "")).await;
+    for _ in 0..3 {
+        send("POST", &proxy.url("/items"), &[], "{}").await;
+    }
+    get(&proxy.url("/gone")).await;
+    proxy.records();
+    let body = get(&admin_url(&proxy, "/deviations")).await.json();
+    assert_eq!(body["written"], 4);
+    assert_eq!(
+        body["counts"]["by_rule"]["main"]["documented/create-is-201"],
+        3
+    );
+    assert_eq!(
+        body["counts"]["by_rule"]["main"]["documented/gone-is-404"],
+        1
+    );
+    assert_eq!(body["counts"]["by_status"]["main"]["200->201"], 3);
+    let recent = body["recent"].as_array().expect("recent");
+    assert_eq!(recent.len(), 4);
+    assert_eq!(recent[0]["path"], "/gone", "newest first");
+
+    let page = get(&admin_url(&proxy, "/")).await;
+    assert!(page
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/html")));
+    let html = page.text();
+    assert!(
+        html.contains("<meta http-equiv=\"refresh\""),
+        "refreshes itself"
+    );
+    assert!(html.contains("route main"), "{html}");
+    assert!(
+        html.contains("<td>documented/create-is-201</td><td class=n>3</td>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<td>200->201</td><td class=n>3</td>")
+            || html.contains("<td>200-&gt;201</td><td class=n>3</td>"),
+        "{html}"
+    );
+    assert!(html.contains("<td>GET /gone</td>"), "{html}");
+    assert!(
+        !html.contains("http://") && !html.contains("https://") && !html.contains("<script"),
+        "no external assets"
+    );
+    assert_eq!(get(&admin_url(&proxy, "/nope")).await.status, 404);
+}
+
+/// Config A rewrites to 201, config B to 202, and each tags the response, so every response
+/// says which config made it.
+const RULE_A: &str = r#"
+[[rules]]
+name = "tag"
+when = { method = "GET", status = 200 }
+then = { status = 201, headers = { set = { "x-config" = "A" } } }
+"#;
+
+const RULE_B: &str = r#"
+[[rules]]
+name = "tag"
+when = { method = "GET", status = 200 }
+then = { status = 202, headers = { set = { "x-config" = "B" } } }
+"#;
+
+#[tokio::test]
+async fn reload_swaps_rules_and_a_bad_file_keeps_the_old_config() {
+    let upstream = fixed_upstream(200, "{}").await;
+    let proxy = spawn_proxy(&with_admin(upstream.addr, RULE_B)).await;
+    assert_eq!(get(&proxy.url("/x")).await.status, 202);
+    let file = std::env::temp_dir().join(format!("restatus-reload-{}.toml", std::process::id()));
+    std::fs::write(&file, with_admin(upstream.addr, "profile = \"none\"")).expect("write");
+    let restart = proxy.live.reload(&file).expect("valid file reloads");
+    assert!(restart.is_empty(), "{restart:?}");
+    assert_eq!(
+        get(&proxy.url("/x")).await.status,
+        200,
+        "new rules in force"
+    );
+
+    std::fs::write(&file, "[server]\nlisten = 8080\n").expect("write");
+    let err = proxy
+        .live
+        .reload(&file)
+        .expect_err("invalid file is refused");
+    assert_eq!(err.line, 2, "{err}");
+    assert_eq!(
+        get(&proxy.url("/x")).await.status,
+        200,
+        "old config still in force"
+    );
+    std::fs::remove_file(&file).ok();
+    let metrics = get(&admin_url(&proxy, "/metrics")).await.text();
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"restatus_config_reloads_total{result="success"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"restatus_config_reloads_total{result="failure"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn reload_reports_settings_that_need_a_restart() {
+    let upstream = fixed_upstream(200, "{}").await;
+    let proxy = spawn_proxy(&simple_config(upstream.addr, "")).await;
+    let moved = simple_config(upstream.addr, "").replace("127.0.0.1:0", "127.0.0.1:1");
+    let restart = proxy.live.apply(config(&moved));
+    assert_eq!(restart, vec!["server.listen".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_loses_no_request_and_mixes_no_config() {
+    let upstream = fixed_upstream(200, "{}").await;
+    let proxy = spawn_proxy(&simple_config(upstream.addr, RULE_A)).await;
+    let configs = [
+        config(&simple_config(upstream.addr, RULE_A)),
+        config(&simple_config(upstream.addr, RULE_B)),
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (url, stop) = (proxy.url("/load"), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let client = client();
+            let mut seen = [0usize; 2];
+            while !stop.load(Ordering::SeqCst) {
+                let reply = send_with(&client, "GET", &url, &[], "").await;
+                match (reply.status, reply.header("x-config")) {
+                    (201, Some("A")) => seen[0] += 1,
+                    (202, Some("B")) => seen[1] += 1,
+                    other => panic!("response from no single config: {other:?}"),
+                }
+            }
+            seen
+        }));
+    }
+    for round in 0..40 {
+        proxy.live.apply(configs[round % 2].clone());
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut totals = [0usize; 2];
+    for client in clients {
+        let seen = client
+            .await
+            .expect("client never saw a wrong or failed response");
+        totals[0] += seen[0];
+        totals[1] += seen[1];
+    }
+    assert!(
+        totals[0] > 0 && totals[1] > 0,
+        "both configs served: {totals:?}"
+    );
+}

@@ -1,0 +1,204 @@
+//! The binary under real signals: SIGHUP reloads, SIGUSR1 reopens the deviation file,
+//! SIGTERM drains and exits 0.
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use support::*;
+
+struct Running {
+    child: Child,
+    addr: String,
+    /// The admin address, when the config has `[admin]`.
+    admin: Option<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `restatus run` and waits for it to log the address it listens on.
+fn start(config: &Path) -> Running {
+    start_with(config, false)
+}
+
+fn start_with(config: &Path, admin: bool) -> Running {
+    let mut child = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start restatus");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                let message = event["message"].as_str().unwrap_or_default().to_string();
+                if message == "listening" || message == "admin listening" {
+                    let addr = event["addr"].as_str().unwrap_or_default().to_string();
+                    let _ = tx.send((message, addr));
+                }
+            }
+        }
+    });
+    let mut running = Running {
+        child,
+        addr: String::new(),
+        admin: None,
+    };
+    while running.addr.is_empty() || (admin && running.admin.is_none()) {
+        let (message, addr) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("restatus logs its listening addresses");
+        match message.as_str() {
+            "listening" => running.addr = addr,
+            _ => running.admin = Some(addr),
+        }
+    }
+    running
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("restatus-signals-{}-{name}", std::process::id()))
+}
+
+fn config_text(upstream: std::net::SocketAddr, sink: &Path, rule_status: u16) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+[log]
+format = "json"
+level = "info"
+access = false
+[deviations]
+sink = "{}"
+[[upstreams]]
+name = "backend"
+targets = ["http://{upstream}"]
+[[routes]]
+name = "main"
+upstream = "backend"
+[[rules]]
+name = "get-rule"
+when = {{ method = "GET", status = 200 }}
+then = {{ status = {rule_status} }}
+"#,
+        sink.display()
+    )
+}
+
+/// Polls until `check` holds for a fresh GET of `url`.
+async fn poll_status(url: &str, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if get(url).await.status == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "status never became {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_sigusr1_reopens_sigterm_exits_cleanly() {
+    let upstream = fixed_upstream(200, "{}").await;
+    let (config, sink) = (temp("config.toml"), temp("deviations.jsonl"));
+    std::fs::write(&config, config_text(upstream.addr, &sink, 201)).expect("config");
+    let mut running = start(&config);
+    let url = format!("http://{}/items", running.addr);
+    assert_eq!(get(&url).await.status, 201);
+
+    // SIGHUP: the new rule applies without a restart.
+    std::fs::write(&config, config_text(upstream.addr, &sink, 202)).expect("config");
+    signal(&running.child, "HUP");
+    poll_status(&url, 202).await;
+
+    // SIGUSR1 after logrotate moved the file: a new file is created and written.
+    let rotated = temp("deviations.jsonl.1");
+    wait_until(Duration::from_secs(10), "records in the sink", || {
+        std::fs::read_to_string(&sink).is_ok_and(|t| t.lines().count() >= 2)
+    })
+    .await;
+    std::fs::rename(&sink, &rotated).expect("rotate");
+    signal(&running.child, "USR1");
+    wait_until(Duration::from_secs(10), "a new sink file", || {
+        // Requests keep coming so the writer has something to write once reopened.
+        std::fs::metadata(&sink).is_ok()
+    })
+    .await;
+    assert_eq!(get(&url).await.status, 202);
+    wait_until(Duration::from_secs(10), "a record in the new file", || {
+        std::fs::read_to_string(&sink).is_ok_and(|t| t.contains("\"status\":202"))
+    })
+    .await;
+
+    signal(&running.child, "TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = running.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restatus did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    for path in [&config, &sink, &rotated] {
+        std::fs::remove_file(path).ok();
+    }
+}
+
+#[tokio::test]
+async fn watched_config_file_reloads_on_change() {
+    let upstream = fixed_upstream(200, "{}").await;
+    let (config, sink) = (temp("watch.toml"), temp("watch.jsonl"));
+    let text = config_text(upstream.addr, &sink, 201).replace(
+        "shutdown_grace = \"5s\"",
+        "shutdown_grace = \"5s\"\nwatch_config = true",
+    ) + "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    std::fs::write(&config, &text).expect("config");
+    let running = start_with(&config, true);
+    let metrics = format!(
+        "http://{}/metrics",
+        running.admin.as_deref().expect("admin")
+    );
+    let url = format!("http://{}/items", running.addr);
+    assert_eq!(get(&url).await.status, 201);
+    std::fs::write(&config, text.replace("status = 201", "status = 202")).expect("config");
+    poll_status(&url, 202).await;
+    // A broken edit keeps the last good config.
+    std::fs::write(&config, "[server\n").expect("config");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !get(&metrics)
+        .await
+        .text()
+        .contains("restatus_config_reloads_total{result=\"failure\"} 1")
+    {
+        assert!(Instant::now() < deadline, "the broken edit was never tried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(&url).await.status, 202);
+    drop(running);
+    std::fs::remove_file(&config).ok();
+    std::fs::remove_file(&sink).ok();
+}
