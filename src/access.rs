@@ -21,6 +21,8 @@ pub struct AccessRecord {
     pub status: StatusCode,
     pub upstream_status: Option<StatusCode>,
     pub request_id: HeaderValue,
+    /// Why the proxy answered itself, when it did.
+    pub error: Option<String>,
 }
 
 /// A response body that counts the bytes sent and writes the access line when it is dropped.
@@ -113,6 +115,7 @@ impl Drop for LoggedBody {
             request_id = record.request_id.to_str().unwrap_or("-"),
             bytes = self.bytes,
             complete,
+            error = record.error.as_deref().unwrap_or("-"),
             "access"
         );
     }

@@ -25,4 +25,5 @@ pub mod route;
 pub mod rules;
 pub mod server;
 pub mod signals;
+pub mod tls;
 pub mod upstream;

@@ -113,6 +113,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     if old.server.workers != new.server.workers {
         out.push("server.workers".to_string());
     }
+    let tls_listen = |c: &Config| c.server.tls.as_ref().map(|t| t.listen.clone());
+    if tls_listen(old) != tls_listen(new) {
+        out.push("server.tls.listen".to_string());
+    }
     if old.server.max_header_bytes != new.server.max_header_bytes {
         out.push("server.max_header_bytes".to_string());
     }

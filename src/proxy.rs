@@ -36,6 +36,8 @@ pub struct Proxy {
     unrouted: RouteMetrics,
     /// Per-connection settings for connections accepted while this config is in force.
     pub settings: ConnSettings,
+    /// Certificates for HTTPS listeners; replaced on reload.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// What the listener knows about the connection a request came in on.
@@ -67,6 +69,7 @@ impl Proxy {
             routes: RouteTable::build(config, &upstreams, &metrics),
             unrouted: metrics.route("-"),
             settings: ConnSettings::from_config(config),
+            tls: config.server.tls.as_ref().map(|t| t.config.clone()),
             metrics,
             request_body_limit: config.limits.request_body,
             inspect_limit: config.limits.inspect_body,
@@ -92,6 +95,8 @@ struct Exchange<'a> {
     close: bool,
     /// A 100-continue protocol deviation of the upstream, recorded beside any status deviation.
     protocol: Option<Kind>,
+    /// Why the proxy answered itself, for the access line.
+    error: Option<String>,
 }
 
 /// Handles one request; never fails, every failure becomes a response.
@@ -111,14 +116,16 @@ pub async fn handle(
         upstream_status: None,
         close: false,
         protocol: None,
+        error: None,
     };
     // 1-6: route, checks, forward, and the upstream's answer (or the proxy's own).
     let (response, source) = match forward(&proxy, conn, request, &mut exchange).await {
         Ok(response) => (response, deviation::Source::Upstream),
-        Err(err) => (
-            error_response(&err, &exchange, &proxy.metrics),
-            deviation::Source::Proxy,
-        ),
+        Err(err) => {
+            exchange.error = Some(err.message());
+            let response = error_response(&err, &exchange, &proxy.metrics);
+            (response, deviation::Source::Proxy)
+        }
     };
     // 7-8: normalize and record.
     let mut response = match exchange.route {
@@ -431,5 +438,6 @@ fn access_record(exchange: &Exchange, status: StatusCode) -> AccessRecord {
         status,
         upstream_status: exchange.upstream_status,
         request_id: exchange.request_id.clone(),
+        error: exchange.error.clone(),
     }
 }

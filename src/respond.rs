@@ -30,6 +30,8 @@ pub enum ProxyError {
     UpstreamReset,
     /// The upstream sent something that is not a valid HTTP response.
     UpstreamInvalid,
+    /// The TLS handshake with the upstream failed (its certificate did not verify, ...).
+    UpstreamTls(String),
 }
 
 /// Which side a failure came from, for logs and metrics.
@@ -49,7 +51,8 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UpstreamConnect
             | ProxyError::UpstreamReset
-            | ProxyError::UpstreamInvalid => StatusCode::BAD_GATEWAY,
+            | ProxyError::UpstreamInvalid
+            | ProxyError::UpstreamTls(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -80,6 +83,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "timeout",
             ProxyError::UpstreamReset => "reset",
             ProxyError::UpstreamInvalid => "invalid_response",
+            ProxyError::UpstreamTls(_) => "tls",
         }
     }
 
@@ -99,6 +103,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream did not answer in time".into(),
             ProxyError::UpstreamReset => "upstream closed the connection before answering".into(),
             ProxyError::UpstreamInvalid => "upstream sent an invalid response".into(),
+            ProxyError::UpstreamTls(why) => format!("TLS with the upstream failed: {why}"),
         }
     }
 

@@ -9,11 +9,12 @@ use crate::proxy::{self, Connection};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -39,6 +40,7 @@ impl ConnSettings {
 
 pub struct Server {
     listeners: Vec<TcpListener>,
+    tls_listeners: Vec<TcpListener>,
     admin: Option<TcpListener>,
     live: Arc<Live>,
     settings: ConnSettings,
@@ -60,6 +62,10 @@ impl Server {
         for addr in &config.server.listen {
             listeners.push(bind(*addr).await?);
         }
+        let mut tls_listeners = Vec::new();
+        for addr in config.server.tls.iter().flat_map(|t| &t.listen) {
+            tls_listeners.push(bind(*addr).await?);
+        }
         let admin = match &config.admin {
             Some(admin) => Some(bind(admin.listen).await?),
             None => None,
@@ -67,6 +73,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         Ok(Server {
             listeners,
+            tls_listeners,
             admin,
             live: Arc::new(Live::new(config.clone(), deviations, metrics)),
             settings: ConnSettings::from_config(config),
@@ -84,6 +91,14 @@ impl Server {
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The HTTPS listeners' addresses.
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.tls_listeners
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect()
@@ -111,14 +126,18 @@ impl Server {
             ))
         });
         let mut accept_tasks = Vec::new();
-        for listener in self.listeners {
+        let plain = self.listeners.into_iter().map(|l| (l, false));
+        let secure = self.tls_listeners.into_iter().map(|l| (l, true));
+        for (listener, tls) in plain.chain(secure) {
             if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "listening");
+                let scheme = if tls { "https" } else { "http" };
+                tracing::info!(%addr, scheme, "listening");
             }
             let ctx = AcceptContext {
                 live: self.live.clone(),
                 builder: builder.clone(),
                 stop: stop_rx.clone(),
+                tls,
             };
             accept_tasks.push(tokio::spawn(accept_loop(listener, ctx, graceful.clone())));
         }
@@ -169,6 +188,8 @@ struct AcceptContext {
     live: Arc<Live>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     stop: watch::Receiver<bool>,
+    /// Connections on this listener start with a TLS handshake.
+    tls: bool,
 }
 
 fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
@@ -201,7 +222,20 @@ async fn accept_loop(
             _ = ctx.stop.changed() => return,
         };
         match accepted {
-            Ok((stream, peer)) => serve_connection(stream, peer, &ctx, graceful.watcher()),
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let conn = Connection {
+                    peer,
+                    https: ctx.tls,
+                };
+                let (live, builder) = (ctx.live.clone(), ctx.builder.clone());
+                let watcher = graceful.watcher();
+                if ctx.tls {
+                    tokio::spawn(serve_tls(stream, conn, live, builder, watcher));
+                } else {
+                    tokio::spawn(serve_connection(stream, conn, live, builder, watcher));
+                }
+            }
             Err(err) => {
                 // EMFILE and friends: back off briefly instead of spinning on the error.
                 tracing::warn!(error = %err, "accept failed");
@@ -211,42 +245,69 @@ async fn accept_loop(
     }
 }
 
-fn serve_connection(
+/// The TLS handshake, cut off at `header_timeout`, then the connection as usual. Failures
+/// are logged at debug and counted; they never touch other connections.
+async fn serve_tls(
     stream: TcpStream,
-    peer: SocketAddr,
-    ctx: &AcceptContext,
-    watcher: hyper_util::server::graceful::Watcher,
+    conn: Connection,
+    live: Arc<Live>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
 ) {
-    let _ = stream.set_nodelay(true);
-    let conn_info = Connection { peer, https: false };
-    let settings = ctx.live.proxy().settings;
+    let proxy = live.proxy();
+    let Some(config) = proxy.tls.clone() else {
+        tracing::debug!(peer = %conn.peer, "TLS is no longer configured; closing");
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let handshake = tokio::time::timeout(proxy.settings.header_timeout, acceptor.accept(stream));
+    drop(proxy);
+    match handshake.await {
+        Ok(Ok(stream)) => serve_connection(stream, conn, live, builder, watcher).await,
+        Ok(Err(err)) => {
+            live.metrics.tls_handshake_failed();
+            tracing::debug!(peer = %conn.peer, error = %err, "TLS handshake failed");
+        }
+        Err(_) => {
+            live.metrics.tls_handshake_failed();
+            tracing::debug!(peer = %conn.peer, "TLS handshake not finished within header_timeout");
+        }
+    }
+}
+
+async fn serve_connection<I>(
+    io: I,
+    conn: Connection,
+    live: Arc<Live>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = live.proxy().settings;
     let watchdog = Watchdog::new(settings.header_timeout, settings.idle_timeout);
-    let io = TokioIo::new(ActivityIo::new(stream, watchdog.activity()));
-    let live = ctx.live.clone();
-    let open = ctx.live.metrics.connection();
+    let io = TokioIo::new(ActivityIo::new(io, watchdog.activity()));
+    let _open = live.metrics.connection();
     let activity = watchdog.activity();
     let service = service_fn(move |request| {
         let guard = activity.request_started();
         // Each request runs on the config in force when it arrived, even across a reload.
         let proxy = live.proxy();
         async move {
-            let response = proxy::handle(proxy, conn_info, request).await;
+            let response = proxy::handle(proxy, conn, request).await;
             response.map(|r| r.map(|body| body.with_guard(guard)))
         }
     });
-    let conn = ctx.builder.serve_connection(io, service).into_owned();
-    let conn = watcher.watch(conn);
-    tokio::spawn(async move {
-        let _open = open;
-        tokio::select! {
-            result = conn => {
-                if let Err(err) = result {
-                    tracing::debug!(%peer, error = %err, "connection ended with an error");
-                }
-            }
-            reason = watchdog.expired() => {
-                tracing::debug!(%peer, reason, "closing connection");
+    let served = watcher.watch(builder.serve_connection(io, service).into_owned());
+    let peer = conn.peer;
+    tokio::select! {
+        result = served => {
+            if let Err(err) = result {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
         }
-    });
+        reason = watchdog.expired() => {
+            tracing::debug!(%peer, reason, "closing connection");
+        }
+    }
 }

@@ -9,6 +9,7 @@ use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -22,7 +23,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Upstream {
     pub config: Arc<UpstreamConfig>,
-    client: Client<HttpConnector, ForwardBody>,
+    client: Client<HttpsConnector<HttpConnector>, ForwardBody>,
     next: AtomicUsize,
     /// Set once the upstream answered as HTTP/1.0: it cannot take part in 100-continue.
     http10: AtomicBool,
@@ -46,10 +47,7 @@ impl OutboundRequest {
 
 impl Upstream {
     pub fn new(config: Arc<UpstreamConfig>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
+        let connector = connector(&config);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -151,6 +149,35 @@ impl Upstream {
     }
 }
 
+/// TCP with the connect timeout and `TCP_NODELAY`, wrapped in TLS for `https://` targets.
+fn connector(config: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let tls_config = match &config.tls {
+        Some(tls) => (*tls.config).clone(),
+        // Plain-HTTP upstreams never use it; the connector still wants one.
+        None => plain_client_config(),
+    };
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config)
+        .https_or_http();
+    let builder = match config.tls.as_ref().and_then(|t| t.server_name.clone()) {
+        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
+        None => builder,
+    };
+    builder.enable_http1().wrap_connector(http)
+}
+
+fn plain_client_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
 fn build_request(
     target: &Target,
     method: &Method,
@@ -186,6 +213,13 @@ fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+            // io::Error::source skips the error it wraps: look at it directly.
+            if let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                return ProxyError::UpstreamTls(tls.to_string());
+            }
+        }
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return ProxyError::UpstreamTls(tls.to_string());
         }
         if hyper_err.is_none() {
             hyper_err = cause.downcast_ref::<hyper::Error>();

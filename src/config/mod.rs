@@ -3,10 +3,12 @@
 
 mod error;
 pub mod raw;
+mod tls;
 mod units;
 
 pub use error::{ConfigError, Locator};
 pub use raw::{ExpectMode, HostMode, LogFormat, Mode};
+pub use tls::{ServerTls, UpstreamTls};
 pub use units::{parse_duration, parse_size};
 
 use crate::rules::check::{compile_check, Check};
@@ -74,6 +76,8 @@ pub struct Server {
     pub max_header_bytes: usize,
     /// Reload when the config file changes on disk.
     pub watch_config: bool,
+    /// HTTPS listeners; `None` without `[server.tls]`.
+    pub tls: Option<ServerTls>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +104,8 @@ pub struct UpstreamConfig {
     pub expect: ExpectMode,
     /// How long a held request body waits for the upstream's `100` before it is sent anyway.
     pub expect_timeout: Duration,
+    /// Set when a target is `https://`.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// One upstream address, pre-split so the request path only copies parts.
@@ -236,10 +242,11 @@ fn compile_server(raw: raw::RawServer, at: &Locator) -> Result<Server, ConfigErr
         shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
         max_header_bytes,
         watch_config: raw.watch_config,
+        tls: tls::compile_server_tls(raw.tls.as_ref(), at)?,
     })
 }
 
-fn parse_listen(
+pub(crate) fn parse_listen(
     list: &Spanned<raw::OneOrMany<String>>,
     at: &Locator,
 ) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -296,6 +303,8 @@ fn compile_upstreams(
             .iter()
             .map(|t| parse_target(t, at))
             .collect::<Result<Vec<_>, _>>()?;
+        let any_https = targets.iter().any(|t| t.scheme == Scheme::HTTPS);
+        let tls = tls::compile_upstream_tls(&raw, any_https, at)?;
         out.push(Arc::new(UpstreamConfig {
             name: raw.name.into_inner(),
             targets,
@@ -306,6 +315,7 @@ fn compile_upstreams(
             host: raw.host.unwrap_or_default(),
             expect: raw.expect.unwrap_or_default(),
             expect_timeout: raw.expect_timeout.map_or(Duration::from_secs(1), |d| d.0),
+            tls,
         }));
     }
     Ok(out)
@@ -346,8 +356,8 @@ fn parse_target(text: &Spanned<String>, at: &Locator) -> Result<Target, ConfigEr
     };
     let uri: Uri = text.get_ref().parse().map_err(|_| bad("is not a URL"))?;
     let scheme = uri.scheme().cloned().ok_or_else(|| bad("has no scheme"))?;
-    if scheme != Scheme::HTTP {
-        return Err(bad("must use http://"));
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        return Err(bad("must use http:// or https://"));
     }
     let authority = uri.authority().cloned().ok_or_else(|| bad("has no host"))?;
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
@@ -405,7 +415,7 @@ fn compile_deviations(raw: &raw::RawDeviations, at: &Locator) -> Result<Deviatio
 }
 
 /// A relative path in the config is relative to the config file's folder.
-fn resolve(config_file: &Path, path: &str) -> PathBuf {
+pub(crate) fn resolve(config_file: &Path, path: &str) -> PathBuf {
     let path = Path::new(path);
     if path.is_absolute() {
         return path.to_path_buf();

@@ -71,6 +71,28 @@ pub struct RawServer {
     pub max_header_bytes: Option<Spanned<ByteSize>>,
     #[serde(default)]
     pub watch_config: bool,
+    pub tls: Option<RawServerTls>,
+}
+
+/// `[server.tls]`: HTTPS listeners and their certificates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    pub listen: Spanned<OneOrMany<String>>,
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub min_version: Option<Spanned<String>>,
+    #[serde(default)]
+    pub certs: Vec<RawSniCert>,
+}
+
+/// `[[server.tls.certs]]`: a certificate served to clients asking for `host` by SNI.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSniCert {
+    pub host: Spanned<String>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +127,10 @@ pub struct RawUpstream {
     pub host: Option<HostMode>,
     pub expect: Option<ExpectMode>,
     pub expect_timeout: Option<HumanDuration>,
+    pub ca: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
 }
 
 /// How `Expect: 100-continue` requests are handled toward an upstream.

@@ -1,0 +1,152 @@
+//! Compiling `[server.tls]` and the TLS keys of `[[upstreams]]`: certificate and key files are
+//! read and checked here, so `check`, start and reload all name a bad file.
+
+use super::raw::{RawServerTls, RawUpstream};
+use super::{resolve, ConfigError, Locator};
+use crate::tls::{self, MinVersion};
+use rustls::pki_types::ServerName;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use toml::Spanned;
+
+/// HTTPS listeners and the certificates they serve.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub listen: Vec<SocketAddr>,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+/// How restatus speaks TLS to one upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name verified (and sent as SNI) instead of the target's host.
+    pub server_name: Option<ServerName<'static>>,
+    /// Identifies the files and their contents, so a reload keeps an unchanged upstream.
+    fingerprint: u64,
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint && self.server_name == other.server_name
+    }
+}
+
+fn path(raw: &Spanned<String>, at: &Locator) -> PathBuf {
+    resolve(at.file, raw.get_ref())
+}
+
+pub fn compile_server_tls(
+    raw: Option<&RawServerTls>,
+    at: &Locator,
+) -> Result<Option<ServerTls>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let listen = super::parse_listen(&raw.listen, at)?;
+    let min = match raw
+        .min_version
+        .as_ref()
+        .map(|v| (v.get_ref().as_str(), v.span()))
+    {
+        None | Some(("1.2", _)) => MinVersion::Tls12,
+        Some(("1.3", _)) => MinVersion::Tls13,
+        Some((other, span)) => {
+            return Err(at.at(
+                span,
+                format!("min_version `{other}`: use \"1.2\" or \"1.3\""),
+            ))
+        }
+    };
+    let mut by_host = Vec::with_capacity(raw.certs.len());
+    for sni in &raw.certs {
+        let key = tls::certified_key(&path(&sni.cert, at), &path(&sni.key, at))
+            .map_err(|err| at.at(sni.cert.span(), err))?;
+        by_host.push((sni.host.get_ref().trim().to_ascii_lowercase(), key));
+    }
+    let default = match (&raw.cert, &raw.key) {
+        (Some(cert), Some(key)) => tls::certified_key(&path(cert, at), &path(key, at))
+            .map_err(|err| at.at(cert.span(), err))?,
+        (None, None) => match by_host.first() {
+            Some((_, key)) => key.clone(),
+            None => {
+                return Err(at.at(
+                    raw.listen.span(),
+                    "[server.tls] needs `cert` and `key`, or at least one [[server.tls.certs]]",
+                ))
+            }
+        },
+        (Some(one), None) | (None, Some(one)) => {
+            return Err(at.at(one.span(), "give both `cert` and `key`"))
+        }
+    };
+    let config =
+        tls::server_config(default, by_host, min).map_err(|err| at.at(raw.listen.span(), err))?;
+    Ok(Some(ServerTls { listen, config }))
+}
+
+/// The TLS settings of an upstream, when any target is `https://` (or TLS keys are given).
+pub fn compile_upstream_tls(
+    raw: &RawUpstream,
+    any_https: bool,
+    at: &Locator,
+) -> Result<Option<UpstreamTls>, ConfigError> {
+    if !any_https {
+        if let Some(key) = [&raw.ca, &raw.server_name, &raw.client_cert, &raw.client_key]
+            .into_iter()
+            .flatten()
+            .next()
+        {
+            return Err(at.at(key.span(), "TLS settings need an https:// target"));
+        }
+        return Ok(None);
+    }
+    let ca = raw.ca.as_ref().map(|ca| (path(ca, at), ca.span()));
+    let client = match (&raw.client_cert, &raw.client_key) {
+        (Some(cert), Some(key)) => Some((path(cert, at), path(key, at), cert.span())),
+        (None, None) => None,
+        (Some(one), None) | (None, Some(one)) => {
+            return Err(at.at(one.span(), "give both `client_cert` and `client_key`"))
+        }
+    };
+    let config = tls::client_config(
+        ca.as_ref().map(|(p, _)| p.as_path()),
+        client.as_ref().map(|(c, k, _)| (c.as_path(), k.as_path())),
+    )
+    .map_err(|err| {
+        // Point at the key whose file the message names.
+        let ca_named = ca
+            .as_ref()
+            .filter(|(p, _)| err.contains(&format!("`{}`", p.display())));
+        let span = match (ca_named, &client) {
+            (Some((_, span)), _) | (None, Some((_, _, span))) => span.clone(),
+            (None, None) => raw.targets.span(),
+        };
+        at.at(span, err)
+    })?;
+    let server_name = match &raw.server_name {
+        None => None,
+        Some(name) => Some(ServerName::try_from(name.get_ref().clone()).map_err(|_| {
+            at.at(
+                name.span(),
+                format!("`{}` is not a server name", name.get_ref()),
+            )
+        })?),
+    };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in ca
+        .iter()
+        .map(|(p, _)| p)
+        .chain(client.iter().flat_map(|(c, k, _)| [c, k]))
+    {
+        file.hash(&mut hasher);
+        std::fs::read(file).unwrap_or_default().hash(&mut hasher);
+    }
+    Ok(Some(UpstreamTls {
+        config,
+        server_name,
+        fingerprint: hasher.finish(),
+    }))
+}
