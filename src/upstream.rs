@@ -200,6 +200,16 @@ fn build_request(
     Ok(request)
 }
 
+/// The rustls error inside (possibly nested) io errors. `io::Error::source` skips the error
+/// it wraps, so the wrapped errors are looked at directly.
+fn tls_error(io: &std::io::Error) -> Option<&rustls::Error> {
+    let inner = io.get_ref()?;
+    match inner.downcast_ref::<std::io::Error>() {
+        Some(nested) => tls_error(nested),
+        None => inner.downcast_ref::<rustls::Error>(),
+    }
+}
+
 /// Maps a client error onto the failure the proxy reports.
 fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
     let mut source: Option<&(dyn StdError + 'static)> = err.source();
@@ -213,8 +223,7 @@ fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
-            // io::Error::source skips the error it wraps: look at it directly.
-            if let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            if let Some(tls) = tls_error(io) {
                 return ProxyError::UpstreamTls(tls.to_string());
             }
         }

@@ -177,6 +177,8 @@ pub struct TestProxy {
     pub addr: SocketAddr,
     /// The admin listener, when the config has an `[admin]` table.
     pub admin: Option<SocketAddr>,
+    /// The first HTTPS listener, when the config has `[server.tls]`.
+    pub tls: Option<SocketAddr>,
     pub live: Arc<restatus::live::Live>,
     pub log: Arc<DeviationLog>,
     pub sink: SharedSink,
@@ -248,6 +250,7 @@ pub async fn spawn_proxy_with(config: Config) -> TestProxy {
         .expect("bind proxy");
     let addr = server.local_addrs()[0];
     let admin = server.admin_addr();
+    let tls = server.tls_addrs().first().copied();
     let live = server.live();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(async move {
@@ -256,6 +259,7 @@ pub async fn spawn_proxy_with(config: Config) -> TestProxy {
     TestProxy {
         addr,
         admin,
+        tls,
         live,
         log,
         sink,
