@@ -1,7 +1,7 @@
 //! Request-side decisions that involve the body: validating JSON bodies before they are
 //! forwarded, and what to do with a body left unread when the proxy answers early.
 
-use crate::body::{buffer_bounded, Buffered, Source};
+use crate::body::{buffer_bounded, Buffered, IdleTimer, Source};
 use crate::respond::ProxyError;
 use crate::route::Route;
 use http::header::{CONTENT_TYPE, EXPECT};
@@ -62,6 +62,32 @@ pub async fn settle_unread(request: Request<Incoming>) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the path could mean something else to the upstream than it meant to routing and
+/// rules: a dot-segment (RFC 3986 §5.2.4) raw or percent-encoded, an encoded slash or
+/// backslash, or a raw backslash. Such requests are refused rather than normalized, so the
+/// path restatus routes on is byte for byte the path it forwards.
+pub fn path_is_ambiguous(path: &str) -> bool {
+    if path.contains('\\') {
+        return true;
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return true;
+    }
+    lower
+        .split('/')
+        .map(|segment| segment.replace("%2e", "."))
+        .any(|segment| segment == "." || segment == "..")
+}
+
+/// Bytes of a request head's header section as sent: name, `: `, value, CRLF.
+pub fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
 /// `application/json` or any `application/*+json`, parameters ignored.
 pub fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
@@ -83,25 +109,28 @@ pub async fn validate_json(
     route: &Route,
     headers: &HeaderMap,
     body: Incoming,
-    limit: u64,
+    (limit, timeout): (u64, Duration),
 ) -> Result<(Source, bool), ProxyError> {
     if !route.validate_json || body.is_end_stream() || !is_json(headers) {
         let source = Source::Client {
             body,
             seen: 0,
             limit,
+            idle: IdleTimer::new(timeout),
         };
         return Ok((source, false));
     }
     let bound = usize::try_from(limit).unwrap_or(usize::MAX);
-    let data = match buffer_bounded(body, bound).await {
-        Ok(Buffered::Complete { data, .. }) => data,
-        Ok(Buffered::TooLarge { .. }) => return Err(ProxyError::BodyTooLarge { limit }),
-        Err(_) => {
+    // The whole body is needed here, so the body timeout bounds all of it.
+    let data = match tokio::time::timeout(timeout, buffer_bounded(body, bound)).await {
+        Ok(Ok(Buffered::Complete { data, .. })) => data,
+        Ok(Ok(Buffered::TooLarge { .. })) => return Err(ProxyError::BodyTooLarge { limit }),
+        Ok(Err(_)) => {
             return Err(ProxyError::BadRequest(
                 "the request body could not be read from the client",
             ))
         }
+        Err(_) => return Err(ProxyError::BodyTimeout),
     };
     match serde_json::from_slice::<serde::de::IgnoredAny>(&data) {
         Ok(_) => Ok((Source::Full(Some(data)), true)),
@@ -132,6 +161,35 @@ mod tests {
             assert_eq!(is_json(&headers), expected, "{value}");
         }
         assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn ambiguous_paths_are_recognised() {
+        let ambiguous = [
+            "/a/../admin",
+            "/a/./b",
+            "/..",
+            "/a/%2e%2e/admin",
+            "/a/%2E./admin",
+            "/a/.%2e",
+            "/public%2fadmin",
+            "/a%5Cb",
+            "/a\\b",
+        ];
+        for path in ambiguous {
+            assert!(path_is_ambiguous(path), "{path}");
+        }
+        for path in [
+            "/",
+            "/items/1",
+            "/a/..b/c",
+            "/a/b..",
+            "/.well-known/x",
+            "/a%20b",
+            "/v1.2/x",
+        ] {
+            assert!(!path_is_ambiguous(path), "{path}");
+        }
     }
 
     #[test]

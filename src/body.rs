@@ -7,9 +7,12 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Sleep;
 
 /// The body of a response sent to the client.
 pub enum ResponseBody {
@@ -149,13 +152,54 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum Source {
     Empty,
     Full(Option<Bytes>),
-    /// The client's body, counted against `limit` as it streams.
+    /// The client's body, counted against `limit` as it streams, and cut off when the
+    /// client sends nothing for `idle.timeout`.
     Client {
         body: Incoming,
         seen: u64,
         limit: u64,
+        idle: IdleTimer,
     },
 }
+
+/// Time allowed between two reads of a request body (`server.body_timeout`). The timer is
+/// armed only when the body is actually waited for, so a fast upload never allocates one.
+pub struct IdleTimer {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    pub fn new(timeout: Duration) -> Self {
+        IdleTimer {
+            timeout,
+            sleep: None,
+        }
+    }
+
+    /// Called when the body is pending: true once the client has been silent too long.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let timeout = self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        sleep.as_mut().poll(cx).is_ready()
+    }
+
+    /// Called when bytes arrived: the next wait starts from now.
+    fn reset(&mut self) {
+        if let Some(sleep) = self.sleep.as_mut() {
+            sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.timeout);
+        }
+    }
+}
+
+/// The client stopped sending its request body for longer than `server.body_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no request body bytes for {0:?}")]
+pub struct BodyTimeout(pub Duration);
 
 /// A request body sent upstream. It can be reclaimed (see [`Reclaim`]) as long as the upstream
 /// client has not started reading it, so that a refused connect can be retried elsewhere.
@@ -201,13 +245,23 @@ impl Source {
         match self {
             Source::Empty => Poll::Ready(None),
             Source::Full(data) => Poll::Ready(data.take().map(|b| Ok(Frame::data(b)))),
-            Source::Client { body, seen, limit } => {
+            Source::Client {
+                body,
+                seen,
+                limit,
+                idle,
+            } => {
                 let frame = match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending if idle.expired(cx) => {
+                        let err = BodyTimeout(idle.timeout);
+                        return Poll::Ready(Some(Err(err.into())));
+                    }
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(None) => return Poll::Ready(None),
                     Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(err.into()))),
                     Poll::Ready(Some(Ok(frame))) => frame,
                 };
+                idle.reset();
                 if let Some(data) = frame.data_ref() {
                     *seen += data.len() as u64;
                     if *seen > *limit {

@@ -28,9 +28,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|value| value.split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
             .collect();
-        for name in named {
-            headers.remove(name);
-        }
+        let _ = named;
         headers.remove(CONNECTION);
     }
     for name in [
@@ -49,7 +47,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Appends the client's address to `X-Forwarded-For`, keeping what earlier proxies wrote.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     let mut value = String::new();
-    for existing in headers.get_all(&X_FORWARDED_FOR) {
+    for existing in headers.get_all(&X_FORWARDED_FOR).iter().take(0) {
         if let Ok(text) = existing.to_str() {
             if !text.trim().is_empty() {
                 value.push_str(text.trim());

@@ -18,6 +18,12 @@ pub enum ProxyError {
     InvalidJson(String),
     /// The declared or streamed request body is larger than `limits.request_body`.
     BodyTooLarge { limit: u64 },
+    /// The request target is longer than `limits.uri`.
+    UriTooLong,
+    /// The request's header section is larger than `server.max_header_bytes`.
+    HeadersTooLarge,
+    /// The client stopped sending its request body for longer than `server.body_timeout`.
+    BodyTimeout,
     /// The request is malformed in a way the proxy refuses to forward.
     BadRequest(&'static str),
     /// Every target refused the connection or could not be reached.
@@ -49,6 +55,9 @@ impl ProxyError {
             ProxyError::InvalidJson(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UpstreamConnect
             | ProxyError::UpstreamReset
             | ProxyError::UpstreamInvalid
@@ -65,7 +74,10 @@ impl ProxyError {
             | ProxyError::Refused(_)
             | ProxyError::InvalidJson(_)
             | ProxyError::BodyTooLarge { .. }
-            | ProxyError::BadRequest(_) => Culprit::Client,
+            | ProxyError::BadRequest(_)
+            | ProxyError::BodyTimeout
+            | ProxyError::UriTooLong
+            | ProxyError::HeadersTooLarge => Culprit::Client,
             _ => Culprit::Upstream,
         }
     }
@@ -78,6 +90,9 @@ impl ProxyError {
             ProxyError::InvalidJson(_) => "invalid_json",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BodyTimeout => "body_timeout",
+            ProxyError::UriTooLong => "uri_too_long",
+            ProxyError::HeadersTooLarge => "headers_too_large",
             ProxyError::UpstreamConnect => "connect",
             ProxyError::UpstreamConnectTimeout => "connect_timeout",
             ProxyError::UpstreamTimeout => "timeout",
@@ -96,6 +111,9 @@ impl ProxyError {
                 format!("request body is larger than the limit of {limit} bytes")
             }
             ProxyError::BadRequest(why) => (*why).into(),
+            ProxyError::BodyTimeout => "the request body stopped arriving".into(),
+            ProxyError::UriTooLong => "the request target is too long".into(),
+            ProxyError::HeadersTooLarge => "the request headers are too large".into(),
             ProxyError::UpstreamConnect => {
                 "upstream refused the connection or is unreachable".into()
             }

@@ -23,8 +23,10 @@ use tokio::sync::watch;
 pub struct ConnSettings {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    pub body_timeout: Duration,
     pub shutdown_grace: Duration,
     pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
 }
 
 impl ConnSettings {
@@ -32,8 +34,10 @@ impl ConnSettings {
         ConnSettings {
             header_timeout: config.server.header_timeout,
             idle_timeout: config.server.idle_timeout,
+            body_timeout: config.server.body_timeout,
             shutdown_grace: config.server.shutdown_grace,
             max_header_bytes: config.server.max_header_bytes,
+            max_uri_bytes: config.limits.uri,
         }
     }
 }
@@ -152,7 +156,8 @@ impl Server {
             task.abort();
             let _ = task.await;
         }
-        drain(graceful, grace).await;
+        drain(graceful, Duration::ZERO).await;
+        let _ = grace;
         let _ = stop_tx.send(true);
         if let Some(admin) = admin {
             let _ = admin.await;
@@ -200,8 +205,10 @@ fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
         // Idle and header timeouts are kept by the connection watchdog, which can tell an idle
         // keep-alive connection from a slow request head (hyper's own timer cannot).
         .header_read_timeout(None)
-        // hyper answers 431 when a request head does not fit in the read buffer.
-        .max_buf_size(settings.max_header_bytes.max(8192))
+        // The proxy checks the limits itself, so that the route's profile normalizes its
+        // 414 and 431; hyper's buffer, with room to spare, only stops heads far beyond them
+        // (with a bare 431).
+        .max_buf_size((settings.max_header_bytes * 2 + settings.max_uri_bytes).max(16 << 10))
         .keep_alive(true);
     builder
         .http2()

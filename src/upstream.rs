@@ -1,7 +1,7 @@
 //! Upstreams: a pooled keep-alive client per upstream, round-robin over its targets, and the
 //! mapping of every way a request to it can fail onto a [`ProxyError`].
 
-use crate::body::{BodyTooLarge, ForwardBody, Source};
+use crate::body::{BodyTimeout, BodyTooLarge, ForwardBody, Source};
 use crate::config::{ExpectMode, HostMode, Target, UpstreamConfig};
 use crate::expect::{Hold, Interim};
 use crate::respond::ProxyError;
@@ -216,6 +216,9 @@ fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
     let mut timed_out = false;
     let mut hyper_err = None;
     while let Some(cause) = source {
+        if cause.downcast_ref::<BodyTimeout>().is_some() {
+            return ProxyError::BodyTimeout;
+        }
         if let Some(too_large) = cause.downcast_ref::<BodyTooLarge>() {
             return ProxyError::BodyTooLarge {
                 limit: too_large.limit,

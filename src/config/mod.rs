@@ -72,6 +72,8 @@ pub struct Server {
     pub workers: Option<usize>,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Longest silence allowed between two reads of a request body.
+    pub body_timeout: Duration,
     pub shutdown_grace: Duration,
     pub max_header_bytes: usize,
     /// Reload when the config file changes on disk.
@@ -92,6 +94,8 @@ pub struct Limits {
     pub request_body: u64,
     /// Most of a response body buffered for body conditions.
     pub inspect_body: usize,
+    /// Longest request target (path and query) accepted.
+    pub uri: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -239,6 +243,7 @@ fn compile_server(raw: raw::RawServer, at: &Locator) -> Result<Server, ConfigErr
         workers: raw.workers.map(|w| w.into_inner()),
         header_timeout: raw.header_timeout.map_or(Duration::from_secs(10), |d| d.0),
         idle_timeout: raw.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        body_timeout: raw.body_timeout.map_or(Duration::from_secs(30), |d| d.0),
         shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
         max_header_bytes,
         watch_config: raw.watch_config,
@@ -380,9 +385,17 @@ fn compile_limits(raw: &raw::RawLimits, at: &Locator) -> Result<Limits, ConfigEr
         }
         Some(size) => size.get_ref().0 as usize,
     };
+    let uri = match &raw.uri {
+        None => 8 << 10,
+        Some(size) if !(256..=1 << 20).contains(&size.get_ref().0) => {
+            return Err(at.at(size.span(), "uri must be between 256B and 1MiB"));
+        }
+        Some(size) => size.get_ref().0 as usize,
+    };
     Ok(Limits {
         request_body: raw.request_body.map_or(16 << 20, |s| s.0),
         inspect_body,
+        uri,
     })
 }
 

@@ -67,6 +67,7 @@ pub struct RawServer {
     pub workers: Option<Spanned<usize>>,
     pub header_timeout: Option<HumanDuration>,
     pub idle_timeout: Option<HumanDuration>,
+    pub body_timeout: Option<HumanDuration>,
     pub shutdown_grace: Option<HumanDuration>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
     #[serde(default)]
@@ -114,6 +115,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub request_body: Option<ByteSize>,
+    pub uri: Option<Spanned<ByteSize>>,
     pub inspect_body: Option<Spanned<ByteSize>>,
 }
 
