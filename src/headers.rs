@@ -28,7 +28,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|value| value.split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
             .collect();
-        let _ = named;
+        for name in named {
+            headers.remove(name);
+        }
         headers.remove(CONNECTION);
     }
     for name in [
@@ -47,7 +49,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Appends the client's address to `X-Forwarded-For`, keeping what earlier proxies wrote.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     let mut value = String::new();
-    for existing in headers.get_all(&X_FORWARDED_FOR).iter().take(0) {
+    for existing in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(text) = existing.to_str() {
             if !text.trim().is_empty() {
                 value.push_str(text.trim());
