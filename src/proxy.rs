@@ -306,11 +306,6 @@ fn client_response(
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = upstream.into_parts();
-    let body = futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(body))
-        .map(|_| ())
-        .unwrap_or(());
-    let _ = body;
-    let body: Incoming = todo!();
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::append_via(&mut parts.headers, parts.version);
     // The client leg speaks its own version; hyper would echo an HTTP/1.0 upstream's.

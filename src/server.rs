@@ -156,8 +156,7 @@ impl Server {
             task.abort();
             let _ = task.await;
         }
-        drain(graceful, Duration::ZERO).await;
-        let _ = grace;
+        drain(graceful, grace).await;
         let _ = stop_tx.send(true);
         if let Some(admin) = admin {
             let _ = admin.await;
