@@ -1,0 +1,231 @@
+//! Config errors: every kind names the file, the line and the key, and a valid file parses.
+use restatus::config::{Config, ConfigError};
+use std::path::Path;
+use std::time::Duration;
+
+/// A valid config; each error case below changes one thing in it.
+const VALID: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+idle_timeout = "250ms"
+max_header_bytes = "64KiB"
+
+[limits]
+request_body = "16MiB"
+
+[[upstreams]]
+name = "backend"
+targets = ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]
+response_timeout = "1.5s"
+
+[[routes]]
+name = "main"
+upstream = "backend"
+path_prefix = "/"
+
+[[routes]]
+name = "inventory"
+upstream = "backend"
+host = "API.example.com"
+path_prefix = "/inventory/"
+strip_prefix = true
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("x.toml"), text)
+}
+
+/// Parses `text`, which must be invalid, and returns the error.
+fn error(text: &str) -> ConfigError {
+    match parse(text) {
+        Ok(_) => panic!("config should be invalid:\n{text}"),
+        Err(err) => err,
+    }
+}
+
+/// The 1-based number of the last line of `text` holding `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    let (index, _) = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.contains(needle))
+        .last()
+        .unwrap_or_else(|| panic!("`{needle}` not in the config"));
+    index + 1
+}
+
+/// Asserts that `err` points at the line holding `needle`, names `key`, and says `message`,
+/// both in its fields and in the text a user reads.
+fn assert_error(err: &ConfigError, text: &str, needle: &str, key: &str, message: &str) {
+    let line = line_of(text, needle);
+    let shown = err.to_string();
+    assert_eq!(err.line, line, "line of {shown}");
+    assert!(err.column > 0, "column of {shown}");
+    assert_eq!(err.key, key, "key of {shown}");
+    assert!(err.message.contains(message), "message of {shown}");
+    assert!(
+        shown.starts_with(&format!("x.toml:{line}:")),
+        "file and line in {shown}"
+    );
+    assert!(shown.contains(&format!("key `{key}`")), "key in {shown}");
+    assert!(shown.contains(message), "message in {shown}");
+}
+
+#[test]
+fn valid_config_parses_with_units_and_defaults() {
+    let config = parse(VALID).expect("valid config");
+    assert_eq!(config.server.listen, vec!["127.0.0.1:0".parse().unwrap()]);
+    assert_eq!(config.server.idle_timeout, Duration::from_millis(250));
+    assert_eq!(config.server.max_header_bytes, 64 << 10);
+    assert_eq!(config.limits.request_body, 16 << 20);
+    let upstream = &config.upstreams[0];
+    assert_eq!(upstream.targets.len(), 2);
+    assert_eq!(upstream.response_timeout, Duration::from_millis(1500));
+    // Unset keys take their documented defaults, not zero.
+    assert_eq!(upstream.connect_timeout, Duration::from_secs(2));
+    let inventory = &config.routes[1];
+    assert_eq!(inventory.host.as_deref(), Some("api.example.com"));
+    assert_eq!(inventory.path_prefix, "/inventory");
+    assert!(inventory.strip_prefix);
+    assert_eq!(config.upstream(inventory).name, "backend");
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let text = VALID.replace("response_timeout", "respons_timeout");
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "respons_timeout",
+        "upstreams[0].respons_timeout",
+        "unknown field `respons_timeout`",
+    );
+}
+
+#[test]
+fn bad_duration_is_named() {
+    for bad in ["30", "30 seconds", "fast"] {
+        let text = VALID.replace(r#""1.5s""#, &format!("{bad:?}"));
+        let err = error(&text);
+        assert_error(
+            &err,
+            &text,
+            "response_timeout",
+            "upstreams[0].response_timeout",
+            &format!("duration `{bad}`"),
+        );
+    }
+}
+
+#[test]
+fn bad_size_is_named() {
+    for bad in ["16MeB", "lots"] {
+        let text = VALID.replace(r#""16MiB""#, &format!("{bad:?}"));
+        let err = error(&text);
+        assert_error(
+            &err,
+            &text,
+            "request_body",
+            "limits.request_body",
+            &format!("size `{bad}`"),
+        );
+    }
+}
+
+#[test]
+fn unknown_upstream_in_a_route_is_named() {
+    let text = VALID.replace(
+        "name = \"inventory\"\nupstream = \"backend\"",
+        "name = \"inventory\"\nupstream = \"backnd\"",
+    );
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "backnd",
+        "routes[1].upstream",
+        "unknown upstream `backnd`",
+    );
+}
+
+#[test]
+fn duplicate_upstream_names_are_refused() {
+    let text =
+        format!("{VALID}\n[[upstreams]]\nname = \"backend\"\ntargets = [\"http://127.0.0.1:9\"]\n");
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "name = \"backend\"",
+        "upstreams[1].name",
+        "duplicate upstream name `backend`",
+    );
+}
+
+#[test]
+fn duplicate_route_names_are_refused() {
+    let text = format!(
+        "{VALID}\n[[routes]]\nname = \"main\"\nupstream = \"backend\"\npath_prefix = \"/other\"\n"
+    );
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "name = \"main\"",
+        "routes[2].name",
+        "duplicate route name `main`",
+    );
+}
+
+#[test]
+fn unparsable_target_url_is_named() {
+    for bad in ["not a url", "ftp://127.0.0.1:21", "127.0.0.1:8081"] {
+        let text = VALID.replace("http://127.0.0.1:8082", bad);
+        let err = error(&text);
+        assert_error(
+            &err,
+            &text,
+            "targets",
+            "upstreams[0].targets",
+            &format!("target `{bad}`"),
+        );
+    }
+}
+
+#[test]
+fn two_routes_with_the_same_host_and_prefix_are_refused() {
+    // The trailing slash is normalized away, so "/inventory" and "/inventory/" are the same
+    // place; the host is compared without case.
+    let text = format!(
+        "{VALID}\n[[routes]]\nname = \"again\"\nupstream = \"backend\"\nhost = \"api.EXAMPLE.com\"\npath_prefix = \"/inventory\"\n"
+    );
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "path_prefix = \"/inventory\"",
+        "routes[2].path_prefix",
+        "route `again` has the same host and path_prefix as an earlier route",
+    );
+}
+
+#[test]
+fn same_prefix_on_another_host_is_allowed() {
+    let text = format!(
+        "{VALID}\n[[routes]]\nname = \"other-host\"\nupstream = \"backend\"\nhost = \"other.example.com\"\npath_prefix = \"/inventory\"\n"
+    );
+    let config = parse(&text).expect("valid config");
+    assert_eq!(config.routes.len(), 3);
+}
+
+#[test]
+fn no_routes_is_refused() {
+    let routes_start = VALID.find("[[routes]]").expect("routes in VALID");
+    let text = &VALID[..routes_start];
+    let err = error(text);
+    // Nothing in the file is at fault, so the error names the file without a line.
+    assert_eq!(err.line, 0);
+    assert!(err.message.contains("no routes"), "{err}");
+    assert!(err.to_string().starts_with("x.toml: "), "{err}");
+}
