@@ -1,16 +1,23 @@
 //! Process-wide log setup: text or JSON lines through tracing, level from the config or RUST_LOG.
 
 use crate::config::{Log, LogFormat};
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`.
-pub fn init(log: &Log) {
+/// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`. Lines are
+/// written to stderr by a background thread, so a request never waits on the terminal or
+/// the journal; keep the returned guard alive until exit, it flushes what is queued.
+pub fn init(log: &Log) -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LINES_QUEUED)
+        .lossy(true)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let result = match log.format {
         LogFormat::Json => builder
             .json()
@@ -22,4 +29,9 @@ pub fn init(log: &Log) {
     if let Err(err) = result {
         eprintln!("logging already initialised: {err}");
     }
+    guard
 }
+
+/// Log lines waiting for the writer; beyond this, lines are dropped rather than slowing
+/// requests.
+const LINES_QUEUED: usize = 128 * 1024;

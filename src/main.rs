@@ -188,7 +188,7 @@ fn demo(options: restatus::demo::Options) -> ExitCode {
         Ok(config) => config,
         Err(err) => return fail(err),
     };
-    restatus::logging::init(&config.log);
+    let _logs = restatus::logging::init(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -208,7 +208,7 @@ fn run(path: &Path) -> ExitCode {
         Ok(config) => config,
         Err(err) => return fail(err),
     };
-    restatus::logging::init(&config.log);
+    let _logs = restatus::logging::init(&config.log);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = config.server.workers {
         runtime.worker_threads(workers);
