@@ -21,12 +21,12 @@ static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authentic
 /// `Connection` header, then the fields that are hop-by-hop by definition.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(CONNECTION) {
+        // Read as bytes: a value holding obs-text (0x80-0xff) still names the tokens in it.
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -47,18 +47,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Appends the client's address to `X-Forwarded-For`, keeping what earlier proxies wrote.
+/// Earlier values are joined as bytes, so one holding obs-text keeps its addresses.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let mut value = String::new();
+    let mut value: Vec<u8> = Vec::new();
     for existing in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(text) = existing.to_str() {
-            if !text.trim().is_empty() {
-                value.push_str(text.trim());
-                value.push_str(", ");
-            }
+        let text = existing.as_bytes().trim_ascii();
+        if !text.is_empty() {
+            value.extend_from_slice(text);
+            value.extend_from_slice(b", ");
         }
     }
-    value.push_str(&client.to_string());
-    if let Ok(value) = HeaderValue::try_from(value) {
+    value.extend_from_slice(client.to_string().as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&value) {
         headers.insert(&X_FORWARDED_FOR, value);
     }
 }
@@ -82,17 +82,14 @@ pub fn append_via(headers: &mut HeaderMap, received: Version) {
         Version::HTTP_3 => "3 restatus",
         _ => "1.1 restatus",
     };
-    let existing: Vec<&str> = headers
-        .get_all(VIA)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if existing.is_empty() {
-        headers.insert(VIA, HeaderValue::from_static(hop));
-        return;
+    // Joined as bytes, like X-Forwarded-For, so no earlier hop is lost to obs-text.
+    let mut joined: Vec<u8> = Vec::new();
+    for existing in headers.get_all(VIA) {
+        joined.extend_from_slice(existing.as_bytes());
+        joined.extend_from_slice(b", ");
     }
-    let joined = format!("{}, {hop}", existing.join(", "));
-    if let Ok(value) = HeaderValue::try_from(joined) {
+    joined.extend_from_slice(hop.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
         headers.insert(VIA, value);
     }
 }
@@ -250,5 +247,29 @@ mod tests {
         let other = request_id(&HeaderMap::new(), &ids);
         assert_eq!(made.len(), 20);
         assert_ne!(made, other);
+    }
+
+    #[test]
+    fn obs_text_values_keep_their_meaning() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            CONNECTION,
+            HeaderValue::from_bytes(b"x-secret, caf\xe9").unwrap(),
+        );
+        headers.append("x-secret", HeaderValue::from_static("1"));
+        headers.append(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"192.0.2.1, \xff").unwrap(),
+        );
+        headers.append(VIA, HeaderValue::from_bytes(b"1.1 caf\xe9").unwrap());
+        strip_hop_by_hop(&mut headers);
+        append_forwarded_for(&mut headers, "10.0.0.1".parse().unwrap());
+        append_via(&mut headers, Version::HTTP_11);
+        assert!(!headers.contains_key("x-secret"));
+        assert_eq!(
+            headers["x-forwarded-for"].as_bytes(),
+            b"192.0.2.1, \xff, 10.0.0.1"
+        );
+        assert_eq!(headers["via"].as_bytes(), b"1.1 caf\xe9, 1.1 restatus");
     }
 }

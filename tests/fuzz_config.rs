@@ -44,15 +44,10 @@ fn check(source: &str) -> Result<(), TestCaseError> {
     match Config::parse(Path::new("fuzz.toml"), source) {
         Err(err) => {
             let lines = source.lines().count();
-            if err.message.trim().is_empty() && toml_message_is_empty(source) {
-                // Known bug, see `regression_toml_error_without_message`: tolerated here so
-                // that the rest of the contract is still checked on these inputs.
-            } else {
-                prop_assert!(
-                    !err.message.trim().is_empty(),
-                    "empty error message: {err:?}"
-                );
-            }
+            prop_assert!(
+                !err.message.trim().is_empty(),
+                "empty error message: {err:?}"
+            );
             prop_assert!(
                 err.line <= lines + 1,
                 "error line {} is past the end of a {lines}-line file: {err}",
@@ -90,12 +85,6 @@ fn has_overflowing_status_class(source: &str) -> bool {
             .parse::<i64>()
             .is_ok_and(|n| n.checked_mul(100).is_none())
     })
-}
-
-/// Whether the TOML parser itself reports this source's syntax error with no message (it
-/// does for a carriage return not followed by a line feed, among others).
-fn toml_message_is_empty(source: &str) -> bool {
-    toml::from_str::<toml::Value>(source).is_err_and(|e| e.message().trim().is_empty())
 }
 
 /// Runs what `restatus check` and the request path do with a compiled config.
@@ -1409,11 +1398,10 @@ fn generated_documents_reach_the_compiler() {
 // Regressions found by the fuzzer
 
 /// Found by `token_soup_never_panics`: the TOML parser (toml 0.8) reports a stray carriage
-/// return with an empty message, and `Locator::from_toml` passes it on, so the user reads
-/// `restatus.toml:1:1: ` and nothing else. Fix in src/config/error.rs (`from_toml`): fall back
-/// to a message of its own when `err.message()` is empty.
+/// return with an empty message, and `Locator::from_toml` passed it on, so the user read
+/// `restatus.toml:1:1: ` and nothing else. Fixed in src/config/error.rs (`from_toml`), which
+/// now falls back to a message of its own when `err.message()` is empty.
 #[test]
-#[ignore = "bug: Config::parse gives an empty message for a stray CR (toml's message is empty)"]
 fn regression_toml_error_without_message() {
     for source in [
         "\r\r\n",
@@ -1470,10 +1458,9 @@ fn regression_dotted_keys_in_rules() {
 
 /// Found by the structure-aware generator: an error located on a table's header line (a
 /// required key missing from `[server.tls]`) names the table above it: `key `limits`:
-/// missing field `listen``. `Locator::key_path` (src/config/error.rs) looks for the table
-/// header above the line, skipping the line itself when it is the header.
+/// missing field `listen``. `Locator::key_path` (src/config/error.rs) looked for the table
+/// header above the line, skipping the line itself when it is the header; it now counts it.
 #[test]
-#[ignore = "bug: an error on a table header line names the previous table as its key"]
 fn regression_error_on_table_header_names_that_table() {
     let source = "[limits]\nuri = \"8KiB\"\n[server.tls]\ncert = \"a\"\n";
     let err = Config::parse(Path::new("fuzz.toml"), source).expect_err("listen is required");

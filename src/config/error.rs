@@ -73,10 +73,35 @@ impl Locator<'_> {
     }
 
     pub fn from_toml(&self, err: &toml::de::Error) -> ConfigError {
-        let message = err.message().trim().to_string();
+        let message = err.message().trim();
         match err.span() {
+            Some(span) if message.is_empty() => {
+                let message = self.syntax_message(span.start);
+                self.at(span, message)
+            }
             Some(span) => self.at(span, message),
+            None if message.is_empty() => self.whole_file("invalid TOML"),
             None => self.whole_file(message),
+        }
+    }
+
+    /// A message of our own for a syntax error the TOML parser gives none for (it does so for a
+    /// stray carriage return, for one), from the character found where the error is.
+    fn syntax_message(&self, offset: usize) -> String {
+        let offset = offset.min(self.source.len());
+        let rest = self.source.get(offset..).unwrap_or("");
+        match rest.chars().next() {
+            Some('\r') if !rest.starts_with("\r\n") => {
+                "invalid TOML: a carriage return must be followed by a line feed".to_string()
+            }
+            Some(c) if c.is_control() && c != '\n' => {
+                format!(
+                    "invalid TOML: control character U+{:04X} is not allowed here",
+                    u32::from(c)
+                )
+            }
+            Some(c) => format!("invalid TOML: unexpected `{}`", c.escape_debug()),
+            None => "invalid TOML: unexpected end of file".to_string(),
         }
     }
 
@@ -101,12 +126,16 @@ impl Locator<'_> {
             .find('\n')
             .map_or(self.source.len(), |p| offset + p);
         let line = self.source[line_start..line_end].trim();
-        let key = if line.starts_with('[') {
-            ""
+        // On a header line the error belongs to the table that line opens, not to the one
+        // above it, so the header itself is counted.
+        let (key, table) = if line.starts_with('[') {
+            ("", self.table_at(line_end))
         } else {
-            line.split('=').next().unwrap_or("").trim()
+            (
+                line.split('=').next().unwrap_or("").trim(),
+                self.table_at(line_start),
+            )
         };
-        let table = self.table_at(line_start);
         match (table.is_empty(), key.is_empty()) {
             (true, _) => key.to_string(),
             (false, true) => table,
@@ -114,10 +143,11 @@ impl Locator<'_> {
         }
     }
 
-    fn table_at(&self, line_start: usize) -> String {
+    /// The table open at `end`: the last `[table]` or `[[table]]` header before it.
+    fn table_at(&self, end: usize) -> String {
         let mut current = String::new();
         let mut counts: Vec<(String, usize)> = Vec::new();
-        for line in self.source[..line_start].lines() {
+        for line in self.source[..end].lines() {
             let line = line.trim();
             if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
                 let name = name.trim().to_string();
@@ -164,5 +194,32 @@ mod tests {
         let err = at("\"b\"");
         assert_eq!((err.line, err.key.as_str()), (7, "routes[1].name"));
         assert_eq!(err.to_string(), "f.toml:7:8: key `routes[1].name`: m");
+    }
+
+    #[test]
+    fn a_header_line_names_its_own_table() {
+        let source = "[limits]\nuri = 1\n[server.tls]\n[[routes]]\n[[routes]]\n";
+        let locator = Locator {
+            file: Path::new("f.toml"),
+            source,
+        };
+        let key_on = |needle: &str| {
+            let start = source.rfind(needle).unwrap();
+            locator.at(start..start + 1, "m").key
+        };
+        assert_eq!(key_on("[server.tls]"), "server.tls");
+        assert_eq!(key_on("[[routes]]"), "routes[1]");
+        assert_eq!(key_on("uri"), "limits.uri");
+    }
+
+    #[test]
+    fn syntax_errors_without_a_message_get_one() {
+        let locator = Locator {
+            file: Path::new("f.toml"),
+            source: "a\rb\0",
+        };
+        assert!(locator.syntax_message(1).contains("carriage return"));
+        assert!(locator.syntax_message(3).contains("U+0000"));
+        assert!(locator.syntax_message(9).contains("end of file"));
     }
 }
