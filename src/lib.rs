@@ -20,6 +20,7 @@ pub mod logging;
 pub mod metrics;
 pub mod normalize;
 pub mod proxy;
+pub mod report;
 pub mod respond;
 pub mod route;
 pub mod rules;

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use restatus::config::{Config, DEFAULT_PATH};
+use restatus::report;
 use restatus::server::Server;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ enum Command {
     },
     /// Show which rule fires for a made-up exchange, the final status and the record written.
     Explain(ExplainArgs),
+    /// Summarize deviation logs: records per endpoint, rule and status pair, and what changed.
+    Report(ReportArgs),
     /// Run a sample legacy service with restatus in front of it, and take a short tour.
     Demo {
         /// Use this config instead of the built-in config/demo.toml.
@@ -82,12 +85,44 @@ struct ExplainArgs {
     body_file: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// Deviation logs (JSON lines, plain or gzip); standard input when none is named or for `-`.
+    files: Vec<PathBuf>,
+    /// table, markdown, json or html.
+    #[arg(long, default_value = "table")]
+    format: report::Format,
+    /// Only records at or after this RFC 3339 time (2026-11-24T10:00:00Z, or a date).
+    #[arg(long, value_parser = report::time::parse)]
+    since: Option<i64>,
+    /// Only records before this RFC 3339 time.
+    #[arg(long, value_parser = report::time::parse)]
+    until: Option<i64>,
+    /// Only this route.
+    #[arg(long)]
+    route: Option<String>,
+    /// Show only the N endpoints with the most records in each route.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    top: Option<u64>,
+    /// Compare with older logs (repeatable): which endpoints appeared, got worse, improved
+    /// or disappeared.
+    #[arg(long, value_name = "OLD", conflicts_with = "split")]
+    compare: Vec<PathBuf>,
+    /// Compare the records before this RFC 3339 time with those at or after it.
+    #[arg(long, value_name = "T", value_parser = report::time::parse)]
+    split: Option<i64>,
+    /// Write the report to this file instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
         Command::Explain(args) => explain(args),
+        Command::Report(args) => report(args),
         Command::Demo {
             config,
             listen,
@@ -181,6 +216,55 @@ fn header_map(pairs: &[String]) -> Result<HeaderMap, String> {
         map.append(name, value);
     }
     Ok(map)
+}
+
+fn report(args: ReportArgs) -> ExitCode {
+    let options = report::Options {
+        inputs: args.files,
+        filter: report::Filter {
+            since: args.since,
+            until: args.until,
+            route: args.route,
+        },
+        top: args.top.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        compare: args.compare,
+        split: args.split,
+    };
+    let summary = match report::run(&options, std::io::stdin().lock()) {
+        Ok(summary) => summary,
+        Err(err @ report::Error::Usage(_)) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+        Err(err) => return fail(err),
+    };
+    if summary.stats.malformed > 0 {
+        eprintln!(
+            "warning: {} malformed lines skipped",
+            summary.stats.malformed
+        );
+    }
+    let written = match &args.output {
+        Some(path) => std::fs::File::create(path)
+            .and_then(|file| write_report(&summary, args.format, file))
+            .map_err(|err| format!("{}: {err}", path.display())),
+        None => write_report(&summary, args.format, std::io::stdout().lock())
+            .map_err(|err| err.to_string()),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(format!("cannot write the report: {err}")),
+    }
+}
+
+fn write_report(
+    summary: &report::Report,
+    format: report::Format,
+    out: impl std::io::Write,
+) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(out);
+    summary.render(format, &mut out)?;
+    std::io::Write::flush(&mut out)
 }
 
 fn demo(options: restatus::demo::Options) -> ExitCode {
