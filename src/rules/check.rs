@@ -33,18 +33,18 @@ impl Check {
 /// Compiles one `[[checks]]` table; response-side conditions are refused here, since a check
 /// is decided before there is a response.
 pub fn compile_check(raw: &RawCheck, at: &Locator) -> Result<Check, ConfigError> {
-    let when = condition::compile(raw.when.get_ref(), raw.when.span(), at)?;
-    if !when.is_request_side() {
+    if let Some(span) = raw.when.response_side_span() {
         return Err(at.at(
-            raw.when.span(),
+            span,
             "a check is decided before the upstream answers: use only method, path, path_regex \
              and request_header (not status, response_header, body_regex or body_json)",
         ));
     }
-    let then = compile_then(raw.then.get_ref(), raw.then.span(), at)?;
+    let when = condition::compile(&raw.when, at)?;
+    let then = compile_then(&raw.then, at)?;
     if !CHECK_CODES.contains(&then.status.as_u16()) {
         return Err(at.at(
-            raw.then.get_ref().status.span(),
+            raw.then.status.span(),
             format!(
                 "a check answers with a documented error code: one of {CHECK_CODES:?}, not {}",
                 then.status.as_u16()

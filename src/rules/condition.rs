@@ -1,6 +1,6 @@
 //! Compiled conditions: everything a `when` table says, turned into matchers built once.
 
-use super::raw::{RawBodyJson, RawHeaderCondition, RawWhen, StatusItem};
+use super::raw::{HeaderConditions, RawBodyJson, RawHeaderCondition, RawWhen, StatusItem};
 use crate::config::ConfigError;
 use crate::config::Locator;
 use http::{HeaderMap, HeaderName, Method};
@@ -218,18 +218,17 @@ impl Conditions {
 }
 
 /// Compiles a `when` table; errors point at the offending key.
-pub fn compile(
-    when: &RawWhen,
-    span: Range<usize>,
-    at: &Locator,
-) -> Result<Conditions, ConfigError> {
+pub fn compile(when: &RawWhen, at: &Locator) -> Result<Conditions, ConfigError> {
     let methods = when
         .method
         .as_ref()
         .map(|m| compile_methods(m.get_ref(), m.span(), at))
         .transpose()?;
-    if when.path.is_some() && when.path_regex.is_some() {
-        return Err(at.at(span, "give either `path` or `path_regex`, not both"));
+    if let (Some(_), Some(regex)) = (&when.path, &when.path_regex) {
+        return Err(at.at(
+            regex.span(),
+            "give either `path` or `path_regex`, not both",
+        ));
     }
     let (path, path_text) = compile_path(when, at)?;
     let (statuses, has_status) = match &when.status {
@@ -256,8 +255,8 @@ pub fn compile(
     let body_json = match &when.body_json {
         None => None,
         Some(raw) => {
-            detail_text.push(describe_body_json(raw.get_ref()));
-            Some(compile_body_json(raw.get_ref(), raw.span(), at)?)
+            detail_text.push(describe_body_json(raw));
+            Some(compile_body_json(raw, at)?)
         }
     };
     Ok(Conditions {
@@ -358,10 +357,16 @@ fn parse_status_item(item: &StatusItem) -> Result<(u16, u16), String> {
         StatusItem::Text(text) => {
             let text = text.trim();
             if let Some(class) = text.strip_suffix("xx").or_else(|| text.strip_suffix("XX")) {
-                let digit: i64 = class
-                    .parse()
-                    .map_err(|_| format!("`{text}` is not a status class like \"5xx\""))?;
-                let from = code(digit * 100)?;
+                // A class is one digit 1-5 (RFC 9110 §15); anything longer is refused before
+                // any arithmetic, so no input can overflow.
+                let from = match class.as_bytes() {
+                    [digit @ b'1'..=b'5'] => u16::from(digit - b'0') * 100,
+                    _ => {
+                        return Err(format!(
+                            "`{text}` is not a status class: use 1xx, 2xx, 3xx, 4xx or 5xx"
+                        ))
+                    }
+                };
                 return Ok((from, from + 99));
             }
             if let Some((a, b)) = text.split_once('-') {
@@ -385,7 +390,7 @@ fn parse_status_item(item: &StatusItem) -> Result<(u16, u16), String> {
 }
 
 fn compile_headers(
-    raw: &Option<toml::Spanned<std::collections::BTreeMap<String, RawHeaderCondition>>>,
+    raw: &Option<HeaderConditions>,
     side: &str,
     detail_text: &mut Vec<String>,
     at: &Locator,
@@ -394,19 +399,20 @@ fn compile_headers(
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
-    for (name, condition) in raw.get_ref() {
+    for (key, condition) in raw {
+        let (name, span) = (key.get_ref(), key.span());
         let header = HeaderName::from_bytes(name.trim().as_bytes())
-            .map_err(|_| at.at(raw.span(), format!("`{name}` is not a header name")))?;
+            .map_err(|_| at.at(span.clone(), format!("`{name}` is not a header name")))?;
         let test = match condition {
             RawHeaderCondition::Exact(value) => HeaderTest::Exact(value.clone()),
             RawHeaderCondition::Test(test) => match (&test.regex, test.present) {
                 (Some(regex), None) => HeaderTest::Regex(Regex::new(regex).map_err(|e| {
-                    at.at(raw.span(), format!("bad regex for header `{name}`: {e}"))
+                    at.at(span.clone(), format!("bad regex for header `{name}`: {e}"))
                 })?),
                 (None, Some(present)) => HeaderTest::Present(present),
                 _ => {
                     return Err(at.at(
-                        raw.span(),
+                        span,
                         format!("header `{name}` needs exactly one of `regex` or `present`"),
                     ))
                 }
@@ -418,18 +424,12 @@ fn compile_headers(
     Ok(out)
 }
 
-fn compile_body_json(
-    raw: &RawBodyJson,
-    span: Range<usize>,
-    at: &Locator,
-) -> Result<BodyJson, ConfigError> {
-    if !(raw.pointer.is_empty() || raw.pointer.starts_with('/')) {
+fn compile_body_json(raw: &RawBodyJson, at: &Locator) -> Result<BodyJson, ConfigError> {
+    let (pointer, span) = (raw.pointer.get_ref(), raw.pointer.span());
+    if let Err(why) = check_pointer(pointer) {
         return Err(at.at(
             span,
-            format!(
-                "body_json pointer `{}` must be empty or start with '/' (RFC 6901)",
-                raw.pointer
-            ),
+            format!("body_json pointer `{pointer}` {why} (RFC 6901)"),
         ));
     }
     let to_json = |v: &toml::Value| {
@@ -449,9 +449,23 @@ fn compile_body_json(
         }
     };
     Ok(BodyJson {
-        pointer: raw.pointer.clone(),
+        pointer: pointer.clone(),
         test,
     })
+}
+
+/// RFC 6901 §3: a pointer is empty or `/`-separated tokens, where `~` only starts `~0` or `~1`.
+fn check_pointer(pointer: &str) -> Result<(), &'static str> {
+    if !(pointer.is_empty() || pointer.starts_with('/')) {
+        return Err("must be empty or start with '/'");
+    }
+    let mut chars = pointer.chars();
+    while let Some(c) = chars.next() {
+        if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+            return Err("has a `~` that is not `~0` or `~1`");
+        }
+    }
+    Ok(())
 }
 
 /// A header condition as the user reads it; also the key that shadowing compares.
@@ -466,7 +480,7 @@ fn describe_header(name: &HeaderName, test: &HeaderTest) -> String {
 
 /// A `body_json` condition as the user reads it; also the key that shadowing compares.
 fn describe_body_json(raw: &RawBodyJson) -> String {
-    let mut text = format!("body_json {}", raw.pointer);
+    let mut text = format!("body_json {}", raw.pointer.get_ref());
     if let Some(value) = &raw.equals {
         text.push_str(&format!(" == {value}"));
     }
@@ -526,6 +540,10 @@ mod tests {
             (StatusItem::Text("503-500".into()), Err(())),
             (StatusItem::Code(99), Err(())),
             (StatusItem::Text("6xx".into()), Err(())),
+            (StatusItem::Text("05xx".into()), Err(())),
+            (StatusItem::Text("9223372036854775807xx".into()), Err(())),
+            (StatusItem::Text("-1xx".into()), Err(())),
+            (StatusItem::Text("1xx".into()), Ok((100, 199))),
             (StatusItem::Text("abc".into()), Err(())),
         ];
         for (item, want) in cases {

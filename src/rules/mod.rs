@@ -13,6 +13,7 @@ use raw::{RawRule, RawThen};
 use serde_json::Value;
 use std::ops::Range;
 use std::sync::Arc;
+use toml::Spanned;
 
 /// The final codes of the documented contract.
 pub const DOCUMENTED: [u16; 8] = [200, 201, 202, 400, 403, 404, 409, 500];
@@ -62,8 +63,8 @@ pub struct Action {
 
 /// Compiles one `[[rules]]` table (or a profile's rule).
 pub fn compile_rule(raw: &RawRule, origin: Origin, at: &Locator) -> Result<Rule, ConfigError> {
-    let when = condition::compile(raw.when.get_ref(), raw.when.span(), at)?;
-    let then = compile_then(raw.then.get_ref(), raw.then.span(), at)?;
+    let when = condition::compile(&raw.when, at)?;
+    let then = compile_then(&raw.then, at)?;
     let routes = raw
         .routes
         .as_ref()
@@ -79,11 +80,7 @@ pub fn compile_rule(raw: &RawRule, origin: Origin, at: &Locator) -> Result<Rule,
     })
 }
 
-pub fn compile_then(
-    raw: &RawThen,
-    span: Range<usize>,
-    at: &Locator,
-) -> Result<Action, ConfigError> {
+pub fn compile_then(raw: &RawThen, at: &Locator) -> Result<Action, ConfigError> {
     let code = *raw.status.get_ref();
     // hyper cannot send a 1xx as a final response (it would become a 500): never allow one.
     if !(200..=599).contains(&code) {
@@ -102,39 +99,36 @@ pub fn compile_then(
     let mut remove_headers = Vec::new();
     if let Some(edits) = &raw.headers {
         for (name, value) in &edits.set {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                at.at(
-                    span.clone(),
-                    format!("then.headers.set: `{name}` is not a header name"),
-                )
-            })?;
+            let span = name.span();
+            let name = header_name(name, "then.headers.set", at)?;
             let value = HeaderValue::from_str(value).map_err(|_| {
-                at.at(
-                    span.clone(),
-                    format!("then.headers.set: bad value for `{name}`"),
-                )
+                at.at(span, format!("then.headers.set: bad value for `{name}`"))
             })?;
             set_headers.push((name, value));
         }
         for name in &edits.remove {
-            remove_headers.push(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                at.at(
-                    span.clone(),
-                    format!("then.headers.remove: `{name}` is not a header name"),
-                )
-            })?);
+            remove_headers.push(header_name(name, "then.headers.remove", at)?);
         }
     }
     let body = raw
         .body
         .as_ref()
-        .map(|b| compile_body(b.get_ref(), b.span(), at))
+        .map(|b| compile_body(b, raw.status.span(), at))
         .transpose()?;
     Ok(Action {
         status,
         set_headers,
         remove_headers,
         body,
+    })
+}
+
+fn header_name(name: &Spanned<String>, key: &str, at: &Locator) -> Result<HeaderName, ConfigError> {
+    HeaderName::from_bytes(name.get_ref().trim().as_bytes()).map_err(|_| {
+        at.at(
+            name.span(),
+            format!("{key}: `{}` is not a header name", name.get_ref()),
+        )
     })
 }
 

@@ -1,8 +1,13 @@
 //! The serde mirror of `[[rules]]` and `[[checks]]` tables.
+//!
+//! Tables a user may write with dotted keys (`when.method = "GET"`) or as `[rules.when]` are
+//! plain structs: TOML gives such tables no span, so `Spanned` could not hold them. Errors
+//! point at the spans of the keys and values inside instead.
 
 use crate::config::raw::OneOrMany;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use toml::Spanned;
 
 #[derive(Debug, Deserialize)]
@@ -11,8 +16,8 @@ pub struct RawRule {
     pub name: Spanned<String>,
     pub routes: Option<Spanned<Vec<Spanned<String>>>>,
     pub description: Option<String>,
-    pub when: Spanned<RawWhen>,
-    pub then: Spanned<RawThen>,
+    pub when: RawWhen,
+    pub then: RawThen,
 }
 
 /// Conditions shared by rules and checks; every condition given must hold.
@@ -23,11 +28,30 @@ pub struct RawWhen {
     pub path: Option<Spanned<String>>,
     pub path_regex: Option<Spanned<String>>,
     pub status: Option<Spanned<OneOrMany<StatusItem>>>,
-    pub request_header: Option<Spanned<BTreeMap<String, RawHeaderCondition>>>,
-    pub response_header: Option<Spanned<BTreeMap<String, RawHeaderCondition>>>,
+    pub request_header: Option<HeaderConditions>,
+    pub response_header: Option<HeaderConditions>,
     pub body_regex: Option<Spanned<String>>,
-    pub body_json: Option<Spanned<RawBodyJson>>,
+    pub body_json: Option<RawBodyJson>,
 }
+
+impl RawWhen {
+    /// Where the first condition on the response is written, if there is one.
+    pub fn response_side_span(&self) -> Option<Range<usize>> {
+        let header = self.response_header.as_ref().and_then(|m| m.keys().next());
+        [
+            self.status.as_ref().map(Spanned::span),
+            header.map(Spanned::span),
+            self.body_regex.as_ref().map(Spanned::span),
+            self.body_json.as_ref().map(|j| j.pointer.span()),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|span| span.start)
+    }
+}
+
+/// Header name (with its place in the file) -> condition.
+pub type HeaderConditions = BTreeMap<Spanned<String>, RawHeaderCondition>;
 
 /// `200`, `"5xx"` or `"500-503"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -54,7 +78,7 @@ pub struct RawHeaderTest {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBodyJson {
-    pub pointer: String,
+    pub pointer: Spanned<String>,
     pub equals: Option<toml::Value>,
     pub exists: Option<bool>,
     #[serde(rename = "in")]
@@ -66,16 +90,16 @@ pub struct RawBodyJson {
 pub struct RawThen {
     pub status: Spanned<i64>,
     pub headers: Option<RawHeaderEdits>,
-    pub body: Option<Spanned<toml::Value>>,
+    pub body: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHeaderEdits {
     #[serde(default)]
-    pub set: BTreeMap<String, String>,
+    pub set: BTreeMap<Spanned<String>, String>,
     #[serde(default)]
-    pub remove: Vec<String>,
+    pub remove: Vec<Spanned<String>>,
 }
 
 /// A `[[checks]]` table: request-side conditions decided before the body is read.
@@ -85,8 +109,8 @@ pub struct RawCheck {
     pub name: Spanned<String>,
     pub routes: Option<Spanned<Vec<Spanned<String>>>>,
     pub description: Option<String>,
-    pub when: Spanned<RawWhen>,
-    pub then: Spanned<RawThen>,
+    pub when: RawWhen,
+    pub then: RawThen,
 }
 
 /// The embedded profile file: a list of rules.
