@@ -92,7 +92,7 @@ fn chart(html: &mut String, endpoints: &[Endpoint]) {
     let height = bars.len() * row + 8;
     let _ = write!(
         html,
-        "<svg class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" \
+        "<svg class=\"chart\" width=\"{}\" height=\"{height}\" \
          viewBox=\"0 0 {} {height}\" role=\"img\" aria-label=\"records per endpoint\">",
         label_width + bar_width + 80,
         label_width + bar_width + 80

@@ -521,9 +521,11 @@ pub fn run(options: &Options, stdin: impl Read) -> Result<Report, Error> {
     }
     let mut stdin = Some(stdin);
     let mut names = Vec::new();
-    if let (true, Some(input)) = (options.inputs.is_empty(), stdin.take()) {
-        names.push("stdin".to_string());
-        reader.read("stdin", input, false);
+    if options.inputs.is_empty() {
+        if let Some(input) = stdin.take() {
+            names.push("stdin".to_string());
+            reader.read("stdin", input, false);
+        }
     }
     for path in &options.inputs {
         if path.as_os_str() == "-" {
