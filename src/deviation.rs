@@ -149,7 +149,15 @@ impl DeviationLog {
 
     /// Starts the writer on any byte sink.
     pub fn with_writer(out: Box<dyn Write + Send>) -> std::io::Result<DeviationLog> {
-        let (queue, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
+        DeviationLog::with_capacity(out, QUEUE_CAPACITY)
+    }
+
+    /// Starts the writer on any byte sink, with room for `capacity` waiting records.
+    pub fn with_capacity(
+        out: Box<dyn Write + Send>,
+        capacity: usize,
+    ) -> std::io::Result<DeviationLog> {
+        let (queue, receiver) = mpsc::sync_channel(capacity);
         let shared = Arc::new(Shared::default());
         let state = shared.clone();
         std::thread::Builder::new()

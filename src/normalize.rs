@@ -221,6 +221,16 @@ fn rewrite(
     for (name, value) in &action.set_headers {
         parts.headers.insert(name.clone(), value.clone());
     }
+    if !allows_body(action.status) {
+        // RFC 9110 §8.6, §15.3.5, §15.4.5: no body and no Content-Length on a 204 or 304, even
+        // when the rule gives a body.
+        parts.headers.remove(CONTENT_LENGTH);
+        parts.headers.remove(TRANSFER_ENCODING);
+        if action.body.is_some() {
+            parts.headers.remove(CONTENT_ENCODING);
+        }
+        return ResponseBody::Empty;
+    }
     if let Some((bytes, content_type)) = &action.body {
         parts.headers.remove(CONTENT_ENCODING);
         parts.headers.remove(TRANSFER_ENCODING);
@@ -231,10 +241,6 @@ fn rewrite(
             parts.headers.insert(CONTENT_TYPE, content_type.clone());
         }
         return ResponseBody::full(bytes.clone());
-    }
-    if !allows_body(action.status) {
-        parts.headers.remove(CONTENT_LENGTH);
-        return ResponseBody::Empty;
     }
     if !allows_body(original) && *method != Method::HEAD {
         // The upstream's 204/304 had no body; the new status needs a framed empty one.

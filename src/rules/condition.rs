@@ -225,10 +225,7 @@ pub fn compile(when: &RawWhen, at: &Locator) -> Result<Conditions, ConfigError> 
         .map(|m| compile_methods(m.get_ref(), m.span(), at))
         .transpose()?;
     if let (Some(_), Some(regex)) = (&when.path, &when.path_regex) {
-        return Err(at.at(
-            regex.span(),
-            "give either `path` or `path_regex`, not both",
-        ));
+        return Err(at.at(regex.span(), "give either `path` or `path_regex`, not both"));
     }
     let (path, path_text) = compile_path(when, at)?;
     let (statuses, has_status) = match &when.status {

@@ -101,9 +101,8 @@ pub fn compile_then(raw: &RawThen, at: &Locator) -> Result<Action, ConfigError> 
         for (name, value) in &edits.set {
             let span = name.span();
             let name = header_name(name, "then.headers.set", at)?;
-            let value = HeaderValue::from_str(value).map_err(|_| {
-                at.at(span, format!("then.headers.set: bad value for `{name}`"))
-            })?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| at.at(span, format!("then.headers.set: bad value for `{name}`")))?;
             set_headers.push((name, value));
         }
         for name in &edits.remove {

@@ -245,6 +245,16 @@ pub async fn spawn_proxy(toml: &str) -> TestProxy {
 pub async fn spawn_proxy_with(config: Config) -> TestProxy {
     let sink = SharedSink::default();
     let log = Arc::new(DeviationLog::with_writer(Box::new(sink.clone())).expect("deviation log"));
+    spawn_proxy_with_log(config, log, sink).await
+}
+
+/// Starts a proxy that writes its deviation records to `log` (a custom or slow sink).
+/// `records()` reads `sink`, so pass the sink behind `log` when it is a [`SharedSink`].
+pub async fn spawn_proxy_with_log(
+    config: Config,
+    log: Arc<DeviationLog>,
+    sink: SharedSink,
+) -> TestProxy {
     let server = Server::bind_with(&config, log.clone())
         .await
         .expect("bind proxy");
