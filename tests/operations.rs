@@ -130,6 +130,51 @@ async fn upstream_errors_are_counted_by_kind() {
     );
 }
 
+/// A TCP upstream that reads the request head, then behaves as `after_head` says.
+async fn raw_upstream(after_head: &'static [u8], close: bool) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(after_head).await;
+            if !close {
+                // Keep the socket open and silent until the test ends.
+                held.push(stream);
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_timeouts_resets_and_tls_failures_are_counted_by_kind() {
+    let silent = raw_upstream(b"", false).await;
+    let hangs_up = raw_upstream(b"", true).await;
+    let not_tls = raw_upstream(b"HTTP/1.1 400 Bad Request\r\n\r\n", true).await;
+    let cases = [
+        (silent, "http", "timeout", 500),
+        (hangs_up, "http", "reset", 500),
+        (not_tls, "https", "tls", 500),
+    ];
+    for (addr, scheme, kind, status) in cases {
+        let config = with_admin(addr, "")
+            .replace("response_timeout = \"10s\"", "response_timeout = \"300ms\"")
+            .replace(&format!("http://{addr}"), &format!("{scheme}://{addr}"));
+        let proxy = spawn_proxy(&config).await;
+        assert_eq!(get(&proxy.url("/x")).await.status, status, "{kind}");
+        let metrics = get(&admin_url(&proxy, "/metrics")).await.text();
+        let series =
+            format!("restatus_upstream_errors_total{{upstream=\"backend\",kind=\"{kind}\"}}");
+        assert_eq!(sample(&metrics, &series), Some(1.0), "{kind}: {metrics}");
+    }
+}
+
 #[tokio::test]
 async fn health_and_readiness_flip_while_draining() {
     let release = Arc::new(Notify::new());
@@ -307,48 +352,91 @@ async fn reload_reports_settings_that_need_a_restart() {
     assert_eq!(restart, vec!["server.listen".to_string()]);
 }
 
+/// Which of [A, B] is in force after `reloads` reloads: A at start, then B, A, B, ...
+fn config_after(reloads: usize) -> usize {
+    reloads % 2
+}
+
+/// The (status, tag) a response from config `index` carries.
+fn answer_of(index: usize) -> (u16, &'static str) {
+    [(201, "A"), (202, "B")][index]
+}
+
+/// Reload counters the clients read: `begun` is bumped before a reload swaps the config,
+/// `done` after, so a request sent when `done == n` and answered when `begun == m` met one
+/// of the configs in force after n..=m reloads.
+#[derive(Default)]
+struct Reloads {
+    begun: std::sync::atomic::AtomicUsize,
+    done: std::sync::atomic::AtomicUsize,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_loses_no_request_and_mixes_no_config() {
     let upstream = fixed_upstream(200, "{}").await;
     let proxy = spawn_proxy(&simple_config(upstream.addr, RULE_A)).await;
-    let configs = [
-        config(&simple_config(upstream.addr, RULE_A)),
-        config(&simple_config(upstream.addr, RULE_B)),
-    ];
+    let dir = std::env::temp_dir();
+    // Reload n (from 1) loads B when n is odd, A when even: see `config_after`.
+    let files = [("b", RULE_B), ("a", RULE_A)].map(|(tag, rule)| {
+        let file = dir.join(format!("restatus-load-{}-{tag}.toml", std::process::id()));
+        std::fs::write(&file, simple_config(upstream.addr, rule)).expect("write config");
+        file
+    });
+    let reloads = Arc::new(Reloads::default());
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for _ in 0..4 {
         let (url, stop) = (proxy.url("/load"), stop.clone());
+        let (reloads, served) = (reloads.clone(), served.clone());
         clients.push(tokio::spawn(async move {
             let client = client();
-            let mut seen = [0usize; 2];
+            let mut exact = 0usize;
             while !stop.load(Ordering::SeqCst) {
+                let before = reloads.done.load(Ordering::SeqCst);
                 let reply = send_with(&client, "GET", &url, &[], "").await;
-                match (reply.status, reply.header("x-config")) {
-                    (201, Some("A")) => seen[0] += 1,
-                    (202, Some("B")) => seen[1] += 1,
-                    other => panic!("response from no single config: {other:?}"),
-                }
+                let after = reloads.begun.load(Ordering::SeqCst);
+                let got = (reply.status, reply.header("x-config").unwrap_or("none"));
+                let allowed: Vec<_> = (before..=after)
+                    .map(|n| answer_of(config_after(n)))
+                    .collect();
+                assert!(
+                    allowed.contains(&got),
+                    "sent after {before} reloads, answered before {after} ended: got {got:?}"
+                );
+                exact += usize::from(before == after);
+                served.fetch_add(1, Ordering::SeqCst);
             }
-            seen
+            exact
         }));
     }
     for round in 0..40 {
-        proxy.live.apply(configs[round % 2].clone());
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        reloads.begun.fetch_add(1, Ordering::SeqCst);
+        let restart = proxy
+            .live
+            .reload(&files[round % 2])
+            .expect("valid config reloads");
+        assert!(restart.is_empty(), "{restart:?}");
+        reloads.done.fetch_add(1, Ordering::SeqCst);
+        // Let every config in the cycle serve a few requests before the next reload.
+        let target = served.load(Ordering::SeqCst) + 8;
+        wait_until(Duration::from_secs(20), "requests between reloads", || {
+            served.load(Ordering::SeqCst) >= target
+        })
+        .await;
     }
     stop.store(true, Ordering::SeqCst);
-    let mut totals = [0usize; 2];
+    let mut exact = 0;
     for client in clients {
-        let seen = client
+        exact += client
             .await
             .expect("client never saw a wrong or failed response");
-        totals[0] += seen[0];
-        totals[1] += seen[1];
     }
     assert!(
-        totals[0] > 0 && totals[1] > 0,
-        "both configs served: {totals:?}"
+        exact > 40,
+        "most requests did not overlap a reload: {exact}"
     );
+    for file in files {
+        std::fs::remove_file(file).ok();
+    }
 }
