@@ -101,7 +101,12 @@ fn write_trace(
         request_headers: Some(&query.request_headers),
         response_headers: &query.response_headers,
     };
-    let lines = trace(rules, &facts, body_state(config, query));
+    let copy = inspected(config, query);
+    let body = match &copy {
+        Some(bytes) => BodyState::Inspected(bytes),
+        None => BodyState::NotInspected,
+    };
+    let lines = trace(rules, &facts, body);
     for line in &lines {
         let _ = writeln!(
             out,
@@ -117,14 +122,14 @@ fn write_trace(
         .map(|line| line.rule.clone())
 }
 
-/// What the proxy would know of the body: nothing if none was given, nothing past the limit.
-fn body_state<'a>(config: &Config, query: &'a Query) -> BodyState<'a> {
-    match &query.body {
-        Some(body) if body.len() <= config.limits.inspect_body && query.method != Method::HEAD => {
-            BodyState::Inspected(body)
-        }
-        _ => BodyState::NotInspected,
+/// What the proxy would inspect of the body: nothing for HEAD or past the limit, and the
+/// decompressed bytes of a gzip body, exactly as the normalize stage does.
+fn inspected(config: &Config, query: &Query) -> Option<Bytes> {
+    if query.method == Method::HEAD {
+        return None;
     }
+    let body = query.body.clone().unwrap_or_default();
+    normalize::inspection_copy(body, &query.response_headers, config.limits.inspect_body)
 }
 
 fn trace(rules: &RuleSet, facts: &Facts, body: BodyState) -> Vec<TraceLine> {

@@ -173,11 +173,21 @@ async fn inspect(
         ResponseBody::Empty | ResponseBody::Full(None) => (body, Some(Bytes::new())),
         other => (other, None),
     };
-    let copy = match raw {
-        Some(bytes) if is_gzip(headers) => gunzip_bounded(&bytes, settings.inspect_limit),
-        other => other,
-    };
+    let copy = raw.and_then(|bytes| inspection_copy(bytes, headers, settings.inspect_limit));
     Ok((body, copy))
+}
+
+/// What rules look at of a body read whole: the bytes, decompressed when the response is
+/// gzip-encoded; `None` (not inspected) when that is more than `limit` bytes or not gzip.
+pub fn inspection_copy(raw: Bytes, headers: &HeaderMap, limit: usize) -> Option<Bytes> {
+    if raw.len() > limit {
+        return None;
+    }
+    if is_gzip(headers) {
+        gunzip_bounded(&raw, limit)
+    } else {
+        Some(raw)
+    }
 }
 
 fn is_gzip(headers: &HeaderMap) -> bool {

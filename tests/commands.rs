@@ -39,6 +39,13 @@ name = "items"
 upstream = "legacy"
 path_prefix = "/"
 
+[[routes]]
+name = "reports"
+upstream = "legacy"
+path_prefix = "/reports"
+profile = "none"
+mode = "audit"
+
 [[rules]]
 name = "any-200-post"
 when = { method = "POST", status = 200 }
@@ -68,7 +75,30 @@ fn check_lists_rules_in_order_and_warns_about_shadowed_ones() {
     std::fs::remove_file(&path).ok();
     let text = stdout(&output);
     assert!(output.status.success(), "{text}");
+    let (items, reports) = text
+        .split_once("  route reports ")
+        .unwrap_or_else(|| panic!("both routes listed:\n{text}"));
+    assert!(
+        items.contains("  route items (profile documented, mode enforce):"),
+        "{text}"
+    );
+    assert!(reports.starts_with("(profile none, mode audit):"), "{text}");
+    // The route's own rule comes first although it is the last one in the file.
+    assert!(
+        items.contains("  1. teapot [route] when status 418 -> 400"),
+        "{text}"
+    );
+    assert!(
+        items.contains(". documented/server-error-is-500 [profile] when status 500-599 -> 500"),
+        "{text}"
+    );
+    // The other route has neither `teapot` (not named in its `routes`) nor the profile.
+    let reports = reports.split("warning:").next().unwrap_or(reports);
+    assert!(reports.contains("  1. any-200-post [global]"), "{text}");
+    assert!(!reports.contains("teapot"), "{text}");
+    assert!(!reports.contains("documented/"), "{text}");
     let order: Vec<usize> = [
+        "teapot",
         "any-200-post",
         "never-fires",
         "missing-is-404",
@@ -76,7 +106,8 @@ fn check_lists_rules_in_order_and_warns_about_shadowed_ones() {
     ]
     .iter()
     .map(|name| {
-        text.find(&format!(". {name} ["))
+        items
+            .find(&format!(". {name} ["))
             .unwrap_or_else(|| panic!("{name} listed:\n{text}"))
     })
     .collect();
@@ -84,10 +115,11 @@ fn check_lists_rules_in_order_and_warns_about_shadowed_ones() {
         order.windows(2).all(|w| w[0] < w[1]),
         "evaluation order:\n{text}"
     );
-    assert!(
-        text.contains("warning: route items: rule `never-fires` can never fire: `any-200-post`"),
-        "{text}"
-    );
+    for route in ["items", "reports"] {
+        let warning =
+            format!("warning: route {route}: rule `never-fires` can never fire: `any-200-post`");
+        assert!(text.contains(&warning), "{text}");
+    }
     assert!(
         !text.contains("rule `missing-is-404` can never fire"),
         "{text}"
@@ -99,6 +131,9 @@ fn explain(extra: &[&str]) -> String {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let path = config_file(&format!("explain-{n}"), RULES);
     let mut args = vec!["explain", "--config", path.to_str().expect("path")];
+    if !extra.contains(&"--route") {
+        args.extend_from_slice(&["--route", "items"]);
+    }
     args.extend_from_slice(extra);
     let output = restatus(&args);
     std::fs::remove_file(&path).ok();
@@ -153,9 +188,76 @@ fn explain_says_why_earlier_candidates_did_not_match() {
         "--body",
         r#"{"error":{"code":"FORBIDDEN"}}"#,
     ]);
-    assert!(text.contains("missing-is-404 [global]: skipped:"), "{text}");
+    assert!(
+        text.contains(
+            "missing-is-404 [global]: skipped: body JSON at `/error/code` does not match"
+        ),
+        "{text}"
+    );
     assert!(text.contains("the client gets: 200 OK"), "{text}");
     assert!(text.contains("record: none"), "{text}");
+
+    let text = explain(&[
+        "--method",
+        "GET",
+        "--path",
+        "/other/7",
+        "--status",
+        "200",
+        "--body",
+        r#"{"error":{"code":"NOT_FOUND"}}"#,
+    ]);
+    assert!(
+        text.contains("missing-is-404 [global]: skipped: path does not match /items/*"),
+        "{text}"
+    );
+
+    // A body past `limits.inspect_body` (64KiB by default) is not looked at.
+    let big = format!(
+        r#"{{"error":{{"code":"NOT_FOUND"}},"pad":"{}"}}"#,
+        "x".repeat(70_000)
+    );
+    let text = explain(&[
+        "--method", "GET", "--path", "/items/7", "--status", "200", "--body", &big,
+    ]);
+    assert!(
+        text.contains("missing-is-404 [global]: skipped: response body was not inspected"),
+        "{text}"
+    );
+}
+
+#[test]
+fn explain_shows_the_left_record_and_audit_mode() {
+    let text = explain(&["--method", "GET", "--path", "/moved", "--status", "302"]);
+    assert!(text.contains("the client gets: 302 Found"), "{text}");
+    let record = text
+        .lines()
+        .find_map(|line| line.strip_prefix("record: "))
+        .expect("record line");
+    let record: serde_json::Value = serde_json::from_str(record).expect("record is JSON");
+    assert_eq!(record["action"], "left");
+    assert_eq!(record["rule"], serde_json::Value::Null);
+
+    let text = explain(&[
+        "--route",
+        "reports",
+        "--method",
+        "POST",
+        "--path",
+        "/reports/x",
+        "--status",
+        "200",
+    ]);
+    assert!(text.contains("any-200-post [global]: matched"), "{text}");
+    assert!(text.contains("the client gets: 200 OK"), "{text}");
+    let record = text
+        .lines()
+        .find_map(|line| line.strip_prefix("record: "))
+        .expect("record line");
+    let record: serde_json::Value = serde_json::from_str(record).expect("record is JSON");
+    assert_eq!(record["action"], "would_rewrite");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["route"], "reports");
 }
 
 #[test]
