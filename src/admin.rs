@@ -10,6 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::fmt::Write;
 use std::sync::Arc;
@@ -145,15 +146,41 @@ fn route_section(html: &mut String, counts: &Counts, route: &str) {
         );
     }
     html.push_str("</table>");
-    html.push_str("<table><tr><th>upstream → final</th><th>records</th></tr>");
-    for (pair, n) in counts.by_status.get(route).into_iter().flatten() {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td class=n>{n}</td></tr>",
-            escape(pair)
-        );
+    if let Some(pairs) = counts.by_status.get(route) {
+        status_matrix(html, pairs);
     }
-    html.push_str("</table></div></section>");
+    html.push_str("</div></section>");
+}
+
+/// Rows are what the upstream said, columns what the client got; a cell counts the records.
+fn status_matrix(html: &mut String, pairs: &BTreeMap<String, u64>) {
+    let cells: BTreeMap<(u16, u16), u64> = pairs
+        .iter()
+        .filter_map(|(pair, n)| {
+            let (upstream, status) = pair.split_once("->")?;
+            Some(((upstream.parse().ok()?, status.parse().ok()?), *n))
+        })
+        .collect();
+    let rows: BTreeSet<u16> = cells.keys().map(|(upstream, _)| *upstream).collect();
+    let columns: BTreeSet<u16> = cells.keys().map(|(_, status)| *status).collect();
+    html.push_str("<table class=matrix><tr><th>upstream ↓ · final →</th>");
+    for status in &columns {
+        let _ = write!(html, "<th class=n>{status}</th>");
+    }
+    html.push_str("</tr>");
+    for upstream in &rows {
+        let _ = write!(html, "<tr><th>{upstream}</th>");
+        for status in &columns {
+            match cells.get(&(*upstream, *status)) {
+                Some(n) => {
+                    let _ = write!(html, "<td class=n>{n}</td>");
+                }
+                None => html.push_str("<td class=\"n empty\">·</td>"),
+            }
+        }
+        html.push_str("</tr>");
+    }
+    html.push_str("</table>");
 }
 
 fn latest_table(html: &mut String, records: &[Record]) {
@@ -203,6 +230,7 @@ section{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:.4rem
 .cols{display:flex;flex-wrap:wrap;gap:2rem}
 table{border-collapse:collapse}th,td{text-align:left;padding:.2rem .6rem;border-bottom:1px solid #eef0f3}
 th{color:#5a6270;font-weight:600}.n{text-align:right;font-variant-numeric:tabular-nums}
+.matrix th:first-child{white-space:nowrap}.empty{color:#c3c8cf}
 .bar{display:inline-block;height:.7rem;background:#d9534f;border-radius:2px;vertical-align:middle}
 </style></head><body>
 <h1>restatus: what the service gets wrong</h1>

@@ -1,4 +1,6 @@
 //! Operations: metrics, health and readiness, the deviations endpoint and page, reload.
+#[path = "support/html.rs"]
+mod html;
 mod support;
 
 use std::net::SocketAddr;
@@ -270,9 +272,18 @@ async fn deviations_endpoint_and_page_show_counts_and_latest_records() {
         html.contains("<td>documented/create-is-201</td><td class=n>3</td>"),
         "{html}"
     );
+    html::assert_well_formed(&html);
+    // The status matrix: upstream 200 became 201 three times, 410 became 404 once.
     assert!(
-        html.contains("<td>200->201</td><td class=n>3</td>")
-            || html.contains("<td>200-&gt;201</td><td class=n>3</td>"),
+        html.contains("<th class=n>201</th><th class=n>404</th></tr>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<tr><th>200</th><td class=n>3</td><td class=\"n empty\">·</td></tr>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<tr><th>410</th><td class=\"n empty\">·</td><td class=n>1</td></tr>"),
         "{html}"
     );
     assert!(html.contains("<td>GET /gone</td>"), "{html}");
