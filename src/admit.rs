@@ -80,6 +80,15 @@ pub fn path_is_ambiguous(path: &str) -> bool {
         .any(|segment| segment == "." || segment == "..")
 }
 
+/// Most header fields a request may carry; more is answered 431 (RFC 6585 §5).
+pub const MAX_HEADER_FIELDS: usize = 100;
+
+/// Whether the header section is over the limits: `max_bytes` in total, or more than
+/// [`MAX_HEADER_FIELDS`] fields.
+pub fn headers_too_large(headers: &HeaderMap, max_bytes: usize) -> bool {
+    headers.len() > MAX_HEADER_FIELDS || header_bytes(headers) > max_bytes
+}
+
 /// Bytes of a request head's header section as sent: name, `: `, value, CRLF.
 pub fn header_bytes(headers: &HeaderMap) -> usize {
     headers

@@ -16,6 +16,9 @@ pub struct Activity {
     idle_since: AtomicU64,
     /// Milliseconds since `opened` + 1 of the first byte read while idle; 0 = none yet.
     first_byte: AtomicU64,
+    /// Wakes the watchdog when a head starts, so that its deadline moves from the idle
+    /// timeout to the (usually much shorter) header timeout.
+    head_started: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -28,6 +31,7 @@ impl Activity {
             && self.first_byte.load(Ordering::Relaxed) == 0
         {
             self.first_byte.store(self.now_ms(), Ordering::Relaxed);
+            self.head_started.notify_one();
         }
     }
 
@@ -72,6 +76,7 @@ impl Watchdog {
                 in_flight: AtomicUsize::new(0),
                 idle_since: AtomicU64::new(1),
                 first_byte: AtomicU64::new(0),
+                head_started: tokio::sync::Notify::new(),
             }),
             header_timeout,
             idle_timeout,
@@ -103,7 +108,11 @@ impl Watchdog {
             if now >= deadline && !reason.is_empty() {
                 return reason;
             }
-            tokio::time::sleep(Duration::from_millis(deadline.saturating_sub(now).max(1))).await;
+            let wait = Duration::from_millis(deadline.saturating_sub(now).max(1));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = activity.head_started.notified() => {}
+            }
         }
     }
 }

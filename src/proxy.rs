@@ -227,7 +227,7 @@ fn admit<'a>(
     if uri_bytes > proxy.settings.max_uri_bytes {
         return Err(ProxyError::UriTooLong);
     }
-    if admit::header_bytes(request.headers()) > proxy.settings.max_header_bytes {
+    if admit::headers_too_large(request.headers(), proxy.settings.max_header_bytes) {
         return Err(ProxyError::HeadersTooLarge);
     }
     if route.rules.needs_request_headers() {

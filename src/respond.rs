@@ -20,7 +20,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     /// The request target is longer than `limits.uri`.
     UriTooLong,
-    /// The request's header section is larger than `server.max_header_bytes`.
+    /// The request's header section is larger than `server.max_header_bytes`, or has more
+    /// than `admit::MAX_HEADER_FIELDS` fields.
     HeadersTooLarge,
     /// The client stopped sending its request body for longer than `server.body_timeout`.
     BodyTimeout,

@@ -196,6 +196,11 @@ struct AcceptContext {
     tls: bool,
 }
 
+/// Concurrent HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+pub const H2_MAX_STREAMS: u32 = 256;
+const H2_MAX_PENDING_RESETS: usize = 20;
+const H2_MAX_LOCAL_RESETS: usize = 1024;
+
 fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -208,12 +213,22 @@ fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
         // 414 and 431; hyper's buffer, with room to spare, only stops heads far beyond them
         // (with a bare 431).
         .max_buf_size((settings.max_header_bytes * 2 + settings.max_uri_bytes).max(16 << 10))
+        // Likewise for the number of fields: the proxy refuses more than MAX_HEADER_FIELDS
+        // itself (a normalized 431); hyper's bare 431 only stops heads far beyond that.
+        .max_headers(crate::admit::MAX_HEADER_FIELDS * 4)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
+        // Bounds the decoded header block, so an endless CONTINUATION sequence ends the
+        // connection instead of growing a buffer.
         .max_header_list_size(settings.max_header_bytes as u32)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        // Rapid reset (CVE-2023-44487): streams the client resets before they are served
+        // count against this; past it the connection gets GOAWAY (ENHANCE_YOUR_CALM).
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        // Streams this side had to reset for protocol errors, likewise bounded.
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
     builder
 }
 

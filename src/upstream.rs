@@ -7,7 +7,7 @@ use crate::expect::{Hold, Interim};
 use crate::respond::ProxyError;
 use http::header::HOST;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -77,18 +77,41 @@ impl Upstream {
     /// Sends the request to the next target in turn, moving on to the following target when
     /// a connection is refused, and waits at most `response_timeout` for the response head.
     pub async fn send(&self, outbound: OutboundRequest) -> Result<Response<Incoming>, ProxyError> {
-        let attempt = self.attempts(outbound);
+        let attempt = self.attempts_with_retry(outbound);
         let result = match tokio::time::timeout(self.config.response_timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(ProxyError::UpstreamTimeout),
         };
         if let Ok(response) = &result {
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // The proxy strips Upgrade and never asks to switch (RFC 9110 §7.8: a server
+                // must not switch unasked), so a 101 is invalid and no tunnel is opened.
+                return Err(ProxyError::UpstreamInvalid);
+            }
             if response.version() == Version::HTTP_10 && !self.http10.swap(true, Ordering::Relaxed)
             {
                 tracing::info!(upstream = %self.config.name, "upstream answers HTTP/1.0: Expect is answered locally from now on");
             }
         }
         result
+    }
+
+    /// A pooled connection the upstream closed while idle fails the request sent on it as a
+    /// reset before any response head. RFC 9110 §9.2.2 allows retrying an idempotent request
+    /// then; only one without a body is retried (once, on a fresh connection: hyper never
+    /// pools a connection that failed), so no request body is ever sent twice.
+    async fn attempts_with_retry(
+        &self,
+        outbound: OutboundRequest,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let again = replayable(&outbound);
+        match (self.attempts(outbound).await, again) {
+            (Err(ProxyError::UpstreamReset), Some(again)) => {
+                tracing::debug!(upstream = %self.config.name, "connection closed before the response head; retrying the idempotent request once");
+                self.attempts(again).await
+            }
+            (result, _) => result,
+        }
     }
 
     async fn attempts(&self, outbound: OutboundRequest) -> Result<Response<Incoming>, ProxyError> {
@@ -147,6 +170,21 @@ impl Upstream {
         }
         Err(ProxyError::UpstreamConnect)
     }
+}
+
+/// A copy of a request that may be sent again: a safe method (RFC 9110 §9.2.1) with no body.
+fn replayable(outbound: &OutboundRequest) -> Option<OutboundRequest> {
+    let safe = matches!(
+        outbound.method,
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    (safe && outbound.body_is_empty()).then(|| OutboundRequest {
+        method: outbound.method.clone(),
+        path_and_query: outbound.path_and_query.clone(),
+        headers: outbound.headers.clone(),
+        body: Source::Empty,
+        interim: outbound.interim.clone(),
+    })
 }
 
 /// TCP with the connect timeout and `TCP_NODELAY`, wrapped in TLS for `https://` targets.

@@ -3,6 +3,8 @@
 //! waits poll with a deadline instead of sleeping.
 #![allow(dead_code)]
 
+pub mod fault;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;

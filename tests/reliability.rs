@@ -1,0 +1,508 @@
+//! Reliability and security: hostile or broken clients over raw TCP, failing upstreams from a
+//! scriptable fault upstream, HTTP/2 abuse, and what must never reach a log. Each test states
+//! what the upstream received, not only what the client got.
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::fault::{ok_response, spawn_fault, FaultConn};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Route setting that turns the contract profile off, so the proxy's own statuses show.
+const NO_PROFILE: &str = r#"profile = "none""#;
+
+/// A config with one upstream and one route; `server` goes into `[server]`, `route` into the
+/// route, `tail` after it (more tables).
+fn config_for(upstream: SocketAddr, server: &str, route: &str, tail: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+{server}
+
+[[upstreams]]
+name = "backend"
+targets = ["http://{upstream}"]
+connect_timeout = "1s"
+response_timeout = "5s"
+
+[[routes]]
+name = "main"
+upstream = "backend"
+path_prefix = "/"
+{route}
+{tail}
+"#
+    )
+}
+
+/// Writes `bytes`, half-closes, and reads what comes back until the proxy closes.
+async fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let _ = stream.shutdown().await;
+    read_to_close(&mut stream, Duration::from_secs(10)).await
+}
+
+/// Reads until a response head has arrived (at most 10 s); returns everything read.
+async fn read_response_head(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status codes of every response in `text`, in order.
+fn statuses(text: &str) -> Vec<u16> {
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| text.get(at + 9..at + 12)?.parse().ok())
+        .collect()
+}
+
+/// An upstream that records each request and answers 200 with `uri body` as its body.
+async fn echo_upstream() -> Upstream {
+    spawn_upstream(|seen| async move {
+        let body = format!("{} {}", seen.uri, String::from_utf8_lossy(&seen.body));
+        reply(200, body)
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile or broken clients
+
+/// What a smuggling attempt must come to.
+#[derive(Debug, Clone, Copy)]
+enum Verdict {
+    /// 400 from the parser; the upstream sees nothing.
+    Refused,
+    /// Exactly one request reaches the upstream, with this body.
+    Forwarded(&'static str),
+}
+
+/// Request smuggling (RFC 9112 §6.1-6.3, §11.2): each head below is followed by the bytes of a
+/// hidden request. Whatever the framing, the upstream sees no more than one well-framed
+/// request per case, and never the hidden one.
+#[tokio::test]
+async fn smuggling_attempts_reach_the_upstream_as_at_most_one_well_framed_request() {
+    use Verdict::*;
+    let upstream = echo_upstream().await;
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, "")).await;
+    let hidden = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let chunked_abc = "3\r\nabc\r\n0\r\n\r\n";
+    let cases: &[(&str, String, Verdict)] = &[
+        (
+            "Content-Length with Transfer-Encoding",
+            format!("POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 48\r\nTransfer-Encoding: chunked\r\n\r\n{chunked_abc}"),
+            Forwarded("abc"),
+        ),
+        (
+            "Transfer-Encoding with Content-Length",
+            format!("POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 48\r\n\r\n{chunked_abc}"),
+            Forwarded("abc"),
+        ),
+        (
+            "duplicate differing Content-Length",
+            "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabc".into(),
+            Refused,
+        ),
+        (
+            "Content-Length list",
+            "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 40\r\n\r\nabc".into(),
+            Refused,
+        ),
+        ("signed Content-Length", "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc".into(), Refused),
+        ("negative Content-Length", "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\nabc".into(), Refused),
+        ("hex Content-Length", "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 0x3\r\n\r\nabc".into(), Refused),
+        (
+            "space before the colon",
+            "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length : 3\r\n\r\nabc".into(),
+            Refused,
+        ),
+        (
+            "unknown Transfer-Encoding",
+            format!("POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n{chunked_abc}"),
+            Refused,
+        ),
+        (
+            "chunked not last",
+            format!("POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n{chunked_abc}"),
+            Refused,
+        ),
+        (
+            "doubled Transfer-Encoding",
+            format!("POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n{chunked_abc}"),
+            Forwarded("abc"),
+        ),
+        (
+            "Transfer-Encoding on HTTP/1.0",
+            format!("POST /a HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{chunked_abc}"),
+            Refused,
+        ),
+        (
+            "obs-fold",
+            "POST /a HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\nContent-Length: 3\r\n\r\nabc".into(),
+            Refused,
+        ),
+        (
+            "NUL in a value",
+            "POST /a HTTP/1.1\r\nHost: a\r\nX-A: b\0c\r\nContent-Length: 3\r\n\r\nabc".into(),
+            Refused,
+        ),
+        (
+            "NUL in the request line",
+            "POST /a\0b HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc".into(),
+            Refused,
+        ),
+    ];
+    for (what, head, verdict) in cases {
+        let before = upstream.requests().len();
+        let got = exchange(proxy.addr, format!("{head}{hidden}").as_bytes()).await;
+        let seen = &upstream.requests()[before..];
+        assert!(
+            seen.iter().all(|s| !s.uri.contains("smuggled")),
+            "{what}: the hidden request reached the upstream: {seen:?}"
+        );
+        match verdict {
+            Refused => {
+                assert_eq!(statuses(&got), [400], "{what}: {got:?}");
+                assert!(seen.is_empty(), "{what}: the upstream saw {seen:?}");
+            }
+            Forwarded(body) => {
+                assert_eq!(seen.len(), 1, "{what}: the upstream saw {seen:?}");
+                assert_eq!(seen[0].uri, "/a", "{what}");
+                assert_eq!(&seen[0].body[..], body.as_bytes(), "{what}");
+                assert_eq!(statuses(&got), [200], "{what}: {got:?}");
+            }
+        }
+    }
+    proxy.stop().await;
+}
+
+/// Pipelined requests (RFC 9112 §9.3.2) are answered in the order sent, each with its own
+/// body, and the upstream sees them in that order.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let upstream = echo_upstream().await;
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, "")).await;
+    let got = exchange_holding_open(
+        proxy.addr,
+        b"GET /p/1 HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /p/2 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+          GET /p/3 HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /p/4 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n\
+          GET /p/5 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&got), [200; 5], "{got}");
+    let answers = ["/p/1 ", "/p/2 hello", "/p/3 ", "/p/4 hi", "/p/5 "];
+    let positions: Vec<usize> = answers
+        .iter()
+        .map(|a| {
+            got.find(a)
+                .unwrap_or_else(|| panic!("{a} missing from {got}"))
+        })
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{got}");
+    let uris: Vec<String> = upstream.requests().into_iter().map(|s| s.uri).collect();
+    assert_eq!(uris, ["/p/1", "/p/2", "/p/3", "/p/4", "/p/5"]);
+    proxy.stop().await;
+}
+
+/// The proxy answers before reading the body (no route; a declared body over the limit); the
+/// client sends its body afterwards, and that body holds what looks like a request. It is
+/// drained or the connection closed: never parsed as a request.
+#[tokio::test]
+async fn early_answers_never_parse_the_body_as_a_request() {
+    let upstream = echo_upstream().await;
+    let route = format!("{NO_PROFILE}\npath_prefix = \"/api\"");
+    let config = config_for(upstream.addr, "", "", "[limits]\nrequest_body = \"1KiB\"")
+        .replace("path_prefix = \"/\"\n", &format!("{route}\n"));
+    let proxy = spawn_proxy(&config).await;
+    let hidden = "GET /api/smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    for (path, length, status) in [("/other", 200, 404), ("/api/up", 5000, 413)] {
+        let body: String = hidden.repeat(length / hidden.len() + 1)[..length].to_string();
+        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+        let head = format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {length}\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.expect("write head");
+        let first = read_response_head(&mut stream).await;
+        assert_eq!(statuses(&first), [status], "{path}: {first}");
+        // The proxy may already have closed; the body then goes nowhere.
+        let _ = stream.write_all(body.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        let rest = read_to_close(&mut stream, Duration::from_secs(10)).await;
+        let all = format!("{first}{rest}");
+        assert_eq!(statuses(&all), [status], "{path}: one response only: {all}");
+    }
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|s| !s.uri.contains("smuggled")),
+        "{:?}",
+        upstream.requests()
+    );
+    proxy.stop().await;
+}
+
+/// restatus has no upgrade support: `Upgrade`, `Connection` and what it names (such as
+/// `HTTP2-Settings` for h2c) are hop-by-hop (RFC 9110 §7.6.1, §7.8) and never reach the
+/// upstream; the request is served as plain HTTP/1.1.
+#[tokio::test]
+async fn upgrade_and_h2c_headers_never_reach_the_upstream() {
+    let upstream = echo_upstream().await;
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, "")).await;
+    let requests = [
+        "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        "GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+         HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    ];
+    for request in requests {
+        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let head = read_response_head(&mut stream).await;
+        assert_eq!(statuses(&head), [200], "{head}");
+    }
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 2);
+    for request in &seen {
+        for name in ["upgrade", "connection", "http2-settings"] {
+            assert!(
+                !request.headers.contains_key(name),
+                "{name} reached the upstream: {:?}",
+                request.headers
+            );
+        }
+    }
+    proxy.stop().await;
+}
+
+/// An upstream that answers `101 Switching Protocols` although it was never asked to switch
+/// gets no tunnel: the client gets a 502 and bytes it sends afterwards never reach it.
+#[tokio::test]
+async fn no_tunnel_opens_on_an_unrequested_101() {
+    let upstream = spawn_fault(|mut conn: FaultConn| async move {
+        if conn.read_request().await.is_some() {
+            conn.send(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+                .await;
+            conn.hold().await;
+        }
+    })
+    .await;
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, "")).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let head = read_response_head(&mut stream).await;
+    assert_eq!(statuses(&head), [502], "{head}");
+    let _ = stream.write_all(b"TUNNELLED BYTES\r\n\r\n").await;
+    // Whatever the proxy made of those bytes, it has made it once it answers the next request.
+    let _ = stream
+        .write_all(b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await;
+    let _ = read_to_close(&mut stream, Duration::from_secs(10)).await;
+    assert!(
+        !upstream.all_bytes().contains("TUNNELLED"),
+        "{}",
+        upstream.all_bytes()
+    );
+    proxy.stop().await;
+}
+
+/// A URI over `limits.uri` and a header section over `server.max_header_bytes` or with more
+/// than 100 fields are refused before the upstream is contacted: 414 and 431 without a
+/// profile, and normalized to the contract's 400 under the default profile.
+#[tokio::test]
+async fn uri_and_header_limits_are_refused_and_normalized_by_the_profile() {
+    let upstream = spawn_fault(|conn: FaultConn| conn.hold()).await;
+    let server = "max_header_bytes = \"2KiB\"";
+    let tail = "[limits]\nuri = \"1KiB\"";
+    let long_uri = format!("/{}", "a".repeat(2000));
+    let big_header = "b".repeat(3000);
+    let many: Vec<(String, String)> = (0..150).map(|i| (format!("x-h{i}"), "1".into())).collect();
+    for (profile, uri_status, header_status) in [(NO_PROFILE, 414, 431), ("", 400, 400)] {
+        let proxy = spawn_proxy(&config_for(upstream.addr, server, profile, tail)).await;
+        let reply = get(&proxy.url(&long_uri)).await;
+        assert_eq!(reply.status, uri_status, "{}", reply.text());
+        assert_eq!(reply.header("x-restatus-source"), Some("proxy"));
+        let reply = send("GET", &proxy.url("/"), &[("x-big", &big_header)], "").await;
+        assert_eq!(reply.status, header_status, "{}", reply.text());
+        let headers: Vec<(&str, &str)> =
+            many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let reply = send("GET", &proxy.url("/"), &headers, "").await;
+        assert_eq!(reply.status, header_status, "{}", reply.text());
+        if profile.is_empty() {
+            let originals: Vec<u64> = proxy
+                .records()
+                .iter()
+                .filter_map(|r| r["upstream_status"].as_u64())
+                .collect();
+            assert_eq!(originals, [414, 431, 431], "{:?}", proxy.records());
+        }
+        proxy.stop().await;
+    }
+    assert_eq!(upstream.connections(), 0, "the upstream was contacted");
+}
+
+/// A declared body over `limits.request_body` is refused before the upstream is contacted.
+#[tokio::test]
+async fn declared_body_over_the_limit_never_contacts_the_upstream() {
+    let upstream = spawn_fault(|conn: FaultConn| conn.hold()).await;
+    let tail = "[limits]\nrequest_body = \"1KiB\"";
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, tail)).await;
+    let got = exchange(
+        proxy.addr,
+        format!(
+            "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 2048\r\n\r\n{}",
+            "x".repeat(2048)
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(statuses(&got), [413], "{got}");
+    assert!(
+        got.to_ascii_lowercase().contains("connection: close"),
+        "{got}"
+    );
+    assert_eq!(upstream.connections(), 0);
+    proxy.stop().await;
+}
+
+/// A chunked body that crosses `limits.request_body` mid-stream: the client gets 413, and the
+/// upstream's request is cut off (its connection closed) before the body completes.
+#[tokio::test]
+async fn chunked_body_over_the_limit_is_aborted_mid_stream() {
+    let upstream = spawn_fault(|mut conn: FaultConn| async move {
+        if conn.read_head().await.is_some() {
+            conn.hold().await;
+        }
+    })
+    .await;
+    let tail = "[limits]\nrequest_body = \"1KiB\"";
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, tail)).await;
+    let chunk = format!("200\r\n{}\r\n", "y".repeat(512));
+    let request = format!(
+        "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{}0\r\n\r\n",
+        chunk.repeat(8)
+    );
+    let got = exchange(proxy.addr, request.as_bytes()).await;
+    assert_eq!(statuses(&got), [413], "{got}");
+    wait_until(
+        Duration::from_secs(10),
+        "the upstream request aborted",
+        || upstream.logs().first().is_some_and(|l| l.closed_by_peer),
+    )
+    .await;
+    let received = upstream.all_bytes();
+    assert!(received.starts_with("POST /up"), "{received}");
+    assert!(
+        !received.ends_with("0\r\n\r\n"),
+        "the body was completed upstream"
+    );
+    assert!(
+        received.len() < 8 * 512,
+        "{} bytes went upstream",
+        received.len()
+    );
+    proxy.stop().await;
+}
+
+/// A request head trickled a field at a time is closed at `header_timeout` (measured from its
+/// first byte), however steadily bytes keep coming.
+#[tokio::test]
+async fn trickled_headers_are_closed_at_header_timeout() {
+    let upstream = spawn_fault(|conn: FaultConn| conn.hold()).await;
+    let server = "header_timeout = \"500ms\"";
+    let proxy = spawn_proxy(&config_for(upstream.addr, server, NO_PROFILE, "")).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .expect("write");
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            tokio::select! {
+                _ = pace.tick() => {
+                    if stream.write_all(b"X-Trickle: 1\r\n").await.is_err() {
+                        return;
+                    }
+                }
+                read = stream.read(&mut buf) => {
+                    if matches!(read, Ok(0) | Err(_)) {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a trickled head kept its connection open");
+    assert_eq!(upstream.connections(), 0);
+    proxy.stop().await;
+}
+
+/// A body that stops arriving for longer than `body_timeout`: the client gets 408 and its
+/// connection closes, the upstream request is aborted (its connection closed by the proxy),
+/// and that upstream connection is not used again.
+#[tokio::test]
+async fn stalled_body_is_cut_at_body_timeout_and_its_upstream_connection_dropped() {
+    let upstream = spawn_fault(|mut conn: FaultConn| async move {
+        if conn.index == 0 {
+            if conn.read_head().await.is_some() {
+                conn.hold().await;
+            }
+            return;
+        }
+        while conn.read_request().await.is_some() {
+            conn.send(&ok_response("fresh")).await;
+        }
+    })
+    .await;
+    let server = "body_timeout = \"300ms\"";
+    let proxy = spawn_proxy(&config_for(upstream.addr, server, NO_PROFILE, "")).await;
+    let got = exchange_holding_open(
+        proxy.addr,
+        b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await;
+    assert_eq!(statuses(&got), [408], "{got}");
+    wait_until(
+        Duration::from_secs(10),
+        "the upstream request aborted",
+        || upstream.logs().first().is_some_and(|l| l.closed_by_peer),
+    )
+    .await;
+    let reply = get(&proxy.url("/next")).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "fresh"));
+    let logs = upstream.logs();
+    assert_eq!(logs.len(), 2, "{logs:?}");
+    assert!(logs[1].text().starts_with("GET /next"), "{logs:?}");
+    proxy.stop().await;
+}
+
+/// Writes `bytes` without half-closing, and reads until the proxy closes (at most 10 s).
+async fn exchange_holding_open(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    read_to_close(&mut stream, Duration::from_secs(10)).await
+}
