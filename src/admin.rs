@@ -142,7 +142,7 @@ fn route_section(html: &mut String, counts: &Counts, route: &str) {
         let _ = write!(
             html,
             "<tr><td>{}</td><td class=n>{n}</td><td><span class=bar style=\"width:{share:.0}px\"></span> {share:.0}%</td></tr>",
-            escape(&rule)
+            escape(rule_label(&rule))
         );
     }
     html.push_str("</table>");
@@ -150,6 +150,18 @@ fn route_section(html: &mut String, counts: &Counts, route: &str) {
         status_matrix(html, pairs);
     }
     html.push_str("</div></section>");
+}
+
+/// What the page shows for records no rule made (a status left as it was, a protocol
+/// deviation); the counts file them under `-`.
+const NO_RULE: &str = "(no rule)";
+
+fn rule_label(rule: &str) -> &str {
+    if rule == "-" {
+        NO_RULE
+    } else {
+        rule
+    }
 }
 
 /// Rows are what the upstream said, columns what the client got; a cell counts the records.
@@ -195,7 +207,7 @@ fn latest_table(html: &mut String, records: &[Record]) {
             escape(&r.path),
             r.upstream_status,
             r.status,
-            escape(r.rule.as_deref().unwrap_or("-")),
+            escape(r.rule.as_deref().unwrap_or(NO_RULE)),
             r.action.as_str()
         );
     }

@@ -195,7 +195,7 @@ h1{font-size:1.4rem;margin:0 0 .4rem}h2{font-size:1.1rem;margin:.6rem 0 .2rem}
 section{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:.4rem 1rem 1rem;margin-bottom:1rem;overflow-x:auto}
 table{border-collapse:collapse;margin-top:.6rem}th,td{text-align:left;padding:.2rem .7rem;border-bottom:1px solid #eef0f3;white-space:nowrap}
 th{color:#5a6270;font-weight:600}.n{text-align:right;font-variant-numeric:tabular-nums}
-tr.endpoint td{font-weight:600;background:#f3f5f8}td.rule{padding-left:1.6rem}
+tr.endpoint td{background:#f3f5f8}tr.endpoint td:first-child,tr.endpoint td.n{font-weight:600}td.rule{padding-left:1.6rem}
 .chart{display:block;max-width:100%;height:auto;font:12px system-ui,sans-serif}
 .chart rect{fill:#d9534f}.chart text{fill:#1d2430}.chart .count{fill:#5a6270}
 .appeared,.worse{color:#b52b27;font-weight:600}.improved,.disappeared{color:#2b7a3d;font-weight:600}
