@@ -178,25 +178,38 @@ async fn inspect(
 }
 
 /// What rules look at of a body read whole: the bytes, decompressed when the response is
-/// gzip-encoded; `None` (not inspected) when that is more than `limit` bytes or not gzip.
+/// gzip-encoded; `None` (not inspected) when that is more than `limit` bytes, not valid gzip,
+/// or in another content coding that restatus cannot read.
 pub fn inspection_copy(raw: Bytes, headers: &HeaderMap, limit: usize) -> Option<Bytes> {
     if raw.len() > limit {
         return None;
     }
-    if is_gzip(headers) {
-        gunzip_bounded(&raw, limit)
-    } else {
-        Some(raw)
+    match coding(headers) {
+        Coding::Identity => Some(raw),
+        Coding::Gzip => gunzip_bounded(&raw, limit),
+        Coding::Other => None,
     }
 }
 
-fn is_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim().eq_ignore_ascii_case("gzip") || v.trim().eq_ignore_ascii_case("x-gzip")
-        })
+enum Coding {
+    Identity,
+    Gzip,
+    Other,
+}
+
+/// The response's content coding (RFC 9110 §8.4); several codings count as unreadable.
+fn coding(headers: &HeaderMap) -> Coding {
+    let mut values = headers.get_all(CONTENT_ENCODING).iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Coding::Identity,
+        (Some(value), None) => value,
+        (Some(_), Some(_)) => return Coding::Other,
+    };
+    match value.to_str().map(|v| v.trim().to_ascii_lowercase()) {
+        Ok(v) if v.is_empty() || v == "identity" => Coding::Identity,
+        Ok(v) if v == "gzip" || v == "x-gzip" => Coding::Gzip,
+        _ => Coding::Other,
+    }
 }
 
 /// A decompressed copy of at most `limit` bytes; `None` if larger or not valid gzip.

@@ -1033,16 +1033,21 @@ async fn gzip_bodies_are_inspected_decompressed_and_sent_as_they_came() {
     assert!(bomb.len() < 4096);
     let (small_sent, bomb_sent) = (small.clone(), bomb.clone());
     let upstream = spawn_upstream(move |seen| {
-        let body = if seen.uri.contains("bomb") {
-            bomb_sent.clone()
-        } else {
-            small_sent.clone()
+        let (body, coding) = match seen.uri.as_str() {
+            "/bomb" => (bomb_sent.clone(), "gzip"),
+            "/upper" => (small_sent.clone(), "GZIP"),
+            // Plain JSON labelled with a coding restatus cannot decode: not inspected.
+            "/br" => (
+                Bytes::from_static(br#"{"error":{"code":"NOT_FOUND"}}"#),
+                "br",
+            ),
+            _ => (small_sent.clone(), "gzip"),
         };
         async move {
             let mut response = json(200, "");
             *response.body_mut() = full(body);
-            let gzip = http::HeaderValue::from_static("gzip");
-            response.headers_mut().insert("content-encoding", gzip);
+            let coding = http::HeaderValue::from_static(coding);
+            response.headers_mut().insert("content-encoding", coding);
             response
         }
     })
@@ -1076,9 +1081,23 @@ then = { status = 202 }
         "decompressed past the limit: not inspected"
     );
     assert!(reply.body == bomb);
+    let reply = tagged(&client, "upper", "GET", &proxy.url("/upper"), &[], "").await;
+    assert_eq!(reply.status, 404, "content codings are case-insensitive");
+    let reply = tagged(&client, "br", "GET", &proxy.url("/br"), &[], "").await;
+    assert_eq!(
+        reply.status, 202,
+        "a coding restatus cannot read is not inspected"
+    );
+    assert_eq!(reply.header("content-encoding"), Some("br"));
     let records = proxy.records();
-    assert_eq!(record_of(&records, "small")["body_inspected"], true);
-    assert_eq!(record_of(&records, "bomb")["body_inspected"], false);
+    for (id, inspected) in [
+        ("small", true),
+        ("bomb", false),
+        ("upper", true),
+        ("br", false),
+    ] {
+        assert_eq!(record_of(&records, id)["body_inspected"], inspected, "{id}");
+    }
     proxy.stop().await;
 }
 
@@ -1392,6 +1411,42 @@ fn bad_rules_are_refused_with_file_line_and_key() {
             "mian",
             "rules[0].routes",
             "rule refers to unknown route `mian`",
+        ),
+        (
+            "routes = []\nwhen = {}\nthen = { status = 500 }",
+            "routes = []",
+            "rules[0].routes",
+            "routes is empty",
+        ),
+        (
+            "when = { path = \"/a\", path_regex = \"^/a$\" }\nthen = { status = 500 }",
+            "path_regex",
+            "rules[0].when",
+            "give either `path` or `path_regex`, not both",
+        ),
+        (
+            "when = { path = \"/items/*x\" }\nthen = { status = 500 }",
+            "/items/*x",
+            "rules[0].when",
+            "`*` and `**` must be whole segments",
+        ),
+        (
+            "when = { body_json = { pointer = \"/a\", equals = 1, exists = true } }\nthen = { status = 500 }",
+            "pointer",
+            "rules[0].when",
+            "exactly one of `equals`, `exists` or `in`",
+        ),
+        (
+            "when = {}\nthen = { status = 500, headers = { set = { \"bad header\" = \"x\" } } }",
+            "bad header",
+            "rules[0].then",
+            "then.headers.set: `bad header` is not a header name",
+        ),
+        (
+            "when = { methd = \"GET\" }\nthen = { status = 500 }",
+            "methd",
+            "rules[0].when",
+            "unknown field `methd`",
         ),
     ];
     for (body, needle, key, message) in cases {

@@ -33,6 +33,7 @@ impl Check {
 /// Compiles one `[[checks]]` table; response-side conditions are refused here, since a check
 /// is decided before there is a response.
 pub fn compile_check(raw: &RawCheck, at: &Locator) -> Result<Check, ConfigError> {
+    super::check_routes_list(raw.routes.as_ref(), "check", at)?;
     if let Some(span) = raw.when.response_side_span() {
         return Err(at.at(
             span,

@@ -63,6 +63,7 @@ pub struct Action {
 
 /// Compiles one `[[rules]]` table (or a profile's rule).
 pub fn compile_rule(raw: &RawRule, origin: Origin, at: &Locator) -> Result<Rule, ConfigError> {
+    check_routes_list(raw.routes.as_ref(), "rule", at)?;
     let when = condition::compile(&raw.when, at)?;
     let then = compile_then(&raw.then, at)?;
     let routes = raw
@@ -120,6 +121,21 @@ pub fn compile_then(raw: &RawThen, at: &Locator) -> Result<Action, ConfigError> 
         remove_headers,
         body,
     })
+}
+
+/// `routes = []` would read as "no route" but mean "every route": refuse it.
+pub fn check_routes_list(
+    routes: Option<&Spanned<Vec<Spanned<String>>>>,
+    kind: &str,
+    at: &Locator,
+) -> Result<(), ConfigError> {
+    match routes {
+        Some(list) if list.get_ref().is_empty() => Err(at.at(
+            list.span(),
+            format!("routes is empty: name at least one route, or leave it out to apply the {kind} to every route"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn header_name(name: &Spanned<String>, key: &str, at: &Locator) -> Result<HeaderName, ConfigError> {
