@@ -14,6 +14,8 @@ struct Running {
     addr: String,
     /// The admin address, when the config has `[admin]`.
     admin: Option<String>,
+    /// The `error` field of each error logged after start.
+    errors: mpsc::Receiver<String>,
 }
 
 impl Drop for Running {
@@ -38,13 +40,16 @@ fn start_with(config: &Path, admin: bool) -> Running {
         .expect("start restatus");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel();
+    let (errors_tx, errors) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
-                let message = event["message"].as_str().unwrap_or_default().to_string();
+                let field = |name: &str| event[name].as_str().unwrap_or_default().to_string();
+                let message = field("message");
                 if message == "listening" || message == "admin listening" {
-                    let addr = event["addr"].as_str().unwrap_or_default().to_string();
-                    let _ = tx.send((message, addr));
+                    let _ = tx.send((message, field("addr")));
+                } else if event["level"] == "ERROR" {
+                    let _ = errors_tx.send(field("error"));
                 }
             }
         }
@@ -53,6 +58,7 @@ fn start_with(config: &Path, admin: bool) -> Running {
         child,
         addr: String::new(),
         admin: None,
+        errors,
     };
     while running.addr.is_empty() || (admin && running.admin.is_none()) {
         let (message, addr) = rx
@@ -198,6 +204,12 @@ async fn watched_config_file_reloads_on_change() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(get(&url).await.status, 202);
+    let logged = running
+        .errors
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the failed reload is logged");
+    let place = format!("{}:1:", config.display());
+    assert!(logged.starts_with(&place), "names file and line: {logged}");
     drop(running);
     std::fs::remove_file(&config).ok();
     std::fs::remove_file(&sink).ok();
