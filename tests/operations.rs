@@ -178,6 +178,60 @@ async fn upstream_timeouts_resets_and_tls_failures_are_counted_by_kind() {
 }
 
 #[tokio::test]
+async fn in_flight_and_open_connections_follow_a_held_request() {
+    let release = Arc::new(Notify::new());
+    let arrived = Arc::new(AtomicBool::new(false));
+    let (gate, seen) = (release.clone(), arrived.clone());
+    let upstream = spawn_upstream(move |_| {
+        let (gate, seen) = (gate.clone(), seen.clone());
+        async move {
+            seen.store(true, Ordering::SeqCst);
+            gate.notified().await;
+            json(200, "{}")
+        }
+    })
+    .await;
+    let routed = "path_prefix = \"/\"";
+    let proxy =
+        spawn_proxy(&with_admin(upstream.addr, "").replace(routed, "path_prefix = \"/api\"")).await;
+    let metrics_url = admin_url(&proxy, "/metrics");
+    let url = proxy.url("/api/slow");
+    let held = tokio::spawn(async move { get(&url).await });
+    wait_until(Duration::from_secs(10), "request at upstream", || {
+        arrived.load(Ordering::SeqCst)
+    })
+    .await;
+    let metrics = get(&metrics_url).await.text();
+    assert_eq!(
+        sample(&metrics, "restatus_in_flight_requests "),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "restatus_open_connections ").is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    release.notify_one();
+    assert_eq!(held.await.expect("held request").status, 200);
+    // A path no route serves is counted under route `-`.
+    assert_eq!(get(&proxy.url("/elsewhere")).await.status, 404);
+    let metrics = get(&metrics_url).await.text();
+    assert_eq!(
+        sample(&metrics, "restatus_in_flight_requests "),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"restatus_requests_total{route="-",method="GET",class="4xx"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn health_and_readiness_flip_while_draining() {
     let release = Arc::new(Notify::new());
     let arrived = Arc::new(AtomicBool::new(false));
