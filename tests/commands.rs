@@ -321,6 +321,102 @@ fn demo_tour_shows_each_deviation_put_right_and_exits() {
         row("GET /reports/daily "),
         ["503", "500", "documented/server-error-is-500"]
     );
+    assert_eq!(row("GET /catalog "), ["301", "301", "(left,", "recorded)"]);
+    let duplicate = text.lines().any(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words == ["POST", "/items", "500", "409", "duplicate-is-409"]
+    });
+    assert!(duplicate, "the duplicate-key row:\n{text}");
     // Only the tour table goes to stdout with --tour-only: no record lines.
     assert!(!text.contains("\"request_id\""), "{text}");
+}
+
+/// Lines of a child's stdout, read on a thread so the test can wait with a deadline.
+fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The first line for which `pick` gives a value, waiting at most 30 s for it.
+fn wait_for_line<T>(
+    lines: &std::sync::mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+    mut pick: impl FnMut(&str) -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let found = pick(&line);
+                seen.push(line);
+                if let Some(found) = found {
+                    return found;
+                }
+            }
+            Err(_) => panic!("line not printed within 30 s:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+#[test]
+fn demo_keeps_serving_prints_records_and_stops_on_ctrl_c() {
+    use std::io::{Read, Write};
+    let mut child = Command::new(support::binary())
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the demo");
+    let lines = stdout_lines(&mut child);
+    let mut seen = Vec::new();
+    let addr = wait_for_line(&lines, &mut seen, |line| {
+        line.strip_prefix("restatus on http://")
+            .and_then(|rest| rest.split(',').next())
+            .map(str::to_owned)
+    });
+    wait_for_line(&lines, &mut seen, |line| {
+        line.contains("Ctrl-C stops").then_some(())
+    });
+    let mut stream = std::net::TcpStream::connect(&addr).expect("connect to the demo");
+    stream
+        .write_all(b"GET /items/999?verbose=1 HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 404 "), "{response}");
+    let record: serde_json::Value = wait_for_line(&lines, &mut seen, |line| {
+        serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .filter(|r| r["path"] == "/items/999")
+    });
+    assert_eq!(record["rule"], "missing-item-is-404");
+    assert_eq!(record["upstream_status"], 200);
+    assert_eq!(record["status"], 404);
+    // Ctrl-C: SIGINT to the demo process started above, by its id.
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-INT", &pid]).status();
+    assert!(sent.is_ok_and(|s| s.success()), "send SIGINT");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the demo") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo did not stop on SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
 }

@@ -78,14 +78,33 @@ pub async fn run(mut config: Config, tour_only: bool) -> Result<(), String> {
     let _ = tokio::task::spawn_blocking(move || log_flushed.flush(Duration::from_secs(5))).await;
     print!("{}", table(&rows, &log.recent()));
     if !tour_only {
+        // Handlers go in before the invitation says Ctrl-C stops, so a quick Ctrl-C is not
+        // left to the default action (killing the process without a clean shutdown).
+        let stopped = stop_signals()?;
         gate.store(true, Ordering::Release);
         print!("{}", invitation(addr));
         let _ = std::io::stdout().flush();
-        crate::signals::shutdown().await;
+        stopped.await;
     }
     let _ = stop.send(());
     let _ = serving.await;
     Ok(())
+}
+
+/// Watches SIGINT and SIGTERM from now on; the future completes on the first of them.
+fn stop_signals() -> Result<impl std::future::Future<Output = ()>, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let watch = |kind| signal(kind).map_err(|err| format!("cannot watch signals: {err}"));
+    let (mut interrupt, mut terminate) = (
+        watch(SignalKind::interrupt())?,
+        watch(SignalKind::terminate())?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
 
 /// Replaces the sample upstream's targets with the sample service's real address.
