@@ -900,6 +900,28 @@ then = { status = 409, body = "conflict" }
 }
 
 #[tokio::test]
+async fn rewrites_are_framed_correctly_over_http2() {
+    let rules = r#"
+[[rules]]
+name = "replace"
+when = { path = "/replace", status = 500 }
+then = { status = 404, body = { error = "not found" } }
+"#;
+    let (_upstream, proxy) = echo_proxy("", rules).await;
+    let client = h2_client();
+    let reply = send_with(&client, "POST", &proxy.url("/items"), &[], "created").await;
+    assert_eq!((reply.status, reply.text().as_str()), (201, "created"));
+    let url = proxy.url("/replace?status=500");
+    let reply = send_with(&client, "PUT", &url, &[], "a longer upstream body").await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.json(), serde_json::json!({ "error": "not found" }));
+    let reply = send_with(&client, "DELETE", &proxy.url("/x?status=204"), &[], "").await;
+    assert_eq!((reply.status, reply.body.len()), (200, 0));
+    assert_eq!(proxy.records().len(), 3);
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn a_rewrite_drops_the_reason_phrase() {
     let upstream = canned_upstream(
         b"HTTP/1.1 200 Fine By Me\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
@@ -1441,6 +1463,18 @@ fn bad_rules_are_refused_with_file_line_and_key() {
             "bad header",
             "rules[0].then",
             "then.headers.set: `bad header` is not a header name",
+        ),
+        (
+            "when = {}\nthen = { status = 500, headers = { set = { \"Content-Length\" = \"5\" } } }",
+            "Content-Length",
+            "rules[0].then",
+            "`content-length` frames the message",
+        ),
+        (
+            "when = {}\nthen = { status = 500, headers = { remove = [\"transfer-encoding\"] } }",
+            "transfer-encoding",
+            "rules[0].then",
+            "`transfer-encoding` frames the message",
         ),
         (
             "when = { methd = \"GET\" }\nthen = { status = 500 }",

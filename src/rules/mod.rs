@@ -138,13 +138,33 @@ pub fn check_routes_list(
     }
 }
 
+/// Headers that frame the message or belong to one connection (RFC 9110 §7.6.1, §8.6;
+/// RFC 9112 §6.1): restatus sets them itself, so a rule may not.
+const FRAMING_HEADERS: [&str; 8] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
 fn header_name(name: &Spanned<String>, key: &str, at: &Locator) -> Result<HeaderName, ConfigError> {
-    HeaderName::from_bytes(name.get_ref().trim().as_bytes()).map_err(|_| {
+    let header = HeaderName::from_bytes(name.get_ref().trim().as_bytes()).map_err(|_| {
         at.at(
             name.span(),
             format!("{key}: `{}` is not a header name", name.get_ref()),
         )
-    })
+    })?;
+    if FRAMING_HEADERS.contains(&header.as_str()) {
+        return Err(at.at(
+            name.span(),
+            format!("{key}: `{header}` frames the message and is set by restatus (use then.body to change the body)"),
+        ));
+    }
+    Ok(header)
 }
 
 /// A string body is sent as written; a table or array is sent as JSON.
