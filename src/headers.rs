@@ -1,6 +1,8 @@
 //! Header work on forwarded messages, as pure functions over `HeaderMap`.
 
-use http::header::{HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE, VIA};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE, VIA,
+};
 use http::{HeaderMap, Version};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +21,14 @@ static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authentic
 
 /// Removes the hop-by-hop fields of RFC 9110 §7.6.1: every field named by any value of any
 /// `Connection` header, then the fields that are hop-by-hop by definition.
+///
+/// A message framed by `Transfer-Encoding` loses its `Content-Length` too: RFC 9112 §6.3 has
+/// the encoding override the length, and a proxy must remove the length before forwarding,
+/// or the next hop could frame the body by it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+    }
     if headers.contains_key(CONNECTION) {
         // Read as bytes: a value holding obs-text (0x80-0xff) still names the tokens in it.
         let named: Vec<HeaderName> = headers
@@ -189,6 +198,12 @@ mod tests {
                 ],
             ),
             (&[("connection", "close, , bad name")], &[], &["connection"]),
+            (
+                &[("content-length", "100"), ("transfer-encoding", "chunked")],
+                &[],
+                &["content-length", "transfer-encoding"],
+            ),
+            (&[("content-length", "100")], &["content-length"], &[]),
         ];
         for (input, kept, gone) in cases {
             let mut headers = map(input);

@@ -5,12 +5,12 @@ use crate::body::{BodyTimeout, BodyTooLarge, ForwardBody, Source};
 use crate::config::{ExpectMode, HostMode, Target, UpstreamConfig};
 use crate::expect::{Hold, Interim};
 use crate::respond::ProxyError;
-use http::header::HOST;
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{capture_connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::error::Error as StdError;
@@ -83,11 +83,6 @@ impl Upstream {
             Err(_) => Err(ProxyError::UpstreamTimeout),
         };
         if let Ok(response) = &result {
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                // The proxy strips Upgrade and never asks to switch (RFC 9110 §7.8: a server
-                // must not switch unasked), so a 101 is invalid and no tunnel is opened.
-                return Err(ProxyError::UpstreamInvalid);
-            }
             if response.version() == Version::HTTP_10 && !self.http10.swap(true, Ordering::Relaxed)
             {
                 tracing::info!(upstream = %self.config.name, "upstream answers HTTP/1.0: Expect is answered locally from now on");
@@ -150,8 +145,18 @@ impl Upstream {
             hyper::ext::on_informational(&mut request, move |response| {
                 observer.on_informational(response.status());
             });
+            let connection = capture_connection(&mut request);
             match self.client.request(request).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    if let Err(err) = refuse_invalid(&response) {
+                        // The connection's framing can no longer be trusted: never pool it.
+                        if let Some(connected) = connection.connection_metadata().as_ref() {
+                            connected.poison();
+                        }
+                        return Err(err);
+                    }
+                    return Ok(response);
+                }
                 Err(err) => {
                     let mapped = classify(&err);
                     let retry = matches!(mapped, ProxyError::UpstreamConnect) && !last;
@@ -170,6 +175,22 @@ impl Upstream {
         }
         Err(ProxyError::UpstreamConnect)
     }
+}
+
+/// Responses hyper parses but the proxy must not relay.
+fn refuse_invalid(response: &Response<Incoming>) -> Result<(), ProxyError> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The proxy strips Upgrade and never asks to switch (RFC 9110 §7.8: a server must
+        // not switch unasked), so a 101 is invalid and no tunnel is opened.
+        return Err(ProxyError::UpstreamInvalid);
+    }
+    let headers = response.headers();
+    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+        // RFC 9112 §6.3: both framings on one response hints at response splitting and
+        // ought to be handled as an error.
+        return Err(ProxyError::UpstreamInvalid);
+    }
+    Ok(())
 }
 
 /// A copy of a request that may be sent again: a safe method (RFC 9110 §9.2.1) with no body.

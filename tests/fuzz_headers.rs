@@ -6,7 +6,8 @@
 //! - holds no hop-by-hop field (RFC 9110 §7.6.1): nothing named by any `Connection` value, and
 //!   none of Connection, Keep-Alive, Proxy-Connection, TE, Transfer-Encoding, Upgrade,
 //!   Proxy-Authorization, Proxy-Authenticate — except the fields the proxy itself writes
-//!   afresh for the next hop (X-Forwarded-*, Via, X-Request-Id, Host);
+//!   afresh for the next hop (X-Forwarded-*, Via, X-Request-Id, Host); and no
+//!   Content-Length beside a Transfer-Encoding (RFC 9112 §6.3);
 //! - keeps every other field, values in order;
 //! - keeps the earlier `X-Forwarded-For` entries in order, with the client's address appended.
 //!
@@ -189,6 +190,10 @@ fn connection_options(headers: &HeaderMap) -> HashSet<String> {
 fn forbidden(input: &HeaderMap) -> HashSet<String> {
     let mut names = connection_options(input);
     names.extend(HOP_BY_HOP.iter().map(|n| n.to_string()));
+    if input.contains_key("transfer-encoding") {
+        // RFC 9112 §6.3: the length is overridden by the encoding and removed on forwarding.
+        names.insert("content-length".to_string());
+    }
     names
 }
 

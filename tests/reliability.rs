@@ -4,7 +4,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::fault::{ok_response, spawn_fault, FaultConn};
 use support::*;
@@ -46,6 +45,15 @@ async fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     stream.write_all(bytes).await.expect("write");
     let _ = stream.shutdown().await;
     read_to_close(&mut stream, Duration::from_secs(10)).await
+}
+
+/// The in-flight requests gauge, read from the metrics text.
+fn in_flight(proxy: &TestProxy) -> i64 {
+    let text = proxy.live.metrics.encode(proxy.log.dropped());
+    text.lines()
+        .find_map(|line| line.strip_prefix("restatus_in_flight_requests "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Reads until a response head has arrived (at most 10 s); returns everything read.
@@ -505,4 +513,380 @@ async fn exchange_holding_open(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(bytes).await.expect("write");
     read_to_close(&mut stream, Duration::from_secs(10)).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2 abuse, spoken frame by frame (RFC 9113 §4, §6)
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA_HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// One frame: its type, flags and payload; `None` at EOF or on error.
+async fn read_frame(stream: &mut tokio::net::tcp::OwnedReadHalf) -> Option<(u8, u8, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    stream.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).await.ok()?;
+    Some((head[3], head[4], payload))
+}
+
+/// HPACK for `GET http://a/` from the static table (RFC 7541 Appendix A), `:authority`
+/// as a literal.
+const GET_BLOCK: &[u8] = &[0x82, 0x86, 0x84, 0x41, 0x01, b'a'];
+
+/// Opens an h2c connection (prior knowledge) and returns the server's SETTINGS.
+async fn h2_connect(
+    addr: SocketAddr,
+) -> (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::net::tcp::OwnedWriteHalf,
+    Vec<(u16, u32)>,
+) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    write.write_all(H2_PREFACE).await.expect("preface");
+    write
+        .write_all(&frame(SETTINGS, 0, 0, &[]))
+        .await
+        .expect("settings");
+    let settings = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (kind, flags, payload) = read_frame(&mut read).await.expect("server settings");
+            if kind == SETTINGS && flags & 0x1 == 0 {
+                return payload
+                    .chunks_exact(6)
+                    .map(|c| {
+                        let id = u16::from_be_bytes([c[0], c[1]]);
+                        (id, u32::from_be_bytes([c[2], c[3], c[4], c[5]]))
+                    })
+                    .collect::<Vec<_>>();
+            }
+        }
+    })
+    .await
+    .expect("SETTINGS within 10s");
+    write
+        .write_all(&frame(SETTINGS, 0x1, 0, &[]))
+        .await
+        .expect("ack");
+    (read, write, settings)
+}
+
+/// Reads frames until GOAWAY or the end of the connection (at most `limit`); returns the
+/// GOAWAY error code, or `None` when the connection ended without one.
+async fn until_goaway(
+    read: &mut tokio::net::tcp::OwnedReadHalf,
+    limit: Duration,
+) -> Result<Option<u32>, &'static str> {
+    tokio::time::timeout(limit, async {
+        while let Some((kind, _, payload)) = read_frame(read).await {
+            if kind == GOAWAY && payload.len() >= 8 {
+                return Some(u32::from_be_bytes([
+                    payload[4], payload[5], payload[6], payload[7],
+                ]));
+            }
+        }
+        None
+    })
+    .await
+    .map_err(|_| "the connection stayed open")
+}
+
+/// The server advertises its stream and header-list limits, and a header block continued
+/// without end (CONTINUATION flood) ends the connection instead of growing a buffer.
+#[tokio::test]
+async fn http2_limits_are_advertised_and_an_endless_continuation_ends_the_connection() {
+    let upstream = echo_upstream().await;
+    let server = "max_header_bytes = \"8KiB\"";
+    let proxy = spawn_proxy(&config_for(upstream.addr, server, NO_PROFILE, "")).await;
+    let (mut read, mut write, settings) = h2_connect(proxy.addr).await;
+    assert!(
+        settings.contains(&(0x3, 256)),
+        "MAX_CONCURRENT_STREAMS: {settings:?}"
+    );
+    assert!(
+        settings.contains(&(0x6, 8192)),
+        "MAX_HEADER_LIST_SIZE: {settings:?}"
+    );
+
+    write
+        .write_all(&frame(DATA_HEADERS, END_STREAM, 1, GET_BLOCK))
+        .await
+        .expect("headers");
+    // Literal fields without indexing, about 16 KB per frame, sent until the server stops it.
+    let field: Vec<u8> = [&[0x00, 0x05][..], b"x-pad", &[100], &[b'v'; 100]].concat();
+    let block = field.repeat(16_000 / field.len());
+    let writer = tokio::spawn(async move {
+        let mut sent = 0usize;
+        while sent < 256 << 20 {
+            if write
+                .write_all(&frame(CONTINUATION, 0, 1, &block))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            sent += block.len();
+        }
+        sent
+    });
+    let ended = until_goaway(&mut read, Duration::from_secs(30)).await;
+    assert!(
+        ended.is_ok(),
+        "an endless CONTINUATION kept the connection open"
+    );
+    drop(read);
+    let sent = writer.await.expect("writer");
+    assert!(
+        sent < 64 << 20,
+        "the server read {sent} bytes of one header block"
+    );
+    assert!(upstream.requests().is_empty());
+    let reply = send_with(&h2_client(), "GET", &proxy.url("/after"), &[], "").await;
+    assert_eq!(reply.status, 200, "the proxy still serves");
+    proxy.stop().await;
+}
+
+/// Rapid reset (CVE-2023-44487): streams opened and reset at once, thousands of them. The
+/// connection is told to go away, the upstream sees far fewer requests than were opened, and
+/// the proxy keeps serving with nothing left in flight.
+#[tokio::test]
+async fn http2_rapid_reset_flood_is_cut_off() {
+    let upstream = echo_upstream().await;
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, "")).await;
+    let (mut read, mut write, _) = h2_connect(proxy.addr).await;
+    let opened = 5_000u32;
+    let writer = tokio::spawn(async move {
+        for batch in 0..opened / 100 {
+            let mut bytes = Vec::new();
+            for i in 0..100 {
+                let stream = 2 * (batch * 100 + i) + 1;
+                bytes.extend(frame(
+                    DATA_HEADERS,
+                    END_STREAM | END_HEADERS,
+                    stream,
+                    GET_BLOCK,
+                ));
+                bytes.extend(frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+            }
+            if write.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let goaway = until_goaway(&mut read, Duration::from_secs(30)).await;
+    drop(read);
+    let _ = writer.await;
+    // ENHANCE_YOUR_CALM (0xb), or the connection ended outright.
+    assert!(
+        matches!(goaway, Ok(Some(0xb)) | Ok(None)),
+        "no GOAWAY after {opened} reset streams: {goaway:?}"
+    );
+    let forwarded = upstream.requests().len();
+    assert!(
+        forwarded < 1_000,
+        "{forwarded} of {opened} reset streams went upstream"
+    );
+    let reply = send_with(&h2_client(), "GET", &proxy.url("/after"), &[], "").await;
+    assert_eq!(reply.status, 200, "the proxy still serves");
+    wait_until(Duration::from_secs(10), "no request left in flight", || {
+        in_flight(&proxy) == 0
+    })
+    .await;
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failing upstreams
+
+/// An upstream that sends `bytes` in answer to each request, then keeps the connection.
+async fn answering(bytes: &'static [u8]) -> support::fault::FaultUpstream {
+    spawn_fault(move |mut conn: FaultConn| async move {
+        if conn.read_request().await.is_some() {
+            conn.send(bytes).await;
+            conn.hold().await;
+        }
+    })
+    .await
+}
+
+/// Invalid responses are the upstream's fault (502): two differing Content-Lengths, a
+/// status line that is not one, something that is not HTTP, an unasked 101, both framings
+/// at once (RFC 9112 §6.3). The connection they came on is closed by the proxy, never
+/// pooled: the next request opens a new one.
+#[tokio::test]
+async fn invalid_upstream_responses_are_502_and_their_connections_closed() {
+    let cases: &[(&str, &[u8])] = &[
+        (
+            "two Content-Lengths",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde",
+        ),
+        ("garbage status code", b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n"),
+        ("not HTTP at all", b"SSH-2.0-OpenSSH_9.6\r\n\r\n"),
+        ("a 101 nobody asked for", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"),
+        (
+            "Content-Length with Transfer-Encoding",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+    ];
+    for (what, bytes) in cases {
+        let upstream = answering(bytes).await;
+        let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, "")).await;
+        let reply = get(&proxy.url("/")).await;
+        assert_eq!(reply.status, 502, "{what}: {}", reply.text());
+        assert_eq!(reply.header("x-restatus-source"), Some("proxy"), "{what}");
+        wait_until(
+            Duration::from_secs(10),
+            &format!("{what}: the broken connection closed"),
+            || upstream.logs().first().is_some_and(|l| l.closed_by_peer),
+        )
+        .await;
+        assert_eq!(get(&proxy.url("/")).await.status, 502, "{what}");
+        assert_eq!(
+            upstream.connections(),
+            2,
+            "{what}: a broken connection was reused"
+        );
+        proxy.stop().await;
+    }
+}
+
+/// A connect that never completes (the upstream's accept queue is full, so its SYNs go
+/// unanswered) is cut at `connect_timeout`: 504.
+#[tokio::test]
+async fn connect_that_never_completes_is_504_at_connect_timeout() {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(0).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    // Fill the accept queue; connects past it hang, which is the point.
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
+            fillers.push(stream);
+        }
+    }
+    let config = config_for(addr, "", NO_PROFILE, "")
+        .replace("connect_timeout = \"1s\"", "connect_timeout = \"300ms\"");
+    let proxy = spawn_proxy(&config).await;
+    let reply = get(&proxy.url("/")).await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert!(
+        reply.text().contains("connection timed out"),
+        "{}",
+        reply.text()
+    );
+    proxy.stop().await;
+    drop((listener, fillers));
+}
+
+/// An upstream that reads the request and never answers: 504 at `response_timeout`, and the
+/// connection it holds is closed by the proxy, not used for the next request.
+#[tokio::test]
+async fn silent_upstream_is_504_and_its_connection_is_not_reused() {
+    let upstream = spawn_fault(|mut conn: FaultConn| async move {
+        if conn.index == 0 {
+            if conn.read_request().await.is_some() {
+                conn.hold().await;
+            }
+            return;
+        }
+        while conn.read_request().await.is_some() {
+            conn.send(&ok_response("fresh")).await;
+        }
+    })
+    .await;
+    let config = config_for(upstream.addr, "", NO_PROFILE, "")
+        .replace("response_timeout = \"5s\"", "response_timeout = \"300ms\"");
+    let proxy = spawn_proxy(&config).await;
+    assert_eq!(get(&proxy.url("/silent")).await.status, 504);
+    wait_until(
+        Duration::from_secs(10),
+        "the timed-out connection closed",
+        || upstream.logs().first().is_some_and(|l| l.closed_by_peer),
+    )
+    .await;
+    let reply = get(&proxy.url("/next")).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "fresh"));
+    assert_eq!(upstream.connections(), 2);
+    proxy.stop().await;
+}
+
+/// The upstream answers one request, keeps the connection, then closes it as the next
+/// request arrives on it (the idle-close race). Later connections answer normally.
+async fn closing_after_first() -> support::fault::FaultUpstream {
+    spawn_fault(|mut conn: FaultConn| async move {
+        if conn.index == 0 {
+            if conn.read_request().await.is_some() {
+                conn.send(&ok_response("first")).await;
+                // The next request is read, then the connection closes unanswered.
+                let _ = conn.read_head().await;
+            }
+            return;
+        }
+        while conn.read_request().await.is_some() {
+            conn.send(&ok_response("retried")).await;
+        }
+    })
+    .await
+}
+
+/// A GET sent on a pooled connection the upstream closes before answering is retried once on
+/// a fresh connection (RFC 9110 §9.2.2), and the client never sees the failure.
+#[tokio::test]
+async fn get_on_a_stale_pooled_connection_is_retried_once() {
+    let upstream = closing_after_first().await;
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, "")).await;
+    let client = client();
+    let first = send_with(&client, "GET", &proxy.url("/one"), &[], "").await;
+    assert_eq!(first.text(), "first");
+    let second = send_with(&client, "GET", &proxy.url("/two"), &[], "").await;
+    assert_eq!((second.status, second.text().as_str()), (200, "retried"));
+    let logs = upstream.logs();
+    assert_eq!(logs.len(), 2, "{logs:?}");
+    assert!(
+        logs[0].text().contains("GET /two"),
+        "first sent on the pooled one"
+    );
+    assert!(
+        logs[1].text().starts_with("GET /two"),
+        "then retried on a new one"
+    );
+    proxy.stop().await;
+}
+
+/// The same race with a request whose body was sent: never retried, so the upstream gets
+/// the body at most once; the client gets a 502.
+#[tokio::test]
+async fn request_whose_body_was_sent_is_never_retried() {
+    let upstream = closing_after_first().await;
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, "")).await;
+    let client = client();
+    let first = send_with(&client, "POST", &proxy.url("/one"), &[], "a").await;
+    assert_eq!(first.text(), "first");
+    let second = send_with(&client, "POST", &proxy.url("/two"), &[], "payload").await;
+    assert_eq!(second.status, 502, "{}", second.text());
+    assert_eq!(upstream.connections(), 1, "the POST was retried");
+    assert_eq!(upstream.all_bytes().matches("POST /two").count(), 1);
+    proxy.stop().await;
 }

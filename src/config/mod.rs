@@ -8,7 +8,7 @@ mod units;
 
 pub use error::{ConfigError, Locator};
 pub use raw::{ExpectMode, HostMode, LogFormat, Mode};
-pub use tls::{ServerTls, UpstreamTls};
+pub use tls::{key_is_exposed, ServerTls, UpstreamTls};
 pub use units::{parse_duration, parse_size};
 
 use crate::rules::check::{compile_check, Check};

@@ -7,7 +7,7 @@ use crate::tls::{self, MinVersion};
 use rustls::pki_types::ServerName;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use toml::Spanned;
 
@@ -38,6 +38,31 @@ fn path(raw: &Spanned<String>, at: &Locator) -> PathBuf {
     resolve(at.file, raw.get_ref())
 }
 
+/// Whether a private key file is open to its group or to others (any of the Unix mode bits
+/// 0o077). Such a key still loads, with a warning: refusing it would break mounts that cannot
+/// set modes, and a key that cannot be read at all is already an error naming the file.
+pub fn key_is_exposed(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}
+
+fn warn_if_exposed(key: &Path) {
+    if key_is_exposed(key) {
+        tracing::warn!(
+            key = %key.display(),
+            "private key file is accessible to its group or others; restrict it (chmod 600)"
+        );
+    }
+}
+
 pub fn compile_server_tls(
     raw: Option<&RawServerTls>,
     at: &Locator,
@@ -62,13 +87,17 @@ pub fn compile_server_tls(
     };
     let mut by_host = Vec::with_capacity(raw.certs.len());
     for sni in &raw.certs {
+        warn_if_exposed(&path(&sni.key, at));
         let key = tls::certified_key(&path(&sni.cert, at), &path(&sni.key, at))
             .map_err(|err| at.at(sni.cert.span(), err))?;
         by_host.push((sni.host.get_ref().trim().to_ascii_lowercase(), key));
     }
     let default = match (&raw.cert, &raw.key) {
-        (Some(cert), Some(key)) => tls::certified_key(&path(cert, at), &path(key, at))
-            .map_err(|err| at.at(cert.span(), err))?,
+        (Some(cert), Some(key)) => {
+            warn_if_exposed(&path(key, at));
+            tls::certified_key(&path(cert, at), &path(key, at))
+                .map_err(|err| at.at(cert.span(), err))?
+        }
         (None, None) => match by_host.first() {
             Some((_, key)) => key.clone(),
             None => {
@@ -105,7 +134,10 @@ pub fn compile_upstream_tls(
     }
     let ca = raw.ca.as_ref().map(|ca| (path(ca, at), ca.span()));
     let client = match (&raw.client_cert, &raw.client_key) {
-        (Some(cert), Some(key)) => Some((path(cert, at), path(key, at), cert.span())),
+        (Some(cert), Some(key)) => {
+            warn_if_exposed(&path(key, at));
+            Some((path(cert, at), path(key, at), cert.span()))
+        }
         (None, None) => None,
         (Some(one), None) | (None, Some(one)) => {
             return Err(at.at(one.span(), "give both `client_cert` and `client_key`"))

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -113,7 +112,7 @@ impl FaultConn {
 
     /// Closes with a TCP reset (linger 0) instead of a FIN.
     pub fn reset(self) {
-        let _ = self.stream.set_linger(Some(Duration::ZERO));
+        let _ = self.stream.set_zero_linger();
         drop(self.stream);
     }
 
