@@ -890,3 +890,227 @@ async fn request_whose_body_was_sent_is_never_retried() {
     assert_eq!(upstream.all_bytes().matches("POST /two").count(), 1);
     proxy.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Security posture
+
+/// Captures every log line of the current thread (all targets, all levels) while alive.
+fn capture_logs() -> (SharedSink, tracing::subscriber::DefaultGuard) {
+    let sink = SharedSink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (sink, tracing::subscriber::set_default(subscriber))
+}
+
+fn text_of(sink: &SharedSink) -> String {
+    String::from_utf8_lossy(&sink.0.lock().expect("sink lock")).into_owned()
+}
+
+/// Authorization, Cookie, Proxy-Authorization and Set-Cookie values, and body bytes, appear
+/// in no log line at any level (access lines, warnings for failed upstreams, debug lines for
+/// refused requests) and in no deviation record.
+#[tokio::test]
+async fn credentials_and_bodies_never_appear_in_logs_or_records() {
+    let (logs, _guard) = capture_logs();
+    let upstream = spawn_upstream(|_| async {
+        let mut response = reply(418, "SECRET-BODY-5");
+        response.headers_mut().insert(
+            http::header::SET_COOKIE,
+            http::HeaderValue::from_static("id=SECRET-SETCOOKIE-4; HttpOnly"),
+        );
+        response
+    })
+    .await;
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[log]
+access = true
+[limits]
+request_body = "1KiB"
+[[upstreams]]
+name = "teapot"
+targets = ["http://{}"]
+[[upstreams]]
+name = "down"
+targets = ["http://{dead}"]
+connect_timeout = "1s"
+[[routes]]
+name = "main"
+upstream = "teapot"
+path_prefix = "/"
+[[routes]]
+name = "down"
+upstream = "down"
+path_prefix = "/down"
+"#,
+        upstream.addr
+    );
+    let proxy = spawn_proxy(&config).await;
+    let secrets = [
+        ("authorization", "Bearer SECRET-AUTH-1"),
+        ("cookie", "session=SECRET-COOKIE-2"),
+        ("proxy-authorization", "Basic SECRET-PROXY-3"),
+    ];
+    let big = format!("SECRET-REQBODY-6{}", "x".repeat(2000));
+    let requests = [
+        ("POST", "/items", "SECRET-REQBODY-6"),
+        ("GET", "/down/x", ""),
+        ("GET", "/a/../b", ""),
+        ("POST", "/items", big.as_str()),
+    ];
+    for (method, path, body) in requests {
+        let reply = send(method, &proxy.url(path), &secrets, body).await;
+        assert!(reply.status >= 400, "{method} {path}: {}", reply.status);
+    }
+    let records = serde_json::to_string(&proxy.records()).expect("records as JSON");
+    proxy.stop().await;
+    let logged = text_of(&logs);
+    assert!(
+        logged.contains("access"),
+        "access lines were captured: {logged}"
+    );
+    assert!(
+        logged.contains("upstream failed"),
+        "warnings were captured: {logged}"
+    );
+    assert!(
+        records.contains("teapot"),
+        "records were written: {records}"
+    );
+    for secret in [
+        "SECRET-AUTH-1",
+        "SECRET-COOKIE-2",
+        "SECRET-PROXY-3",
+        "SECRET-SETCOOKIE-4",
+        "SECRET-BODY-5",
+        "SECRET-REQBODY-6",
+    ] {
+        assert!(!logged.contains(secret), "{secret} logged:\n{logged}");
+        assert!(!records.contains(secret), "{secret} in a record: {records}");
+    }
+}
+
+/// The admin listener exists only with an `[admin]` table, and then listens on loopback
+/// unless an address is given.
+#[test]
+fn admin_listens_on_loopback_by_default() {
+    let base = "[[upstreams]]\nname = \"a\"\ntargets = [\"http://127.0.0.1:1\"]\n\
+                [[routes]]\nname = \"r\"\nupstream = \"a\"\npath_prefix = \"/\"\n";
+    assert!(config(base).admin.is_none());
+    let admin = config(&format!("{base}[admin]\n")).admin.expect("admin");
+    assert!(admin.listen.ip().is_loopback(), "{}", admin.listen);
+    assert_eq!(admin.listen.port(), 9901);
+}
+
+/// The path restatus routes on is the path it forwards: dot-segments (RFC 3986 §5.2.4), raw
+/// or percent-encoded, and encoded slashes or backslashes are refused with 400 before
+/// routing, so no `..` trick reaches a route its prefix did not allow.
+#[tokio::test]
+async fn dot_segment_paths_are_refused_before_routing() {
+    let upstream = echo_upstream().await;
+    let route = format!("{NO_PROFILE}\npath_prefix = \"/public\"");
+    let config = config_for(upstream.addr, "", "", "")
+        .replace("path_prefix = \"/\"\n", &format!("{route}\n"));
+    let proxy = spawn_proxy(&config).await;
+    for path in [
+        "/public/../admin",
+        "/public/./../admin",
+        "/public/%2e%2e/admin",
+        "/public/%2E%2e/admin",
+        "/public/.%2e/admin",
+        "/public/..%2fadmin",
+        "/public%2f..%2fadmin",
+        "/public/..%5cadmin",
+        "/public/..",
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let got = exchange(proxy.addr, request.as_bytes()).await;
+        assert_eq!(statuses(&got), [400], "{path}: {got}");
+    }
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+    let reply = get(&proxy.url("/public/a..b/.well-known")).await;
+    assert_eq!(reply.status, 200, "dots inside a segment are fine");
+    proxy.stop().await;
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("restatus-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Key files: one open to group or others still loads, with a warning naming it; one that
+/// cannot be read is an error naming the file and the reason.
+#[cfg(unix)]
+#[test]
+fn key_files_with_loose_permissions_warn_and_unreadable_ones_fail_clearly() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("keys");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let (cert_path, key_path) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    let set_mode = |mode| {
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    let source = |key: &std::path::Path| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\nlisten = \"127.0.0.1:0\"\n\
+             cert = \"{}\"\nkey = \"{}\"\n\
+             [[upstreams]]\nname = \"a\"\ntargets = [\"http://127.0.0.1:1\"]\n\
+             [[routes]]\nname = \"r\"\nupstream = \"a\"\npath_prefix = \"/\"\n",
+            cert_path.display(),
+            key.display()
+        )
+    };
+    let parse = |text: &str| restatus::config::Config::parse(std::path::Path::new("t.toml"), text);
+
+    set_mode(0o644);
+    assert!(restatus::config::key_is_exposed(&key_path));
+    let (logs, guard) = capture_logs();
+    parse(&source(&key_path)).expect("an exposed key still loads");
+    drop(guard);
+    let logged = text_of(&logs);
+    assert!(logged.contains("WARN"), "{logged}");
+    assert!(logged.contains(&key_path.display().to_string()), "{logged}");
+
+    set_mode(0o600);
+    assert!(!restatus::config::key_is_exposed(&key_path));
+    let (logs, guard) = capture_logs();
+    parse(&source(&key_path)).expect("a private key loads");
+    drop(guard);
+    assert!(!text_of(&logs).contains("WARN"), "{}", text_of(&logs));
+
+    // A directory stands in for an unreadable file (permission bits do not stop root).
+    let err = parse(&source(&dir.0)).expect_err("a key that cannot be read");
+    let shown = err.to_string();
+    assert!(shown.contains("cannot read the key"), "{shown}");
+    assert!(shown.contains(&dir.0.display().to_string()), "{shown}");
+    assert_eq!(err.line, 5, "{shown}");
+}
