@@ -184,6 +184,11 @@ fn refuse_invalid(response: &Response<Incoming>) -> Result<(), ProxyError> {
         // not switch unasked), so a 101 is invalid and no tunnel is opened.
         return Err(ProxyError::UpstreamInvalid);
     }
+    if response.status().as_u16() > 599 {
+        // RFC 9110 §15: status codes run from 100 to 599; a client behind a profile must
+        // never see anything else.
+        return Err(ProxyError::UpstreamInvalid);
+    }
     let headers = response.headers();
     if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
         // RFC 9112 §6.3: both framings on one response hints at response splitting and

@@ -838,6 +838,22 @@ path_prefix = "/silent"
     proxy.stop().await;
 }
 
+#[tokio::test]
+async fn a_status_beyond_599_is_an_invalid_response() {
+    let upstream =
+        canned_upstream(b"HTTP/1.1 600 Beyond\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .await;
+    let proxy = spawn_proxy(&config_text(upstream, "", "")).await;
+    let reply = get(&proxy.url("/x")).await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(reply.header("x-restatus-source"), Some("proxy"));
+    let records = proxy.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["source"], "proxy");
+    assert_eq!(records[0]["upstream_status"], 502);
+    proxy.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rewrites
 
