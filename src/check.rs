@@ -36,6 +36,12 @@ pub fn report(config: &Config) -> String {
         for (i, rule) in route.rules.rules().iter().enumerate() {
             let _ = writeln!(out, "    {:>3}. {}", i + 1, describe_rule(rule));
         }
+        for rule in route.rules.rules().iter().filter(|r| only_interim(&r.when)) {
+            warnings.push(format!(
+                "route {}: rule `{}` can never fire: rules never see 1xx responses",
+                route.name, rule.name
+            ));
+        }
         for (earlier, later) in route.rules.shadowed() {
             warnings.push(format!(
                 "route {}: rule `{}` can never fire: `{}` comes first and matches everything it does",
@@ -47,6 +53,11 @@ pub fn report(config: &Config) -> String {
         let _ = writeln!(out, "warning: {warning}");
     }
     out
+}
+
+/// A status condition that only holds for 1xx: hyper handles those before any rule runs.
+fn only_interim(when: &Conditions) -> bool {
+    when.has_status && when.statuses.codes().all(|code| code < 200)
 }
 
 /// One line: name, origin, conditions and the resulting status.

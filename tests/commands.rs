@@ -62,6 +62,11 @@ when = { method = "GET", path = "/items/*", status = 200, body_json = { pointer 
 then = { status = 404 }
 
 [[rules]]
+name = "interim"
+when = { status = "1xx" }
+then = { status = 200 }
+
+[[rules]]
 name = "teapot"
 routes = ["items"]
 when = { status = 418 }
@@ -122,6 +127,10 @@ fn check_lists_rules_in_order_and_warns_about_shadowed_ones() {
     }
     assert!(
         !text.contains("rule `missing-is-404` can never fire"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: route items: rule `interim` can never fire: rules never see 1xx"),
         "{text}"
     );
 }
