@@ -6,7 +6,7 @@ use crate::config::Mode;
 use crate::deviation::Action;
 use crate::rules::{is_documented, Action as RuleAction, BodyState, Facts, Rule, RuleSet, Step};
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRAILER, TRANSFER_ENCODING};
 use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use std::io::Read;
@@ -255,8 +255,10 @@ fn rewrite(
         return ResponseBody::Empty;
     }
     if let Some((bytes, content_type)) = &action.body {
+        // The new body is sent whole, uncoded and without the upstream's trailers.
         parts.headers.remove(CONTENT_ENCODING);
         parts.headers.remove(TRANSFER_ENCODING);
+        parts.headers.remove(TRAILER);
         parts
             .headers
             .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));

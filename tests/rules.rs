@@ -892,7 +892,10 @@ then = { status = 409, body = "conflict" }
 
     let long = "a much longer body from the upstream than the replacement".repeat(20);
     let url = proxy.url("/j?status=500");
-    let headers = [("x-reply-content-encoding", "gzip")];
+    let headers = [
+        ("x-reply-content-encoding", "gzip"),
+        ("x-reply-trailer", "x-checksum"),
+    ];
     let reply = send("POST", &url, &headers, &long).await;
     assert_eq!(reply.status, 404);
     let want = r#"{"error":{"code":"NOT_FOUND","retry":false}}"#;
@@ -907,6 +910,11 @@ then = { status = 409, body = "conflict" }
         reply.header("content-encoding"),
         None,
         "the new body is not gzip"
+    );
+    assert_eq!(
+        reply.header("trailer"),
+        None,
+        "the new body has no trailers"
     );
 
     let reply = send("POST", &proxy.url("/t"), &[], &long).await;
