@@ -9,7 +9,7 @@
 //! A config that compiles is then summarized, checked for shadowed rules and evaluated against
 //! a few exchanges.
 //!
-//! Cases per property come from `FUZZ_CASES` (default 256, a few seconds). A longer run:
+//! Cases per property come from `FUZZ_CASES` (default 1024, the bounded run CI makes). A longer run:
 //!
 //! ```sh
 //! FUZZ_CASES=100000 cargo test --release --test fuzz_config
@@ -1303,7 +1303,7 @@ fn apply(text: &str, edit: &Edit) -> String {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: cases(256),
+        cases: cases(1024),
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
         max_shrink_iters: 4096,
         ..ProptestConfig::default()

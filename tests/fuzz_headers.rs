@@ -11,7 +11,7 @@
 //! - keeps every other field, values in order;
 //! - keeps the earlier `X-Forwarded-For` entries in order, with the client's address appended.
 //!
-//! Cases per property come from `FUZZ_CASES` (default 256). A longer run:
+//! Cases per property come from `FUZZ_CASES` (default 4096, the bounded run CI makes). A longer run:
 //!
 //! ```sh
 //! FUZZ_CASES=100000 cargo test --release --test fuzz_headers
@@ -355,7 +355,7 @@ fn check_response(input: &HeaderMap, version: Version) -> Result<(), TestCaseErr
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: cases(256),
+        cases: cases(4096),
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
         ..ProptestConfig::default()
     })]

@@ -10,8 +10,8 @@
 //! - the upstream received no more requests than the client got responses from the upstream
 //!   (marked `x-upstream-hit`), so no hidden request was ever smuggled through.
 //!
-//! Cases come from `FUZZ_CASES` (default 64: a few seconds; each case starts its own proxy and
-//! upstream). A longer run:
+//! Cases come from `FUZZ_CASES` (default 512, the bounded run CI makes; each case starts its
+//! own proxy and upstream). A longer run:
 //!
 //! ```sh
 //! FUZZ_CASES=20000 cargo test --release --test fuzz_wire
@@ -713,7 +713,7 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: cases(64),
+        cases: cases(512),
         max_shrink_iters: 512,
         max_shrink_time: 120_000,
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),

@@ -1114,3 +1114,51 @@ fn key_files_with_loose_permissions_warn_and_unreadable_ones_fail_clearly() {
     assert!(shown.contains(&dir.0.display().to_string()), "{shown}");
     assert_eq!(err.line, 5, "{shown}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown
+
+/// On shutdown an HTTP/2 connection gets GOAWAY with NO_ERROR (RFC 9113 §6.8) while its
+/// stream in flight still completes; the server exits within the grace period. (The HTTP/1
+/// side, `Connection: close` on in-flight responses and idle keep-alive closed, is
+/// `load::c_graceful_shutdown_under_load_loses_no_accepted_request`.)
+#[tokio::test]
+async fn shutdown_sends_goaway_and_finishes_the_http2_stream_in_flight() {
+    let (release, released) = tokio::sync::watch::channel(false);
+    let upstream = spawn_streaming_upstream(move |_| {
+        let mut released = released.clone();
+        async move {
+            let _ = released.wait_for(|r| *r).await;
+            reply(200, "held")
+        }
+    })
+    .await;
+    let mut proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, "")).await;
+    let h2 = h2_client();
+    let url = proxy.url("/hold");
+    let held = tokio::spawn(async move { send_with(&h2, "GET", &url, &[], "").await });
+    let (mut read, write, _) = h2_connect(proxy.addr).await;
+    wait_until(Duration::from_secs(10), "the request in flight", || {
+        in_flight(&proxy) == 1
+    })
+    .await;
+    let server = proxy.begin_shutdown();
+    let goaway = until_goaway(&mut read, Duration::from_secs(10)).await;
+    assert_eq!(
+        goaway,
+        Ok(Some(0)),
+        "GOAWAY(NO_ERROR) on the idle HTTP/2 connection"
+    );
+    // This bare client answers no PING, so it leaves rather than hold the drain up.
+    drop((read, write));
+    let _ = release.send(true);
+    let reply = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("answered within 10 s")
+        .expect("request task");
+    assert_eq!((reply.status, reply.text().as_str()), (200, "held"));
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server exits within the grace period")
+        .expect("server task");
+}
