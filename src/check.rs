@@ -1,8 +1,8 @@
 //! What `restatus check` prints: the config summary, every route's rules in evaluation order,
 //! and warnings about rules that can never fire.
 
-use crate::config::{self, Config};
-use crate::rules::condition::Conditions;
+use crate::config::{self, Config, RouteConfig};
+use crate::rules::condition::{Conditions, GlobSegment, PathMatcher};
 use crate::rules::Rule;
 use std::fmt::Write;
 
@@ -36,23 +36,73 @@ pub fn report(config: &Config) -> String {
         for (i, rule) in route.rules.rules().iter().enumerate() {
             let _ = writeln!(out, "    {:>3}. {}", i + 1, describe_rule(rule));
         }
-        for rule in route.rules.rules().iter().filter(|r| only_interim(&r.when)) {
-            warnings.push(format!(
-                "route {}: rule `{}` can never fire: rules never see 1xx responses",
-                route.name, rule.name
-            ));
-        }
-        for (earlier, later) in route.rules.shadowed() {
-            warnings.push(format!(
-                "route {}: rule `{}` can never fire: `{}` comes first and matches everything it does",
-                route.name, later.name, earlier.name
-            ));
-        }
+        warnings.extend(route_warnings(route));
     }
     for warning in &warnings {
         let _ = writeln!(out, "warning: {warning}");
     }
     out
+}
+
+/// Rules of `route` that can never fire there, and why.
+fn route_warnings(route: &RouteConfig) -> Vec<String> {
+    let mut why = Vec::new();
+    for rule in route.rules.rules() {
+        if only_interim(&rule.when) {
+            why.push((&rule.name, "rules never see 1xx responses".to_string()));
+        }
+        let named = rule.routes.contains(&route.name);
+        if let (true, Some(path)) = (named, &rule.when.path) {
+            if !path_reachable(&route.path_prefix, path) {
+                why.push((&rule.name, format!(
+                    "its path {} is outside the route's path_prefix {} (rules see the path before strip_prefix)",
+                    rule.when.path_text.as_deref().unwrap_or(""),
+                    route.path_prefix
+                )));
+            }
+        }
+    }
+    for (earlier, later) in route.rules.shadowed() {
+        let reason = format!(
+            "`{}` comes first and matches everything it does",
+            earlier.name
+        );
+        why.push((&later.name, reason));
+    }
+    why.into_iter()
+        .map(|(rule, reason)| {
+            format!(
+                "route {}: rule `{rule}` can never fire: {reason}",
+                route.name
+            )
+        })
+        .collect()
+}
+
+/// Whether a path condition can hold for some path the route receives (`prefix` itself or
+/// below it). Only literal segments are compared; a regex is assumed to be reachable.
+fn path_reachable(prefix: &str, path: &PathMatcher) -> bool {
+    let lead: Vec<&str> = match path {
+        PathMatcher::Regex(_) => return true,
+        PathMatcher::Exact(exact) => exact.split('/').filter(|s| !s.is_empty()).collect(),
+        PathMatcher::Glob(segments) => segments
+            .iter()
+            .map_while(|segment| match segment {
+                GlobSegment::Literal(literal) => Some(literal.as_str()),
+                _ => None,
+            })
+            .collect(),
+    };
+    let route = prefix.split('/').filter(|s| !s.is_empty());
+    match path {
+        // An exact path must lie at or below the prefix.
+        PathMatcher::Exact(_) => {
+            let route: Vec<&str> = route.collect();
+            lead.len() >= route.len() && lead.iter().zip(&route).all(|(a, b)| a == b)
+        }
+        // A glob's literal lead and the prefix must agree as far as both go.
+        _ => lead.iter().zip(route).all(|(a, b)| *a == b),
+    }
 }
 
 /// A status condition that only holds for 1xx: hyper handles those before any rule runs.
@@ -120,7 +170,40 @@ fn compact_codes(codes: &[u16]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::compact_codes;
+    use super::{compact_codes, path_reachable, GlobSegment, PathMatcher};
+
+    #[test]
+    fn paths_outside_the_prefix_are_unreachable() {
+        let glob = |text: &str| {
+            PathMatcher::Glob(
+                text[1..]
+                    .split('/')
+                    .map(|s| match s {
+                        "*" => GlobSegment::One,
+                        "**" => GlobSegment::Rest,
+                        s => GlobSegment::Literal(s.into()),
+                    })
+                    .collect(),
+            )
+        };
+        let exact = |text: &str| PathMatcher::Exact(text.into());
+        let cases = [
+            ("/", exact("/items"), true),
+            ("/inventory", exact("/inventory"), true),
+            ("/inventory", exact("/inventory/items"), true),
+            ("/inventory", exact("/items"), false),
+            ("/inventory", exact("/inventory-old/items"), false),
+            ("/inventory/v1", exact("/inventory"), false),
+            ("/inventory", glob("/inventory/items/*"), true),
+            ("/inventory", glob("/items/*"), false),
+            ("/inventory", glob("/*/items"), true),
+            ("/inventory/v1", glob("/inventory/**"), true),
+            ("/inventory/v1", glob("/inventory/v2/*"), false),
+        ];
+        for (prefix, path, want) in cases {
+            assert_eq!(path_reachable(prefix, &path), want, "{prefix} {path:?}");
+        }
+    }
 
     #[test]
     fn codes_are_compacted_into_ranges() {

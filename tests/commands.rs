@@ -62,6 +62,12 @@ when = { method = "GET", path = "/items/*", status = 200, body_json = { pointer 
 then = { status = 404 }
 
 [[rules]]
+name = "outside-prefix"
+routes = ["reports"]
+when = { path = "/daily", status = 503 }
+then = { status = 500 }
+
+[[rules]]
 name = "interim"
 when = { status = "1xx" }
 then = { status = 200 }
@@ -99,7 +105,8 @@ fn check_lists_rules_in_order_and_warns_about_shadowed_ones() {
     );
     // The other route has neither `teapot` (not named in its `routes`) nor the profile.
     let reports = reports.split("warning:").next().unwrap_or(reports);
-    assert!(reports.contains("  1. any-200-post [global]"), "{text}");
+    assert!(reports.contains("  1. outside-prefix [route]"), "{text}");
+    assert!(reports.contains("  2. any-200-post [global]"), "{text}");
     assert!(!reports.contains("teapot"), "{text}");
     assert!(!reports.contains("documented/"), "{text}");
     let order: Vec<usize> = [
@@ -131,6 +138,18 @@ fn check_lists_rules_in_order_and_warns_about_shadowed_ones() {
     );
     assert!(
         text.contains("warning: route items: rule `interim` can never fire: rules never see 1xx"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "warning: route reports: rule `outside-prefix` can never fire: its path /daily is \
+             outside the route's path_prefix /reports"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("outside the route's path_prefix").count(),
+        1,
         "{text}"
     );
 }
