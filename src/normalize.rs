@@ -162,7 +162,8 @@ async fn inspect(
                 ),
                 Ok(Ok(Buffered::TooLarge { prefix, rest })) => (
                     ResponseBody::Prefixed {
-                        prefix: Some(prefix),
+                        // Nothing was read when the declared length was already too large.
+                        prefix: (!prefix.is_empty()).then_some(prefix),
                         rest,
                     },
                     None,
