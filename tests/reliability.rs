@@ -3,7 +3,9 @@
 //! what the upstream received, not only what the client got.
 mod support;
 
+use http_body_util::BodyExt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use support::fault::{ok_response, spawn_fault, FaultConn};
 use support::*;
@@ -1161,4 +1163,50 @@ async fn shutdown_sends_goaway_and_finishes_the_http2_stream_in_flight() {
         .await
         .expect("the server exits within the grace period")
         .expect("server task");
+}
+
+/// An upstream that resets mid-body under an HTTP/2 client: the client's stream is reset
+/// (RST_STREAM), never ended as if the body were complete; the connection keeps serving.
+#[tokio::test]
+async fn upstream_reset_mid_body_resets_the_http2_stream() {
+    let go = Arc::new(tokio::sync::Notify::new());
+    let die = go.clone();
+    let upstream = spawn_fault(move |mut conn: FaultConn| {
+        let die = die.clone();
+        async move {
+            if conn.index > 0 {
+                while conn.read_request().await.is_some() {
+                    conn.send(&ok_response("fine")).await;
+                }
+                return;
+            }
+            if conn.read_request().await.is_some() {
+                conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nfirst part")
+                    .await;
+                die.notified().await;
+                conn.reset();
+            }
+        }
+    })
+    .await;
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, "")).await;
+    let h2 = h2_client();
+    let request = http::Request::get(proxy.url("/"))
+        .body(full(""))
+        .expect("request");
+    let response = h2.request(request).await.expect("response head");
+    assert_eq!(response.status(), 200);
+    go.notify_one();
+    let body = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("the body ends within 10 s");
+    let err = body.expect_err("a truncated body must not look complete");
+    assert!(
+        format!("{err:?}").contains("Reset"),
+        "a stream reset: {err:?}"
+    );
+    // Reset the stream, not the connection: the same HTTP/2 connection serves on.
+    let reply = send_with(&h2, "GET", &proxy.url("/again"), &[], "").await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "fine"));
+    proxy.stop().await;
 }
