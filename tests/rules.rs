@@ -1072,6 +1072,62 @@ async fn a_body_over_inspect_body_streams_through_intact() {
 }
 
 #[tokio::test]
+async fn a_body_no_rule_needs_is_streamed_not_buffered() {
+    // The upstream sends its head and a first chunk, then waits for the test to release the
+    // rest: a proxy that buffered the body would hold the head back until then.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let upstream = spawn_streaming_upstream(move |_| {
+        let gate = gate.clone();
+        async move {
+            let first = futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(
+                Bytes::from_static(b"first "),
+            ))]);
+            let rest = futures_util::stream::once(async move {
+                gate.notified().await;
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"rest")))
+            });
+            let stream = futures_util::StreamExt::chain(first, rest);
+            Response::new(BodyExt::boxed(StreamBody::new(stream)))
+        }
+    })
+    .await;
+    let rules = r#"
+[[rules]]
+name = "needs-body-elsewhere"
+when = { path = "/other", status = 200, body_regex = "first" }
+then = { status = 404 }
+
+[[rules]]
+name = "no-body-needed"
+when = { path = "/stream", status = 200 }
+then = { status = 202 }
+"#;
+    let proxy = spawn_proxy(&config_text(upstream.addr, r#"profile = "none""#, rules)).await;
+    let request = http::Request::get(proxy.url("/stream"))
+        .body(full(""))
+        .expect("request");
+    let head = tokio::time::timeout(Duration::from_secs(10), client().request(request)).await;
+    let response = head
+        .expect("the head arrives before the body ends")
+        .expect("response");
+    assert_eq!(response.status(), 202);
+    let mut body = response.into_body();
+    let frame = tokio::time::timeout(Duration::from_secs(10), body.frame()).await;
+    let first = frame
+        .expect("the first chunk arrives")
+        .expect("frame")
+        .expect("data");
+    assert_eq!(first.into_data().expect("data"), "first ");
+    release.notify_one();
+    let rest = body.collect().await.expect("the rest").to_bytes();
+    assert_eq!(rest, "rest");
+    let records = proxy.records();
+    assert_eq!(records[0]["body_inspected"], false);
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn gzip_bodies_are_inspected_decompressed_and_sent_as_they_came() {
     let small = gzip(br#"{"error":{"code":"NOT_FOUND"}}"#);
     // Small on the wire, but larger than inspect_body once decompressed.
