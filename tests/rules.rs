@@ -1128,6 +1128,28 @@ then = { status = 202 }
 }
 
 #[tokio::test]
+async fn an_upstream_failing_while_its_body_is_inspected_gets_a_proxy_error() {
+    // Promises 100 bytes, sends 7 and closes.
+    let cut = canned_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial").await;
+    let rules = r#"
+[[rules]]
+name = "needs-body"
+when = { status = 200, body_regex = "NOT_FOUND" }
+then = { status = 404 }
+"#;
+    let proxy = spawn_proxy(&config_text(cut, "", rules)).await;
+    let reply = get(&proxy.url("/x")).await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(reply.header("x-restatus-source"), Some("proxy"));
+    let records = proxy.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["source"], "proxy");
+    assert_eq!(records[0]["upstream_status"], 502);
+    assert_eq!(records[0]["rule"], "documented/server-error-is-500");
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn gzip_bodies_are_inspected_decompressed_and_sent_as_they_came() {
     let small = gzip(br#"{"error":{"code":"NOT_FOUND"}}"#);
     // Small on the wire, but larger than inspect_body once decompressed.
