@@ -216,6 +216,9 @@ fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
         // Likewise for the number of fields: the proxy refuses more than MAX_HEADER_FIELDS
         // itself (a normalized 431); hyper's bare 431 only stops heads far beyond that.
         .max_headers(crate::admit::MAX_HEADER_FIELDS * 4)
+        // A client may shut down its sending side once its requests are out (RFC 9112 §9.6);
+        // the requests already received are still answered.
+        .half_close(true)
         .keep_alive(true);
     builder
         .http2()
