@@ -9,7 +9,7 @@ use crate::config::{ConfigError, Locator};
 use bytes::Bytes;
 use condition::{method_bucket, Conditions, METHOD_BUCKETS};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use raw::{RawRule, RawThen};
+use raw::{RawHeaderEdits, RawRule, RawThen};
 use serde_json::Value;
 use std::ops::Range;
 use std::sync::Arc;
@@ -96,20 +96,10 @@ pub fn compile_then(raw: &RawThen, at: &Locator) -> Result<Action, ConfigError> 
             format!("then.status {code} is not a status"),
         )
     })?;
-    let mut set_headers = Vec::new();
-    let mut remove_headers = Vec::new();
-    if let Some(edits) = &raw.headers {
-        for (name, value) in &edits.set {
-            let span = name.span();
-            let name = header_name(name, "then.headers.set", at)?;
-            let value = HeaderValue::from_str(value)
-                .map_err(|_| at.at(span, format!("then.headers.set: bad value for `{name}`")))?;
-            set_headers.push((name, value));
-        }
-        for name in &edits.remove {
-            remove_headers.push(header_name(name, "then.headers.remove", at)?);
-        }
-    }
+    let (set_headers, remove_headers) = match &raw.headers {
+        Some(edits) => compile_header_edits(edits, at)?,
+        None => (Vec::new(), Vec::new()),
+    };
     let body = raw
         .body
         .as_ref()
@@ -121,6 +111,26 @@ pub fn compile_then(raw: &RawThen, at: &Locator) -> Result<Action, ConfigError> 
         remove_headers,
         body,
     })
+}
+
+/// Header edits to apply: `(set, remove)`.
+type HeaderEdits = (Vec<(HeaderName, HeaderValue)>, Vec<HeaderName>);
+
+fn compile_header_edits(edits: &RawHeaderEdits, at: &Locator) -> Result<HeaderEdits, ConfigError> {
+    let mut set = Vec::new();
+    for (name, value) in &edits.set {
+        let span = name.span();
+        let name = header_name(name, "then.headers.set", at)?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| at.at(span, format!("then.headers.set: bad value for `{name}`")))?;
+        set.push((name, value));
+    }
+    let remove = edits
+        .remove
+        .iter()
+        .map(|name| header_name(name, "then.headers.remove", at))
+        .collect::<Result<_, _>>()?;
+    Ok((set, remove))
 }
 
 /// `routes = []` would read as "no route" but mean "every route": refuse it.
