@@ -10,6 +10,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// mimalloc: cheaper than glibc malloc for the many small, short-lived allocations of each
+/// request (measured in docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "restatus",
@@ -287,16 +292,27 @@ fn demo(options: restatus::demo::Options) -> ExitCode {
     }
 }
 
+/// One worker thread is a current-thread runtime: the same I/O driver and timers without the
+/// work-stealing scheduler's cross-thread bookkeeping on every wake-up.
+fn runtime_builder(workers: Option<usize>) -> tokio::runtime::Builder {
+    match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    }
+}
+
 fn run(path: &Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(err) => return fail(err),
     };
     let _logs = restatus::logging::init(&config.log);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = config.server.workers {
-        runtime.worker_threads(workers);
-    }
+    let mut runtime = runtime_builder(config.server.workers);
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => return fail(format!("cannot start the runtime: {err}")),

@@ -317,10 +317,12 @@ async fn serve_connection<I>(
         let guard = activity.request_started();
         // Each request runs on the config in force when it arrived, even across a reload.
         let proxy = live.proxy();
-        async move {
+        // Boxed: hyper keeps room for one in-flight future per connection for the connection's
+        // whole life, so an idle keep-alive connection would otherwise hold a request's state.
+        Box::pin(async move {
             let response = proxy::handle(proxy, conn, request).await;
             response.map(|r| r.map(|body| body.with_guard(guard)))
-        }
+        })
     });
     let served = watcher.watch(builder.serve_connection(io, service).into_owned());
     let peer = conn.peer;

@@ -52,6 +52,9 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            // A burst of clients opens as many upstream connections; keeping all of them idle
+            // afterwards costs memory per connection for nothing.
+            .pool_max_idle_per_host(config.idle_connections)
             .http1_allow_obsolete_multiline_headers_in_responses(true)
             .http1_allow_spaces_after_header_name_in_responses(true)
             .http1_ignore_invalid_headers_in_responses(true)

@@ -28,6 +28,9 @@ use toml::Spanned;
 /// The config path used when none is given on the command line.
 pub const DEFAULT_PATH: &str = "config/restatus.toml";
 
+/// Idle keep-alive connections kept per upstream target (NGINX's `keepalive` plays this part).
+pub const DEFAULT_IDLE_CONNECTIONS: usize = 256;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: PathBuf,
@@ -108,6 +111,8 @@ pub struct UpstreamConfig {
     pub expect: ExpectMode,
     /// How long a held request body waits for the upstream's `100` before it is sent anyway.
     pub expect_timeout: Duration,
+    /// Most idle keep-alive connections kept per target; more are closed once answered.
+    pub idle_connections: usize,
     /// Set when a target is `https://`.
     pub tls: Option<UpstreamTls>,
 }
@@ -320,6 +325,7 @@ fn compile_upstreams(
             host: raw.host.unwrap_or_default(),
             expect: raw.expect.unwrap_or_default(),
             expect_timeout: raw.expect_timeout.map_or(Duration::from_secs(1), |d| d.0),
+            idle_connections: raw.idle_connections.unwrap_or(DEFAULT_IDLE_CONNECTIONS),
             tls,
         }));
     }

@@ -129,6 +129,7 @@ pub struct RawUpstream {
     pub host: Option<HostMode>,
     pub expect: Option<ExpectMode>,
     pub expect_timeout: Option<HumanDuration>,
+    pub idle_connections: Option<usize>,
     pub ca: Option<Spanned<String>>,
     pub server_name: Option<Spanned<String>>,
     pub client_cert: Option<Spanned<String>>,
