@@ -413,9 +413,24 @@ fn demo_keeps_serving_prints_records_and_stops_on_ctrl_c() {
             .and_then(|rest| rest.split(',').next())
             .map(str::to_owned)
     });
+    let admin = wait_for_line(&lines, &mut seen, |line| {
+        line.strip_prefix("admin page on http://")
+            .and_then(|rest| rest.split('/').next())
+            .map(str::to_owned)
+    });
     wait_for_line(&lines, &mut seen, |line| {
         line.contains("Ctrl-C stops").then_some(())
     });
+    let mut page = std::net::TcpStream::connect(&admin).expect("connect to the admin page");
+    page.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut html = String::new();
+    page.read_to_string(&mut html).expect("admin page");
+    assert!(html.starts_with("HTTP/1.1 200 "), "{html}");
+    assert!(
+        html.contains("missing-item-is-404"),
+        "tour counts on the page: {html}"
+    );
     let mut stream = std::net::TcpStream::connect(&addr).expect("connect to the demo");
     stream
         .write_all(b"GET /items/999?verbose=1 HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")

@@ -43,6 +43,11 @@ pub fn load_config(options: &Options) -> Result<Config, String> {
     .map_err(|err| err.to_string())?;
     if let Some(listen) = options.listen {
         config.server.listen = vec![listen];
+        // A chosen address says where the demo may listen: the admin page goes there too,
+        // on a port the system picks (printed with the tour).
+        if let Some(admin) = &mut config.admin {
+            admin.listen = SocketAddr::new(listen.ip(), 0);
+        }
     }
     if !config.upstreams.iter().any(|u| u.name == SAMPLE_UPSTREAM) {
         return Err(format!(
@@ -67,12 +72,17 @@ pub async fn run(mut config: Config, tour_only: bool) -> Result<(), String> {
         .await
         .map_err(|err| format!("{err} (choose another address with --listen)"))?;
     let addr = server.local_addrs()[0];
+    let admin = server.admin_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(async {
         let _ = stopped.await;
     }));
     println!("sample legacy service on http://{sample}");
-    println!("restatus on http://{addr}, in front of it\n");
+    println!("restatus on http://{addr}, in front of it");
+    if let Some(admin) = admin {
+        println!("admin page on http://{admin}/ (metrics on http://{admin}/metrics)");
+    }
+    println!();
     let rows = tour(addr).await?;
     let log_flushed = log.clone();
     let _ = tokio::task::spawn_blocking(move || log_flushed.flush(Duration::from_secs(5))).await;
