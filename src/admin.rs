@@ -3,6 +3,7 @@
 
 use crate::deviation::{Counts, Record};
 use crate::live::Live;
+use crate::report::html::escape;
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -212,21 +213,6 @@ fn latest_table(html: &mut String, records: &[Record]) {
         );
     }
     html.push_str("</table></section>");
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 const PAGE_HEAD: &str = r#"<!doctype html>

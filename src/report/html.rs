@@ -167,7 +167,7 @@ fn shorten(text: &str) -> String {
 
 /// Escapes text for HTML content and attribute values (and SVG, which shares the rules).
 /// Control characters, which XML forbids, become U+FFFD.
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -2,7 +2,7 @@
 //! endpoint, rule and status pair, and renders the summary as a table, Markdown, JSON or HTML.
 
 mod compare;
-mod html;
+pub(crate) mod html;
 mod json;
 mod markdown;
 mod table;
