@@ -1,6 +1,7 @@
 //! Unix signals the process reacts to.
 
 use crate::live::Live;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,17 +27,33 @@ pub async fn shutdown() {
 }
 
 /// Reloads the config on SIGHUP (and, with `watch`, when the file's contents change),
-/// and reopens the deviation sink on SIGUSR1. Runs until the process exits.
-pub async fn operate(live: Arc<Live>, path: PathBuf, watch: bool) {
+/// and reopens the deviation sink on SIGUSR1. The returned future runs until the process
+/// exits. Handlers and the file's fingerprint are taken when this is called, not when the
+/// future first runs: a signal or an edit that comes right after the listeners announce
+/// themselves is not lost (nor does SIGHUP's default action end the process).
+pub fn operate(live: Arc<Live>, path: PathBuf, watch: bool) -> impl Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hangup), Ok(mut user1)) = (
+    let handlers = (
         signal(SignalKind::hangup()),
         signal(SignalKind::user_defined1()),
-    ) else {
-        tracing::warn!("cannot watch SIGHUP/SIGUSR1: reload by signal is unavailable");
-        return;
-    };
-    let mut seen = fingerprint(&path);
+    );
+    let seen = fingerprint(&path);
+    async move {
+        let (Ok(hangup), Ok(user1)) = handlers else {
+            tracing::warn!("cannot watch SIGHUP/SIGUSR1: reload by signal is unavailable");
+            return;
+        };
+        serve_signals(live, path, watch, (hangup, user1), seen).await;
+    }
+}
+
+async fn serve_signals(
+    live: Arc<Live>,
+    path: PathBuf,
+    watch: bool,
+    (mut hangup, mut user1): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+    mut seen: Option<u64>,
+) {
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
