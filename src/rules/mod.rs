@@ -311,7 +311,7 @@ impl RuleSet {
             if let Some(trace) = trace.as_deref_mut() {
                 let text = match &outcome {
                     Check::Pass => "matched".to_string(),
-                    Check::Fail(why) => format!("skipped: {why}"),
+                    Check::Fail(why) => format!("skipped: {}", why.describe(&rule.when)),
                     Check::NeedBody => "needs the response body".to_string(),
                 };
                 trace.push(TraceLine {
@@ -341,10 +341,39 @@ impl RuleSet {
     }
 }
 
-enum Check {
+enum Check<'r> {
     Pass,
-    Fail(String),
+    Fail(Miss<'r>),
     NeedBody,
+}
+
+/// Why a candidate did not match. Kept as data so that the request path never formats a
+/// reason; `explain` asks for the text.
+enum Miss<'r> {
+    Method,
+    Path,
+    RequestHeader(&'r HeaderName),
+    ResponseHeader(&'r HeaderName),
+    NotInspected,
+    BodyRegex(&'r str),
+    BodyJson(&'r str),
+}
+
+impl Miss<'_> {
+    fn describe(&self, when: &Conditions) -> String {
+        match self {
+            Miss::Method => format!("method is not {:?}", when.methods.as_deref().unwrap_or(&[])),
+            Miss::Path => format!(
+                "path does not match {}",
+                when.path_text.as_deref().unwrap_or("")
+            ),
+            Miss::RequestHeader(name) => format!("request header `{name}` does not match"),
+            Miss::ResponseHeader(name) => format!("response header `{name}` does not match"),
+            Miss::NotInspected => "response body was not inspected".into(),
+            Miss::BodyRegex(regex) => format!("body does not match /{regex}/"),
+            Miss::BodyJson(pointer) => format!("body JSON at `{pointer}` does not match"),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -360,30 +389,24 @@ impl JsonCache {
     }
 }
 
-fn check(rule: &Rule, facts: &Facts, body: BodyState, json: &mut JsonCache) -> Check {
+fn check<'r>(rule: &'r Rule, facts: &Facts, body: BodyState, json: &mut JsonCache) -> Check<'r> {
     let when = &rule.when;
     if !when.method_matches(facts.method) {
-        return Check::Fail(format!(
-            "method is not {:?}",
-            when.methods.as_deref().unwrap_or(&[])
-        ));
+        return Check::Fail(Miss::Method);
     }
     if let Some(path) = &when.path {
         if !path.matches(facts.path) {
-            return Check::Fail(format!(
-                "path does not match {}",
-                when.path_text.as_deref().unwrap_or("")
-            ));
+            return Check::Fail(Miss::Path);
         }
     }
     for header in &when.request_headers {
         if !facts.request_headers.is_some_and(|h| header.matches(h)) {
-            return Check::Fail(format!("request header `{}` does not match", header.name));
+            return Check::Fail(Miss::RequestHeader(&header.name));
         }
     }
     for header in &when.response_headers {
         if !header.matches(facts.response_headers) {
-            return Check::Fail(format!("response header `{}` does not match", header.name));
+            return Check::Fail(Miss::ResponseHeader(&header.name));
         }
     }
     if !when.needs_body() {
@@ -391,20 +414,17 @@ fn check(rule: &Rule, facts: &Facts, body: BodyState, json: &mut JsonCache) -> C
     }
     let bytes = match body {
         BodyState::Unread => return Check::NeedBody,
-        BodyState::NotInspected => return Check::Fail("response body was not inspected".into()),
+        BodyState::NotInspected => return Check::Fail(Miss::NotInspected),
         BodyState::Inspected(bytes) => bytes,
     };
     if let Some(regex) = &when.body_regex {
         if !regex.is_match(bytes) {
-            return Check::Fail(format!("body does not match /{}/", regex.as_str()));
+            return Check::Fail(Miss::BodyRegex(regex.as_str()));
         }
     }
     if let Some(body_json) = &when.body_json {
         if !body_json.matches(json.get(bytes)) {
-            return Check::Fail(format!(
-                "body JSON at `{}` does not match",
-                body_json.pointer
-            ));
+            return Check::Fail(Miss::BodyJson(&body_json.pointer));
         }
     }
     Check::Pass
