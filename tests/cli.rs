@@ -8,6 +8,9 @@ const VALID: &str = r#"
 [server]
 listen = "127.0.0.1:0"
 
+[admin]
+listen = "127.0.0.1:9901"
+
 [[upstreams]]
 name = "inventory"
 targets = ["http://127.0.0.1:8081"]
@@ -75,6 +78,7 @@ fn check_accepts_a_valid_config_and_summarizes_it() {
         "routes",
         "items",
         "/items",
+        "admin: 127.0.0.1:9901",
     ] {
         assert!(out.contains(part), "{part} in {out}");
     }

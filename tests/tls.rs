@@ -462,3 +462,21 @@ fn tls_config_errors_name_the_file() {
         .expect_err("missing CA");
     assert!(err.to_string().contains("missing.pem"), "{err}");
 }
+
+#[test]
+fn check_summary_names_the_https_listener() {
+    let pki = Pki::new("summary");
+    let (cert, key) = pki.issue("server", &["localhost"]);
+    let upstream: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let config = restatus::config::Config::parse(
+        Path::new("tls.toml"),
+        &tls_server_config(upstream, &cert_block(&cert, &key), ""),
+    )
+    .expect("valid TLS config");
+    let summary = restatus::config::summary(&config);
+    let https = config.server.tls.as_ref().expect("tls").listen[0];
+    assert!(
+        summary.contains(&format!("https listeners: {https}")),
+        "{summary}"
+    );
+}

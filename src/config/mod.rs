@@ -638,6 +638,13 @@ pub fn summary(config: &Config) -> String {
     let mut out = String::new();
     let listen: Vec<String> = config.server.listen.iter().map(|a| a.to_string()).collect();
     let _ = writeln!(out, "listeners: {}", listen.join(", "));
+    if let Some(tls) = &config.server.tls {
+        let listen: Vec<String> = tls.listen.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(out, "https listeners: {}", listen.join(", "));
+    }
+    if let Some(admin) = &config.admin {
+        let _ = writeln!(out, "admin: {}", admin.listen);
+    }
     let _ = writeln!(out, "upstreams:");
     for upstream in &config.upstreams {
         let targets: Vec<String> = upstream
