@@ -25,27 +25,7 @@ use tokio::net::TcpListener;
 /// A config with one upstream and one route `main` for `/`: `route` is added to the route's
 /// table, `rest` after it (more tables: rules, limits, other routes).
 fn config_text(upstream: SocketAddr, route: &str, rest: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-shutdown_grace = "10s"
-
-[[upstreams]]
-name = "backend"
-targets = ["http://{upstream}"]
-connect_timeout = "2s"
-response_timeout = "10s"
-
-[[routes]]
-name = "main"
-upstream = "backend"
-path_prefix = "/"
-{route}
-
-{rest}
-"#
-    )
+    simple_config(upstream, &format!("{route}\n\n{rest}"))
 }
 
 /// The `status=N` parameter of a request target, if any.
