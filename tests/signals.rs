@@ -125,20 +125,40 @@ async fn poll_status(url: &str, want: u16) {
 
 #[tokio::test]
 async fn sighup_reloads_sigusr1_reopens_sigterm_exits_cleanly() {
+    signals_are_served("multi", "").await;
+}
+
+/// `workers = 1` runs a current-thread runtime: signals, reload, the sink thread and the
+/// shutdown flush must work there too.
+#[tokio::test]
+async fn one_worker_runtime_serves_signals_too() {
+    signals_are_served("single", "workers = 1").await;
+}
+
+async fn signals_are_served(tag: &str, server_line: &str) {
     let upstream = fixed_upstream(200, "{}").await;
-    let (config, sink) = (temp("config.toml"), temp("deviations.jsonl"));
-    std::fs::write(&config, config_text(upstream.addr, &sink, 201)).expect("config");
+    let (config, sink) = (
+        temp(&format!("{tag}-config.toml")),
+        temp(&format!("{tag}-deviations.jsonl")),
+    );
+    let text = |status| {
+        config_text(upstream.addr, &sink, status).replace(
+            "shutdown_grace = \"5s\"",
+            &format!("shutdown_grace = \"5s\"\n{server_line}"),
+        )
+    };
+    std::fs::write(&config, text(201)).expect("config");
     let mut running = start(&config);
     let url = format!("http://{}/items", running.addr);
     assert_eq!(get(&url).await.status, 201);
 
     // SIGHUP: the new rule applies without a restart.
-    std::fs::write(&config, config_text(upstream.addr, &sink, 202)).expect("config");
+    std::fs::write(&config, text(202)).expect("config");
     signal(&running.child, "HUP");
     poll_status(&url, 202).await;
 
     // SIGUSR1 after logrotate moved the file: a new file is created and written.
-    let rotated = temp("deviations.jsonl.1");
+    let rotated = temp(&format!("{tag}-deviations.jsonl.1"));
     wait_until(Duration::from_secs(10), "records in the sink", || {
         std::fs::read_to_string(&sink).is_ok_and(|t| t.lines().count() >= 2)
     })
