@@ -151,12 +151,13 @@ pub struct BodyJson {
 }
 
 impl BodyJson {
-    pub fn matches(&self, document: Option<&Value>) -> bool {
-        let found = document.and_then(|doc| doc.pointer(&self.pointer));
+    /// Whether the response body (`document`) passes the test at the pointer.
+    pub fn matches(&self, document: &[u8]) -> bool {
+        let found = super::json::lookup(document, &self.pointer);
         match &self.test {
             JsonTest::Exists(want) => found.is_some() == *want,
-            JsonTest::Equals(value) => found == Some(value),
-            JsonTest::In(values) => found.is_some_and(|f| values.contains(f)),
+            JsonTest::Equals(value) => found.as_ref() == Some(value),
+            JsonTest::In(values) => found.is_some_and(|f| values.contains(&f)),
         }
     }
 }

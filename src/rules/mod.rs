@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod condition;
+mod json;
 pub mod profile;
 pub mod raw;
 
@@ -10,7 +11,6 @@ use bytes::Bytes;
 use condition::{method_bucket, Conditions, METHOD_BUCKETS};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use raw::{RawHeaderEdits, RawRule, RawThen};
-use serde_json::Value;
 use std::ops::Range;
 use std::sync::Arc;
 use toml::Spanned;
@@ -304,10 +304,9 @@ impl RuleSet {
         mut trace: Option<&mut Vec<TraceLine>>,
     ) -> Step<'_> {
         let candidates = self.candidates(facts.method, facts.status);
-        let mut json = JsonCache::default();
         for (position, &i) in candidates.iter().enumerate().skip(start) {
             let rule = &self.rules[i as usize];
-            let outcome = check(rule, facts, body, &mut json);
+            let outcome = check(rule, facts, body);
             if let Some(trace) = trace.as_deref_mut() {
                 let text = match &outcome {
                     Check::Pass => "matched".to_string(),
@@ -376,20 +375,7 @@ impl Miss<'_> {
     }
 }
 
-#[derive(Default)]
-struct JsonCache {
-    parsed: Option<Option<Value>>,
-}
-
-impl JsonCache {
-    fn get(&mut self, body: &[u8]) -> Option<&Value> {
-        self.parsed
-            .get_or_insert_with(|| serde_json::from_slice(body).ok())
-            .as_ref()
-    }
-}
-
-fn check<'r>(rule: &'r Rule, facts: &Facts, body: BodyState, json: &mut JsonCache) -> Check<'r> {
+fn check<'r>(rule: &'r Rule, facts: &Facts, body: BodyState) -> Check<'r> {
     let when = &rule.when;
     if !when.method_matches(facts.method) {
         return Check::Fail(Miss::Method);
@@ -423,7 +409,7 @@ fn check<'r>(rule: &'r Rule, facts: &Facts, body: BodyState, json: &mut JsonCach
         }
     }
     if let Some(body_json) = &when.body_json {
-        if !body_json.matches(json.get(bytes)) {
+        if !body_json.matches(bytes) {
             return Check::Fail(Miss::BodyJson(&body_json.pointer));
         }
     }
