@@ -177,8 +177,9 @@ async fn upstream_timeouts_resets_and_tls_failures_are_counted_by_kind() {
     }
 }
 
-#[tokio::test]
-async fn in_flight_and_open_connections_follow_a_held_request() {
+/// An upstream that answers only when released: `arrived` turns true when a request reaches
+/// it, and `release.notify_one()` lets the answer go.
+async fn held_upstream() -> (Upstream, Arc<Notify>, Arc<AtomicBool>) {
     let release = Arc::new(Notify::new());
     let arrived = Arc::new(AtomicBool::new(false));
     let (gate, seen) = (release.clone(), arrived.clone());
@@ -191,6 +192,12 @@ async fn in_flight_and_open_connections_follow_a_held_request() {
         }
     })
     .await;
+    (upstream, release, arrived)
+}
+
+#[tokio::test]
+async fn in_flight_and_open_connections_follow_a_held_request() {
+    let (upstream, release, arrived) = held_upstream().await;
     let routed = "path_prefix = \"/\"";
     let proxy =
         spawn_proxy(&with_admin(upstream.addr, "").replace(routed, "path_prefix = \"/api\"")).await;
@@ -233,18 +240,7 @@ async fn in_flight_and_open_connections_follow_a_held_request() {
 
 #[tokio::test]
 async fn health_and_readiness_flip_while_draining() {
-    let release = Arc::new(Notify::new());
-    let arrived = Arc::new(AtomicBool::new(false));
-    let (gate, seen) = (release.clone(), arrived.clone());
-    let upstream = spawn_upstream(move |_| {
-        let (gate, seen) = (gate.clone(), seen.clone());
-        async move {
-            seen.store(true, Ordering::SeqCst);
-            gate.notified().await;
-            json(200, "{}")
-        }
-    })
-    .await;
+    let (upstream, release, arrived) = held_upstream().await;
     let mut proxy = spawn_proxy(&with_admin(upstream.addr, "")).await;
     assert_eq!(get(&admin_url(&proxy, "/healthz")).await.status, 200);
     assert_eq!(get(&admin_url(&proxy, "/readyz")).await.status, 200);
