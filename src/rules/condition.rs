@@ -147,13 +147,15 @@ pub enum JsonTest {
 #[derive(Debug, Clone)]
 pub struct BodyJson {
     pub pointer: String,
+    /// The pointer's reference tokens, decoded at load.
+    pub tokens: Vec<String>,
     pub test: JsonTest,
 }
 
 impl BodyJson {
     /// Whether the response body (`document`) passes the test at the pointer.
     pub fn matches(&self, document: &[u8]) -> bool {
-        let found = super::json::lookup(document, &self.pointer);
+        let found = super::json::lookup(document, &self.tokens);
         match &self.test {
             JsonTest::Exists(want) => found.is_some() == *want,
             JsonTest::Equals(value) => found.as_ref() == Some(value),
@@ -448,6 +450,7 @@ fn compile_body_json(raw: &RawBodyJson, at: &Locator) -> Result<BodyJson, Config
     };
     Ok(BodyJson {
         pointer: pointer.clone(),
+        tokens: super::json::tokens(pointer),
         test,
     })
 }

@@ -7,31 +7,37 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use std::fmt;
 
-/// The value at `pointer` in `document`; `None` when the body is not one JSON text or holds
-/// nothing there (the same answers as parsing it into a `Value` and calling `pointer`).
-pub fn lookup(document: &[u8], pointer: &str) -> Option<Value> {
-    // Checked once up front: skipped strings are not all checked for UTF-8 on the way.
-    let document = std::str::from_utf8(document).ok()?;
-    if pointer.is_empty() {
-        return serde_json::from_str(document).ok();
+/// The reference tokens of a pointer that is empty or starts with `/` (checked at load),
+/// decoded once: RFC 6901 §4, `~1` is `/` and `~0` is `~`, in that order.
+pub fn tokens(pointer: &str) -> Vec<String> {
+    match pointer.strip_prefix('/') {
+        Some(rest) => rest
+            .split('/')
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect(),
+        None => Vec::new(),
     }
-    let mut tokens = pointer.strip_prefix('/')?.split('/');
-    let first = unescape(tokens.next()?);
-    let mut de = serde_json::Deserializer::from_str(document);
-    let mut found = Child(&first).deserialize(&mut de).ok()?;
-    // The whole body must be one JSON text, as for a parse into a `Value`.
-    de.end().ok()?;
-    for token in tokens {
-        let raw = found?;
-        let mut de = serde_json::Deserializer::from_str(raw.get());
-        found = Child(&unescape(token)).deserialize(&mut de).ok()?;
-    }
-    serde_json::from_str(found?.get()).ok()
 }
 
-/// RFC 6901 §4: `~1` is `/` and `~0` is `~`, decoded in that order.
-fn unescape(token: &str) -> String {
-    token.replace("~1", "/").replace("~0", "~")
+/// The value at the pointer made of `tokens` in `document`; `None` when the body is not one
+/// JSON text or holds nothing there (the same answers as a parse into a `Value` and its
+/// `pointer`).
+pub fn lookup(document: &[u8], tokens: &[String]) -> Option<Value> {
+    // Checked once up front: skipped strings are not all checked for UTF-8 on the way.
+    let document = std::str::from_utf8(document).ok()?;
+    let Some((first, rest)) = tokens.split_first() else {
+        return serde_json::from_str(document).ok();
+    };
+    let mut de = serde_json::Deserializer::from_str(document);
+    let mut found = Child(first).deserialize(&mut de).ok()?;
+    // The whole body must be one JSON text, as for a parse into a `Value`.
+    de.end().ok()?;
+    for token in rest {
+        let raw = found?;
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        found = Child(token).deserialize(&mut de).ok()?;
+    }
+    serde_json::from_str(found?.get()).ok()
 }
 
 /// Finds member or element `token` of the container being read; the container is read to its
@@ -158,7 +164,7 @@ mod tests {
         ];
         for pointer in ["/a", "/b"] {
             assert_eq!(
-                lookup(b"{\"a\":1,\"b\":\"\xff\"}", pointer),
+                lookup(b"{\"a\":1,\"b\":\"\xff\"}", &tokens(pointer)),
                 None,
                 "{pointer}"
             );
@@ -194,7 +200,7 @@ mod tests {
             for pointer in pointers {
                 let want = value.as_ref().and_then(|v| v.pointer(pointer)).cloned();
                 assert_eq!(
-                    lookup(document.as_bytes(), pointer),
+                    lookup(document.as_bytes(), &tokens(pointer)),
                     want,
                     "{pointer} in {document}"
                 );
