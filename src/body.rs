@@ -1,6 +1,7 @@
 //! Body types on both legs: what goes to the client and what goes upstream, without boxing,
 //! plus bounded buffering that falls back to streaming when a body is larger than the bound.
 
+use crate::client::{BodyError, UpstreamBody};
 use crate::expect::Hold;
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -9,7 +10,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
@@ -19,11 +19,11 @@ pub enum ResponseBody {
     Empty,
     Full(Option<Bytes>),
     /// The upstream's body, streamed untouched.
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     /// Bytes already read from the upstream, then the rest of its body.
     Prefixed {
         prefix: Option<Bytes>,
-        rest: Incoming,
+        rest: UpstreamBody,
     },
     /// A fully read upstream body that kept its trailers.
     Buffered {
@@ -40,12 +40,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ResponseBody::Empty => Poll::Ready(None),
             ResponseBody::Full(data) => Poll::Ready(data.take().map(|b| Ok(Frame::data(b)))),
@@ -96,19 +96,22 @@ impl Body for ResponseBody {
 }
 
 /// What bounded buffering read from a body.
-pub enum Buffered {
+pub enum Buffered<B> {
     /// The whole body fit within the bound.
     Complete {
         data: Bytes,
         trailers: Option<HeaderMap>,
     },
     /// The body is larger than the bound: `prefix` was read, `rest` still streams.
-    TooLarge { prefix: Bytes, rest: Incoming },
+    TooLarge { prefix: Bytes, rest: B },
 }
 
 /// Reads `body` while it stays within `limit` bytes. Unlike `Limited` + `collect`, nothing read
 /// so far is lost when the limit is crossed: the caller can stream prefix and rest onwards.
-pub async fn buffer_bounded(mut body: Incoming, limit: usize) -> Result<Buffered, hyper::Error> {
+pub async fn buffer_bounded<B>(mut body: B, limit: usize) -> Result<Buffered<B>, B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
     if body.size_hint().lower() > limit as u64 {
         return Ok(Buffered::TooLarge {
             prefix: Bytes::new(),
@@ -201,27 +204,11 @@ impl IdleTimer {
 #[error("the client sent no request body bytes for {0:?}")]
 pub struct BodyTimeout(pub Duration);
 
-/// A request body sent upstream. It can be reclaimed (see [`Reclaim`]) as long as the upstream
-/// client has not started reading it, so that a refused connect can be retried elsewhere.
+/// A request body sent upstream, held back while `Expect: 100-continue` is pending.
 pub struct ForwardBody {
     /// Holds the body back until the upstream asks for it (`Expect: 100-continue`).
     hold: Option<Hold>,
-    source: Option<Source>,
-    slot: Option<Arc<Mutex<Option<Source>>>>,
-    hint: SizeHint,
-    end: bool,
-}
-
-/// The handle that gets a body back from a [`ForwardBody`] that was never polled.
-pub struct Reclaim {
-    slot: Arc<Mutex<Option<Source>>>,
-}
-
-impl Reclaim {
-    /// The body, if the upstream client never started sending it.
-    pub fn take(self) -> Option<Source> {
-        self.slot.lock().ok().and_then(|mut slot| slot.take())
-    }
+    source: Source,
 }
 
 impl Source {
@@ -232,7 +219,6 @@ impl Source {
             Source::Client { body, .. } => body.size_hint(),
         }
     }
-
     pub fn is_end_stream(&self) -> bool {
         match self {
             Source::Empty => true,
@@ -277,32 +263,11 @@ impl Source {
 
 impl ForwardBody {
     pub fn new(source: Source) -> Self {
-        ForwardBody {
-            hold: None,
-            hint: source.hint(),
-            end: source.is_end_stream(),
-            source: Some(source),
-            slot: None,
-        }
+        ForwardBody { hold: None, source }
     }
 
     pub fn empty() -> Self {
         ForwardBody::new(Source::Empty)
-    }
-
-    /// A body whose source stays reclaimable until its first poll.
-    pub fn reclaimable(source: Source) -> (Self, Reclaim) {
-        let hint = source.hint();
-        let end = source.is_end_stream();
-        let slot = Arc::new(Mutex::new(Some(source)));
-        let body = ForwardBody {
-            hold: None,
-            source: None,
-            slot: Some(slot.clone()),
-            hint,
-            end,
-        };
-        (body, Reclaim { slot })
     }
 
     /// Holds the body back behind `hold` (see [`crate::expect`]).
@@ -328,28 +293,14 @@ impl Body for ForwardBody {
                 Poll::Ready(Ok(())) => this.hold = None,
             }
         }
-        if this.source.is_none() {
-            if let Some(slot) = this.slot.take() {
-                this.source = slot.lock().ok().and_then(|mut s| s.take());
-            }
-        }
-        match this.source.as_mut() {
-            Some(source) => source.poll_frame(cx),
-            None => Poll::Ready(None),
-        }
+        this.source.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.source {
-            Some(source) => source.is_end_stream(),
-            None => self.end,
-        }
+        self.source.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.source {
-            Some(source) => source.hint(),
-            None => self.hint,
-        }
+        self.source.hint()
     }
 }

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod admit;
 pub mod body;
 pub mod check;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod deviation;

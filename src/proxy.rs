@@ -302,7 +302,7 @@ fn outbound_request(
 }
 
 fn client_response(
-    upstream: Response<Incoming>,
+    upstream: Response<crate::client::UpstreamBody>,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = upstream.into_parts();

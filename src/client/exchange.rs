@@ -1,0 +1,481 @@
+//! One request on one upstream connection: the head and body written out while the response
+//! head is read, as RFC 9112 frames them. The request body keeps flowing while the upstream
+//! answers early; interim (1xx) responses are reported and skipped.
+
+use super::body::{Framing, UpstreamBody};
+use super::io::Io;
+use super::{Conn, Pool};
+use crate::body::{BoxError, ForwardBody};
+use crate::expect::Interim;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http_body::Body;
+use hyper::ext::ReasonPhrase;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::io::AsyncWrite;
+
+/// Most header fields in a response head; more make it invalid.
+const MAX_HEADERS: usize = 128;
+/// Largest response head; a longer one is invalid.
+const MAX_HEAD: usize = 256 << 10;
+/// Bytes of request body queued for the socket before the body is asked for more.
+const MAX_QUEUED: usize = 256 << 10;
+
+/// The head of a request to send, borrowed from the proxy's rewritten request.
+pub struct Outgoing<'a> {
+    pub method: &'a Method,
+    pub path: &'a PathAndQuery,
+    pub headers: &'a HeaderMap,
+    /// Sent as `Host` when `headers` has none (an HTTP/1.0 client's request).
+    pub host: &'a HeaderValue,
+}
+
+/// Why a request got no response head.
+#[derive(Debug)]
+pub enum SendError {
+    /// The connection ended before a response head. `answered`: some of one had arrived.
+    Closed {
+        answered: bool,
+        error: Option<std::io::Error>,
+    },
+    /// What came back is not an HTTP/1.1 response the proxy may relay.
+    Invalid(&'static str),
+    /// The request body failed (the client's body, its limits or timeouts).
+    Body(BoxError),
+}
+
+/// Sends `request` with `body` on `conn` and waits for the final response head. The returned
+/// body owns the connection and returns it to `pool` once read to its end.
+pub async fn send(
+    mut conn: Conn,
+    request: &Outgoing<'_>,
+    body: ForwardBody,
+    interim: &Interim,
+    pool: &Arc<Pool>,
+) -> Result<(Response<UpstreamBody>, bool), (SendError, bool)> {
+    let reused = conn.reused;
+    let mut writer = Writer::new(request, body);
+    let head = std::future::poll_fn(|cx| poll_head(&mut conn, &mut writer, interim, cx))
+        .await
+        .map_err(|err| (err, reused))?;
+    let framing = Framing::of(&head, request.method == Method::HEAD).map_err(|e| (e, reused))?;
+    let keep_alive = framing.allows_reuse() && keeps_alive(&head);
+    let body = UpstreamBody::new(conn, writer, framing, keep_alive, pool.clone());
+    let mut response = Response::new(body);
+    *response.status_mut() = head.status;
+    *response.version_mut() = head.version;
+    *response.headers_mut() = head.headers;
+    if let Some(reason) = head.reason {
+        response.extensions_mut().insert(reason);
+    }
+    Ok((response, reused))
+}
+
+fn poll_head(
+    conn: &mut Conn,
+    writer: &mut Writer,
+    interim: &Interim,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Head, SendError>> {
+    let mut answered = !conn.buf.is_empty();
+    loop {
+        writer.drive(&mut conn.io, cx).map_err(SendError::Body)?;
+        if !conn.buf.is_empty() {
+            if let Some(head) = parse_head(&mut conn.buf)? {
+                if head.status.is_informational() {
+                    interim.on_informational(head.status);
+                    continue;
+                }
+                return Poll::Ready(Ok(head));
+            }
+        }
+        match ready!(conn.poll_fill(cx)) {
+            Ok(0) => {
+                let error = writer.error.take();
+                return Poll::Ready(Err(SendError::Closed { answered, error }));
+            }
+            Ok(_) => answered = true,
+            Err(error) => {
+                let error = Some(error);
+                return Poll::Ready(Err(SendError::Closed { answered, error }));
+            }
+        }
+    }
+}
+
+/// A parsed response head.
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub reason: Option<ReasonPhrase>,
+}
+
+fn parser() -> httparse::ParserConfig {
+    // The leniencies a legacy service needs, as hyper's client allows them; folded lines are
+    // unfolded below (RFC 9112 §5.2).
+    let mut config = httparse::ParserConfig::default();
+    config
+        .allow_obsolete_multiline_headers_in_responses(true)
+        .allow_spaces_after_header_name_in_responses(true)
+        .ignore_invalid_headers_in_responses(true);
+    config
+}
+
+/// Parses a response head at the start of `buf`, taking its bytes; `None` until it is whole.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let len = match parser().parse_response(&mut parsed, buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(SendError::Invalid("response head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(SendError::Invalid("too many header fields"))
+        }
+        Err(_) => return Err(SendError::Invalid("malformed response head")),
+    };
+    let code = parsed.code.unwrap_or(0);
+    // hyper writes a reason phrase it is given instead of the canonical one.
+    let canonical = StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason());
+    let reason = parsed
+        .reason
+        .filter(|r| Some(*r) != canonical)
+        .map(|r| r.as_bytes().to_vec());
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let base = buf.as_ptr() as usize;
+    let count = parsed.headers.len();
+    for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+        let name = field.name.as_ptr() as usize - base;
+        let value = field.value.as_ptr() as usize - base;
+        *span = (
+            name,
+            name + field.name.len(),
+            value,
+            value + field.value.len(),
+        );
+    }
+    let head = buf.split_to(len).freeze();
+    let status = status_of(code)?;
+    let reason = reason.and_then(|r| ReasonPhrase::try_from(r).ok());
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(n0, n1, v0, v1) in &spans[..count] {
+        let Ok(name) = HeaderName::from_bytes(&head[n0..n1]) else {
+            continue;
+        };
+        if let Some(value) = header_value(&head, v0, v1) {
+            headers.append(name, value);
+        }
+    }
+    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+        // RFC 9112 §6.3: both framings on one response hints at response splitting and
+        // ought to be handled as an error.
+        return Err(SendError::Invalid(
+            "both Transfer-Encoding and Content-Length",
+        ));
+    }
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        reason,
+    }))
+}
+
+fn status_of(code: u16) -> Result<StatusCode, SendError> {
+    if code == 101 {
+        // The proxy strips Upgrade and never asks to switch (RFC 9110 §7.8: a server must
+        // not switch unasked), so a 101 is invalid and no tunnel is opened.
+        return Err(SendError::Invalid("101 Switching Protocols unasked"));
+    }
+    if !(100..=599).contains(&code) {
+        // RFC 9110 §15: status codes run from 100 to 599.
+        return Err(SendError::Invalid("status code out of range"));
+    }
+    StatusCode::from_u16(code).map_err(|_| SendError::Invalid("status code out of range"))
+}
+
+/// A field value sharing the head's bytes; an obs-folded value is unfolded into spaces.
+fn header_value(head: &Bytes, start: usize, end: usize) -> Option<HeaderValue> {
+    let raw = &head[start..end];
+    if raw.iter().any(|b| *b == b'\r' || *b == b'\n') {
+        let unfolded: Vec<u8> = raw
+            .iter()
+            .map(|b| if *b == b'\r' || *b == b'\n' { b' ' } else { *b })
+            .collect();
+        return HeaderValue::from_bytes(&unfolded).ok();
+    }
+    HeaderValue::from_maybe_shared(head.slice(start..end)).ok()
+}
+
+/// Whether the upstream keeps the connection open after this response (RFC 9112 §9.3).
+fn keeps_alive(head: &Head) -> bool {
+    let has = |token: &str| {
+        head.headers.get_all(CONNECTION).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    };
+    match head.version {
+        Version::HTTP_10 => has("keep-alive"),
+        _ => !has("close"),
+    }
+}
+
+/// How the request body is framed on the wire.
+enum RequestFraming {
+    Length(u64),
+    Chunked,
+}
+
+/// The request side of an exchange: the head, then the body as it becomes available.
+pub struct Writer {
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    body: Option<ForwardBody>,
+    framing: RequestFraming,
+    unflushed: bool,
+    failed: bool,
+    /// The write error, reported if the response then never comes.
+    error: Option<std::io::Error>,
+}
+
+/// The request body ended before, or went past, its declared length.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body does not match its length")]
+pub struct LengthMismatch;
+
+impl Writer {
+    fn new(request: &Outgoing<'_>, body: ForwardBody) -> Self {
+        let hint = body.size_hint();
+        let (framing, field) = if body.is_end_stream() {
+            // RFC 9110 §8.6: a request whose method defines no meaning for a body (GET,
+            // HEAD, ...) should not say Content-Length: 0; one with a body method does.
+            let needs = request.headers.contains_key(CONTENT_LENGTH)
+                || matches!(*request.method, Method::POST | Method::PUT | Method::PATCH);
+            (RequestFraming::Length(0), needs.then_some(Some(0)))
+        } else {
+            match hint.exact() {
+                Some(length) => (RequestFraming::Length(length), Some(Some(length))),
+                None => (RequestFraming::Chunked, Some(None)),
+            }
+        };
+        let head = encode_head(request, field);
+        let mut queue = VecDeque::with_capacity(4);
+        let queued = head.len();
+        queue.push_back(head);
+        let body = (!body.is_end_stream()).then_some(body);
+        Writer {
+            queue,
+            queued,
+            body,
+            framing,
+            unflushed: false,
+            failed: false,
+            error: None,
+        }
+    }
+
+    /// Whether the whole request went out.
+    pub fn finished(&self) -> bool {
+        self.body.is_none() && self.queue.is_empty() && !self.unflushed && !self.failed
+    }
+
+    /// Stops sending; the connection cannot be reused.
+    pub fn abandon(&mut self) {
+        self.failed = true;
+        self.body = None;
+        self.queue.clear();
+    }
+
+    /// Writes what it can. Errors are the request body's own; a failed write only stops the
+    /// writing, since the upstream's answer may already be on its way.
+    pub fn drive(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Result<(), BoxError> {
+        loop {
+            if self.failed {
+                return Ok(());
+            }
+            self.pull(cx)?;
+            if self.queue.is_empty() {
+                if self.unflushed {
+                    match Pin::new(&mut *io).poll_flush(cx) {
+                        Poll::Ready(Ok(())) => self.unflushed = false,
+                        Poll::Ready(Err(err)) => self.fail(err),
+                        Poll::Pending => {}
+                    }
+                }
+                return Ok(());
+            }
+            match self.poll_write(io, cx) {
+                Poll::Ready(Ok(0)) => self.fail(std::io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(written)) => self.advance(written),
+                Poll::Ready(Err(err)) => self.fail(err),
+                Poll::Pending => return Ok(()),
+            }
+        }
+    }
+
+    fn fail(&mut self, err: std::io::Error) {
+        self.error = Some(err);
+        self.abandon();
+    }
+
+    fn poll_write(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let mut slices = [IoSlice::new(&[]); 8];
+        let mut count = 0;
+        for (slot, bytes) in slices.iter_mut().zip(self.queue.iter()) {
+            *slot = IoSlice::new(bytes);
+            count += 1;
+        }
+        Pin::new(io).poll_write_vectored(cx, &slices[..count])
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        self.unflushed = true;
+        self.queued -= written;
+        while written > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                return;
+            };
+            if written < front.len() {
+                front.advance(written);
+                return;
+            }
+            written -= front.len();
+            self.queue.pop_front();
+        }
+    }
+
+    /// Moves body frames into the queue while the body has them ready.
+    fn pull(&mut self, cx: &mut Context<'_>) -> Result<(), BoxError> {
+        while self.queued < MAX_QUEUED {
+            let Some(body) = self.body.as_mut() else {
+                return Ok(());
+            };
+            match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(None) => self.end()?,
+                Poll::Ready(Some(Err(err))) => {
+                    self.abandon();
+                    return Err(err);
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => self.data(data)?,
+                    Err(frame) => {
+                        if let (Ok(trailers), RequestFraming::Chunked) =
+                            (frame.into_trailers(), &self.framing)
+                        {
+                            self.push(encode_trailers(&trailers));
+                            self.body = None;
+                        }
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, data: Bytes) -> Result<(), BoxError> {
+        if data.is_empty() {
+            // An empty chunk would end a chunked body early.
+            return Ok(());
+        }
+        match &mut self.framing {
+            RequestFraming::Length(remaining) => {
+                let Some(left) = remaining.checked_sub(data.len() as u64) else {
+                    self.abandon();
+                    return Err(LengthMismatch.into());
+                };
+                *remaining = left;
+                self.push(data);
+            }
+            RequestFraming::Chunked => {
+                self.push(Bytes::from(format!("{:X}\r\n", data.len())));
+                self.push(data);
+                self.push(Bytes::from_static(b"\r\n"));
+            }
+        }
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<(), BoxError> {
+        self.body = None;
+        match self.framing {
+            RequestFraming::Length(0) => Ok(()),
+            RequestFraming::Length(_) => {
+                self.abandon();
+                Err(LengthMismatch.into())
+            }
+            RequestFraming::Chunked => {
+                self.push(Bytes::from_static(b"0\r\n\r\n"));
+                Ok(())
+            }
+        }
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        self.queued += bytes.len();
+        self.queue.push_back(bytes);
+    }
+}
+
+/// The request line and header section. `length`: `None` sends no framing field,
+/// `Some(Some(n))` a Content-Length, `Some(None)` chunked Transfer-Encoding. The client's own
+/// Content-Length is replaced by the one the body really has.
+fn encode_head(request: &Outgoing<'_>, length: Option<Option<u64>>) -> Bytes {
+    let mut out = BytesMut::with_capacity(512);
+    out.extend_from_slice(request.method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(request.path.as_str().as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !request.headers.contains_key(HOST) {
+        field(&mut out, b"host", request.host.as_bytes());
+    }
+    for (name, value) in request.headers {
+        if name != CONTENT_LENGTH {
+            field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    match length {
+        Some(Some(length)) => {
+            field(&mut out, b"content-length", length.to_string().as_bytes());
+        }
+        Some(None) => field(&mut out, b"transfer-encoding", b"chunked"),
+        None => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+fn field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk with trailer fields (RFC 9112 §7.1.2).
+fn encode_trailers(trailers: &HeaderMap) -> Bytes {
+    let mut out = BytesMut::from(&b"0\r\n"[..]);
+    for (name, value) in trailers {
+        field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}

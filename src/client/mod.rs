@@ -1,0 +1,251 @@
+//! The upstream leg: HTTP/1.1 over pooled keep-alive connections, driven inside the request's
+//! own task. No connection task and no channel sit between the request and its upstream
+//! connection, so a request costs no extra wake-ups; the response body, once returned, owns
+//! the connection and gives it back to the pool when the body has been read to its end.
+
+mod body;
+mod exchange;
+mod io;
+
+pub use body::{BodyError, UpstreamBody};
+pub use exchange::{send, Outgoing, SendError};
+
+use crate::config::Target;
+use bytes::BytesMut;
+use http::uri::Scheme;
+use io::Io;
+use rustls::pki_types::ServerName;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// How long an idle pooled upstream connection is kept.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Read buffers start at this size and double while reads fill them, up to `MAX_READ`.
+const FIRST_READ: usize = 8 << 10;
+const MAX_READ: usize = 256 << 10;
+/// A pooled connection keeps a read buffer up to this large; a larger one is let go.
+const KEPT_BUFFER: usize = 16 << 10;
+
+/// One connection to an upstream target.
+pub struct Conn {
+    io: Io,
+    buf: BytesMut,
+    next_read: usize,
+    /// The connection served a request before: a failure before any response byte may mean
+    /// the upstream closed it while it sat idle.
+    reused: bool,
+}
+
+impl Conn {
+    fn new(io: Io) -> Self {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            next_read: FIRST_READ,
+            reused: false,
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.next_read / 2 {
+            self.buf.reserve(self.next_read);
+        }
+        let spare = self.buf.capacity() - self.buf.len();
+        let read =
+            tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.io), cx, &mut self.buf);
+        if let Poll::Ready(Ok(n)) = read {
+            // A read that filled all the room asks for a bigger one next time (bulk bodies).
+            if n == spare && self.next_read < MAX_READ {
+                self.next_read *= 2;
+            }
+        }
+        read
+    }
+}
+
+/// The idle connections of one target, most recently used last.
+pub struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    max: usize,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+impl Pool {
+    pub fn new(max: usize) -> Self {
+        Pool {
+            idle: Mutex::new(Vec::new()),
+            max,
+        }
+    }
+
+    /// The most recently used idle connection that is still open.
+    pub fn take(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(mut entry) = idle.pop() {
+            if entry.since.elapsed() < POOL_IDLE_TIMEOUT && entry.conn.io.is_reusable() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for the next request, unless `max` connections are idle already.
+    fn put(&self, mut conn: Conn) {
+        conn.reused = true;
+        if conn.buf.capacity() > KEPT_BUFFER {
+            conn.buf = BytesMut::new();
+            conn.next_read = FIRST_READ;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if idle.len() < self.max {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes the connections idle too long or closed by the upstream.
+    fn prune(&self) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        idle.retain_mut(|entry| {
+            entry.since.elapsed() < POOL_IDLE_TIMEOUT && entry.conn.io.is_reusable()
+        });
+    }
+
+    /// Number of idle connections.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map_or(0, |idle| idle.len())
+    }
+}
+
+/// Closes idle connections in the background while the pools exist, so that a quiet upstream
+/// does not keep sockets its side closed long ago. Without a runtime (as in `check`), nothing
+/// is started: such pools never get a connection.
+pub fn start_pruning(pools: &[Arc<Pool>]) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let pools: Vec<Weak<Pool>> = pools.iter().map(Arc::downgrade).collect();
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(POOL_IDLE_TIMEOUT / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let mut alive = false;
+            for pool in pools.iter().filter_map(Weak::upgrade) {
+                pool.prune();
+                alive = true;
+            }
+            if !alive {
+                return;
+            }
+        }
+    });
+}
+
+/// Why no connection could be made.
+#[derive(Debug)]
+pub enum ConnectError {
+    Refused(std::io::Error),
+    Timeout,
+    Tls(String),
+}
+
+/// Makes new connections to the targets of one upstream.
+pub struct Connector {
+    timeout: Duration,
+    tls: Option<tokio_rustls::TlsConnector>,
+    /// The name verified instead of the target's host.
+    server_name: Option<ServerName<'static>>,
+}
+
+impl Connector {
+    pub fn new(
+        timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        server_name: Option<ServerName<'static>>,
+    ) -> Self {
+        let tls = tls.map(|config| {
+            let mut config = (*config).clone();
+            // The upstream leg speaks HTTP/1.1 only (RFC 7301 ALPN).
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+        });
+        Connector {
+            timeout,
+            tls,
+            server_name,
+        }
+    }
+
+    /// TCP (with `TCP_NODELAY`) within the connect timeout, then TLS for `https://` targets.
+    pub async fn connect(&self, target: &Target) -> Result<Conn, ConnectError> {
+        let https = target.scheme == Scheme::HTTPS;
+        let host = target.authority.host();
+        let port = target
+            .authority
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let connecting = async {
+            match bare.parse::<IpAddr>() {
+                Ok(ip) => TcpStream::connect((ip, port)).await,
+                Err(_) => TcpStream::connect((bare, port)).await,
+            }
+        };
+        let tcp = match tokio::time::timeout(self.timeout, connecting).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(err)) => return Err(ConnectError::Refused(err)),
+            Err(_) => return Err(ConnectError::Timeout),
+        };
+        let _ = tcp.set_nodelay(true);
+        if !https {
+            return Ok(Conn::new(Io::Plain(tcp)));
+        }
+        self.handshake(tcp, bare).await
+    }
+
+    async fn handshake(&self, tcp: TcpStream, host: &str) -> Result<Conn, ConnectError> {
+        let Some(tls) = &self.tls else {
+            return Err(ConnectError::Tls(
+                "no TLS settings for an https target".into(),
+            ));
+        };
+        let name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => ServerName::try_from(host.to_string())
+                .map_err(|err| ConnectError::Tls(format!("invalid server name {host}: {err}")))?,
+        };
+        match tls.connect(name, tcp).await {
+            Ok(stream) => Ok(Conn::new(Io::Tls(Box::new(stream)))),
+            Err(err) => match tls_error(&err) {
+                Some(tls) => Err(ConnectError::Tls(tls.to_string())),
+                None => Err(ConnectError::Refused(err)),
+            },
+        }
+    }
+}
+
+/// The rustls error inside (possibly nested) io errors. `io::Error::source` skips the error
+/// it wraps, so the wrapped errors are looked at directly.
+fn tls_error(io: &std::io::Error) -> Option<&rustls::Error> {
+    let inner = io.get_ref()?;
+    match inner.downcast_ref::<std::io::Error>() {
+        Some(nested) => tls_error(nested),
+        None => inner.downcast_ref::<rustls::Error>(),
+    }
+}
