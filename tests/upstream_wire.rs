@@ -1,0 +1,595 @@
+//! The upstream HTTP/1.1 client on the wire: raw TCP upstreams answer with hand-written bytes
+//! (chunked with extensions and trailers, close-delimited, HTTP/1.0, invalid heads, folded
+//! fields, custom reasons, HEAD), and each test checks what the client got and how the proxy
+//! framed and pooled its upstream connections.
+mod support;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::fault::{ok_response, spawn_fault, FaultConn, FaultUpstream};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// Route setting that turns the contract profile off, so the proxy's own statuses show.
+const NO_PROFILE: &str = r#"profile = "none""#;
+
+/// How long any single wait in these tests may take before it counts as a hang.
+const LIMIT: Duration = Duration::from_secs(10);
+
+async fn proxy_for(upstream: &FaultUpstream) -> TestProxy {
+    spawn_proxy(&simple_config(upstream.addr, NO_PROFILE)).await
+}
+
+/// An upstream that answers every request on every connection with `bytes`.
+async fn serving(bytes: &'static [u8]) -> FaultUpstream {
+    spawn_fault(move |mut conn: FaultConn| async move {
+        while conn.read_request().await.is_some() {
+            conn.send(bytes).await;
+        }
+    })
+    .await
+}
+
+/// An upstream that answers one request per connection with `bytes`, then closes it.
+async fn answering_then_closing(bytes: &'static [u8]) -> FaultUpstream {
+    spawn_fault(move |mut conn: FaultConn| async move {
+        if conn.read_request().await.is_some() {
+            conn.send(bytes).await;
+        }
+    })
+    .await
+}
+
+/// An upstream that answers one request with `bytes`, then keeps the connection open, so
+/// only the proxy can end it.
+async fn answering_then_holding(bytes: &'static [u8]) -> FaultUpstream {
+    spawn_fault(move |mut conn: FaultConn| async move {
+        if conn.read_request().await.is_some() {
+            conn.send(bytes).await;
+            conn.hold().await;
+        }
+    })
+    .await
+}
+
+/// Reads up to the end of a response head (bounded); returns the head and any bytes after it.
+async fn read_head(stream: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(LIMIT, async {
+        let mut buf = [0u8; 4096];
+        while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(out.len(), |p| p + 4);
+    let rest = out.split_off(end);
+    (String::from_utf8_lossy(&out).into_owned(), rest)
+}
+
+/// Writes `bytes` on a new connection and reads until the proxy closes it; a proxy that
+/// keeps it open past `LIMIT` fails the test (a hang, not an abort).
+async fn until_closed(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(LIMIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the proxy closes the connection in time");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One request as the upstream received it, parsed and with its body decoded.
+#[derive(Debug)]
+struct Sent {
+    method: String,
+    path: String,
+    version: u8,
+    /// Lowercased names, in order, repeats kept.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Sent {
+    fn values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// Every request in the bytes one upstream connection received, parsed strictly.
+fn parse_requests(mut bytes: &[u8]) -> Vec<Sent> {
+    let mut sent = Vec::new();
+    while !bytes.is_empty() {
+        let (request, used) = parse_request(bytes);
+        sent.push(request);
+        bytes = &bytes[used..];
+    }
+    sent
+}
+
+fn parse_request(bytes: &[u8]) -> (Sent, usize) {
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut slots);
+    let head = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        other => panic!(
+            "not a whole request head ({other:?}): {:?}",
+            String::from_utf8_lossy(bytes)
+        ),
+    };
+    let headers: Vec<(String, String)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            let value = std::str::from_utf8(h.value).expect("ASCII field value");
+            (h.name.to_ascii_lowercase(), value.to_owned())
+        })
+        .collect();
+    let mut request = Sent {
+        method: parsed.method.expect("method").to_owned(),
+        path: parsed.path.expect("path").to_owned(),
+        version: parsed.version.expect("version"),
+        headers,
+        body: Vec::new(),
+    };
+    let rest = &bytes[head..];
+    let used = if request.values("transfer-encoding") == ["chunked"] {
+        decode_chunked(rest, &mut request.body)
+    } else {
+        let length = match request.values("content-length").as_slice() {
+            [] => 0,
+            [one] => one.parse::<usize>().expect("numeric Content-Length"),
+            many => panic!("several Content-Length fields: {many:?}"),
+        };
+        request.body = rest[..length].to_vec();
+        length
+    };
+    (request, head + used)
+}
+
+/// Decodes a chunked body at the start of `bytes` into `body`; returns the bytes it took.
+fn decode_chunked(bytes: &[u8], body: &mut Vec<u8>) -> usize {
+    let mut at = 0;
+    loop {
+        let (line, size) = match httparse::parse_chunk_size(&bytes[at..]) {
+            Ok(httparse::Status::Complete(found)) => found,
+            other => panic!("bad chunk size at {at}: {other:?}"),
+        };
+        at += line;
+        if size == 0 {
+            break;
+        }
+        let size = size as usize;
+        body.extend_from_slice(&bytes[at..at + size]);
+        assert_eq!(&bytes[at + size..at + size + 2], b"\r\n", "chunk data end");
+        at += size + 2;
+    }
+    let mut slots = [httparse::EMPTY_HEADER; 16];
+    match httparse::parse_headers(&bytes[at..], &mut slots) {
+        Ok(httparse::Status::Complete((used, _))) => at + used,
+        other => panic!("bad trailer section: {other:?}"),
+    }
+}
+
+/// Every request the upstream received, over all its connections.
+fn received(upstream: &FaultUpstream) -> Vec<Sent> {
+    upstream
+        .logs()
+        .iter()
+        .flat_map(|log| parse_requests(&log.bytes))
+        .collect()
+}
+
+fn sent_to<'a>(requests: &'a [Sent], path: &str) -> &'a Sent {
+    requests
+        .iter()
+        .find(|r| r.path == path)
+        .unwrap_or_else(|| panic!("{path} never reached the upstream: {requests:?}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response bodies and connection reuse
+
+const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+    5;foo=bar\r\nhello\r\n1;a=b;flag\r\n \r\n6\r\nworld!\r\n\
+    0\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n";
+
+/// Chunk extensions are skipped and trailers read to the end of the body, so the client gets
+/// the whole body and the connection, read to its end, carries the next request.
+#[tokio::test]
+async fn chunked_body_with_extensions_and_trailers_is_relayed_and_its_connection_reused() {
+    let upstream = serving(CHUNKED).await;
+    let proxy = proxy_for(&upstream).await;
+    for path in ["/one", "/two"] {
+        let reply = get(&proxy.url(path)).await;
+        assert_eq!((reply.status, reply.text().as_str()), (200, "hello world!"));
+    }
+    assert_eq!(upstream.connections(), 1, "the connection was not reused");
+    proxy.stop().await;
+}
+
+/// With no length and no chunking the body runs to the close (RFC 9112 §6.3 rule 8); such a
+/// connection is over, so the next request opens another.
+#[tokio::test]
+async fn close_delimited_body_is_relayed_whole_and_never_reused() {
+    let upstream = answering_then_closing(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of this, up to the close",
+    )
+    .await;
+    let proxy = proxy_for(&upstream).await;
+    for path in ["/one", "/two"] {
+        let reply = get(&proxy.url(path)).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.text(), "all of this, up to the close");
+    }
+    assert_eq!(upstream.connections(), 2);
+    proxy.stop().await;
+}
+
+/// An HTTP/1.0 response closes its connection unless it says keep-alive (RFC 9112 §9.3). The
+/// upstream here never closes, so only the proxy's reading of the version decides.
+#[tokio::test]
+async fn http10_response_is_reused_only_with_keep_alive() {
+    let cases: &[(&[u8], usize)] = &[
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nold!", 2),
+        (
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 4\r\n\r\nold!",
+            1,
+        ),
+    ];
+    for &(bytes, connections) in cases {
+        let upstream = serving(bytes).await;
+        let proxy = proxy_for(&upstream).await;
+        for path in ["/one", "/two"] {
+            let reply = get(&proxy.url(path)).await;
+            assert_eq!((reply.status, reply.text().as_str()), (200, "old!"));
+        }
+        assert_eq!(upstream.connections(), connections, "{bytes:?}");
+        if connections == 2 {
+            wait_until(LIMIT, "the proxy closed the HTTP/1.0 connection", || {
+                upstream.logs().first().is_some_and(|l| l.closed_by_peer)
+            })
+            .await;
+        }
+        proxy.stop().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Invalid responses
+
+/// Invalid heads are the upstream's fault: the proxy answers 502 itself, as
+/// tests/reliability.rs expects of invalid upstream responses.
+#[tokio::test]
+async fn invalid_upstream_heads_are_502() {
+    let cases: &[(&str, &[u8])] = &[
+        (
+            "conflicting Content-Lengths",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef",
+        ),
+        (
+            "status above 599",
+            b"HTTP/1.1 600 Too Far\r\nContent-Length: 0\r\n\r\n",
+        ),
+        (
+            "unasked 101",
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n",
+        ),
+    ];
+    for (what, bytes) in cases {
+        let upstream = answering_then_holding(bytes).await;
+        let proxy = proxy_for(&upstream).await;
+        let reply = get(&proxy.url("/")).await;
+        assert_eq!(reply.status, 502, "{what}: {}", reply.text());
+        assert_eq!(reply.header("x-restatus-source"), Some("proxy"), "{what}");
+        proxy.stop().await;
+    }
+}
+
+const BAD_CHUNK: &[u8] = b"zz\r\nmore\r\n0\r\n\r\n";
+
+/// Sends a chunked head and one good chunk, then, once `go` is notified, a malformed chunk
+/// size; keeps the connection open, so only the proxy can end it.
+async fn breaking_after_first_chunk(go: Arc<Notify>) -> FaultUpstream {
+    spawn_fault(move |mut conn: FaultConn| {
+        let go = go.clone();
+        async move {
+            if conn.read_request().await.is_some() {
+                conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                    .await;
+                go.notified().await;
+                conn.send(BAD_CHUNK).await;
+                conn.hold().await;
+            }
+        }
+    })
+    .await
+}
+
+/// A malformed chunk size that comes after the client has the head: the client's body is cut
+/// off, never completed as if the upstream's body had ended well, and the upstream
+/// connection is closed rather than pooled.
+#[tokio::test]
+async fn malformed_chunk_size_after_the_head_aborts_the_body() {
+    let go = Arc::new(Notify::new());
+    let upstream = breaking_after_first_chunk(go.clone()).await;
+    let proxy = proxy_for(&upstream).await;
+    let request = Request::get(proxy.url("/"))
+        .body(full(""))
+        .expect("request");
+    let response = tokio::time::timeout(LIMIT, client().request(request))
+        .await
+        .expect("a response head in time")
+        .expect("a response head");
+    assert_eq!(response.status(), 200, "the head was already relayed");
+    go.notify_one();
+    let body = tokio::time::timeout(LIMIT, response.into_body().collect())
+        .await
+        .expect("the body ends (in error) instead of hanging");
+    assert!(
+        body.is_err(),
+        "a broken chunked body reached the client as complete: {:?}",
+        body.map(|b| b.to_bytes())
+    );
+    wait_until(LIMIT, "the broken connection closed", || {
+        upstream.logs().first().is_some_and(|l| l.closed_by_peer)
+    })
+    .await;
+    proxy.stop().await;
+}
+
+/// The same malformed chunk in the upstream's first write, with the head: whatever the
+/// client got of the response, it never ends as a well-framed chunked body.
+#[tokio::test]
+async fn malformed_chunk_size_with_the_head_never_completes_a_body() {
+    let upstream = answering_then_holding(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxy = proxy_for(&upstream).await;
+    let text = until_closed(proxy.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(!text.contains("0\r\n\r\n"), "a complete body: {text:?}");
+    assert!(!text.contains("more"), "bytes after the bad size: {text:?}");
+    assert!(!text.starts_with("HTTP/1.1 502"), "{text:?}");
+    wait_until(LIMIT, "the broken connection closed", || {
+        upstream.logs().first().is_some_and(|l| l.closed_by_peer)
+    })
+    .await;
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Head fields and status line
+
+/// An obs-folded field value (RFC 9112 §5.2) is unfolded into spaces, never relayed with its
+/// line break (which would be a header injection on the client side).
+#[tokio::test]
+async fn folded_header_reaches_the_client_unfolded() {
+    let upstream =
+        serving(b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = proxy_for(&upstream).await;
+    let reply = get(&proxy.url("/")).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+    let value = reply.header("x-folded").expect("x-folded relayed");
+    assert!(value.starts_with('a') && value.ends_with('b'), "{value:?}");
+    assert!(!value.contains(['\r', '\n']), "{value:?}");
+    proxy.stop().await;
+}
+
+/// A status the proxy does not rewrite keeps the upstream's own reason phrase.
+#[tokio::test]
+async fn custom_reason_phrase_is_relayed() {
+    let upstream = serving(b"HTTP/1.1 200 Fine By Me\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = proxy_for(&upstream).await;
+    let text = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let status_line = text.lines().next().unwrap_or_default();
+    assert_eq!(status_line, "HTTP/1.1 200 Fine By Me", "{text}");
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pool staleness
+
+/// The first connection answers once (without `Connection: close`) and then closes; later
+/// connections answer "second". `closed` is set once the first connection is closed.
+async fn closing_while_idle(closed: Arc<AtomicBool>) -> FaultUpstream {
+    spawn_fault(move |mut conn: FaultConn| {
+        let closed = closed.clone();
+        async move {
+            if conn.index == 0 {
+                if conn.read_request().await.is_some() {
+                    conn.send(&ok_response("first")).await;
+                }
+                drop(conn);
+                closed.store(true, Ordering::SeqCst);
+                return;
+            }
+            while conn.read_request().await.is_some() {
+                conn.send(&ok_response("second")).await;
+            }
+        }
+    })
+    .await
+}
+
+/// A pooled connection the upstream closed while idle is not used for the next request (or,
+/// if it is, the GET is retried): the client gets a 200 served on a new connection.
+#[tokio::test]
+async fn connection_closed_while_idle_is_replaced() {
+    let closed = Arc::new(AtomicBool::new(false));
+    let upstream = closing_while_idle(closed.clone()).await;
+    let proxy = proxy_for(&upstream).await;
+    let first = get(&proxy.url("/one")).await;
+    assert_eq!((first.status, first.text().as_str()), (200, "first"));
+    wait_until(LIMIT, "the upstream closed the idle connection", || {
+        closed.load(Ordering::SeqCst)
+    })
+    .await;
+    let second = get(&proxy.url("/two")).await;
+    assert_eq!((second.status, second.text().as_str()), (200, "second"));
+    let logs = upstream.logs();
+    assert_eq!(logs.len(), 2, "{logs:?}");
+    assert!(logs[1].text().starts_with("GET /two "), "{logs:?}");
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request framing toward the upstream
+
+/// Sends `request` (head and body, with `Connection: close`) through a proxy and returns it as
+/// the upstream received it, checked to be HTTP/1.1.
+async fn forwarded(request: &[u8]) -> Sent {
+    let upstream = serving(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = proxy_for(&upstream).await;
+    let answer = raw(proxy.addr, request).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut requests = received(&upstream);
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    proxy.stop().await;
+    let sent = requests.remove(0);
+    assert_eq!(sent.version, 1, "{sent:?}");
+    sent
+}
+
+/// A chunked request body is re-framed with the same bytes and exactly one framing field.
+#[tokio::test]
+async fn chunked_request_body_arrives_with_the_same_bytes() {
+    let sent = forwarded(
+        b"POST /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
+          Connection: close\r\n\r\n4\r\nwiki\r\n5;ext=1\r\npedia\r\n3\r\n in\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        (sent.method.as_str(), sent.path.as_str()),
+        ("POST", "/chunked")
+    );
+    assert_eq!(sent.body, b"wikipedia in", "{sent:?}");
+    let framings = sent.values("content-length").len() + sent.values("transfer-encoding").len();
+    assert_eq!(framings, 1, "{sent:?}");
+}
+
+/// A sized body arrives with one Content-Length and no Transfer-Encoding.
+#[tokio::test]
+async fn sized_request_body_arrives_with_one_content_length() {
+    let sent = forwarded(
+        b"POST /length HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(sent.values("content-length"), ["5"], "{sent:?}");
+    assert!(sent.values("transfer-encoding").is_empty(), "{sent:?}");
+    assert_eq!(sent.body, b"hello");
+}
+
+/// A GET says nothing about a body (RFC 9110 §8.6): no Content-Length, no Transfer-Encoding.
+#[tokio::test]
+async fn get_arrives_without_framing_fields() {
+    let sent = forwarded(b"GET /get HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(sent.values("content-length").is_empty(), "{sent:?}");
+    assert!(sent.values("transfer-encoding").is_empty(), "{sent:?}");
+}
+
+/// A POST without a body, whether it said `Content-Length: 0` or nothing, arrives with
+/// `content-length: 0`, so the upstream need not guess.
+#[tokio::test]
+async fn empty_post_arrives_with_content_length_zero() {
+    let requests: [&[u8]; 2] = [
+        b"POST /empty HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        b"POST /bare HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    ];
+    for request in requests {
+        let sent = forwarded(request).await;
+        assert_eq!(sent.values("content-length"), ["0"], "{sent:?}");
+        assert!(sent.values("transfer-encoding").is_empty(), "{sent:?}");
+    }
+}
+
+/// A chunked request body sent by a hyper client (a body of unknown length) arrives
+/// re-framed with the same bytes.
+#[tokio::test]
+async fn streamed_request_body_arrives_with_the_same_bytes() {
+    let upstream = serving(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = proxy_for(&upstream).await;
+    let frames = ["first part, ", "second part, ", "last part"]
+        .map(|s| Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(s.as_bytes()))));
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let request = Request::post(proxy.url("/stream"))
+        .body(BodyExt::boxed(body))
+        .expect("request");
+    let response = tokio::time::timeout(LIMIT, client().request(request))
+        .await
+        .expect("response in time")
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    let requests = received(&upstream);
+    let sent = sent_to(&requests, "/stream");
+    assert_eq!(sent.body, b"first part, second part, last part", "{sent:?}");
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// HEAD
+
+/// The answer to a HEAD has no body whatever its Content-Length says (RFC 9110 §9.3.2): the
+/// proxy relays the head without waiting for 100 bytes, the client connection carries the
+/// next request, and the upstream connection is reused with nothing left to misread.
+#[tokio::test]
+async fn head_response_with_a_length_has_no_body() {
+    let upstream = spawn_fault(|mut conn: FaultConn| async move {
+        while let Some(head) = conn.read_request().await {
+            if head.starts_with("HEAD ") {
+                conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+                    .await;
+            } else {
+                conn.send(&ok_response("after")).await;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for(&upstream).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"HEAD /head HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, rest) = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "no HEAD answer: {head:?}");
+    stream
+        .write_all(b"GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let next =
+        String::from_utf8_lossy(&rest).into_owned() + &read_to_close(&mut stream, LIMIT).await;
+    assert!(next.starts_with("HTTP/1.1 200"), "{next:?}");
+    assert!(next.ends_with("after"), "{next:?}");
+    assert_eq!(upstream.connections(), 1, "the connection was not reused");
+    proxy.stop().await;
+}
