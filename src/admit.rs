@@ -111,24 +111,28 @@ pub fn is_json(headers: &HeaderMap) -> bool {
             || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
 }
 
-/// With `validate_json` on the route and a JSON body, reads the body (bounded by `limit`)
-/// and refuses it with 400 unless it parses. Returns the body to forward and whether it was
-/// read here.
+/// Whether the request body is read before forwarding: `validate_json` on the route and a
+/// JSON body.
+pub fn reads_body(route: &Route, headers: &HeaderMap, body: &Incoming) -> bool {
+    route.validate_json && !body.is_end_stream() && is_json(headers)
+}
+
+/// The client's body, streamed upstream within the body limit and timeout.
+pub fn client_source(body: Incoming, (limit, timeout): (u64, Duration)) -> Source {
+    Source::Client {
+        body,
+        seen: 0,
+        limit,
+        idle: IdleTimer::new(timeout),
+    }
+}
+
+/// Reads the JSON body (bounded by `limit`) and refuses it with 400 unless it parses.
+/// Returns the body to forward.
 pub async fn validate_json(
-    route: &Route,
-    headers: &HeaderMap,
     body: Incoming,
     (limit, timeout): (u64, Duration),
-) -> Result<(Source, bool), ProxyError> {
-    if !route.validate_json || body.is_end_stream() || !is_json(headers) {
-        let source = Source::Client {
-            body,
-            seen: 0,
-            limit,
-            idle: IdleTimer::new(timeout),
-        };
-        return Ok((source, false));
-    }
+) -> Result<Source, ProxyError> {
     let bound = usize::try_from(limit).unwrap_or(usize::MAX);
     // The whole body is needed here, so the body timeout bounds all of it.
     let data = match tokio::time::timeout(timeout, buffer_bounded(body, bound)).await {
@@ -142,7 +146,7 @@ pub async fn validate_json(
         Err(_) => return Err(ProxyError::BodyTimeout),
     };
     match serde_json::from_slice::<serde::de::IgnoredAny>(&data) {
-        Ok(_) => Ok((Source::Full(Some(data)), true)),
+        Ok(_) => Ok(Source::Full(Some(data))),
         Err(err) => Err(ProxyError::InvalidJson(err.to_string())),
     }
 }

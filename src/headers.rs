@@ -26,6 +26,10 @@ static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authentic
 /// the encoding override the length, and a proxy must remove the length before forwarding,
 /// or the next hop could frame the body by it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over the names, no lookups.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(TRANSFER_ENCODING) {
         headers.remove(CONTENT_LENGTH);
     }
@@ -42,22 +46,33 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(CONNECTION);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TE,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-        &PROXY_AUTHORIZATION,
-        &PROXY_AUTHENTICATE,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// The fields that are hop-by-hop by definition, besides `Connection`.
+static HOP_BY_HOP: [&HeaderName; 7] = [
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &TE,
+    &TRANSFER_ENCODING,
+    &UPGRADE,
+    &PROXY_AUTHORIZATION,
+    &PROXY_AUTHENTICATE,
+];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION || HOP_BY_HOP.contains(&name)
 }
 
 /// Appends the client's address to `X-Forwarded-For`, keeping what earlier proxies wrote.
 /// Earlier values are joined as bytes, so one holding obs-text keeps its addresses.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        headers.insert(&X_FORWARDED_FOR, ip_value(client));
+        return;
+    }
     let mut value: Vec<u8> = Vec::new();
     for existing in headers.get_all(&X_FORWARDED_FOR) {
         let text = existing.as_bytes().trim_ascii();
@@ -70,6 +85,15 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     if let Ok(value) = HeaderValue::from_bytes(&value) {
         headers.insert(&X_FORWARDED_FOR, value);
     }
+}
+
+/// An address as a field value, without a formatted string in between.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut text = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{ip}"));
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&text[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Sets `X-Forwarded-Proto` and `X-Forwarded-Host` to what this proxy saw.
@@ -91,6 +115,10 @@ pub fn append_via(headers: &mut HeaderMap, received: Version) {
         Version::HTTP_3 => "3 restatus",
         _ => "1.1 restatus",
     };
+    if !headers.contains_key(VIA) {
+        headers.insert(VIA, HeaderValue::from_static(hop));
+        return;
+    }
     // Joined as bytes, like X-Forwarded-For, so no earlier hop is lost to obs-text.
     let mut joined: Vec<u8> = Vec::new();
     for existing in headers.get_all(VIA) {
@@ -141,8 +169,19 @@ impl RequestIds {
 
     pub fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let text = format!("{:08x}{:012x}", self.prefix, n);
-        HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        // 8 hex digits of prefix, then 12 of counter, written without a format string.
+        let mut text = [0u8; 20];
+        hex_into(&mut text[..8], u64::from(self.prefix));
+        hex_into(&mut text[8..], n);
+        HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    }
+}
+
+/// Writes the low digits of `value` as lowercase hex, filling `out`.
+fn hex_into(out: &mut [u8], mut value: u64) {
+    for slot in out.iter_mut().rev() {
+        *slot = b"0123456789abcdef"[(value & 0xf) as usize];
+        value >>= 4;
     }
 }
 
@@ -261,6 +300,8 @@ mod tests {
         let made = request_id(&map(&[("x-request-id", "")]), &ids);
         let other = request_id(&HeaderMap::new(), &ids);
         assert_eq!(made.len(), 20);
+        let want = format!("{:08x}{:012x}", ids.prefix, 1u64);
+        assert_eq!(made.to_str().unwrap(), want, "prefix, then the counter");
         assert_ne!(made, other);
     }
 

@@ -11,11 +11,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// What the connection has been doing, shared by its IO, its requests and its watchdog.
 pub struct Activity {
     opened: Instant,
+    header_ms: u64,
     in_flight: AtomicUsize,
     /// Milliseconds since `opened` + 1 when the connection last became idle.
     idle_since: AtomicU64,
     /// Milliseconds since `opened` + 1 of the first byte read while idle; 0 = none yet.
     first_byte: AtomicU64,
+    /// When the watchdog next looks (same clock): a head whose header deadline falls later
+    /// needs no wake-up, which spares one per request on a busy keep-alive connection.
+    wake_at: AtomicU64,
     /// Wakes the watchdog when a head starts, so that its deadline moves from the idle
     /// timeout to the (usually much shorter) header timeout.
     head_started: tokio::sync::Notify,
@@ -30,7 +34,11 @@ impl Activity {
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.first_byte.load(Ordering::Relaxed) == 0
         {
-            self.first_byte.store(self.now_ms(), Ordering::Relaxed);
+            let now = self.now_ms();
+            self.first_byte.store(now, Ordering::Relaxed);
+            if now + self.header_ms > self.wake_at.load(Ordering::Relaxed) {
+                return;
+            }
             self.head_started.notify_one();
         }
     }
@@ -73,6 +81,8 @@ impl Watchdog {
         Watchdog {
             activity: Arc::new(Activity {
                 opened: Instant::now(),
+                header_ms: header_timeout.as_millis() as u64,
+                wake_at: AtomicU64::new(0),
                 in_flight: AtomicUsize::new(0),
                 idle_since: AtomicU64::new(1),
                 first_byte: AtomicU64::new(0),
@@ -109,6 +119,9 @@ impl Watchdog {
                 return reason;
             }
             let wait = Duration::from_millis(deadline.saturating_sub(now).max(1));
+            activity
+                .wake_at
+                .store(now + wait.as_millis() as u64, Ordering::Relaxed);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = activity.head_started.notified() => {}

@@ -66,7 +66,9 @@ pub async fn normalize(
             Step::Matched(rule) => (Some(rule), body, false),
             Step::NoMatch => (None, body, false),
             Step::NeedBody { resume } => {
-                let (body, copy) = inspect(body, request.method, &parts.headers, settings).await?;
+                // Boxed: only responses whose rules need the body pay for the reading state.
+                let reading = Box::pin(inspect(body, request.method, &parts.headers, settings));
+                let (body, copy) = reading.await?;
                 let state = match &copy {
                     Some(bytes) => BodyState::Inspected(bytes),
                     None => BodyState::NotInspected,

@@ -162,7 +162,7 @@ async fn forward<'a>(
     let route = match admit(proxy, &request, exchange) {
         Ok(route) => route,
         Err(err) => {
-            exchange.close = !admit::settle_unread(request).await;
+            exchange.close = !Box::pin(admit::settle_unread(request)).await;
             return Err(err);
         }
     };
@@ -170,12 +170,17 @@ async fn forward<'a>(
     // 4. request body check (reads the body, so the client gets its 100 first)
     let (parts, body) = request.into_parts();
     let limits = (proxy.request_body_limit, proxy.settings.body_timeout);
-    let (body, validated) = match admit::validate_json(route, &parts.headers, body, limits).await {
-        Ok(checked) => checked,
-        Err(err) => {
-            exchange.close = !matches!(err, ProxyError::InvalidJson(_));
-            return Err(err);
+    let (body, validated) = if admit::reads_body(route, &parts.headers, &body) {
+        // Boxed: only routes that validate JSON bodies pay for the reading state.
+        match Box::pin(admit::validate_json(body, limits)).await {
+            Ok(data) => (data, true),
+            Err(err) => {
+                exchange.close = !matches!(err, ProxyError::InvalidJson(_));
+                return Err(err);
+            }
         }
+    } else {
+        (admit::client_source(body, limits), false)
     };
 
     // 5. forward

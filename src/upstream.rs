@@ -123,7 +123,9 @@ impl Upstream {
             let (pool, pooled) = (&self.pools[index], self.pools[index].take());
             let conn = match pooled {
                 Some(conn) => conn,
-                None => match self.connector.connect(target).await {
+                // Boxed: the connect and TLS handshake state is large, and most requests find
+                // a pooled connection.
+                None => match Box::pin(self.connector.connect(target)).await {
                     Ok(conn) => conn,
                     Err(ConnectError::Refused(err)) if tried + 1 < targets.len() => {
                         tracing::debug!(upstream = %self.config.name, target = %target.authority, error = %err, "connect refused, trying next target");

@@ -15,6 +15,7 @@ use http_body::Body;
 use hyper::ext::ReasonPhrase;
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -130,10 +131,11 @@ fn parser() -> httparse::ParserConfig {
 
 /// Parses a response head at the start of `buf`, taking its bytes; `None` until it is whole.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parser().parse_response(&mut parsed, buf) {
+    // Left uninitialised: httparse writes the slots it uses, and filling 128 empty ones on
+    // every response would cost more than the parse.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match parser().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
             return Err(SendError::Invalid("response head too large"))
@@ -145,6 +147,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
         Err(_) => return Err(SendError::Invalid("malformed response head")),
     };
     let code = parsed.code.unwrap_or(0);
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
     // hyper writes a reason phrase it is given instead of the canonical one.
     let canonical = StatusCode::from_u16(code)
         .ok()
@@ -153,31 +159,23 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
         .reason
         .filter(|r| Some(*r) != canonical)
         .map(|r| r.as_bytes().to_vec());
-    let version = match parsed.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
+    // Names now; values as offsets, to share the head's bytes once it is split off.
     let base = buf.as_ptr() as usize;
-    let count = parsed.headers.len();
-    for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
-        let name = field.name.as_ptr() as usize - base;
-        let value = field.value.as_ptr() as usize - base;
-        *span = (
-            name,
-            name + field.name.len(),
-            value,
-            value + field.value.len(),
-        );
-    }
+    let fields: Vec<(HeaderName, usize, usize)> = parsed
+        .headers
+        .iter()
+        .filter_map(|field| {
+            let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+            let start = field.value.as_ptr() as usize - base;
+            Some((name, start, start + field.value.len()))
+        })
+        .collect();
     let head = buf.split_to(len).freeze();
     let status = status_of(code)?;
     let reason = reason.and_then(|r| ReasonPhrase::try_from(r).ok());
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(n0, n1, v0, v1) in &spans[..count] {
-        let Ok(name) = HeaderName::from_bytes(&head[n0..n1]) else {
-            continue;
-        };
-        if let Some(value) = header_value(&head, v0, v1) {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, start, end) in fields {
+        if let Some(value) = header_value(&head, start, end) {
             headers.append(name, value);
         }
     }
