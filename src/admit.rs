@@ -67,6 +67,10 @@ pub async fn settle_unread(request: Request<Incoming>) -> bool {
 /// backslash, or a raw backslash. Such requests are refused rather than normalized, so the
 /// path restatus routes on is byte for byte the path it forwards.
 pub fn path_is_ambiguous(path: &str) -> bool {
+    // Nearly every path has neither escapes nor dots: decided without allocating.
+    if !path.bytes().any(|b| matches!(b, b'\\' | b'%' | b'.')) {
+        return false;
+    }
     if path.contains('\\') {
         return true;
     }

@@ -85,7 +85,8 @@ impl Proxy {
 struct Exchange<'a> {
     started: Instant,
     method: Method,
-    path: String,
+    /// The request's URI, shared rather than copied (its path is what rules and records use).
+    uri: http::Uri,
     request_id: HeaderValue,
     route: Option<&'a Route>,
     /// Kept only when a rule of the route looks at request headers.
@@ -109,7 +110,7 @@ pub async fn handle(
     let mut exchange = Exchange {
         started: Instant::now(),
         method: request.method().clone(),
-        path: request.uri().path().to_string(),
+        uri: request.uri().clone(),
         request_id: headers::request_id(request.headers(), &proxy.ids),
         route: None,
         request_headers: None,
@@ -369,7 +370,7 @@ async fn normalize_and_record(
 ) -> Response<ResponseBody> {
     let request = RequestFacts {
         method: &exchange.method,
-        path: &exchange.path,
+        path: exchange.uri.path(),
         headers: exchange.request_headers.as_ref(),
     };
     let settings = Settings {
@@ -424,7 +425,7 @@ fn record(
         kind: Kind::Status,
         source,
         method: exchange.method.to_string(),
-        path: exchange.path.clone(),
+        path: exchange.uri.path().to_string(),
         upstream: route.upstream.name().to_string(),
         upstream_status: outcome.upstream_status.as_u16(),
         status: outcome.status.as_u16(),
@@ -453,7 +454,7 @@ fn access_record(exchange: &Exchange, status: StatusCode) -> AccessRecord {
     AccessRecord {
         started: exchange.started,
         method: exchange.method.clone(),
-        path: exchange.path.clone(),
+        path: exchange.uri.path().to_string(),
         route: exchange.route.map(|r| r.name.clone()),
         upstream: exchange.route.map(|r| r.upstream.name().to_string()),
         status,
