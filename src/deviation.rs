@@ -334,13 +334,34 @@ pub fn rfc3339_ms(time: SystemTime) -> String {
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    if !(0..=9999).contains(&year) {
+        return format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60,
+            since.subsec_millis()
+        );
+    }
+    // Written digit by digit: this runs once per record, and a format string costs more
+    // than the rest of building the record.
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let fields: [(usize, usize, u64); 7] = [
+        (0, 4, year as u64),
+        (5, 2, u64::from(month)),
+        (8, 2, u64::from(day)),
+        (11, 2, rem / 3600),
+        (14, 2, rem % 3600 / 60),
+        (17, 2, rem % 60),
+        (20, 3, u64::from(since.subsec_millis())),
+    ];
+    for (at, width, mut value) in fields {
+        for slot in out[at..at + width].iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    }
+    out.iter().map(|b| char::from(*b)).collect()
 }
 
 /// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's civil calendar method.
