@@ -8,7 +8,7 @@ pub mod raw;
 
 use crate::config::{ConfigError, Locator};
 use bytes::Bytes;
-use condition::{method_bucket, Conditions, METHOD_BUCKETS};
+use condition::{method_bucket, Conditions, PathMatcher, METHOD_BUCKETS};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use raw::{RawHeaderEdits, RawRule, RawThen};
 use std::ops::Range;
@@ -242,9 +242,25 @@ pub struct TraceLine {
 /// The rules that apply to one route, in evaluation order, indexed by method and status.
 pub struct RuleSet {
     rules: Vec<Arc<Rule>>,
-    /// `METHOD_BUCKETS * 500` lists of rule positions, for status 100..=599.
-    index: Vec<Box<[u16]>>,
+    /// `METHOD_BUCKETS * 500` lists of candidates, for status 100..=599.
+    index: Vec<Box<[Candidate]>>,
     needs_request_headers: bool,
+}
+
+/// A rule that may match a method and status, with a digest of its exact path (0 when it
+/// has none), so that candidates for other paths are passed over without being visited.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate {
+    rule: u16,
+    exact_path: u32,
+}
+
+/// FNV-1a of a path, never 0 (0 marks "no exact path").
+fn path_digest(path: &str) -> u32 {
+    let hash = path.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash | 1
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -259,13 +275,19 @@ impl RuleSet {
         let mut index = Vec::with_capacity(METHOD_BUCKETS * 500);
         for bucket in 0..METHOD_BUCKETS {
             for status in 100..=599u16 {
-                let list: Vec<u16> = rules
+                let list: Vec<Candidate> = rules
                     .iter()
                     .enumerate()
                     .filter(|(_, r)| {
                         r.when.statuses.contains(status) && r.when.method_bucket_matches(bucket)
                     })
-                    .map(|(i, _)| i as u16)
+                    .map(|(i, r)| Candidate {
+                        rule: i as u16,
+                        exact_path: match &r.when.path {
+                            Some(PathMatcher::Exact(path)) => path_digest(path),
+                            _ => 0,
+                        },
+                    })
                     .collect();
                 index.push(list.into_boxed_slice());
             }
@@ -287,8 +309,8 @@ impl RuleSet {
         self.needs_request_headers
     }
 
-    /// Rule positions that could match this method and status, in order.
-    pub fn candidates(&self, method: &Method, status: u16) -> &[u16] {
+    /// The rules that could match this method and status, in order.
+    pub fn candidates(&self, method: &Method, status: u16) -> &[Candidate] {
         if !(100..=599).contains(&status) {
             return &[];
         }
@@ -304,8 +326,16 @@ impl RuleSet {
         mut trace: Option<&mut Vec<TraceLine>>,
     ) -> Step<'_> {
         let candidates = self.candidates(facts.method, facts.status);
-        for (position, &i) in candidates.iter().enumerate().skip(start) {
-            let rule = &self.rules[i as usize];
+        let mut digest = None;
+        for (position, candidate) in candidates.iter().enumerate().skip(start) {
+            // A trace (`explain`) lists every candidate, so it never skips.
+            if candidate.exact_path != 0 && trace.is_none() {
+                let digest = *digest.get_or_insert_with(|| path_digest(facts.path));
+                if candidate.exact_path != digest {
+                    continue;
+                }
+            }
+            let rule = &self.rules[candidate.rule as usize];
             let outcome = check(rule, facts, body);
             if let Some(trace) = trace.as_deref_mut() {
                 let text = match &outcome {
@@ -414,4 +444,84 @@ fn check<'r>(rule: &'r Rule, facts: &Facts, body: BodyState) -> Check<'r> {
         }
     }
     Check::Pass
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[deviations]
+sink = "stderr"
+
+[[upstreams]]
+name = "app"
+targets = ["http://127.0.0.1:9"]
+
+[[routes]]
+name = "api"
+upstream = "app"
+path_prefix = "/"
+profile = "none"
+
+[[rules]]
+name = "exact-a"
+when = { path = "/a", status = 200 }
+then = { status = 201 }
+
+[[rules]]
+name = "exact-b"
+when = { path = "/b", status = 200 }
+then = { status = 202 }
+
+[[rules]]
+name = "any"
+when = { path = "/**", status = 200 }
+then = { status = 203 }
+"#;
+
+    fn matched<'r>(rules: &'r RuleSet, path: &str, trace: Option<&mut Vec<TraceLine>>) -> &'r str {
+        let headers = HeaderMap::new();
+        let facts = Facts {
+            method: &Method::GET,
+            path,
+            status: 200,
+            request_headers: None,
+            response_headers: &headers,
+        };
+        match rules.evaluate(&facts, BodyState::Unread, 0, trace) {
+            Step::Matched(rule) => &rule.name,
+            _ => "none",
+        }
+    }
+
+    /// Candidates whose exact path differs are passed over by digest; the first match in
+    /// rule order still wins, and a trace still lists every candidate.
+    #[test]
+    fn exact_paths_are_skipped_without_changing_the_order() {
+        let config = Config::parse(Path::new("t.toml"), CONFIG).expect("valid config");
+        let rules = &config.routes[0].rules;
+        assert_eq!(rules.candidates(&Method::GET, 200).len(), 3);
+        assert_eq!(matched(rules, "/a", None), "exact-a");
+        assert_eq!(matched(rules, "/b", None), "exact-b");
+        assert_eq!(matched(rules, "/c", None), "any");
+        assert_eq!(matched(rules, "/a/x", None), "any");
+        let mut trace = Vec::new();
+        assert_eq!(matched(rules, "/c", Some(&mut trace)), "any");
+        let names: Vec<&str> = trace.iter().map(|t| t.rule.as_str()).collect();
+        assert_eq!(names, ["exact-a", "exact-b", "any"]);
+    }
+
+    #[test]
+    fn path_digests_are_never_zero() {
+        for path in ["", "/", "/a", "/orders", "/svc1/items"] {
+            assert_ne!(path_digest(path), 0);
+        }
+        assert_ne!(path_digest("/a"), path_digest("/b"));
+    }
 }
