@@ -141,7 +141,7 @@ impl Upstream {
                 host: &target.host_header,
             };
             return match client::send(conn, &request, body, &interim, pool).await {
-                Ok((response, _)) => Ok(response),
+                Ok(response) => Ok(response),
                 Err((err, reused)) if replayable && reused && is_stale(&err) => {
                     // A pooled connection the upstream closed while idle fails the request
                     // before any response byte. RFC 9110 §9.2.2 allows retrying an idempotent
@@ -155,7 +155,6 @@ impl Upstream {
                         .map_err(connect_error)?;
                     client::send(conn, &request, ForwardBody::empty(), &interim, pool)
                         .await
-                        .map(|(response, _)| response)
                         .map_err(|(err, _)| self.send_error(err))
                 }
                 Err((err, _)) => Err(self.send_error(err)),

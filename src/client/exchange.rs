@@ -52,19 +52,22 @@ pub enum SendError {
 }
 
 /// Sends `request` with `body` on `conn` and waits for the final response head. The returned
-/// body owns the connection and returns it to `pool` once read to its end.
+/// body owns the connection and returns it to `pool` once read to its end. A failure comes
+/// with whether the connection had served a request before.
 pub async fn send(
     mut conn: Conn,
     request: &Outgoing<'_>,
     body: ForwardBody,
     interim: &Interim,
     pool: &Arc<Pool>,
-) -> Result<(Response<UpstreamBody>, bool), (SendError, bool)> {
+) -> Result<Response<UpstreamBody>, (SendError, bool)> {
     let reused = conn.reused;
     let mut writer = Writer::new(request, body);
-    let head = std::future::poll_fn(|cx| poll_head(&mut conn, &mut writer, interim, cx))
-        .await
-        .map_err(|err| (err, reused))?;
+    let mut answered = false;
+    let head =
+        std::future::poll_fn(|cx| poll_head(&mut conn, &mut writer, interim, &mut answered, cx))
+            .await
+            .map_err(|err| (err, reused))?;
     let framing = Framing::of(&head, request.method == Method::HEAD).map_err(|e| (e, reused))?;
     let keep_alive = framing.allows_reuse() && keeps_alive(&head);
     let body = UpstreamBody::new(conn, writer, framing, keep_alive, pool.clone());
@@ -75,16 +78,17 @@ pub async fn send(
     if let Some(reason) = head.reason {
         response.extensions_mut().insert(reason);
     }
-    Ok((response, reused))
+    Ok(response)
 }
 
+/// `answered`: any byte of a response (an interim one included) has arrived.
 fn poll_head(
     conn: &mut Conn,
     writer: &mut Writer,
     interim: &Interim,
+    answered: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Head, SendError>> {
-    let mut answered = !conn.buf.is_empty();
     loop {
         writer.drive(&mut conn.io, cx).map_err(SendError::Body)?;
         if !conn.buf.is_empty() {
@@ -99,11 +103,12 @@ fn poll_head(
         match ready!(conn.poll_fill(cx)) {
             Ok(0) => {
                 let error = writer.error.take();
+                let answered = *answered;
                 return Poll::Ready(Err(SendError::Closed { answered, error }));
             }
-            Ok(_) => answered = true,
+            Ok(_) => *answered = true,
             Err(error) => {
-                let error = Some(error);
+                let (answered, error) = (*answered, Some(error));
                 return Poll::Ready(Err(SendError::Closed { answered, error }));
             }
         }
