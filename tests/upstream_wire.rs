@@ -593,3 +593,35 @@ async fn head_response_with_a_length_has_no_body() {
     assert_eq!(upstream.connections(), 1, "the connection was not reused");
     proxy.stop().await;
 }
+
+/// The pooled connection answers the second request with a 103, then closes. Something came
+/// back, so the connection was not stale: the GET is not sent again, and the client gets 502.
+#[tokio::test]
+async fn an_interim_answer_then_a_close_is_not_retried() {
+    let upstream = spawn_fault(|mut conn: FaultConn| async move {
+        if conn.index > 0 {
+            if conn.read_request().await.is_some() {
+                conn.send(&ok_response("retried")).await;
+            }
+            return;
+        }
+        if conn.read_request().await.is_some() {
+            conn.send(&ok_response("first")).await;
+        }
+        if conn.read_request().await.is_some() {
+            conn.send(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+                .await;
+            // Not synchronization: it puts the 103 and the close in separate reads, the case
+            // in which an answer seen in an earlier read must still count.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let proxy = proxy_for(&upstream).await;
+    let first = get(&proxy.url("/one")).await;
+    assert_eq!((first.status, first.text().as_str()), (200, "first"));
+    let second = get(&proxy.url("/two")).await;
+    assert_eq!(second.status, 502, "{}", second.text());
+    assert_eq!(upstream.logs().len(), 1, "no second connection: no retry");
+    proxy.stop().await;
+}
