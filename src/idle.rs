@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// What the connection has been doing, shared by its IO, its requests and its watchdog.
 pub struct Activity {
     opened: Instant,
+    /// `header_timeout` in milliseconds, the unit of the clock below.
     header_ms: u64,
     in_flight: AtomicUsize,
     /// Milliseconds since `opened` + 1 when the connection last became idle.
@@ -72,7 +73,6 @@ impl Drop for RequestGuard {
 
 pub struct Watchdog {
     activity: Arc<Activity>,
-    header_timeout: Duration,
     idle_timeout: Duration,
 }
 
@@ -88,7 +88,6 @@ impl Watchdog {
                 first_byte: AtomicU64::new(0),
                 head_started: tokio::sync::Notify::new(),
             }),
-            header_timeout,
             idle_timeout,
         }
     }
@@ -100,7 +99,7 @@ impl Watchdog {
     /// Completes when the connection should be closed, naming why.
     pub async fn expired(self) -> &'static str {
         let activity = &self.activity;
-        let header_ms = self.header_timeout.as_millis() as u64;
+        let header_ms = activity.header_ms;
         let idle_ms = self.idle_timeout.as_millis() as u64;
         loop {
             let now = activity.now_ms();

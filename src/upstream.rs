@@ -61,11 +61,6 @@ impl Upstream {
         }
     }
 
-    /// Idle pooled connections, over all targets.
-    pub fn idle_connections(&self) -> usize {
-        self.pools.iter().map(|p| p.idle_count()).sum()
-    }
-
     pub fn name(&self) -> &str {
         &self.config.name
     }
@@ -120,8 +115,8 @@ impl Upstream {
             if self.config.host == HostMode::Target {
                 headers.insert(HOST, target.host_header.clone());
             }
-            let (pool, pooled) = (&self.pools[index], self.pools[index].take());
-            let conn = match pooled {
+            let pool = &self.pools[index];
+            let conn = match pool.take() {
                 Some(conn) => conn,
                 // Boxed: the connect and TLS handshake state is large, and most requests find
                 // a pooled connection.

@@ -125,11 +125,6 @@ impl Pool {
             entry.since.elapsed() < POOL_IDLE_TIMEOUT && entry.conn.io.is_reusable()
         });
     }
-
-    /// Number of idle connections.
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().map_or(0, |idle| idle.len())
-    }
 }
 
 /// Closes idle connections in the background while the pools exist, so that a quiet upstream
