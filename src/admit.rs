@@ -1,6 +1,7 @@
 //! Request-side decisions that involve the body: validating JSON bodies before they are
 //! forwarded, and what to do with a body left unread when the proxy answers early.
 
+use crate::body::ClientBody;
 use crate::body::{buffer_bounded, Buffered, IdleTimer, Source};
 use crate::respond::ProxyError;
 use crate::route::Route;
@@ -8,7 +9,6 @@ use http::header::{CONTENT_TYPE, EXPECT};
 use http::{HeaderMap, Request, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::time::Duration;
 
 /// An early answer reads at most this much of a request body to keep the connection usable.
@@ -36,7 +36,7 @@ pub fn has_expect_continue(headers: &HeaderMap) -> bool {
 /// hyper send the 100), so its connection closes. Otherwise a small body is read and dropped
 /// so that keep-alive survives; a large or slow one closes the connection. HTTP/2 streams
 /// are reset on their own without affecting the connection.
-pub async fn settle_unread(request: Request<Incoming>) -> bool {
+pub async fn settle_unread(request: Request<ClientBody>) -> bool {
     let expects = expects_continue(&request);
     let version = request.version();
     let mut body = request.into_body();
@@ -117,12 +117,12 @@ pub fn is_json(headers: &HeaderMap) -> bool {
 
 /// Whether the request body is read before forwarding: `validate_json` on the route and a
 /// JSON body.
-pub fn reads_body(route: &Route, headers: &HeaderMap, body: &Incoming) -> bool {
+pub fn reads_body(route: &Route, headers: &HeaderMap, body: &ClientBody) -> bool {
     route.validate_json && !body.is_end_stream() && is_json(headers)
 }
 
 /// The client's body, streamed upstream within the body limit and timeout.
-pub fn client_source(body: Incoming, (limit, timeout): (u64, Duration)) -> Source {
+pub fn client_source(body: ClientBody, (limit, timeout): (u64, Duration)) -> Source {
     Source::Client {
         body,
         seen: 0,
@@ -134,7 +134,7 @@ pub fn client_source(body: Incoming, (limit, timeout): (u64, Duration)) -> Sourc
 /// Reads the JSON body (bounded by `limit`) and refuses it with 400 unless it parses.
 /// Returns the body to forward.
 pub async fn validate_json(
-    body: Incoming,
+    body: ClientBody,
     (limit, timeout): (u64, Duration),
 ) -> Result<Source, ProxyError> {
     let bound = usize::try_from(limit).unwrap_or(usize::MAX);

@@ -151,6 +151,46 @@ pub struct BodyTooLarge {
 /// The error type of bodies sent upstream.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request body as the client sends it: read by restatus's own HTTP/1.1 codec, or by
+/// hyper's HTTP/2.
+pub enum ClientBody {
+    Empty,
+    Http1(crate::http1::RequestBody),
+    Http2(Incoming),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ClientBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::Http1(body) => body.is_end_stream(),
+            ClientBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Http1(body) => body.size_hint(),
+            ClientBody::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
 /// Where the bytes of an upstream request body come from.
 pub enum Source {
     Empty,
@@ -158,7 +198,7 @@ pub enum Source {
     /// The client's body, counted against `limit` as it streams, and cut off when the
     /// client sends nothing for `idle.timeout`.
     Client {
-        body: Incoming,
+        body: ClientBody,
         seen: u64,
         limit: u64,
         idle: IdleTimer,
@@ -244,7 +284,7 @@ impl Source {
                     }
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(None) => return Poll::Ready(None),
-                    Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(err.into()))),
+                    Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(err))),
                     Poll::Ready(Some(Ok(frame))) => frame,
                 };
                 idle.reset();

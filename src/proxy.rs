@@ -2,6 +2,7 @@
 
 use crate::access::{AccessRecord, LoggedBody};
 use crate::admit;
+use crate::body::ClientBody;
 use crate::body::{ResponseBody, Source};
 use crate::config::{Config, HostMode};
 use crate::deviation::{self, DeviationLog, Kind, Record};
@@ -16,7 +17,6 @@ use crate::upstream::{OutboundRequest, Upstream};
 use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -104,7 +104,7 @@ struct Exchange<'a> {
 pub async fn handle(
     proxy: Arc<Proxy>,
     conn: Connection,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
 ) -> Result<Response<LoggedBody>, Infallible> {
     let in_flight = proxy.metrics.in_flight();
     let mut exchange = Exchange {
@@ -155,7 +155,7 @@ pub async fn handle(
 async fn forward<'a>(
     proxy: &'a Proxy,
     conn: Connection,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     exchange: &mut Exchange<'a>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // 2-3. route and checks, from the request head alone: with `Expect: 100-continue`, a
@@ -208,7 +208,7 @@ async fn forward<'a>(
 /// declared body size.
 fn admit<'a>(
     proxy: &'a Proxy,
-    request: &Request<Incoming>,
+    request: &Request<ClientBody>,
     exchange: &mut Exchange<'a>,
 ) -> Result<&'a Route, ProxyError> {
     let host = request_host(request);

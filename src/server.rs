@@ -1,22 +1,31 @@
 //! Listeners, per-connection settings and timeouts, and graceful shutdown.
 
+use crate::access::LoggedBody;
+use crate::body::ClientBody;
 use crate::config::Config;
 use crate::deviation::DeviationLog;
-use crate::idle::{ActivityIo, Watchdog};
+use crate::http1::{self, Ended};
+use crate::idle::{Activity, ActivityIo, Watchdog};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Connection};
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 /// Connection settings taken from `[server]`.
 #[derive(Debug, Clone, Copy)]
@@ -116,9 +125,8 @@ impl Server {
     /// finish for up to `shutdown_grace`. The admin listener answers until the end, with
     /// `/readyz` failing while connections drain.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let builder = Arc::new(http_builder(&self.settings));
-        let graceful = Arc::new(GracefulShutdown::new());
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (drain_tx, drain_rx) = watch::channel(false);
         let admin = self.admin.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "admin listening");
@@ -129,6 +137,11 @@ impl Server {
                 stop_rx.clone(),
             ))
         });
+        let shared = Arc::new(Shared {
+            h2: h2_builder(&self.settings),
+            drain: drain_rx,
+        });
+        let connections = TaskTracker::new();
         let mut accept_tasks = Vec::new();
         let plain = self.listeners.into_iter().map(|l| (l, false));
         let secure = self.tls_listeners.into_iter().map(|l| (l, true));
@@ -139,11 +152,11 @@ impl Server {
             }
             let ctx = AcceptContext {
                 live: self.live.clone(),
-                builder: builder.clone(),
-                stop: stop_rx.clone(),
+                shared: shared.clone(),
+                connections: connections.clone(),
                 tls,
             };
-            accept_tasks.push(tokio::spawn(accept_loop(listener, ctx, graceful.clone())));
+            accept_tasks.push(tokio::spawn(accept_loop(listener, ctx)));
         }
         shutdown.await;
         self.live.start_draining();
@@ -156,7 +169,12 @@ impl Server {
             task.abort();
             let _ = task.await;
         }
-        drain(graceful, grace).await;
+        let _ = drain_tx.send(true);
+        connections.close();
+        match tokio::time::timeout(grace, connections.wait()).await {
+            Ok(()) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+        }
         let _ = stop_tx.send(true);
         if let Some(admin) = admin {
             let _ = admin.await;
@@ -176,24 +194,20 @@ async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         .map_err(|err| std::io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))
 }
 
-/// Waits for open connections to finish, at most `grace`.
-async fn drain(graceful: Arc<GracefulShutdown>, grace: Duration) {
-    let Ok(graceful) = Arc::try_unwrap(graceful) else {
-        tracing::warn!("connections still being accepted; not waiting for them");
-        return;
-    };
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("all connections closed"),
-        Err(_) => tracing::warn!("shutdown grace period over; closing remaining connections"),
-    }
-}
-
 struct AcceptContext {
     live: Arc<Live>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    stop: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+    connections: TaskTracker,
     /// Connections on this listener start with a TLS handshake.
     tls: bool,
+}
+
+/// What every connection of the server shares.
+struct Shared {
+    h2: http2::Builder<TokioExecutor>,
+    /// Turns true when the server shuts down: connections finish the request in progress
+    /// and close (HTTP/2: GOAWAY).
+    drain: watch::Receiver<bool>,
 }
 
 /// Concurrent HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
@@ -201,27 +215,9 @@ pub const H2_MAX_STREAMS: u32 = 256;
 const H2_MAX_PENDING_RESETS: usize = 20;
 const H2_MAX_LOCAL_RESETS: usize = 1024;
 
-fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn h2_builder(settings: &ConnSettings) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
-        .http1()
-        .timer(TokioTimer::new())
-        // Idle and header timeouts are kept by the connection watchdog, which can tell an idle
-        // keep-alive connection from a slow request head (hyper's own timer cannot).
-        .header_read_timeout(None)
-        // The proxy checks the limits itself, so that the route's profile normalizes its
-        // 414 and 431; hyper's buffer, with room to spare, only stops heads far beyond them
-        // (with a bare 431).
-        .max_buf_size((settings.max_header_bytes * 2 + settings.max_uri_bytes).max(16 << 10))
-        // Likewise for the number of fields: the proxy refuses more than MAX_HEADER_FIELDS
-        // itself (a normalized 431); hyper's bare 431 only stops heads far beyond that.
-        .max_headers(crate::admit::MAX_HEADER_FIELDS * 4)
-        // A client may shut down its sending side once its requests are out (RFC 9112 §9.6);
-        // the requests already received are still answered.
-        .half_close(true)
-        .keep_alive(true);
-    builder
-        .http2()
         .timer(TokioTimer::new())
         // Bounds the decoded header block, so an endless CONTINUATION sequence ends the
         // connection instead of growing a buffer.
@@ -235,29 +231,28 @@ fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    mut ctx: AcceptContext,
-    graceful: Arc<GracefulShutdown>,
-) {
+/// The largest HTTP/1.1 request head read. The proxy checks the limits itself, so that the
+/// route's profile normalizes its 414 and 431; the parser, with room to spare, only stops
+/// heads far beyond them (with a bare 431).
+fn max_head(settings: &ConnSettings) -> usize {
+    (settings.max_header_bytes * 2 + settings.max_uri_bytes).max(16 << 10)
+}
+
+async fn accept_loop(listener: TcpListener, ctx: AcceptContext) {
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = ctx.stop.changed() => return,
-        };
-        match accepted {
+        match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let conn = Connection {
                     peer,
                     https: ctx.tls,
                 };
-                let (live, builder) = (ctx.live.clone(), ctx.builder.clone());
-                let watcher = graceful.watcher();
+                let (live, shared) = (ctx.live.clone(), ctx.shared.clone());
                 if ctx.tls {
-                    tokio::spawn(serve_tls(stream, conn, live, builder, watcher));
+                    ctx.connections.spawn(serve_tls(stream, conn, live, shared));
                 } else {
-                    tokio::spawn(serve_connection(stream, conn, live, builder, watcher));
+                    ctx.connections
+                        .spawn(serve_connection(stream, conn, live, shared, false));
                 }
             }
             Err(err) => {
@@ -271,13 +266,7 @@ async fn accept_loop(
 
 /// The TLS handshake, cut off at `header_timeout`, then the connection as usual. Failures
 /// are logged at debug and counted; they never touch other connections.
-async fn serve_tls(
-    stream: TcpStream,
-    conn: Connection,
-    live: Arc<Live>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
-) {
+async fn serve_tls(stream: TcpStream, conn: Connection, live: Arc<Live>, shared: Arc<Shared>) {
     let proxy = live.proxy();
     let Some(config) = proxy.tls.clone() else {
         tracing::debug!(peer = %conn.peer, "TLS is no longer configured; closing");
@@ -287,7 +276,10 @@ async fn serve_tls(
     let handshake = tokio::time::timeout(proxy.settings.header_timeout, acceptor.accept(stream));
     drop(proxy);
     match handshake.await {
-        Ok(Ok(stream)) => serve_connection(stream, conn, live, builder, watcher).await,
+        Ok(Ok(stream)) => {
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_connection(stream, conn, live, shared, h2).await
+        }
         Ok(Err(err)) => {
             live.metrics.tls_handshake_failed();
             tracing::debug!(peer = %conn.peer, error = %err, "TLS handshake failed");
@@ -299,41 +291,159 @@ async fn serve_tls(
     }
 }
 
+/// Serves one connection, HTTP/1.1 or (negotiated by ALPN, or by its preface) HTTP/2, until
+/// it ends or its watchdog closes it.
 async fn serve_connection<I>(
     io: I,
     conn: Connection,
     live: Arc<Live>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
+    shared: Arc<Shared>,
+    h2: bool,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = live.proxy().settings;
     let watchdog = Watchdog::new(settings.header_timeout, settings.idle_timeout);
-    let io = TokioIo::new(ActivityIo::new(io, watchdog.activity()));
+    let io = ActivityIo::new(io, watchdog.activity());
     let _open = live.metrics.connection();
     let activity = watchdog.activity();
-    let service = service_fn(move |request| {
-        let guard = activity.request_started();
-        // Each request runs on the config in force when it arrived, even across a reload.
-        let proxy = live.proxy();
-        // Boxed: hyper keeps room for one in-flight future per connection for the connection's
-        // whole life, so an idle keep-alive connection would otherwise hold a request's state.
-        Box::pin(async move {
-            let response = proxy::handle(proxy, conn, request).await;
-            response.map(|r| r.map(|body| body.with_guard(guard)))
-        })
-    });
-    let served = watcher.watch(builder.serve_connection(io, service).into_owned());
+    let served = async {
+        if h2 {
+            return serve_h2(
+                Prefixed::new(Bytes::new(), io),
+                conn,
+                &live,
+                &activity,
+                &shared,
+            )
+            .await;
+        }
+        let handler = |request| respond(&live, &activity, conn, request);
+        let drain = shared.drain.clone();
+        if let Ended::Http2 { io, read } =
+            http1::serve(io, max_head(&settings), drain, handler).await
+        {
+            serve_h2(Prefixed::new(read, io), conn, &live, &activity, &shared).await;
+        }
+    };
     let peer = conn.peer;
     tokio::select! {
-        result = served => {
-            if let Err(err) = result {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
-        }
+        () = served => {}
         reason = watchdog.expired() => {
             tracing::debug!(%peer, reason, "closing connection");
         }
+    }
+}
+
+/// Runs one request through the proxy, on the config in force when it arrived (even across
+/// a reload). Boxed, so that an idle connection holds no request's state.
+fn respond(
+    live: &Live,
+    activity: &Arc<Activity>,
+    conn: Connection,
+    request: Request<ClientBody>,
+) -> Pin<Box<impl Future<Output = Response<LoggedBody>> + Send>> {
+    let guard = activity.request_started();
+    let proxy = live.proxy();
+    Box::pin(async move {
+        let response = match proxy::handle(proxy, conn, request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        response.map(|body| body.with_guard(guard))
+    })
+}
+
+async fn serve_h2<I>(
+    io: Prefixed<I>,
+    conn: Connection,
+    live: &Arc<Live>,
+    activity: &Arc<Activity>,
+    shared: &Shared,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (live, activity) = (live.clone(), activity.clone());
+    let service = service_fn(move |request: Request<Incoming>| {
+        let request = request.map(ClientBody::Http2);
+        let response = respond(&live, &activity, conn, request);
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let served = shared.h2.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(served);
+    let mut drain = shared.drain.clone();
+    let draining = async {
+        let _ = drain.wait_for(|draining| *draining).await;
+    };
+    let finished = tokio::select! {
+        result = served.as_mut() => Some(result),
+        () = draining => None,
+    };
+    let result = match finished {
+        Some(result) => result,
+        None => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(peer = %conn.peer, error = %err, "connection ended with an error");
+    }
+}
+
+/// A stream with bytes already read from it put back in front.
+struct Prefixed<I> {
+    read: Bytes,
+    io: I,
+}
+
+impl<I> Prefixed<I> {
+    fn new(read: Bytes, io: I) -> Self {
+        Prefixed { read, io }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }

@@ -3,39 +3,14 @@
 
 use super::exchange::{Head, SendError, Writer};
 use super::{Conn, Pool};
-use bytes::{Buf, Bytes};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use crate::wire::{self, content_length, BodyError, Chunk, Framing};
+use bytes::Bytes;
+use http::header::TRANSFER_ENCODING;
+use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-
-/// Longest chunk-size line (with extensions) accepted.
-const MAX_CHUNK_LINE: usize = 4 << 10;
-/// Largest trailer section accepted.
-const MAX_TRAILERS: usize = 64 << 10;
-const MAX_TRAILER_FIELDS: usize = 64;
-
-/// How the body of a response is delimited.
-pub enum Framing {
-    /// No body: HEAD, 204, 304 (RFC 9112 §6.3 rule 1).
-    Empty,
-    /// `Content-Length`: this many bytes are left.
-    Length(u64),
-    Chunked(Chunk),
-    /// No length: the body runs until the upstream closes the connection.
-    Close,
-    Done,
-}
-
-/// Where the chunked decoder stands.
-pub enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
-}
+use std::task::{Context, Poll};
 
 impl Framing {
     pub fn of(head: &Head, head_request: bool) -> Result<Framing, SendError> {
@@ -61,7 +36,7 @@ impl Framing {
                 Framing::Close
             });
         }
-        match content_length(headers)? {
+        match content_length(headers, true).map_err(SendError::Invalid)? {
             Some(0) => Ok(Framing::Empty),
             Some(length) => Ok(Framing::Length(length)),
             None => Ok(Framing::Close),
@@ -72,42 +47,6 @@ impl Framing {
     pub fn allows_reuse(&self) -> bool {
         !matches!(self, Framing::Close)
     }
-
-    fn is_over(&self) -> bool {
-        matches!(self, Framing::Empty | Framing::Done | Framing::Length(0))
-    }
-}
-
-/// RFC 9110 §8.6: several equal values are one length; differing or malformed ones make the
-/// response invalid.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, SendError> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|b| *b == b',') {
-            let item = item.trim_ascii();
-            let parsed = std::str::from_utf8(item)
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(SendError::Invalid("malformed Content-Length"))?;
-            if length.is_some_and(|l| l != parsed) {
-                return Err(SendError::Invalid("conflicting Content-Length values"));
-            }
-            length = Some(parsed);
-        }
-    }
-    Ok(length)
-}
-
-/// The upstream's body failed after its head was relayed.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("upstream connection failed during the body: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("upstream closed the connection before the end of the body")]
-    Incomplete,
-    #[error("upstream body has invalid chunked framing")]
-    Invalid,
 }
 
 /// A response body read from an upstream connection.
@@ -206,179 +145,8 @@ impl Body for UpstreamBody {
     }
 }
 
-type Polled = Poll<Option<Result<Frame<Bytes>, BodyError>>>;
-
 impl Live {
-    fn poll_data(&mut self, cx: &mut Context<'_>) -> Polled {
-        loop {
-            match &mut self.framing {
-                Framing::Empty | Framing::Done | Framing::Length(0) => return Poll::Ready(None),
-                Framing::Length(left) => {
-                    if self.conn.buf.is_empty() {
-                        ready!(fill(&mut self.conn, cx, false))?;
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(take(&mut self.conn, left)))));
-                }
-                Framing::Close => {
-                    if self.conn.buf.is_empty() && ready!(fill(&mut self.conn, cx, true))? == 0 {
-                        self.framing = Framing::Done;
-                        return Poll::Ready(None);
-                    }
-                    let all = self.conn.buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(all))));
-                }
-                Framing::Chunked(_) => {
-                    if let Some(frame) = ready!(self.poll_chunked(cx)) {
-                        return Poll::Ready(Some(frame));
-                    }
-                }
-            }
-        }
-    }
-
-    /// One step of the chunked decoder (RFC 9112 §7.1): `Ready(None)` means "state changed,
-    /// go on"; the end of the body sets `Framing::Done`.
-    fn poll_chunked(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let Framing::Chunked(state) = &mut self.framing else {
-            return Poll::Ready(None);
-        };
-        let buf = &mut self.conn.buf;
-        match state {
-            Chunk::Size => match size_line(buf)? {
-                Some((used, size)) => {
-                    buf.advance(used);
-                    *state = if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    };
-                }
-                None if buf.len() > MAX_CHUNK_LINE => {
-                    return Poll::Ready(Some(Err(BodyError::Invalid)))
-                }
-                None => {
-                    ready!(fill(&mut self.conn, cx, false))?;
-                }
-            },
-            Chunk::Data(left) => {
-                if buf.is_empty() {
-                    ready!(fill(&mut self.conn, cx, false))?;
-                    return Poll::Ready(None);
-                }
-                let data = take(&mut self.conn, left);
-                if *left == 0 {
-                    *state = Chunk::DataEnd;
-                }
-                return Poll::Ready(Some(Ok(Frame::data(data))));
-            }
-            Chunk::DataEnd => {
-                if buf.len() < 2 {
-                    ready!(fill(&mut self.conn, cx, false))?;
-                } else if &buf[..2] == b"\r\n" {
-                    buf.advance(2);
-                    *state = Chunk::Size;
-                } else {
-                    return Poll::Ready(Some(Err(BodyError::Invalid)));
-                }
-            }
-            Chunk::Trailers => return self.poll_trailers(cx),
-        }
-        Poll::Ready(None)
-    }
-
-    fn poll_trailers(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let buf = &mut self.conn.buf;
-        if buf.len() >= 2 && buf.starts_with(b"\r\n") {
-            buf.advance(2);
-            self.framing = Framing::Done;
-            return Poll::Ready(None);
-        }
-        let mut slots = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
-        match httparse::parse_headers(buf, &mut slots) {
-            Ok(httparse::Status::Complete((used, fields))) => {
-                let trailers = trailer_map(fields);
-                buf.advance(used);
-                self.framing = Framing::Done;
-                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-            }
-            Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => {
-                ready!(fill(&mut self.conn, cx, false))?;
-                Poll::Ready(None)
-            }
-            _ => Poll::Ready(Some(Err(BodyError::Invalid))),
-        }
-    }
-}
-
-fn trailer_map(fields: &[httparse::Header<'_>]) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(fields.len());
-    for field in fields {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(field.name.as_bytes()),
-            HeaderValue::from_bytes(field.value),
-        ) {
-            map.append(name, value);
-        }
-    }
-    map
-}
-
-/// Up to `left` buffered bytes, counted off.
-fn take(conn: &mut Conn, left: &mut u64) -> Bytes {
-    let n = (*left).min(conn.buf.len() as u64) as usize;
-    *left -= n as u64;
-    conn.buf.split_to(n).freeze()
-}
-
-/// Reads more; the end of the stream is an error unless `eof_ends` (a close-delimited body).
-fn fill(conn: &mut Conn, cx: &mut Context<'_>, eof_ends: bool) -> Poll<Result<usize, BodyError>> {
-    match ready!(conn.poll_fill(cx)) {
-        Ok(0) if !eof_ends => Poll::Ready(Err(BodyError::Incomplete)),
-        Ok(n) => Poll::Ready(Ok(n)),
-        Err(err) => Poll::Ready(Err(BodyError::Io(err))),
-    }
-}
-
-/// A whole chunk-size line at the start of `buf`: its length with CRLF, and the size.
-/// Extensions after `;` are ignored (RFC 9112 §7.1.1); a bare LF is refused.
-fn size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, BodyError> {
-    let Some(end) = buf.iter().position(|b| *b == b'\n') else {
-        return Ok(None);
-    };
-    let line = buf[..end].strip_suffix(b"\r").ok_or(BodyError::Invalid)?;
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 15 {
-        return Err(BodyError::Invalid);
-    }
-    let rest = line[digits..].trim_ascii_start();
-    if !(rest.is_empty() || rest.starts_with(b";")) {
-        return Err(BodyError::Invalid);
-    }
-    let text = std::str::from_utf8(&line[..digits]).map_err(|_| BodyError::Invalid)?;
-    let size = u64::from_str_radix(text, 16).map_err(|_| BodyError::Invalid)?;
-    Ok(Some((end + 1, size)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunk_size_lines() {
-        assert_eq!(size_line(b"1a\r\nrest").ok().flatten(), Some((4, 26)));
-        assert_eq!(size_line(b"0;ext=1\r\n").ok().flatten(), Some((9, 0)));
-        assert_eq!(size_line(b"5 ;x\r\n").ok().flatten(), Some((6, 5)));
-        assert!(size_line(b"5").is_ok_and(|r| r.is_none()));
-        assert!(size_line(b"5\n").is_err(), "bare LF");
-        assert!(size_line(b"\r\n").is_err(), "no digits");
-        assert!(size_line(b"-5\r\n").is_err());
-        assert!(size_line(b"5x\r\n").is_err());
-        assert!(size_line(b"1000000000000000\r\n").is_err(), "overflow");
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        wire::poll_frame(&mut self.framing, &mut self.conn, cx)
     }
 }

@@ -2,19 +2,19 @@
 //! head is read, as RFC 9112 frames them. The request body keeps flowing while the upstream
 //! answers early; interim (1xx) responses are reported and skipped.
 
-use super::body::{Framing, UpstreamBody};
+use super::body::UpstreamBody;
 use super::io::Io;
 use super::{Conn, Pool};
 use crate::body::{BoxError, ForwardBody};
 use crate::expect::Interim;
-use bytes::{Buf, Bytes, BytesMut};
+use crate::wire::Framing;
+use crate::wire::{chunk_size, encode_trailers, field, has_token, Queue};
+use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::Body;
 use hyper::ext::ReasonPhrase;
-use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -227,17 +227,9 @@ fn header_value(head: &Bytes, start: usize, end: usize) -> Option<HeaderValue> {
 
 /// Whether the upstream keeps the connection open after this response (RFC 9112 §9.3).
 fn keeps_alive(head: &Head) -> bool {
-    let has = |token: &str| {
-        head.headers.get_all(CONNECTION).iter().any(|value| {
-            value
-                .as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-        })
-    };
     match head.version {
-        Version::HTTP_10 => has("keep-alive"),
-        _ => !has("close"),
+        Version::HTTP_10 => has_token(&head.headers, &CONNECTION, b"keep-alive"),
+        _ => !has_token(&head.headers, &CONNECTION, b"close"),
     }
 }
 
@@ -249,8 +241,7 @@ enum RequestFraming {
 
 /// The request side of an exchange: the head, then the body as it becomes available.
 pub struct Writer {
-    queue: VecDeque<Bytes>,
-    queued: usize,
+    queue: Queue,
     body: Option<ForwardBody>,
     framing: RequestFraming,
     unflushed: bool,
@@ -279,14 +270,11 @@ impl Writer {
                 None => (RequestFraming::Chunked, Some(None)),
             }
         };
-        let head = encode_head(request, field);
-        let mut queue = VecDeque::with_capacity(4);
-        let queued = head.len();
-        queue.push_back(head);
+        let mut queue = Queue::default();
+        queue.push(encode_head(request, field));
         let body = (!body.is_end_stream()).then_some(body);
         Writer {
             queue,
-            queued,
             body,
             framing,
             unflushed: false,
@@ -325,9 +313,9 @@ impl Writer {
                 }
                 return Ok(());
             }
-            match self.poll_write(io, cx) {
+            match self.queue.poll_write(io, cx) {
                 Poll::Ready(Ok(0)) => self.fail(std::io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(written)) => self.advance(written),
+                Poll::Ready(Ok(_)) => self.unflushed = true,
                 Poll::Ready(Err(err)) => self.fail(err),
                 Poll::Pending => return Ok(()),
             }
@@ -339,35 +327,9 @@ impl Writer {
         self.abandon();
     }
 
-    fn poll_write(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        let mut slices = [IoSlice::new(&[]); 8];
-        let mut count = 0;
-        for (slot, bytes) in slices.iter_mut().zip(self.queue.iter()) {
-            *slot = IoSlice::new(bytes);
-            count += 1;
-        }
-        Pin::new(io).poll_write_vectored(cx, &slices[..count])
-    }
-
-    fn advance(&mut self, mut written: usize) {
-        self.unflushed = true;
-        self.queued -= written;
-        while written > 0 {
-            let Some(front) = self.queue.front_mut() else {
-                return;
-            };
-            if written < front.len() {
-                front.advance(written);
-                return;
-            }
-            written -= front.len();
-            self.queue.pop_front();
-        }
-    }
-
     /// Moves body frames into the queue while the body has them ready.
     fn pull(&mut self, cx: &mut Context<'_>) -> Result<(), BoxError> {
-        while self.queued < MAX_QUEUED {
+        while self.queue.len() < MAX_QUEUED {
             let Some(body) = self.body.as_mut() else {
                 return Ok(());
             };
@@ -409,7 +371,7 @@ impl Writer {
                 self.push(data);
             }
             RequestFraming::Chunked => {
-                self.push(Bytes::from(format!("{:X}\r\n", data.len())));
+                self.push(chunk_size(data.len()));
                 self.push(data);
                 self.push(Bytes::from_static(b"\r\n"));
             }
@@ -433,8 +395,7 @@ impl Writer {
     }
 
     fn push(&mut self, bytes: Bytes) {
-        self.queued += bytes.len();
-        self.queue.push_back(bytes);
+        self.queue.push(bytes);
     }
 }
 
@@ -461,23 +422,6 @@ fn encode_head(request: &Outgoing<'_>, length: Option<Option<u64>>) -> Bytes {
         }
         Some(None) => field(&mut out, b"transfer-encoding", b"chunked"),
         None => {}
-    }
-    out.extend_from_slice(b"\r\n");
-    out.freeze()
-}
-
-fn field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// The last chunk with trailer fields (RFC 9112 §7.1.2).
-fn encode_trailers(trailers: &HeaderMap) -> Bytes {
-    let mut out = BytesMut::from(&b"0\r\n"[..]);
-    for (name, value) in trailers {
-        field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     out.freeze()

@@ -7,7 +7,8 @@ mod body;
 mod exchange;
 mod io;
 
-pub use body::{BodyError, UpstreamBody};
+pub use crate::wire::BodyError;
+pub use body::UpstreamBody;
 pub use exchange::{send, Outgoing, SendError};
 
 use crate::config::Target;
@@ -242,5 +243,15 @@ fn tls_error(io: &std::io::Error) -> Option<&rustls::Error> {
     match inner.downcast_ref::<std::io::Error>() {
         Some(nested) => tls_error(nested),
         None => inner.downcast_ref::<rustls::Error>(),
+    }
+}
+
+impl crate::wire::Fill for Conn {
+    fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        Conn::poll_fill(self, cx)
     }
 }

@@ -1,0 +1,227 @@
+//! Request heads as RFC 9112 reads them: the request line, the fields, and from them how the
+//! body is framed and whether the connection stays open. Anything ambiguous is refused.
+
+use crate::admit::{has_expect_continue, MAX_HEADER_FIELDS};
+use crate::wire::{content_length, has_token, Chunk, Framing};
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+use std::mem::MaybeUninit;
+
+/// Fields parsed per head; the proxy itself refuses more than [`MAX_HEADER_FIELDS`] with a
+/// normalized 431, this only stops heads far beyond that.
+const MAX_FIELDS: usize = MAX_HEADER_FIELDS * 4;
+
+/// A parsed request head.
+pub struct Head {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The client may send another request on this connection after this one.
+    pub keep_alive: bool,
+    /// The client waits for `100 Continue` before its body.
+    pub expects_continue: bool,
+}
+
+/// Why a head was refused; the connection closes after the answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadError {
+    /// Larger than the parser's buffer, or too many fields: 431 (RFC 6585 §5).
+    TooLarge,
+    /// Not an HTTP/1.x request: 505.
+    Version,
+    Malformed(&'static str),
+}
+
+impl HeadError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HeadError::Version => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Parses a request head at the start of `buf`, taking its bytes; `None` until it is whole.
+pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadError> {
+    // Left uninitialised: httparse writes the slots it uses.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > max_head => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(httparse::Error::Version) => return Err(HeadError::Version),
+        Err(_) => return Err(HeadError::Malformed("malformed request head")),
+    };
+    if len > max_head {
+        return Err(HeadError::TooLarge);
+    }
+    let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes())
+        .map_err(|_| HeadError::Malformed("invalid method"))?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    // Names now; the target and values as offsets, to share the head's bytes once split off.
+    let base = buf.as_ptr() as usize;
+    let span = |bytes: &[u8]| {
+        let start = bytes.as_ptr() as usize - base;
+        (start, start + bytes.len())
+    };
+    let target = span(parsed.path.unwrap_or("").as_bytes());
+    let mut fields = Vec::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| HeadError::Malformed("invalid field name"))?;
+        fields.push((name, span(field.value)));
+    }
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target.0..target.1))
+        .map_err(|_| HeadError::Malformed("invalid request target"))?;
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, (start, end)) in fields {
+        headers.append(name, value(&head, start, end)?);
+    }
+    frame(method, uri, version, headers).map(Some)
+}
+
+fn value(head: &Bytes, start: usize, end: usize) -> Result<HeaderValue, HeadError> {
+    HeaderValue::from_maybe_shared(head.slice(start..end))
+        .map_err(|_| HeadError::Malformed("invalid field value"))
+}
+
+/// Works out the body's framing (RFC 9112 §6.3) and the connection's persistence (§9.3).
+fn frame(
+    method: Method,
+    uri: Uri,
+    version: Version,
+    mut headers: HeaderMap,
+) -> Result<Head, HeadError> {
+    let mut keep_alive = match version {
+        Version::HTTP_10 => has_token(&headers, &CONNECTION, b"keep-alive"),
+        _ => !has_token(&headers, &CONNECTION, b"close"),
+    };
+    let framing = if headers.contains_key(TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            // §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+            return Err(HeadError::Malformed(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
+        }
+        if !only_chunked(&headers) {
+            // §6.3 rule 4: chunked must be the final (here: the only) coding.
+            return Err(HeadError::Malformed("unsupported Transfer-Encoding"));
+        }
+        if headers.remove(CONTENT_LENGTH).is_some() {
+            // §6.3 rule 3: chunked wins; the length goes, and so does the connection, since
+            // whoever sent both may be smuggling a request.
+            keep_alive = false;
+        }
+        Framing::Chunked(Chunk::Size)
+    } else {
+        match content_length(&headers, false).map_err(HeadError::Malformed)? {
+            None | Some(0) => Framing::Empty,
+            Some(length) => Framing::Length(length),
+        }
+    };
+    let expects_continue = version == Version::HTTP_11
+        && !matches!(framing, Framing::Empty)
+        && has_expect_continue(&headers);
+    Ok(Head {
+        method,
+        uri,
+        version,
+        headers,
+        framing,
+        keep_alive,
+        expects_continue,
+    })
+}
+
+/// Every coding listed is `chunked` (applying it twice is the same framing).
+fn only_chunked(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .peekable();
+    codings.peek().is_some() && codings.all(|t| t.eq_ignore_ascii_case(b"chunked"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<Option<Head>, HeadError> {
+        parse(&mut BytesMut::from(text.as_bytes()), 64 << 10)
+    }
+
+    #[test]
+    fn a_simple_head_is_read_and_its_bytes_taken() {
+        let mut buf = BytesMut::from(&b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\nNEXT"[..]);
+        let parsed = parse(&mut buf, 1024).ok().flatten().expect("head");
+        assert_eq!(parsed.method, Method::GET);
+        assert_eq!(parsed.uri, "/a?b=1");
+        assert_eq!(parsed.headers["host"], "x");
+        assert!(parsed.keep_alive && !parsed.expects_continue);
+        assert!(matches!(parsed.framing, Framing::Empty));
+        assert_eq!(&buf[..], b"NEXT");
+    }
+
+    #[test]
+    fn partial_heads_wait_and_large_ones_are_refused() {
+        assert!(matches!(head("GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None)));
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(70 << 10));
+        assert_eq!(head(&long).err(), Some(HeadError::TooLarge));
+        assert_eq!(
+            head("GET / HTTP/2.0\r\n\r\n").err(),
+            Some(HeadError::Version)
+        );
+    }
+
+    #[test]
+    fn framing_and_persistence() {
+        let chunked =
+            head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n");
+        let chunked = chunked.ok().flatten().expect("head");
+        assert!(matches!(chunked.framing, Framing::Chunked(_)));
+        assert!(!chunked.keep_alive, "TE with CL closes after the response");
+        assert!(!chunked.headers.contains_key(CONTENT_LENGTH));
+        let old = head("POST / HTTP/1.0\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n");
+        let old = old.ok().flatten().expect("head");
+        assert!(matches!(old.framing, Framing::Length(3)));
+        assert!(!old.keep_alive && !old.expects_continue);
+        let kept = head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+        assert!(kept.ok().flatten().expect("head").keep_alive);
+        let closed = head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(!closed.ok().flatten().expect("head").keep_alive);
+        let waits = head("PUT / HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-Continue\r\n\r\n");
+        assert!(waits.ok().flatten().expect("head").expects_continue);
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        for text in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length : 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+        ] {
+            assert_eq!(
+                head(text).err().map(|e| e.status()),
+                Some(StatusCode::BAD_REQUEST),
+                "{text:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! The client leg's HTTP/1.1 (RFC 9112): one task per connection reads a head, runs the
+//! request's handler, writes the response and reads the next head. The request body is read
+//! off the socket only while the handler asks for it, in the same task.
+//!
+//! An idle connection holds no buffer: the next head is read into the stack and kept only
+//! once its bytes have arrived. A connection opening with the HTTP/2 preface is handed back
+//! to be served as HTTP/2.
+
+mod body;
+mod head;
+mod response;
+
+pub use body::RequestBody;
+
+use crate::body::{BoxError, ClientBody};
+use crate::wire::{chunk_size, encode_trailers, Fill, Framing, Queue};
+use body::Pump;
+use bytes::{Bytes, BytesMut};
+use head::{Head, HeadError};
+use http::{Request, Response};
+use http_body::Body;
+use response::{Asked, Out};
+use std::future::{poll_fn, Future};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Read buffers start at this size and double while reads fill them, up to `MAX_READ`.
+const FIRST_READ: usize = 8 << 10;
+const MAX_READ: usize = 256 << 10;
+/// Response bytes queued for the socket before the body is asked for more.
+const MAX_QUEUED: usize = 256 << 10;
+/// After the last response on a connection, what the client still sends is read and dropped
+/// for this long (or this much), so that the kernel does not answer it with a reset that
+/// could destroy the response before the client read it.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// A connection's socket and what was read from it but not yet used.
+pub struct Wire<I> {
+    io: I,
+    buf: BytesMut,
+    next_read: usize,
+}
+
+/// How the connection ended.
+pub enum Ended<I> {
+    Closed,
+    /// The client sent the HTTP/2 preface; `read` holds the bytes already read.
+    Http2 {
+        io: I,
+        read: Bytes,
+    },
+}
+
+/// Serves HTTP/1.1 requests on `io` with `handler` until the client is done, an answer says
+/// close, or `stop` turns true (between requests; a request in progress is answered first,
+/// with `Connection: close`). `max_head`: the largest request head read.
+pub async fn serve<I, S, F, B>(
+    io: I,
+    max_head: usize,
+    mut stop: watch::Receiver<bool>,
+    mut handler: S,
+) -> Ended<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: FnMut(Request<ClientBody>) -> F,
+    F: Future<Output = Response<B>> + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut wire = Wire {
+        io,
+        buf: BytesMut::new(),
+        next_read: FIRST_READ,
+    };
+    let mut first = true;
+    loop {
+        let idle = wire.buf.is_empty();
+        let read = tokio::select! {
+            biased;
+            read = poll_fn(|cx| wire.poll_head(cx, max_head, first)) => read,
+            _ = stop.wait_for(|stopping| *stopping), if idle => return Ended::Closed,
+        };
+        first = false;
+        let head = match read {
+            Ok(Read::Head(head)) => head,
+            Ok(Read::Http2) => {
+                let read = wire.buf.split().freeze();
+                return Ended::Http2 { io: wire.io, read };
+            }
+            Ok(Read::Refused(err)) => {
+                tracing::debug!(?err, "refused a request head");
+                let _ = wire.io.write_all(&response::refusal(err.status())).await;
+                wire.close().await;
+                return Ended::Closed;
+            }
+            Ok(Read::Eof) | Err(_) => return Ended::Closed,
+        };
+        if !exchange(&mut wire, head, &mut handler, &stop).await {
+            return Ended::Closed;
+        }
+        if wire.buf.is_empty() {
+            // Nothing is kept for an idle connection.
+            wire.buf = BytesMut::new();
+        }
+    }
+}
+
+/// One request and its response. Returns whether the connection can carry another.
+async fn exchange<I, S, F, B>(
+    wire: &mut Wire<I>,
+    head: Head,
+    handler: &mut S,
+    stop: &watch::Receiver<bool>,
+) -> bool
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: FnMut(Request<ClientBody>) -> F,
+    F: Future<Output = Response<B>> + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let (mut pump, body) = match head.framing {
+        Framing::Empty => (None, ClientBody::Empty),
+        framing => {
+            let (pump, body) = body::channel(framing, head.expects_continue);
+            (Some(pump), ClientBody::Http1(body))
+        }
+    };
+    let method = head.method.clone();
+    let mut request = Request::new(body);
+    *request.method_mut() = head.method;
+    *request.uri_mut() = head.uri;
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers;
+    let mut answer = handler(request);
+    let response = poll_fn(|cx| loop {
+        if let Poll::Ready(response) = Pin::new(&mut answer).poll(cx) {
+            return Poll::Ready(response);
+        }
+        if !pump.as_mut().is_some_and(|pump| pump.drive(wire, cx)) {
+            return Poll::Pending;
+        }
+    })
+    .await;
+    drop(answer);
+    let (parts, body) = response.into_parts();
+    let asked = Asked {
+        method: &method,
+        version: head.version,
+        keep_alive: head.keep_alive && !*stop.borrow(),
+    };
+    let (head, out, keep_alive) = response::encode(&parts, &body.size_hint(), &asked);
+    let mut sending = Sending::new(head, out, body);
+    if let Err(err) = poll_fn(|cx| sending.poll(wire, &mut pump, cx)).await {
+        // The client sees the body cut short (no last chunk, or fewer bytes than the length).
+        tracing::debug!(error = %err, "response not sent whole; closing the connection");
+        return false;
+    }
+    let body_read = pump.as_ref().is_none_or(|p| p.is_done() && !p.failed);
+    if keep_alive && body_read {
+        return true;
+    }
+    wire.close().await;
+    false
+}
+
+// Moved once per request; boxing the head would cost an allocation each time.
+#[allow(clippy::large_enum_variant)]
+enum Read {
+    Head(Head),
+    Http2,
+    Refused(HeadError),
+    Eof,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Wire<I> {
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        max_head: usize,
+        first: bool,
+    ) -> Poll<std::io::Result<Read>> {
+        loop {
+            if !self.buf.is_empty() {
+                let seen = self.buf.len().min(PREFACE.len());
+                let preface = first && self.buf[..seen] == PREFACE[..seen];
+                if preface && seen == PREFACE.len() {
+                    return Poll::Ready(Ok(Read::Http2));
+                }
+                if !preface {
+                    match head::parse(&mut self.buf, max_head) {
+                        Ok(Some(head)) => return Poll::Ready(Ok(Read::Head(head))),
+                        Ok(None) => {}
+                        Err(err) => return Poll::Ready(Ok(Read::Refused(err))),
+                    }
+                }
+            }
+            let read = if self.buf.is_empty() {
+                ready!(self.poll_fill_idle(cx))?
+            } else {
+                ready!(self.poll_fill(cx))?
+            };
+            if read == 0 {
+                return Poll::Ready(Ok(Read::Eof));
+            }
+        }
+    }
+
+    /// Reads the start of a head into the stack, so that a connection waiting for its next
+    /// request holds no buffer.
+    fn poll_fill_idle(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let mut stack = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut read = ReadBuf::uninit(&mut stack);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+        self.buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
+    }
+
+    /// Closes the sending side, then drops what the client still sends for a moment.
+    async fn close(&mut self) {
+        let _ = self.io.shutdown().await;
+        let linger = async {
+            let mut scratch = [0u8; 4096];
+            let mut dropped = 0;
+            while dropped < LINGER_BYTES {
+                match self.io.read(&mut scratch).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => dropped += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, linger).await;
+    }
+}
+
+impl<I: AsyncRead + Unpin> Fill for Wire<I> {
+    fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.next_read / 2 {
+            self.buf.reserve(self.next_read);
+        }
+        let spare = self.buf.capacity() - self.buf.len();
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf);
+        if let Poll::Ready(Ok(n)) = read {
+            // A read that filled all the room asks for a bigger one next time (uploads).
+            if n == spare && self.next_read < MAX_READ {
+                self.next_read *= 2;
+            }
+        }
+        read
+    }
+}
+
+/// A response on its way out: the head, then the body as it becomes available, framed as
+/// the head said.
+struct Sending<B> {
+    head: Option<Bytes>,
+    queue: Queue,
+    body: Option<B>,
+    out: Out,
+    /// Bytes the length still promises.
+    left: u64,
+    ended: bool,
+    unflushed: bool,
+}
+
+/// The response body did not match the length its head announced.
+#[derive(Debug, thiserror::Error)]
+#[error("the response body does not match its Content-Length")]
+struct LengthMismatch;
+
+impl<B> Sending<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    fn new(head: Bytes, out: Out, body: B) -> Self {
+        let left = match out {
+            Out::Length(length) => length,
+            _ => 0,
+        };
+        Sending {
+            head: Some(head),
+            queue: Queue::default(),
+            // A body that may not be sent is not read (HEAD, 204, 304).
+            body: (out != Out::None).then_some(body),
+            out,
+            left,
+            ended: false,
+            unflushed: false,
+        }
+    }
+
+    fn poll<I>(
+        &mut self,
+        wire: &mut Wire<I>,
+        pump: &mut Option<Pump>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), BoxError>>
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.head.is_some() {
+            if let Some(pump) = pump.as_mut() {
+                ready!(pump.poll_before_final(wire, cx))?;
+            }
+            if let Some(head) = self.head.take() {
+                self.queue.push(head);
+            }
+        }
+        loop {
+            if let Some(pump) = pump.as_mut() {
+                // The upstream may still be reading the request body.
+                pump.drive(wire, cx);
+            }
+            self.pull(cx)?;
+            if self.queue.is_empty() {
+                if self.unflushed {
+                    ready!(Pin::new(&mut wire.io).poll_flush(cx))?;
+                    self.unflushed = false;
+                }
+                return if self.ended {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            }
+            match ready!(self.queue.poll_write(&mut wire.io, cx))? {
+                0 => {
+                    return Poll::Ready(Err(
+                        std::io::Error::from(std::io::ErrorKind::WriteZero).into()
+                    ))
+                }
+                _ => self.unflushed = true,
+            }
+        }
+    }
+
+    /// Moves body frames into the queue while the body has them ready.
+    fn pull(&mut self, cx: &mut Context<'_>) -> Result<(), BoxError> {
+        while !self.ended && self.queue.len() < MAX_QUEUED {
+            let Some(body) = self.body.as_mut() else {
+                return self.finish();
+            };
+            match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(None) => self.finish()?,
+                Poll::Ready(Some(Err(err))) => return Err(err.into()),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => self.data(data)?,
+                    Err(frame) => {
+                        if let (Ok(trailers), Out::Chunked) = (frame.into_trailers(), self.out) {
+                            self.queue.push(encode_trailers(&trailers));
+                            self.out = Out::None;
+                        }
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, data: Bytes) -> Result<(), BoxError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match self.out {
+            Out::Length(_) => {
+                self.left = self
+                    .left
+                    .checked_sub(data.len() as u64)
+                    .ok_or(LengthMismatch)?;
+                self.queue.push(data);
+            }
+            Out::Chunked => {
+                self.queue.push(chunk_size(data.len()));
+                self.queue.push(data);
+                self.queue.push(Bytes::from_static(b"\r\n"));
+            }
+            Out::Close => self.queue.push(data),
+            Out::None => {}
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), BoxError> {
+        self.ended = true;
+        self.body = None;
+        match self.out {
+            Out::Length(_) if self.left > 0 => Err(LengthMismatch.into()),
+            Out::Chunked => {
+                self.queue.push(Bytes::from_static(b"0\r\n\r\n"));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}

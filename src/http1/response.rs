@@ -1,0 +1,257 @@
+//! Response heads as RFC 9112 writes them, with the framing the body really has.
+
+use crate::wire::{content_length, field, has_token};
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::response::Parts;
+use http::{Method, StatusCode, Version};
+use http_body::SizeHint;
+use hyper::ext::ReasonPhrase;
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How a response body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Out {
+    /// No body may follow: HEAD, 1xx, 204, 304 (RFC 9112 §6.3 rule 1).
+    None,
+    Length(u64),
+    Chunked,
+    /// An HTTP/1.0 client with no length to go by: the close ends the body.
+    Close,
+}
+
+/// What the head writer needs to know about the request.
+pub struct Asked<'a> {
+    pub method: &'a Method,
+    pub version: Version,
+    pub keep_alive: bool,
+}
+
+/// The status line and fields; returns the head, the body's framing and whether the
+/// connection stays open after the response.
+pub fn encode(parts: &Parts, hint: &SizeHint, asked: &Asked<'_>) -> (Bytes, Out, bool) {
+    let status = parts.status;
+    let headers = &parts.headers;
+    let mut keep_alive = asked.keep_alive && !has_token(headers, &CONNECTION, b"close");
+    let out = if *asked.method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Out::None
+    } else if let Some(length) = hint.exact() {
+        Out::Length(length)
+    } else if let Ok(Some(length)) = content_length(headers, true) {
+        Out::Length(length)
+    } else if asked.version == Version::HTTP_11 {
+        Out::Chunked
+    } else {
+        keep_alive = false;
+        Out::Close
+    };
+    let size: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let mut head = BytesMut::with_capacity(size + 128);
+    status_line(&mut head, parts, asked.version);
+    // Hyper's rule for framing fields: the one written is the one the body really has.
+    let drop_length = !matches!(out, Out::None) || status == StatusCode::NO_CONTENT;
+    for (name, value) in headers {
+        if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && drop_length) {
+            continue;
+        }
+        field(&mut head, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match out {
+        Out::Length(length) => {
+            let mut digits = [0u8; 20];
+            field(&mut head, b"content-length", decimal(length, &mut digits));
+        }
+        Out::Chunked => field(&mut head, b"transfer-encoding", b"chunked"),
+        Out::None | Out::Close => {}
+    }
+    if !keep_alive && !has_token(headers, &CONNECTION, b"close") {
+        field(&mut head, b"connection", b"close");
+    } else if keep_alive && asked.version == Version::HTTP_10 {
+        field(&mut head, b"connection", b"keep-alive");
+    }
+    if !headers.contains_key(DATE) {
+        with_date(|date| field(&mut head, b"date", date));
+    }
+    head.extend_from_slice(b"\r\n");
+    (head.freeze(), out, keep_alive)
+}
+
+/// A head the connection writes itself, for a request it could not read: no body, and the
+/// connection closes after it.
+pub fn refusal(status: StatusCode) -> Bytes {
+    let mut head = BytesMut::with_capacity(128);
+    let parts = http::Response::new(()).into_parts().0;
+    let mut parts = parts;
+    parts.status = status;
+    status_line(&mut head, &parts, Version::HTTP_11);
+    field(&mut head, b"content-length", b"0");
+    field(&mut head, b"connection", b"close");
+    with_date(|date| field(&mut head, b"date", date));
+    head.extend_from_slice(b"\r\n");
+    head.freeze()
+}
+
+/// An HTTP/1.0 request is answered as HTTP/1.0 (RFC 9110 §6.2: a server sends the highest
+/// version it supports that the client's major version allows; hyper answers likewise).
+fn status_line(head: &mut BytesMut, parts: &Parts, version: Version) {
+    head.extend_from_slice(match version {
+        Version::HTTP_10 => b"HTTP/1.0 ",
+        _ => b"HTTP/1.1 ",
+    });
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.extend_from_slice(b" ");
+    match parts.extensions.get::<ReasonPhrase>() {
+        Some(reason) => head.extend_from_slice(reason.as_bytes()),
+        None => {
+            let reason = parts.status.canonical_reason().unwrap_or("");
+            head.extend_from_slice(reason.as_bytes());
+        }
+    }
+    head.extend_from_slice(b"\r\n");
+}
+
+fn decimal(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
+    let mut at = out.len();
+    loop {
+        at -= 1;
+        out[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &out[at..];
+        }
+    }
+}
+
+thread_local! {
+    /// The `Date` value (RFC 9110 §6.6.1), formatted once per second per thread.
+    static DATE_CACHE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+}
+
+fn with_date(write: impl FnOnce(&[u8])) {
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE_CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != second {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == 29 {
+                cache.1.copy_from_slice(text.as_bytes());
+                cache.0 = second;
+            }
+        }
+        write(&cache.1);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn asked(method: &Method, version: Version) -> Asked<'_> {
+        Asked {
+            method,
+            version,
+            keep_alive: true,
+        }
+    }
+
+    fn head_of(parts: &Parts, hint: SizeHint, asked: &Asked<'_>) -> (String, Out, bool) {
+        let (head, out, keep) = encode(parts, &hint, asked);
+        (String::from_utf8_lossy(&head).into_owned(), out, keep)
+    }
+
+    #[test]
+    fn lengths_chunks_and_closes() {
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("99"));
+        let get = Method::GET;
+        let (head, out, keep) = head_of(
+            &parts,
+            SizeHint::with_exact(2),
+            &asked(&get, Version::HTTP_11),
+        );
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.contains("content-length: 2\r\n") && !head.contains("99"),
+            "{head}"
+        );
+        assert!(
+            head.contains("\r\ndate: ") && head.ends_with("\r\n\r\n"),
+            "{head}"
+        );
+        assert_eq!((out, keep), (Out::Length(2), true));
+        parts.headers.clear();
+        let (head, out, _) = head_of(&parts, SizeHint::default(), &asked(&get, Version::HTTP_11));
+        assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+        assert_eq!(out, Out::Chunked);
+        let (head, out, keep) =
+            head_of(&parts, SizeHint::default(), &asked(&get, Version::HTTP_10));
+        assert!(head.starts_with("HTTP/1.0 200 OK\r\n") && head.contains("connection: close"));
+        assert_eq!((out, keep), (Out::Close, false));
+        let (head, _, keep) = head_of(
+            &parts,
+            SizeHint::with_exact(0),
+            &asked(&get, Version::HTTP_10),
+        );
+        assert!(
+            head.contains("connection: keep-alive\r\n") && keep,
+            "{head}"
+        );
+    }
+
+    #[test]
+    fn bodiless_responses_keep_their_fields() {
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("42"));
+        let head_method = Method::HEAD;
+        let (head, out, _) = head_of(
+            &parts,
+            SizeHint::with_exact(0),
+            &asked(&head_method, Version::HTTP_11),
+        );
+        assert!(head.contains("content-length: 42\r\n"), "{head}");
+        assert_eq!(out, Out::None);
+        parts.status = StatusCode::NO_CONTENT;
+        let get = Method::GET;
+        let (head, out, _) = head_of(
+            &parts,
+            SizeHint::with_exact(0),
+            &asked(&get, Version::HTTP_11),
+        );
+        assert!(!head.contains("content-length"), "{head}");
+        assert_eq!(out, Out::None);
+    }
+
+    #[test]
+    fn reason_phrases_and_refusals() {
+        let mut parts = http::Response::new(()).into_parts().0;
+        let reason = ReasonPhrase::try_from(&b"Fine By Me"[..]).expect("reason");
+        parts.extensions.insert(reason);
+        let get = Method::GET;
+        let (head, _, _) = head_of(
+            &parts,
+            SizeHint::with_exact(0),
+            &asked(&get, Version::HTTP_11),
+        );
+        assert!(head.starts_with("HTTP/1.1 200 Fine By Me\r\n"), "{head}");
+        let refused = refusal(StatusCode::BAD_REQUEST);
+        let text = String::from_utf8_lossy(&refused);
+        assert!(text
+            .starts_with("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n"));
+        assert_eq!(decimal(1234567, &mut [0; 20]), b"1234567");
+        assert_eq!(decimal(0, &mut [0; 20]), b"0");
+    }
+}

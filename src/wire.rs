@@ -1,0 +1,390 @@
+//! HTTP/1.1 message bodies on the wire, shared by both legs: the decoder of RFC 9112 §6-7
+//! framing (length, chunked with trailers, up to the close) and the encoders of fields,
+//! chunks and trailers.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use http_body::Frame;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use tokio::io::AsyncWrite;
+
+/// Longest chunk-size line (with extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4 << 10;
+/// Largest trailer section accepted.
+const MAX_TRAILERS: usize = 64 << 10;
+const MAX_TRAILER_FIELDS: usize = 64;
+
+/// How the body of a message is delimited.
+pub enum Framing {
+    /// No body: HEAD, 204, 304 (RFC 9112 §6.3 rule 1), or a request without one.
+    Empty,
+    /// `Content-Length`: this many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// No length: the body runs until the peer closes the connection.
+    Close,
+    Done,
+}
+
+/// Where the chunked decoder stands.
+pub enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+impl Framing {
+    pub fn is_over(&self) -> bool {
+        matches!(self, Framing::Empty | Framing::Done | Framing::Length(0))
+    }
+}
+
+/// A body whose framing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("connection failed during the body: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connection closed before the end of the body")]
+    Incomplete,
+    #[error("invalid chunked framing")]
+    Invalid,
+}
+
+/// A connection's read side: its buffer and a way to add to it.
+pub trait Fill {
+    fn buffer(&mut self) -> &mut BytesMut;
+    /// Reads more bytes into the buffer; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>>;
+}
+
+type Polled = Poll<Option<Result<Frame<Bytes>, BodyError>>>;
+
+/// The next frame of a body framed by `framing`, read from `src` without copies.
+pub fn poll_frame<F: Fill>(framing: &mut Framing, src: &mut F, cx: &mut Context<'_>) -> Polled {
+    loop {
+        match framing {
+            Framing::Empty | Framing::Done | Framing::Length(0) => return Poll::Ready(None),
+            Framing::Length(left) => {
+                if src.buffer().is_empty() {
+                    ready!(fill(src, cx, false))?;
+                }
+                return Poll::Ready(Some(Ok(Frame::data(take(src.buffer(), left)))));
+            }
+            Framing::Close => {
+                if src.buffer().is_empty() && ready!(fill(src, cx, true))? == 0 {
+                    *framing = Framing::Done;
+                    return Poll::Ready(None);
+                }
+                let all = src.buffer().split().freeze();
+                return Poll::Ready(Some(Ok(Frame::data(all))));
+            }
+            Framing::Chunked(_) => {
+                if let Some(frame) = ready!(poll_chunked(framing, src, cx)) {
+                    return Poll::Ready(Some(frame));
+                }
+            }
+        }
+    }
+}
+
+/// One step of the chunked decoder (RFC 9112 §7.1): `Ready(None)` means "state changed, go
+/// on"; the end of the body sets `Framing::Done`.
+fn poll_chunked<F: Fill>(framing: &mut Framing, src: &mut F, cx: &mut Context<'_>) -> Polled {
+    let Framing::Chunked(state) = framing else {
+        return Poll::Ready(None);
+    };
+    let buf = src.buffer();
+    match state {
+        Chunk::Size => match size_line(buf)? {
+            Some((used, size)) => {
+                buf.advance(used);
+                *state = if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                };
+            }
+            None if buf.len() > MAX_CHUNK_LINE => {
+                return Poll::Ready(Some(Err(BodyError::Invalid)))
+            }
+            None => {
+                ready!(fill(src, cx, false))?;
+            }
+        },
+        Chunk::Data(left) => {
+            if buf.is_empty() {
+                ready!(fill(src, cx, false))?;
+                return Poll::Ready(None);
+            }
+            let data = take(buf, left);
+            if *left == 0 {
+                *state = Chunk::DataEnd;
+            }
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                ready!(fill(src, cx, false))?;
+            } else if &buf[..2] == b"\r\n" {
+                buf.advance(2);
+                *state = Chunk::Size;
+            } else {
+                return Poll::Ready(Some(Err(BodyError::Invalid)));
+            }
+        }
+        Chunk::Trailers => return poll_trailers(framing, src, cx),
+    }
+    Poll::Ready(None)
+}
+
+fn poll_trailers<F: Fill>(framing: &mut Framing, src: &mut F, cx: &mut Context<'_>) -> Polled {
+    let buf = src.buffer();
+    if buf.len() >= 2 && buf.starts_with(b"\r\n") {
+        buf.advance(2);
+        *framing = Framing::Done;
+        return Poll::Ready(None);
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
+    match httparse::parse_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete((used, fields))) => {
+            let trailers = trailer_map(fields);
+            buf.advance(used);
+            *framing = Framing::Done;
+            Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+        }
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => {
+            ready!(fill(src, cx, false))?;
+            Poll::Ready(None)
+        }
+        _ => Poll::Ready(Some(Err(BodyError::Invalid))),
+    }
+}
+
+fn trailer_map(fields: &[httparse::Header<'_>]) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(field.name.as_bytes()),
+            HeaderValue::from_bytes(field.value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// Up to `left` buffered bytes, counted off.
+fn take(buf: &mut BytesMut, left: &mut u64) -> Bytes {
+    let n = (*left).min(buf.len() as u64) as usize;
+    *left -= n as u64;
+    buf.split_to(n).freeze()
+}
+
+/// Reads more; the end of the stream is an error unless `eof_ends` (a close-delimited body).
+fn fill<F: Fill>(
+    src: &mut F,
+    cx: &mut Context<'_>,
+    eof_ends: bool,
+) -> Poll<Result<usize, BodyError>> {
+    match ready!(src.poll_fill(cx)) {
+        Ok(0) if !eof_ends => Poll::Ready(Err(BodyError::Incomplete)),
+        Ok(n) => Poll::Ready(Ok(n)),
+        Err(err) => Poll::Ready(Err(BodyError::Io(err))),
+    }
+}
+
+/// A whole chunk-size line at the start of `buf`: its length with CRLF, and the size.
+/// Extensions after `;` are ignored (RFC 9112 §7.1.1); a bare LF is refused.
+fn size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, BodyError> {
+    let Some(end) = buf.iter().position(|b| *b == b'\n') else {
+        return Ok(None);
+    };
+    let line = buf[..end].strip_suffix(b"\r").ok_or(BodyError::Invalid)?;
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return Err(BodyError::Invalid);
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(rest.is_empty() || rest.starts_with(b";")) {
+        return Err(BodyError::Invalid);
+    }
+    let text = std::str::from_utf8(&line[..digits]).map_err(|_| BodyError::Invalid)?;
+    let size = u64::from_str_radix(text, 16).map_err(|_| BodyError::Invalid)?;
+    Ok(Some((end + 1, size)))
+}
+
+/// RFC 9110 §8.6: several equal values are one length; differing or malformed ones make the
+/// message invalid. `lists`: whether a comma-separated list of equal values is accepted.
+pub fn content_length(headers: &HeaderMap, lists: bool) -> Result<Option<u64>, &'static str> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let bytes = value.as_bytes();
+        if !lists && bytes.contains(&b',') {
+            return Err("a list in Content-Length");
+        }
+        for item in bytes.split(|b| *b == b',') {
+            let item = item.trim_ascii();
+            let parsed = std::str::from_utf8(item)
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or("malformed Content-Length")?;
+            if length.is_some_and(|l| l != parsed) {
+                return Err("conflicting Content-Length values");
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(length)
+}
+
+/// Whether a comma-separated field (every line of it) holds `token`, case-insensitively.
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &[u8]) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    })
+}
+
+/// One `name: value` line.
+pub fn field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk with trailer fields (RFC 9112 §7.1.2).
+pub fn encode_trailers(trailers: &HeaderMap) -> Bytes {
+    let mut out = BytesMut::from(&b"0\r\n"[..]);
+    for (name, value) in trailers {
+        field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+/// The size line before a chunk of `len` bytes.
+pub fn chunk_size(len: usize) -> Bytes {
+    let mut line = BytesMut::with_capacity(18);
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1);
+    for shift in (0..digits).rev() {
+        line.extend_from_slice(&[b"0123456789ABCDEF"[(len >> (shift * 4)) & 0xf]]);
+    }
+    line.extend_from_slice(b"\r\n");
+    line.freeze()
+}
+
+/// Bytes waiting to be written, sent with vectored writes.
+#[derive(Default)]
+pub struct Queue {
+    parts: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Queue {
+    pub fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.len += bytes.len();
+            self.parts.push_back(bytes);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.parts.clear();
+        self.len = 0;
+    }
+
+    /// One vectored write of what is queued; the written bytes are taken off.
+    pub fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        let mut slices = [IoSlice::new(&[]); 8];
+        let mut count = 0;
+        for (slot, bytes) in slices.iter_mut().zip(self.parts.iter()) {
+            *slot = IoSlice::new(bytes);
+            count += 1;
+        }
+        let written = ready!(Pin::new(io).poll_write_vectored(cx, &slices[..count]))?;
+        self.advance(written);
+        Poll::Ready(Ok(written))
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        self.len -= written;
+        while written > 0 {
+            let Some(front) = self.parts.front_mut() else {
+                return;
+            };
+            if written < front.len() {
+                front.advance(written);
+                return;
+            }
+            written -= front.len();
+            self.parts.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines() {
+        assert_eq!(size_line(b"1a\r\nrest").ok().flatten(), Some((4, 26)));
+        assert_eq!(size_line(b"0;ext=1\r\n").ok().flatten(), Some((9, 0)));
+        assert_eq!(size_line(b"5 ;x\r\n").ok().flatten(), Some((6, 5)));
+        assert!(size_line(b"5").is_ok_and(|r| r.is_none()));
+        assert!(size_line(b"5\n").is_err(), "bare LF");
+        assert!(size_line(b"\r\n").is_err(), "no digits");
+        assert!(size_line(b"-5\r\n").is_err());
+        assert!(size_line(b"5x\r\n").is_err());
+        assert!(size_line(b"1000000000000000\r\n").is_err(), "overflow");
+    }
+
+    #[test]
+    fn chunk_size_lines_are_written_in_hex() {
+        assert_eq!(&chunk_size(1)[..], b"1\r\n");
+        assert_eq!(&chunk_size(26)[..], b"1A\r\n");
+        assert_eq!(&chunk_size(4096)[..], b"1000\r\n");
+        assert_eq!(&chunk_size(0xfffff)[..], b"FFFFF\r\n");
+    }
+
+    #[test]
+    fn content_lengths() {
+        let map = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(CONTENT_LENGTH, HeaderValue::from_str(v).expect("value"));
+            }
+            headers
+        };
+        assert_eq!(content_length(&map(&["12"]), false), Ok(Some(12)));
+        assert_eq!(content_length(&map(&["3", "3"]), false), Ok(Some(3)));
+        assert_eq!(content_length(&map(&[]), false), Ok(None));
+        assert!(content_length(&map(&["3, 3"]), false).is_err());
+        assert_eq!(content_length(&map(&["3, 3"]), true), Ok(Some(3)));
+        assert!(content_length(&map(&["3", "4"]), true).is_err());
+        for bad in ["+3", "-1", "0x3", "", "3 4"] {
+            assert!(content_length(&map(&[bad]), true).is_err(), "{bad}");
+        }
+    }
+}
