@@ -309,21 +309,18 @@ async fn serve_connection<I>(
     let activity = watchdog.activity();
     let served = async {
         if h2 {
-            return serve_h2(
-                Prefixed::new(Bytes::new(), io),
-                conn,
-                &live,
-                &activity,
-                &shared,
-            )
-            .await;
+            let io = Prefixed::new(Bytes::new(), io);
+            return Box::pin(serve_h2(io, conn, &live, &activity, &shared)).await;
         }
         let handler = |request| respond(&live, &activity, conn, request);
         let drain = shared.drain.clone();
         if let Ended::Http2 { io, read } =
             http1::serve(io, max_head(&settings), drain, handler).await
         {
-            serve_h2(Prefixed::new(read, io), conn, &live, &activity, &shared).await;
+            // Boxed, like the HTTP/2 branch above: an HTTP/1.1 connection does not carry
+            // room for an HTTP/2 connection's state.
+            let io = Prefixed::new(read, io);
+            Box::pin(serve_h2(io, conn, &live, &activity, &shared)).await;
         }
     };
     let peer = conn.peer;

@@ -102,7 +102,8 @@ where
             }
             Ok(Read::Eof) | Err(_) => return Ended::Closed,
         };
-        if !exchange(&mut wire, head, &mut handler, &stop).await {
+        // Boxed: an idle connection does not hold room for a request's state.
+        if !Box::pin(exchange(&mut wire, head, &mut handler, &stop)).await {
             return Ended::Closed;
         }
         if wire.buf.is_empty() {
@@ -226,11 +227,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Wire<I> {
     /// Closes the sending side, then drops what the client still sends for a moment.
     async fn close(&mut self) {
         let _ = self.io.shutdown().await;
+        // Read into the connection's buffer, not the stack: this future is part of every
+        // connection's state.
         let linger = async {
-            let mut scratch = [0u8; 4096];
             let mut dropped = 0;
             while dropped < LINGER_BYTES {
-                match self.io.read(&mut scratch).await {
+                self.buf.clear();
+                self.buf.reserve(4096);
+                match self.io.read_buf(&mut self.buf).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => dropped += n,
                 }
