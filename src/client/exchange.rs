@@ -178,7 +178,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
     let head = buf.split_to(len).freeze();
     let status = status_of(code)?;
     let reason = reason.and_then(|r| ReasonPhrase::try_from(r).ok());
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // Room for what the proxy adds on the way back (Via, the request id, the original status,
+    // Date), so that the map is not grown and rehashed.
+    let mut headers = HeaderMap::with_capacity(fields.len() + crate::http1::ADDED_FIELDS);
     for (name, start, end) in fields {
         if let Some(value) = header_value(&head, start, end) {
             headers.append(name, value);

@@ -12,6 +12,9 @@ use std::mem::MaybeUninit;
 /// normalized 431, this only stops heads far beyond that.
 const MAX_FIELDS: usize = MAX_HEADER_FIELDS * 4;
 
+/// Fields the proxy may add to a head it forwards.
+pub const ADDED_FIELDS: usize = 6;
+
 /// A parsed request head.
 pub struct Head {
     pub method: Method,
@@ -83,7 +86,9 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadEr
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.1))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // Room for the fields the proxy adds (Via, X-Forwarded-*, the request id), so that the
+    // map is not grown and rehashed on the way upstream.
+    let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_FIELDS);
     for (name, (start, end)) in fields {
         headers.append(name, value(&head, start, end)?);
     }
