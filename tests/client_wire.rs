@@ -545,6 +545,23 @@ async fn nul_in_the_request_line_is_400() {
     assert_eq!(answer.values("connection"), ["close"], "{answer:?}");
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with two, is answered 400
+/// (a proxy must not guess which host was meant).
+#[tokio::test]
+async fn missing_or_repeated_host_is_400() {
+    let heads: [&[u8]; 2] = [
+        b"GET /a HTTP/1.1\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    ];
+    for head in heads {
+        let answer = refused(head.to_vec()).await;
+        assert!(
+            answer.head.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer:?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Leading empty lines
 

@@ -4,7 +4,7 @@
 use crate::admit::{has_expect_continue, MAX_HEADER_FIELDS};
 use crate::wire::{content_length, has_token, Chunk, Framing};
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
 
@@ -107,6 +107,11 @@ fn frame(
     version: Version,
     mut headers: HeaderMap,
 ) -> Result<Head, HeadError> {
+    // RFC 9112 §3.2: an HTTP/1.1 request needs exactly one Host; none may carry two.
+    let hosts = headers.get_all(HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+        return Err(HeadError::Malformed("Host is missing or repeated"));
+    }
     let mut keep_alive = match version {
         Version::HTTP_10 => has_token(&headers, &CONNECTION, b"keep-alive"),
         _ => !has_token(&headers, &CONNECTION, b"close"),
@@ -183,6 +188,16 @@ mod tests {
     #[test]
     fn partial_heads_wait_and_large_ones_are_refused() {
         assert!(matches!(head("GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None)));
+        assert!(matches!(
+            head("GET / HTTP/1.1\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        let two = "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n";
+        assert!(matches!(head(two), Err(HeadError::Malformed(_))));
+        assert!(
+            head("GET / HTTP/1.0\r\n\r\n").is_ok_and(|h| h.is_some()),
+            "1.0 needs none"
+        );
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(70 << 10));
         assert_eq!(head(&long).err(), Some(HeadError::TooLarge));
         assert_eq!(
@@ -193,8 +208,9 @@ mod tests {
 
     #[test]
     fn framing_and_persistence() {
-        let chunked =
-            head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n");
+        let chunked = head(
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n",
+        );
         let chunked = chunked.ok().flatten().expect("head");
         assert!(matches!(chunked.framing, Framing::Chunked(_)));
         assert!(!chunked.keep_alive, "TE with CL closes after the response");
@@ -205,22 +221,23 @@ mod tests {
         assert!(!old.keep_alive && !old.expects_continue);
         let kept = head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
         assert!(kept.ok().flatten().expect("head").keep_alive);
-        let closed = head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let closed = head("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         assert!(!closed.ok().flatten().expect("head").keep_alive);
-        let waits = head("PUT / HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-Continue\r\n\r\n");
+        let waits =
+            head("PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-Continue\r\n\r\n");
         assert!(waits.ok().flatten().expect("head").expects_continue);
     }
 
     #[test]
     fn ambiguous_framing_is_refused() {
         for text in [
-            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length : 3\r\n\r\n",
-            "POST / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n",
         ] {
             assert_eq!(
                 head(text).err().map(|e| e.status()),
