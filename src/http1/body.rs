@@ -5,8 +5,8 @@
 //! without reading the body never makes the client send it.
 
 use super::Wire;
-use crate::wire::{self, BodyError, Framing};
-use bytes::Bytes;
+use crate::wire::{self, BodyError, Fill, Framing};
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,6 +34,19 @@ enum Interim {
     None,
     /// Owed, with how many of its bytes went out.
     Due(usize),
+}
+
+/// Bytes already read, and no more.
+struct Buffered<'a>(&'a mut BytesMut);
+
+impl Fill for Buffered<'_> {
+    fn buffer(&mut self) -> &mut BytesMut {
+        self.0
+    }
+
+    fn poll_fill(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        Poll::Pending
+    }
 }
 
 #[derive(Default)]
@@ -158,6 +171,20 @@ impl Pump {
             self.interim = Interim::None;
         }
         self.poll_continue(wire, cx)
+    }
+
+    /// Hands over the first frame when its bytes arrived with the head, before the handler
+    /// asks: the request then goes upstream with its body in one write. Never reads the
+    /// socket, and never for a client waiting for `100 Continue`.
+    pub fn prefill<I>(&mut self, wire: &mut Wire<I>) {
+        if !matches!(self.interim, Interim::None) || wire.buf.is_empty() {
+            return;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut buffered = Buffered(&mut wire.buf);
+        if let Poll::Ready(item) = wire::poll_frame(&mut self.framing, &mut buffered, &mut cx) {
+            self.hand_over(item);
+        }
     }
 
     /// Reads the body while the handler wants it and has room. Returns whether a frame was

@@ -131,7 +131,8 @@ where
     let (mut pump, body) = match head.framing {
         Framing::Empty => (None, ClientBody::Empty),
         framing => {
-            let (pump, body) = body::channel(framing, head.expects_continue);
+            let (mut pump, body) = body::channel(framing, head.expects_continue);
+            pump.prefill(wire);
             (Some(pump), ClientBody::Http1(body))
         }
     };
