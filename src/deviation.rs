@@ -129,9 +129,25 @@ impl Counts {
     fn add(&mut self, record: &Record) {
         let rule = record.rule.as_deref().unwrap_or("-");
         bump(&mut self.by_rule, &record.route, rule);
-        let pair = format!("{}->{}", record.upstream_status, record.status);
-        bump(&mut self.by_status, &record.route, &pair);
+        let mut pair = [0u8; 12];
+        let pair = status_pair(record.upstream_status, record.status, &mut pair);
+        bump(&mut self.by_status, &record.route, pair);
     }
+}
+
+/// `"200->201"`, written without formatting (statuses are three digits).
+fn status_pair(from: u16, to: u16, out: &mut [u8; 12]) -> &str {
+    let digits = |n: u16| {
+        [
+            b'0' + (n / 100 % 10) as u8,
+            b'0' + (n / 10 % 10) as u8,
+            b'0' + (n % 10) as u8,
+        ]
+    };
+    out[..3].copy_from_slice(&digits(from));
+    out[3..5].copy_from_slice(b"->");
+    out[5..8].copy_from_slice(&digits(to));
+    std::str::from_utf8(&out[..8]).unwrap_or("")
 }
 
 /// Adds one to `map[route][key]`, allocating keys only the first time they are seen.
@@ -259,6 +275,7 @@ fn open(target: &SinkTarget) -> std::io::Result<Box<dyn Write + Send>> {
 fn write_loop(receiver: Receiver<Message>, out: Box<dyn Write + Send>, shared: &Shared) {
     let mut out = BufWriter::with_capacity(64 << 10, out);
     let mut line = Vec::with_capacity(512);
+    let mut batch = Vec::new();
     while let Ok(message) = receiver.recv() {
         let mut next = Some(message);
         // Drain whatever is queued before flushing, so a burst costs one write.
@@ -266,9 +283,10 @@ fn write_loop(receiver: Receiver<Message>, out: Box<dyn Write + Send>, shared: &
             match message {
                 Message::Record(record) => {
                     write_record(&mut out, &mut line, &record, shared);
-                    remember(shared, *record);
+                    batch.push(*record);
                 }
                 Message::Flush(ack) => {
+                    account(shared, &mut batch);
                     let _ = out.flush();
                     let _ = ack.send(());
                 }
@@ -276,6 +294,7 @@ fn write_loop(receiver: Receiver<Message>, out: Box<dyn Write + Send>, shared: &
             }
             next = receiver.try_recv().ok();
         }
+        account(shared, &mut batch);
         if let Err(err) = out.flush() {
             tracing::error!(error = %err, "cannot flush deviation records");
         }
@@ -296,12 +315,59 @@ fn write_record(out: &mut impl Write, line: &mut Vec<u8>, record: &Record, share
             shared.written.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Most distinct kinds of record tallied per batch; past it records are counted one by one.
+const MAX_TALLIES: usize = 32;
+
+/// Counts a batch of written records: the metrics once per distinct label set (a steady
+/// stream is mostly the same deviation), the totals and the recent list under one lock each.
+fn account(shared: &Shared, batch: &mut Vec<Record>) {
+    if batch.is_empty() {
+        return;
+    }
     if let Some(metrics) = shared.metrics.get() {
-        metrics.deviation(record);
+        let mut tallies: Vec<(&Record, u64)> = Vec::new();
+        for record in batch.iter() {
+            if let Some((_, count)) = tallies
+                .iter_mut()
+                .find(|(seen, _)| same_labels(seen, record))
+            {
+                *count += 1;
+            } else if tallies.len() < MAX_TALLIES {
+                tallies.push((record, 1));
+            } else {
+                metrics.deviation(record, 1);
+            }
+        }
+        for (record, count) in tallies {
+            metrics.deviation(record, count);
+        }
     }
     if let Ok(mut counts) = shared.counts.lock() {
-        counts.add(record);
+        for record in batch.iter() {
+            counts.add(record);
+        }
     }
+    if let Ok(mut recent) = shared.recent.lock() {
+        for record in batch.drain(..) {
+            if recent.len() == RECENT_CAPACITY {
+                recent.pop_front();
+            }
+            recent.push_back(record);
+        }
+    }
+    batch.clear();
+}
+
+/// Whether two records count under the same metric labels.
+fn same_labels(a: &Record, b: &Record) -> bool {
+    a.upstream_status == b.upstream_status
+        && a.status == b.status
+        && a.action == b.action
+        && a.kind == b.kind
+        && a.route == b.route
+        && a.rule == b.rule
 }
 
 fn reopen(out: &mut BufWriter<Box<dyn Write + Send>>, target: &SinkTarget) {
@@ -316,15 +382,6 @@ fn reopen(out: &mut BufWriter<Box<dyn Write + Send>>, target: &SinkTarget) {
         Err(err) => {
             tracing::error!(sink = ?target, error = %err, "cannot reopen the deviation sink; keeping the old one");
         }
-    }
-}
-
-fn remember(shared: &Shared, record: Record) {
-    if let Ok(mut recent) = shared.recent.lock() {
-        if recent.len() == RECENT_CAPACITY {
-            recent.pop_front();
-        }
-        recent.push_back(record);
     }
 }
 
@@ -393,5 +450,62 @@ mod tests {
             let time = UNIX_EPOCH + Duration::from_millis(ms);
             assert_eq!(rfc3339_ms(time), want);
         }
+    }
+
+    fn record(route: &str, status: u16) -> Record {
+        Record {
+            ts: String::new(),
+            request_id: String::new(),
+            route: route.into(),
+            rule: Some("r".into()),
+            action: Action::Rewrote,
+            kind: Kind::Status,
+            source: Source::Upstream,
+            method: "GET".into(),
+            path: "/".into(),
+            upstream: "u".into(),
+            upstream_status: 200,
+            status,
+            body_inspected: false,
+            duration_ms: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_counted_per_record_whatever_its_mix() {
+        let metrics = Arc::new(Metrics::new());
+        let shared = Shared::default();
+        let _ = shared.metrics.set(metrics.clone());
+        let mut batch: Vec<Record> = (0..40)
+            .map(|i| record(&format!("route{}", i % 35), 201))
+            .chain([record("route0", 404), record("route0", 201)])
+            .collect();
+        account(&shared, &mut batch);
+        assert!(batch.is_empty());
+        let text = metrics.encode(0);
+        let line = |route: &str, status: u16| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("restatus_deviations_total{")
+                        && l.contains(&format!("route=\"{route}\""))
+                        && l.contains(&format!("status=\"{status}\""))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+        };
+        // route0..route4 appear twice in the first 40, route0 once more with 201.
+        assert_eq!(line("route0", 201).as_deref(), Some("3"), "{text}");
+        assert_eq!(line("route4", 201).as_deref(), Some("2"), "{text}");
+        assert_eq!(line("route34", 201).as_deref(), Some("1"), "{text}");
+        assert_eq!(line("route0", 404).as_deref(), Some("1"), "{text}");
+        let counts = shared.counts.lock().expect("counts");
+        assert_eq!(counts.by_status["route0"]["200->201"], 3);
+        assert_eq!(counts.by_status["route0"]["200->404"], 1);
+        assert_eq!(shared.recent.lock().expect("recent").len(), 42);
+    }
+
+    #[test]
+    fn status_pairs() {
+        assert_eq!(status_pair(200, 201, &mut [0; 12]), "200->201");
+        assert_eq!(status_pair(599, 100, &mut [0; 12]), "599->100");
     }
 }

@@ -186,7 +186,8 @@ impl Metrics {
     }
 
     /// Counted by the deviation log's writer thread, off the request path.
-    pub fn deviation(&self, record: &Record) {
+    /// Counts `count` records that carry `record`'s labels.
+    pub fn deviation(&self, record: &Record, count: u64) {
         let labels = DeviationLabels {
             route: record.route.clone(),
             rule: record.rule.clone().unwrap_or_default(),
@@ -195,7 +196,7 @@ impl Metrics {
             action: record.action.as_str().to_string(),
             kind: record.kind.as_str().to_string(),
         };
-        self.deviations.get_or_create(&labels).inc();
+        self.deviations.get_or_create(&labels).inc_by(count);
     }
 
     pub fn upstream_error(&self, upstream: &str, kind: &str) {
