@@ -143,9 +143,9 @@ impl Upstream {
                     // request then; only one without a body is retried, once, on a new
                     // connection, so no request body is ever sent twice.
                     tracing::debug!(upstream = %self.config.name, "connection closed before the response head; retrying the idempotent request once");
-                    let conn = self
-                        .connector
-                        .connect(target)
+                    // Boxed like the first connect: every request's future would otherwise
+                    // carry room for it.
+                    let conn = Box::pin(self.connector.connect(target))
                         .await
                         .map_err(connect_error)?;
                     client::send(conn, &request, ForwardBody::empty(), &interim, pool)
