@@ -55,7 +55,8 @@ pub fn encode(parts: &Parts, hint: &SizeHint, asked: &Asked<'_>) -> (Bytes, Out,
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     let mut head = BytesMut::with_capacity(size + 128);
-    status_line(&mut head, parts, asked.version);
+    let reason = parts.extensions.get::<ReasonPhrase>();
+    status_line(&mut head, status, reason, asked.version);
     // Hyper's rule for framing fields: the one written is the one the body really has.
     let drop_length = !matches!(out, Out::None) || status == StatusCode::NO_CONTENT;
     for (name, value) in headers {
@@ -88,10 +89,7 @@ pub fn encode(parts: &Parts, hint: &SizeHint, asked: &Asked<'_>) -> (Bytes, Out,
 /// connection closes after it.
 pub fn refusal(status: StatusCode) -> Bytes {
     let mut head = BytesMut::with_capacity(128);
-    let parts = http::Response::new(()).into_parts().0;
-    let mut parts = parts;
-    parts.status = status;
-    status_line(&mut head, &parts, Version::HTTP_11);
+    status_line(&mut head, status, None, Version::HTTP_11);
     field(&mut head, b"content-length", b"0");
     field(&mut head, b"connection", b"close");
     with_date(|date| field(&mut head, b"date", date));
@@ -101,19 +99,21 @@ pub fn refusal(status: StatusCode) -> Bytes {
 
 /// An HTTP/1.0 request is answered as HTTP/1.0 (RFC 9110 §6.2: a server sends the highest
 /// version it supports that the client's major version allows; hyper answers likewise).
-fn status_line(head: &mut BytesMut, parts: &Parts, version: Version) {
+fn status_line(
+    head: &mut BytesMut,
+    status: StatusCode,
+    reason: Option<&ReasonPhrase>,
+    version: Version,
+) {
     head.extend_from_slice(match version {
         Version::HTTP_10 => b"HTTP/1.0 ",
         _ => b"HTTP/1.1 ",
     });
-    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.extend_from_slice(status.as_str().as_bytes());
     head.extend_from_slice(b" ");
-    match parts.extensions.get::<ReasonPhrase>() {
+    match reason {
         Some(reason) => head.extend_from_slice(reason.as_bytes()),
-        None => {
-            let reason = parts.status.canonical_reason().unwrap_or("");
-            head.extend_from_slice(reason.as_bytes());
-        }
+        None => head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
     }
     head.extend_from_slice(b"\r\n");
 }
