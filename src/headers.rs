@@ -26,30 +26,59 @@ static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authentic
 /// the encoding override the length, and a proxy must remove the length before forwarding,
 /// or the next hop could frame the body by it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of these: one pass over the names, no lookups.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
+    // One pass over the names finds which of these are there; only those are looked up again
+    // (most messages carry none, or only `Connection: keep-alive`).
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut connection = false;
+    for name in headers.keys() {
+        if name == CONNECTION {
+            connection = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
+            present[i] = true;
+        }
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if present[TRANSFER_ENCODING_AT] {
         headers.remove(CONTENT_LENGTH);
     }
-    if headers.contains_key(CONNECTION) {
-        // Read as bytes: a value holding obs-text (0x80-0xff) still names the tokens in it.
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .flat_map(|value| value.as_bytes().split(|b| *b == b','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-        headers.remove(CONNECTION);
+    if connection {
+        remove_named(headers, &mut present);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
+        headers.remove(*name);
     }
 }
+
+/// Removes `Connection` and every field it names (RFC 9110 §7.6.1). The usual options,
+/// `keep-alive` and `close`, are matched without building a name.
+fn remove_named(headers: &mut HeaderMap, present: &mut [bool; HOP_BY_HOP.len()]) {
+    let mut close = false;
+    let mut named: Vec<HeaderName> = Vec::new();
+    // Read as bytes: a value holding obs-text (0x80-0xff) still names the tokens in it.
+    let tokens = headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii);
+    for token in tokens {
+        if token.eq_ignore_ascii_case(b"keep-alive") {
+            present[KEEP_ALIVE_AT] = true;
+        } else if token.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if let Ok(name) = HeaderName::from_bytes(token) {
+            named.push(name);
+        }
+    }
+    if close {
+        headers.remove(&CLOSE);
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    headers.remove(CONNECTION);
+}
+
+/// A field named like the `close` option goes with it.
+static CLOSE: HeaderName = HeaderName::from_static("close");
 
 /// The fields that are hop-by-hop by definition, besides `Connection`.
 static HOP_BY_HOP: [&HeaderName; 7] = [
@@ -62,9 +91,9 @@ static HOP_BY_HOP: [&HeaderName; 7] = [
     &PROXY_AUTHENTICATE,
 ];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == CONNECTION || HOP_BY_HOP.contains(&name)
-}
+/// Where `Keep-Alive` and `Transfer-Encoding` stand in [`HOP_BY_HOP`].
+const KEEP_ALIVE_AT: usize = 0;
+const TRANSFER_ENCODING_AT: usize = 3;
 
 /// Appends the client's address to `X-Forwarded-For`, keeping what earlier proxies wrote.
 /// Earlier values are joined as bytes, so one holding obs-text keeps its addresses.
@@ -188,6 +217,26 @@ fn hex_into(out: &mut [u8], mut value: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transfer_encoding_is_where_the_index_says() {
+        assert_eq!(*HOP_BY_HOP[TRANSFER_ENCODING_AT], TRANSFER_ENCODING);
+        assert_eq!(*HOP_BY_HOP[KEEP_ALIVE_AT], KEEP_ALIVE);
+    }
+
+    #[test]
+    fn connection_options_remove_the_fields_named_like_them() {
+        let mut headers = map(&[
+            ("connection", "close, Keep-Alive, x-hop"),
+            ("close", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "a"),
+            ("x-end", "b"),
+        ]);
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(left, ["x-end"]);
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
