@@ -189,8 +189,8 @@ impl Metrics {
     /// Counts `count` records that carry `record`'s labels.
     pub fn deviation(&self, record: &Record, count: u64) {
         let labels = DeviationLabels {
-            route: record.route.clone(),
-            rule: record.rule.clone().unwrap_or_default(),
+            route: record.route.to_string(),
+            rule: record.rule.as_deref().unwrap_or_default().to_string(),
             upstream_status: record.upstream_status,
             status: record.status,
             action: record.action.as_str().to_string(),

@@ -21,7 +21,7 @@ pub struct RequestFacts<'a> {
 
 /// How the rules treated a response.
 pub struct Outcome {
-    pub rule: Option<String>,
+    pub rule: Option<std::sync::Arc<str>>,
     pub action: Action,
     pub upstream_status: StatusCode,
     pub status: StatusCode,

@@ -325,7 +325,7 @@ fn error_response(
     exchange: &Exchange,
     metrics: &Metrics,
 ) -> Response<ResponseBody> {
-    let route = exchange.route.map_or("-", |r| r.name.as_str());
+    let route = exchange.route.map_or("-", |r| &*r.name);
     let request_id = exchange.request_id.to_str().unwrap_or("-");
     match err.culprit() {
         Culprit::Upstream => {
@@ -426,7 +426,7 @@ fn record(
         source,
         method: exchange.method.to_string(),
         path: exchange.uri.path().to_string(),
-        upstream: route.upstream.name().to_string(),
+        upstream: route.upstream.shared_name(),
         upstream_status: outcome.upstream_status.as_u16(),
         status: outcome.status.as_u16(),
         body_inspected: outcome.body_inspected,
@@ -455,7 +455,7 @@ fn access_record(exchange: &Exchange, status: StatusCode) -> AccessRecord {
         started: exchange.started,
         method: exchange.method.clone(),
         path: exchange.uri.path().to_string(),
-        route: exchange.route.map(|r| r.name.clone()),
+        route: exchange.route.map(|r| r.name.to_string()),
         upstream: exchange.route.map(|r| r.upstream.name().to_string()),
         status,
         upstream_status: exchange.upstream_status,

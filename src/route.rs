@@ -10,7 +10,8 @@ use http::uri::PathAndQuery;
 use std::sync::Arc;
 
 pub struct Route {
-    pub name: String,
+    /// Shared with the deviation records that name it.
+    pub name: Arc<str>,
     pub upstream: Arc<Upstream>,
     /// `/` or a prefix without trailing slash.
     pub prefix: String,
@@ -40,7 +41,7 @@ impl RouteTable {
             .routes
             .iter()
             .map(|r| Route {
-                name: r.name.clone(),
+                name: r.name.as_str().into(),
                 upstream: upstreams[r.upstream].clone(),
                 prefix: r.path_prefix.clone(),
                 strip_prefix: r.strip_prefix,
@@ -207,7 +208,7 @@ path_prefix = "/inventory"
             (Some("other.example.com"), "/inventory", "inv"),
         ];
         for (host, path, want) in cases {
-            let got = table.find(host, path).map(|r| r.name.as_str());
+            let got = table.find(host, path).map(|r| &*r.name);
             assert_eq!(got, Some(want), "{host:?} {path}");
         }
     }

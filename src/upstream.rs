@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 pub struct Upstream {
     pub config: Arc<UpstreamConfig>,
+    /// `config.name`, shared with the deviation records.
+    name: Arc<str>,
     connector: Connector,
     /// Idle connections, one pool per target.
     pools: Vec<Arc<Pool>>,
@@ -53,6 +55,7 @@ impl Upstream {
             .collect();
         client::start_pruning(&pools);
         Upstream {
+            name: config.name.as_str().into(),
             config,
             connector,
             pools,
@@ -62,7 +65,12 @@ impl Upstream {
     }
 
     pub fn name(&self) -> &str {
-        &self.config.name
+        &self.name
+    }
+
+    /// The name, shared with the deviation records that carry it.
+    pub fn shared_name(&self) -> Arc<str> {
+        self.name.clone()
     }
 
     /// Whether `Expect: 100-continue` goes upstream. RFC 9110 §10.1.1 lets a proxy answer

@@ -245,7 +245,7 @@ fn table(rows: &[Row], records: &[Record]) -> String {
         let record = records.iter().find(|r| r.request_id == row.request_id);
         let said = record.map_or(row.status, |r| r.upstream_status);
         let rule = match record {
-            Some(r) => r.rule.clone().unwrap_or_else(|| "(left, recorded)".into()),
+            Some(r) => r.rule.as_deref().unwrap_or("(left, recorded)").to_string(),
             None => "-".to_string(),
         };
         lines.push([

@@ -42,7 +42,8 @@ impl Origin {
 
 #[derive(Debug)]
 pub struct Rule {
-    pub name: String,
+    /// Shared with the deviation records that name it.
+    pub name: Arc<str>,
     pub description: Option<String>,
     pub origin: Origin,
     /// Route names from `routes = [...]`; empty means every route.
@@ -72,7 +73,7 @@ pub fn compile_rule(raw: &RawRule, origin: Origin, at: &Locator) -> Result<Rule,
         .map(|list| list.get_ref().iter().map(|r| r.get_ref().clone()).collect())
         .unwrap_or_default();
     Ok(Rule {
-        name: raw.name.get_ref().clone(),
+        name: raw.name.get_ref().as_str().into(),
         description: raw.description.clone(),
         origin,
         routes,
@@ -265,7 +266,7 @@ fn path_digest(path: &str) -> u32 {
 
 impl std::fmt::Debug for RuleSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.rules.iter().map(|r| r.name.as_str()).collect();
+        let names: Vec<&str> = self.rules.iter().map(|r| &*r.name).collect();
         f.debug_struct("RuleSet").field("rules", &names).finish()
     }
 }
@@ -344,7 +345,7 @@ impl RuleSet {
                     Check::NeedBody => "needs the response body".to_string(),
                 };
                 trace.push(TraceLine {
-                    rule: rule.name.clone(),
+                    rule: rule.name.to_string(),
                     origin: rule.origin,
                     outcome: text,
                 });
