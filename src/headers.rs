@@ -53,13 +53,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn remove_named(headers: &mut HeaderMap, present: &mut [bool; HOP_BY_HOP.len()]) {
     let mut close = false;
     let mut named: Vec<HeaderName> = Vec::new();
-    // Read as bytes: a value holding obs-text (0x80-0xff) still names the tokens in it.
-    let tokens = headers
-        .get_all(CONNECTION)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii);
-    for token in tokens {
+    for token in crate::wire::tokens(headers, &CONNECTION) {
         if token.eq_ignore_ascii_case(b"keep-alive") {
             present[KEEP_ALIVE_AT] = true;
         } else if token.eq_ignore_ascii_case(b"close") {

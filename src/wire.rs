@@ -243,14 +243,20 @@ pub fn content_length(headers: &HeaderMap, lists: bool) -> Result<Option<u64>, &
     Ok(length)
 }
 
-/// Whether a comma-separated field (every line of it) holds `token`, case-insensitively.
+/// The items of a comma-separated field, every line of it, trimmed, empty ones skipped.
+/// Read as bytes: a value holding obs-text (0x80-0xff) still holds the tokens in it.
+pub fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether a comma-separated field holds `token`, case-insensitively.
 pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &[u8]) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-    })
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// One `name: value` line.

@@ -23,12 +23,7 @@ impl Framing {
         let headers = &head.headers;
         if headers.contains_key(TRANSFER_ENCODING) {
             // Chunked only when it is the final coding; otherwise the close ends the body.
-            let last = headers
-                .get_all(TRANSFER_ENCODING)
-                .iter()
-                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-                .map(<[u8]>::trim_ascii)
-                .rfind(|t| !t.is_empty());
+            let last = wire::tokens(headers, &TRANSFER_ENCODING).last();
             let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
             return Ok(if chunked {
                 Framing::Chunked(Chunk::Size)

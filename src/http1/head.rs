@@ -2,7 +2,7 @@
 //! body is framed and whether the connection stays open. Anything ambiguous is refused.
 
 use crate::admit::{has_expect_continue, MAX_HEADER_FIELDS};
-use crate::wire::{content_length, has_token, Chunk, Framing};
+use crate::wire::{content_length, has_token, tokens, Chunk, Framing};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
@@ -155,13 +155,7 @@ fn frame(
 
 /// Every coding listed is `chunked` (applying it twice is the same framing).
 fn only_chunked(headers: &HeaderMap) -> bool {
-    let mut codings = headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-        .peekable();
+    let mut codings = tokens(headers, &TRANSFER_ENCODING).peekable();
     codings.peek().is_some() && codings.all(|t| t.eq_ignore_ascii_case(b"chunked"))
 }
 
