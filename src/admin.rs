@@ -202,9 +202,9 @@ fn latest_table(html: &mut String, records: &[Record]) {
         let _ = write!(
             html,
             "<tr><td>{}</td><td>{}</td><td>{} {}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&r.ts),
+            r.ts,
             escape(&r.route),
-            escape(&r.method),
+            escape(r.method.as_str()),
             escape(&r.path),
             r.upstream_status,
             r.status,

@@ -3,6 +3,7 @@
 
 use crate::config::SinkTarget;
 use crate::metrics::Metrics;
+use http::Method;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -17,7 +18,7 @@ pub const QUEUE_CAPACITY: usize = 16_384;
 
 /// How long the writer lets records gather after writing a batch: records reach the sink at
 /// most this much later, and the request path rarely has to wake the writer.
-const BATCH_PAUSE: Duration = Duration::from_millis(5);
+const BATCH_PAUSE: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -74,20 +75,54 @@ impl Kind {
 /// One deviation. Holds no header values and no body bytes, so secrets stay out of logs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
-    pub ts: String,
+    pub ts: Timestamp,
     pub request_id: String,
     pub route: Arc<str>,
     pub rule: Option<Arc<str>>,
     pub action: Action,
     pub kind: Kind,
     pub source: Source,
-    pub method: String,
+    #[serde(serialize_with = "method_str")]
+    pub method: Method,
     pub path: String,
     pub upstream: Arc<str>,
     pub upstream_status: u16,
     pub status: u16,
     pub body_inspected: bool,
     pub duration_ms: f64,
+}
+
+/// When a record was made, written as RFC 3339 in UTC with milliseconds. It is kept as a time
+/// and formatted when the record is written, so the request path does not format or allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub SystemTime);
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        Timestamp(SystemTime::now())
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match rfc3339_ms_digits(self.0) {
+            Some(digits) => f.write_str(std::str::from_utf8(&digits).unwrap_or_default()),
+            None => f.write_str(&rfc3339_ms(self.0)),
+        }
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match rfc3339_ms_digits(self.0) {
+            Some(digits) => serializer.serialize_str(std::str::from_utf8(&digits).unwrap_or_default()),
+            None => serializer.serialize_str(&rfc3339_ms(self.0)),
+        }
+    }
+}
+
+fn method_str<S: serde::Serializer>(method: &Method, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(method.as_str())
 }
 
 enum Message {
@@ -126,12 +161,13 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, record: &Record) {
+    /// Adds `count` records labelled like `record`.
+    fn add(&mut self, record: &Record, count: u64) {
         let rule = record.rule.as_deref().unwrap_or("-");
-        bump(&mut self.by_rule, &record.route, rule);
+        bump(&mut self.by_rule, &record.route, rule, count);
         let mut pair = [0u8; 12];
         let pair = status_pair(record.upstream_status, record.status, &mut pair);
-        bump(&mut self.by_status, &record.route, pair);
+        bump(&mut self.by_status, &record.route, pair, count);
     }
 }
 
@@ -150,8 +186,8 @@ fn status_pair(from: u16, to: u16, out: &mut [u8; 12]) -> &str {
     std::str::from_utf8(&out[..8]).unwrap_or("")
 }
 
-/// Adds one to `map[route][key]`, allocating keys only the first time they are seen.
-fn bump(map: &mut BTreeMap<String, BTreeMap<String, u64>>, route: &str, key: &str) {
+/// Adds `count` to `map[route][key]`, allocating keys only the first time they are seen.
+fn bump(map: &mut BTreeMap<String, BTreeMap<String, u64>>, route: &str, key: &str, count: u64) {
     if !map.contains_key(route) {
         map.insert(route.to_string(), BTreeMap::new());
     }
@@ -159,9 +195,9 @@ fn bump(map: &mut BTreeMap<String, BTreeMap<String, u64>>, route: &str, key: &st
         return;
     };
     match inner.get_mut(key) {
-        Some(count) => *count += 1,
+        Some(total) => *total += count,
         None => {
-            inner.insert(key.to_string(), 1);
+            inner.insert(key.to_string(), count);
         }
     }
 }
@@ -320,33 +356,38 @@ fn write_record(out: &mut impl Write, line: &mut Vec<u8>, record: &Record, share
 /// Most distinct kinds of record tallied per batch; past it records are counted one by one.
 const MAX_TALLIES: usize = 32;
 
-/// Counts a batch of written records: the metrics once per distinct label set (a steady
-/// stream is mostly the same deviation), the totals and the recent list under one lock each.
+/// Counts a batch of written records once per distinct label set (a steady stream is mostly
+/// the same deviation): the metrics, the totals and the recent list under one lock each.
 fn account(shared: &Shared, batch: &mut Vec<Record>) {
     if batch.is_empty() {
         return;
     }
-    if let Some(metrics) = shared.metrics.get() {
-        let mut tallies: Vec<(&Record, u64)> = Vec::new();
-        for record in batch.iter() {
-            if let Some((_, count)) = tallies
-                .iter_mut()
-                .find(|(seen, _)| same_labels(seen, record))
-            {
-                *count += 1;
-            } else if tallies.len() < MAX_TALLIES {
-                tallies.push((record, 1));
-            } else {
-                metrics.deviation(record, 1);
-            }
+    let mut tallies: Vec<(&Record, u64)> = Vec::new();
+    let mut singles: Vec<&Record> = Vec::new();
+    for record in batch.iter() {
+        if let Some((_, count)) = tallies
+            .iter_mut()
+            .find(|(seen, _)| same_labels(seen, record))
+        {
+            *count += 1;
+        } else if tallies.len() < MAX_TALLIES {
+            tallies.push((record, 1));
+        } else {
+            singles.push(record);
         }
-        for (record, count) in tallies {
+    }
+    let groups = || {
+        let singles = singles.iter().map(|record| (*record, 1));
+        tallies.iter().copied().chain(singles)
+    };
+    if let Some(metrics) = shared.metrics.get() {
+        for (record, count) in groups() {
             metrics.deviation(record, count);
         }
     }
     if let Ok(mut counts) = shared.counts.lock() {
-        for record in batch.iter() {
-            counts.add(record);
+        for (record, count) in groups() {
+            counts.add(record, count);
         }
     }
     if let Ok(mut recent) = shared.recent.lock() {
@@ -387,21 +428,32 @@ fn reopen(out: &mut BufWriter<Box<dyn Write + Send>>, target: &SinkTarget) {
 
 /// `2026-11-24T21:41:10.123Z`: RFC 3339 in UTC with milliseconds.
 pub fn rfc3339_ms(time: SystemTime) -> String {
+    if let Some(digits) = rfc3339_ms_digits(time) {
+        return digits.iter().map(|b| char::from(*b)).collect();
+    }
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// The RFC 3339 text written digit by digit (a format string costs more than the rest of
+/// writing the record); `None` past year 9999.
+fn rfc3339_ms_digits(time: SystemTime) -> Option<[u8; 24]> {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days as i64);
     if !(0..=9999).contains(&year) {
-        return format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60,
-            since.subsec_millis()
-        );
+        return None;
     }
-    // Written digit by digit: this runs once per record, and a format string costs more
-    // than the rest of building the record.
     let mut out = *b"0000-00-00T00:00:00.000Z";
     let fields: [(usize, usize, u64); 7] = [
         (0, 4, year as u64),
@@ -418,7 +470,7 @@ pub fn rfc3339_ms(time: SystemTime) -> String {
             value /= 10;
         }
     }
-    out.iter().map(|b| char::from(*b)).collect()
+    Some(out)
 }
 
 /// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's civil calendar method.
@@ -449,19 +501,22 @@ mod tests {
         for (ms, want) in cases {
             let time = UNIX_EPOCH + Duration::from_millis(ms);
             assert_eq!(rfc3339_ms(time), want);
+            assert_eq!(Timestamp(time).to_string(), want);
+            let json = serde_json::to_string(&Timestamp(time)).expect("serializes");
+            assert_eq!(json, format!("\"{want}\""));
         }
     }
 
     fn record(route: &str, status: u16) -> Record {
         Record {
-            ts: String::new(),
+            ts: Timestamp(UNIX_EPOCH),
             request_id: String::new(),
             route: route.into(),
             rule: Some("r".into()),
             action: Action::Rewrote,
             kind: Kind::Status,
             source: Source::Upstream,
-            method: "GET".into(),
+            method: Method::GET,
             path: "/".into(),
             upstream: "u".into(),
             upstream_status: 200,
@@ -500,6 +555,8 @@ mod tests {
         let counts = shared.counts.lock().expect("counts");
         assert_eq!(counts.by_status["route0"]["200->201"], 3);
         assert_eq!(counts.by_status["route0"]["200->404"], 1);
+        assert_eq!(counts.by_status["route34"]["200->201"], 1);
+        assert_eq!(counts.by_rule["route0"]["r"], 4);
         assert_eq!(shared.recent.lock().expect("recent").len(), 42);
     }
 

@@ -10,7 +10,7 @@ use crate::rules::{BodyState, Facts, RuleSet, Step, TraceLine};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode};
 use std::fmt::Write;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// The exchange to explain.
 pub struct Query {
@@ -197,14 +197,14 @@ fn write_record(
         }
     }
     let record = Record {
-        ts: deviation::rfc3339_ms(SystemTime::now()),
+        ts: deviation::Timestamp::now(),
         request_id: "explain".to_string(),
         route: route.name.as_str().into(),
         rule: outcome.rule.clone(),
         action: outcome.action,
         kind: Kind::Status,
         source: Source::Upstream,
-        method: query.method.to_string(),
+        method: query.method.clone(),
         path: path.to_string(),
         upstream: config.upstream(route).name.as_str().into(),
         upstream_status: outcome.upstream_status.as_u16(),
