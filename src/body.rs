@@ -36,6 +36,39 @@ impl ResponseBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         ResponseBody::Full(Some(bytes.into()))
     }
+
+    /// The upstream's body, with its first frame taken if it is here already (polled once,
+    /// never waited for). A body that is known to be broken before the client got anything
+    /// (a malformed first chunk read with the head, a close before the first byte) is
+    /// reported, so that the client gets an honest 502 instead of a response cut off
+    /// before it began. A body still on its way streams as it comes.
+    pub async fn upstream(mut body: UpstreamBody) -> Result<ResponseBody, BodyError> {
+        if body.is_end_stream() {
+            return Ok(ResponseBody::Upstream(body));
+        }
+        let polled = std::future::poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Ready(frame) => Some(frame),
+                Poll::Pending => None,
+            })
+        })
+        .await;
+        match polled {
+            None | Some(None) => Ok(ResponseBody::Upstream(body)),
+            Some(Some(Err(err))) => Err(err),
+            Some(Some(Ok(frame))) => Ok(match frame.into_data() {
+                Ok(data) => ResponseBody::Prefixed {
+                    prefix: Some(data),
+                    rest: body,
+                },
+                // Trailers are the last frame: the body is over.
+                Err(frame) => ResponseBody::Buffered {
+                    data: None,
+                    trailers: frame.into_trailers().ok(),
+                },
+            }),
+        }
+    }
 }
 
 impl Body for ResponseBody {
@@ -108,17 +141,35 @@ pub enum Buffered<B> {
 
 /// Reads `body` while it stays within `limit` bytes. Unlike `Limited` + `collect`, nothing read
 /// so far is lost when the limit is crossed: the caller can stream prefix and rest onwards.
-pub async fn buffer_bounded<B>(mut body: B, limit: usize) -> Result<Buffered<B>, B::Error>
+pub async fn buffer_bounded<B>(body: B, limit: usize) -> Result<Buffered<B>, B::Error>
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    if body.size_hint().lower() > limit as u64 {
+    buffer_bounded_after(Bytes::new(), body, limit).await
+}
+
+/// `buffer_bounded` for a body whose first bytes, `start`, were read already.
+pub async fn buffer_bounded_after<B>(
+    start: Bytes,
+    mut body: B,
+    limit: usize,
+) -> Result<Buffered<B>, B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    if start.len() as u64 + body.size_hint().lower() > limit as u64 {
         return Ok(Buffered::TooLarge {
-            prefix: Bytes::new(),
+            prefix: start,
             rest: body,
         });
     }
-    let mut data = BytesMut::new();
+    if body.is_end_stream() {
+        return Ok(Buffered::Complete {
+            data: start,
+            trailers: None,
+        });
+    }
+    let mut data = BytesMut::from(&start[..]);
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let frame = frame?;

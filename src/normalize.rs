@@ -1,7 +1,8 @@
 //! The normalize stage: find the rule for a response, inspect its body only when a candidate
 //! rule needs it, and rewrite status, headers and body as the rule says.
 
-use crate::body::{buffer_bounded, Buffered, ResponseBody};
+use crate::body::{buffer_bounded_after, Buffered, ResponseBody};
+use crate::client::UpstreamBody;
 use crate::config::Mode;
 use crate::deviation::Action;
 use crate::rules::{is_documented, Action as RuleAction, BodyState, Facts, Rule, RuleSet, Step};
@@ -147,30 +148,10 @@ async fn inspect(
         return Ok((body, None));
     }
     let (body, raw) = match body {
-        ResponseBody::Upstream(incoming) => {
-            let read = tokio::time::timeout(
-                settings.body_timeout,
-                buffer_bounded(incoming, settings.inspect_limit),
-            );
-            match read.await {
-                Err(_) => return Err(InspectError::Timeout),
-                Ok(Err(_)) => return Err(InspectError::Upstream),
-                Ok(Ok(Buffered::Complete { data, trailers })) => (
-                    ResponseBody::Buffered {
-                        data: Some(data.clone()),
-                        trailers,
-                    },
-                    Some(data),
-                ),
-                Ok(Ok(Buffered::TooLarge { prefix, rest })) => (
-                    ResponseBody::Prefixed {
-                        // Nothing was read when the declared length was already too large.
-                        prefix: (!prefix.is_empty()).then_some(prefix),
-                        rest,
-                    },
-                    None,
-                ),
-            }
+        ResponseBody::Upstream(incoming) => read_upstream(Bytes::new(), incoming, settings).await?,
+        // The proxy took the first frame already (see `proxy::first_frame`).
+        ResponseBody::Prefixed { prefix, rest } => {
+            read_upstream(prefix.unwrap_or_default(), rest, settings).await?
         }
         ResponseBody::Full(Some(data)) => (ResponseBody::Full(Some(data.clone())), Some(data)),
         ResponseBody::Empty | ResponseBody::Full(None) => (body, Some(Bytes::new())),
@@ -178,6 +159,37 @@ async fn inspect(
     };
     let copy = raw.and_then(|bytes| inspection_copy(bytes, headers, settings.inspect_limit));
     Ok((body, copy))
+}
+
+/// Reads an upstream body, `start` being its part read already, up to the inspect limit.
+async fn read_upstream(
+    start: Bytes,
+    incoming: UpstreamBody,
+    settings: &Settings<'_>,
+) -> Result<(ResponseBody, Option<Bytes>), InspectError> {
+    let read = tokio::time::timeout(
+        settings.body_timeout,
+        buffer_bounded_after(start, incoming, settings.inspect_limit),
+    );
+    Ok(match read.await {
+        Err(_) => return Err(InspectError::Timeout),
+        Ok(Err(_)) => return Err(InspectError::Upstream),
+        Ok(Ok(Buffered::Complete { data, trailers })) => (
+            ResponseBody::Buffered {
+                data: Some(data.clone()),
+                trailers,
+            },
+            Some(data),
+        ),
+        Ok(Ok(Buffered::TooLarge { prefix, rest })) => (
+            ResponseBody::Prefixed {
+                // Nothing was read when the declared length was already too large.
+                prefix: (!prefix.is_empty()).then_some(prefix),
+                rest,
+            },
+            None,
+        ),
+    })
 }
 
 /// What rules look at of a body read whole: the bytes, decompressed when the response is

@@ -14,6 +14,7 @@ use crate::respond::{close_connection, Culprit, ProxyError};
 use crate::route::{Route, RouteTable};
 use crate::server::ConnSettings;
 use crate::upstream::{OutboundRequest, Upstream};
+use crate::wire::BodyError;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -199,9 +200,15 @@ async fn forward<'a>(
         // The client was never asked for its body; it may still be sending some of it.
         exchange.close = true;
     }
-    let upstream_response = result?;
-    exchange.upstream_status = Some(upstream_response.status());
-    Ok(client_response(upstream_response, &exchange.request_id))
+    let (parts, body) = result?.into_parts();
+    exchange.upstream_status = Some(parts.status);
+    let body = ResponseBody::upstream(body)
+        .await
+        .map_err(|err| match err {
+            BodyError::Invalid => ProxyError::UpstreamInvalid,
+            BodyError::Io(_) | BodyError::Incomplete => ProxyError::UpstreamReset,
+        })?;
+    Ok(client_response(parts, body, &exchange.request_id))
 }
 
 /// Routes the request and applies the header-level decisions: the route's checks and the
@@ -308,16 +315,16 @@ fn outbound_request(
 }
 
 fn client_response(
-    upstream: Response<crate::client::UpstreamBody>,
+    mut parts: http::response::Parts,
+    body: ResponseBody,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
-    let (mut parts, body) = upstream.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::append_via(&mut parts.headers, parts.version);
     // The client leg speaks its own version; hyper would echo an HTTP/1.0 upstream's.
     parts.version = Version::HTTP_11;
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());
-    Response::from_parts(parts, ResponseBody::Upstream(body))
+    Response::from_parts(parts, body)
 }
 
 fn error_response(

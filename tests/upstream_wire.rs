@@ -363,19 +363,38 @@ async fn malformed_chunk_size_after_the_head_aborts_the_body() {
     proxy.stop().await;
 }
 
-/// The same malformed chunk in the upstream's first write, with the head: whatever the
-/// client got of the response, it never ends as a well-framed chunked body.
+/// The same malformed chunk in the upstream's first write, after a good one: the client gets
+/// the head and the good chunk, then the connection closes without a last chunk.
 #[tokio::test]
-async fn malformed_chunk_size_with_the_head_never_completes_a_body() {
+async fn malformed_chunk_size_with_the_head_cuts_the_body_after_the_good_chunk() {
     let upstream = answering_then_holding(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n",
     )
     .await;
     let proxy = proxy_for(&upstream).await;
     let text = until_closed(proxy.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
-    assert!(!text.contains("0\r\n\r\n"), "a complete body: {text:?}");
-    assert!(!text.contains("more"), "bytes after the bad size: {text:?}");
-    assert!(!text.starts_with("HTTP/1.1 502"), "{text:?}");
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
+    assert!(text.ends_with("\r\n\r\n5\r\nhello\r\n"), "{text:?}");
+    wait_until(LIMIT, "the broken connection closed", || {
+        upstream.logs().first().is_some_and(|l| l.closed_by_peer)
+    })
+    .await;
+    proxy.stop().await;
+}
+
+/// A body known to be broken before any of it could be relayed (its first chunk size is
+/// malformed, in the same write as the head) is answered 502 by the proxy: the client gets an
+/// error it can read, not a connection closed before a status line.
+#[tokio::test]
+async fn body_broken_before_its_first_byte_is_a_502() {
+    let upstream = answering_then_holding(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nmore\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxy = proxy_for(&upstream).await;
+    let reply = get(&proxy.url("/")).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(reply.header("x-restatus-source"), Some("proxy"));
     wait_until(LIMIT, "the broken connection closed", || {
         upstream.logs().first().is_some_and(|l| l.closed_by_peer)
     })

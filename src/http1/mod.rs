@@ -278,6 +278,8 @@ struct Sending<B> {
     left: u64,
     ended: bool,
     unflushed: bool,
+    /// Why the body failed; reported once what was queued before the failure is sent.
+    failed: Option<BoxError>,
 }
 
 /// The response body did not match the length its head announced.
@@ -304,6 +306,7 @@ where
             left,
             ended: false,
             unflushed: false,
+            failed: None,
         }
     }
 
@@ -329,11 +332,19 @@ where
                 // The upstream may still be reading the request body.
                 pump.drive(wire, cx);
             }
-            self.pull(cx)?;
+            if let Err(err) = self.pull(cx) {
+                // The head and the frames before the failure still go out, so the client
+                // sees the response cut short rather than no response at all.
+                self.failed = Some(err);
+                self.body = None;
+            }
             if self.queue.is_empty() {
                 if self.unflushed {
                     ready!(Pin::new(&mut wire.io).poll_flush(cx))?;
                     self.unflushed = false;
+                }
+                if let Some(err) = self.failed.take() {
+                    return Poll::Ready(Err(err));
                 }
                 return if self.ended {
                     Poll::Ready(Ok(()))
@@ -354,7 +365,7 @@ where
 
     /// Moves body frames into the queue while the body has them ready.
     fn pull(&mut self, cx: &mut Context<'_>) -> Result<(), BoxError> {
-        while !self.ended && self.queue.len() < MAX_QUEUED {
+        while !self.ended && self.failed.is_none() && self.queue.len() < MAX_QUEUED {
             let Some(body) = self.body.as_mut() else {
                 return self.finish();
             };
