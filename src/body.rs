@@ -37,13 +37,12 @@ impl ResponseBody {
         ResponseBody::Full(Some(bytes.into()))
     }
 
-    /// The upstream's body, with its first frame taken if it is here already (polled once,
-    /// never waited for). A body that is known to be broken before the client got anything
-    /// (a malformed first chunk read with the head, a close before the first byte) is
-    /// reported, so that the client gets an honest 502 instead of a response cut off
-    /// before it began. A body still on its way streams as it comes.
+    /// The upstream's body. A chunked body read with the head has its first frame taken
+    /// (polled once, never waited for): if that chunk is malformed the error is reported, so
+    /// that the client gets an honest 502 instead of a response cut off before it began.
+    /// Any other body streams as it comes.
     pub async fn upstream(mut body: UpstreamBody) -> Result<ResponseBody, BodyError> {
-        if body.is_end_stream() {
+        if !body.has_buffered_chunks() {
             return Ok(ResponseBody::Upstream(body));
         }
         let polled = std::future::poll_fn(|cx| {

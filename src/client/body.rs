@@ -81,6 +81,14 @@ impl UpstreamBody {
         body
     }
 
+    /// Whether chunked framing has bytes waiting after the head: the one kind of body that
+    /// can be found broken (a malformed size) before any of it is relayed, without a read.
+    pub fn has_buffered_chunks(&self) -> bool {
+        self.live.as_ref().is_some_and(|live| {
+            matches!(live.framing, Framing::Chunked(_)) && !live.conn.buf.is_empty()
+        })
+    }
+
     /// The body is read to its end: the connection goes back to the pool if it can carry
     /// another request, and is closed otherwise.
     fn finish(&mut self) {
