@@ -285,10 +285,15 @@ fn outbound_request(
     body: Source,
     request_id: &HeaderValue,
 ) -> OutboundRequest {
-    let host = match parts.uri.authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => parts.headers.get(HOST).cloned(),
-    };
+    // RFC 9112 §3.2.2: the authority of an absolute-form target (and HTTP/2's :authority)
+    // replaces any Host field; otherwise the client's Host is forwarded as it is.
+    let authority = parts
+        .uri
+        .authority()
+        .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+    let host = authority
+        .clone()
+        .or_else(|| parts.headers.get(HOST).cloned());
     let mut headers = parts.headers;
     headers::strip_hop_by_hop(&mut headers);
     headers::append_forwarded_for(&mut headers, conn.peer.ip());
@@ -296,8 +301,8 @@ fn outbound_request(
     headers::append_via(&mut headers, parts.version);
     headers.insert(&X_REQUEST_ID, request_id.clone());
     if route.upstream.config.host == HostMode::Preserve {
-        if let Some(host) = host {
-            headers.insert(HOST, host);
+        if let Some(authority) = authority {
+            headers.insert(HOST, authority);
         }
     }
     let original = parts

@@ -536,6 +536,20 @@ async fn get_arrives_without_framing_fields() {
     assert!(sent.values("transfer-encoding").is_empty(), "{sent:?}");
 }
 
+/// With `host = "preserve"` (the default) the client's Host arrives once, as it was sent; the
+/// authority of an absolute-form target replaces it (RFC 9112 §3.2.2).
+#[tokio::test]
+async fn host_is_the_clients_unless_the_target_names_an_authority() {
+    let sent =
+        forwarded(b"GET /h HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(sent.values("host"), ["shop.example"], "{sent:?}");
+    let sent = forwarded(
+        b"GET http://api.example/h HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(sent.values("host"), ["api.example"], "{sent:?}");
+}
+
 /// A POST without a body, whether it said `Content-Length: 0` or nothing, arrives with
 /// `content-length: 0`, so the upstream need not guess.
 #[tokio::test]

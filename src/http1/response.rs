@@ -33,7 +33,8 @@ pub struct Asked<'a> {
 pub fn encode(parts: &Parts, hint: &SizeHint, asked: &Asked<'_>) -> (Bytes, Out, bool) {
     let status = parts.status;
     let headers = &parts.headers;
-    let mut keep_alive = asked.keep_alive && !has_token(headers, &CONNECTION, b"close");
+    let closing = has_token(headers, &CONNECTION, b"close");
+    let mut keep_alive = asked.keep_alive && !closing;
     let out = if *asked.method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -73,7 +74,7 @@ pub fn encode(parts: &Parts, hint: &SizeHint, asked: &Asked<'_>) -> (Bytes, Out,
         Out::Chunked => field(&mut head, b"transfer-encoding", b"chunked"),
         Out::None | Out::Close => {}
     }
-    if !keep_alive && !has_token(headers, &CONNECTION, b"close") {
+    if !keep_alive && !closing {
         field(&mut head, b"connection", b"close");
     } else if keep_alive && asked.version == Version::HTTP_10 {
         field(&mut head, b"connection", b"keep-alive");
