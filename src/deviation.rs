@@ -123,12 +123,7 @@ impl std::fmt::Display for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match rfc3339_ms_digits(self.0) {
-            Some(digits) => {
-                serializer.serialize_str(std::str::from_utf8(&digits).unwrap_or_default())
-            }
-            None => serializer.serialize_str(&rfc3339_ms(self.0)),
-        }
+        serializer.collect_str(self)
     }
 }
 
