@@ -149,7 +149,7 @@ async fn inspect(
     }
     let (body, raw) = match body {
         ResponseBody::Upstream(incoming) => read_upstream(Bytes::new(), incoming, settings).await?,
-        // The proxy took the first frame already (see `proxy::first_frame`).
+        // A chunked body whose first chunk came with the head (see `ResponseBody::upstream`).
         ResponseBody::Prefixed { prefix, rest } => {
             read_upstream(prefix.unwrap_or_default(), rest, settings).await?
         }
