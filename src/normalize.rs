@@ -2,7 +2,7 @@
 //! rule needs it, and rewrite status, headers and body as the rule says.
 
 use crate::body::{buffer_bounded_after, Buffered, ResponseBody};
-use crate::client::UpstreamBody;
+use crate::client::{BodyError, UpstreamBody};
 use crate::config::Mode;
 use crate::deviation::Action;
 use crate::rules::{is_documented, Action as RuleAction, BodyState, Facts, Rule, RuleSet, Step};
@@ -44,7 +44,7 @@ pub struct Settings<'a> {
 /// The body could not be read from the upstream while inspecting it.
 #[derive(Debug)]
 pub enum InspectError {
-    Upstream,
+    Upstream(BodyError),
     Timeout,
 }
 
@@ -173,7 +173,7 @@ async fn read_upstream(
     );
     Ok(match read.await {
         Err(_) => return Err(InspectError::Timeout),
-        Ok(Err(_)) => return Err(InspectError::Upstream),
+        Ok(Err(err)) => return Err(InspectError::Upstream(err)),
         Ok(Ok(Buffered::Complete { data, trailers })) => (
             ResponseBody::Buffered {
                 data: Some(data.clone()),

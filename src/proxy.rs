@@ -14,7 +14,6 @@ use crate::respond::{close_connection, Culprit, ProxyError};
 use crate::route::{Route, RouteTable};
 use crate::server::ConnSettings;
 use crate::upstream::{OutboundRequest, Upstream};
-use crate::wire::BodyError;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -204,10 +203,7 @@ async fn forward<'a>(
     exchange.upstream_status = Some(parts.status);
     let body = ResponseBody::upstream(body)
         .await
-        .map_err(|err| match err {
-            BodyError::Invalid => ProxyError::UpstreamInvalid,
-            BodyError::Io(_) | BodyError::Incomplete => ProxyError::UpstreamReset,
-        })?;
+        .map_err(ProxyError::body_failed)?;
     Ok(client_response(parts, body, &exchange.request_id))
 }
 
@@ -407,7 +403,7 @@ async fn normalize_and_record(
             // so the client gets an honest proxy error, itself normalized.
             let err = match err {
                 InspectError::Timeout => ProxyError::UpstreamTimeout,
-                InspectError::Upstream => ProxyError::UpstreamReset,
+                InspectError::Upstream(err) => ProxyError::body_failed(err),
             };
             let response = error_response(&err, exchange, &proxy.metrics);
             Box::pin(normalize_and_record(

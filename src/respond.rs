@@ -3,6 +3,7 @@
 use crate::body::ResponseBody;
 use crate::headers::{X_REQUEST_ID, X_RESTATUS_SOURCE};
 use crate::rules::check::Check;
+use crate::wire::BodyError;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use std::sync::Arc;
@@ -33,7 +34,8 @@ pub enum ProxyError {
     UpstreamConnectTimeout,
     /// The upstream did not send a response head within `response_timeout`.
     UpstreamTimeout,
-    /// The upstream closed or reset the connection before its response head.
+    /// The upstream closed or reset the connection before its response was complete (before
+    /// its head, or before the client got any of its body).
     UpstreamReset,
     /// The upstream sent something that is not a valid HTTP response.
     UpstreamInvalid,
@@ -49,6 +51,14 @@ pub enum Culprit {
 }
 
 impl ProxyError {
+    /// The upstream's response body failed before anything of it reached the client.
+    pub fn body_failed(err: BodyError) -> ProxyError {
+        match err {
+            BodyError::Invalid => ProxyError::UpstreamInvalid,
+            BodyError::Io(_) | BodyError::Incomplete => ProxyError::UpstreamReset,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -120,7 +130,9 @@ impl ProxyError {
             }
             ProxyError::UpstreamConnectTimeout => "upstream connection timed out".into(),
             ProxyError::UpstreamTimeout => "upstream did not answer in time".into(),
-            ProxyError::UpstreamReset => "upstream closed the connection before answering".into(),
+            ProxyError::UpstreamReset => {
+                "upstream closed the connection before its response was complete".into()
+            }
             ProxyError::UpstreamInvalid => "upstream sent an invalid response".into(),
             ProxyError::UpstreamTls(why) => format!("TLS with the upstream failed: {why}"),
         }

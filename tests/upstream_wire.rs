@@ -402,6 +402,14 @@ async fn body_broken_before_its_first_byte_is_a_502() {
     proxy.stop().await;
 }
 
+const MISSING_RULE: &str = r#"profile = "none"
+
+[[rules]]
+name = "missing"
+when = { status = 200, body_json = { pointer = "/error/code", equals = "NOT_FOUND" } }
+then = { status = 404 }
+"#;
+
 /// A chunked body that came in the same write as its head, split over two chunks, is still
 /// read whole by a body rule (its first chunk was taken with the head) and relayed intact.
 #[tokio::test]
@@ -410,17 +418,28 @@ async fn chunked_body_read_with_its_head_is_inspected_whole() {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{\"error\":\r\n15\r\n{\"code\":\"NOT_FOUND\"}}\r\n0\r\n\r\n",
     )
     .await;
-    let rule = r#"profile = "none"
-
-[[rules]]
-name = "missing"
-when = { status = 200, body_json = { pointer = "/error/code", equals = "NOT_FOUND" } }
-then = { status = 404 }
-"#;
-    let proxy = spawn_proxy(&simple_config(upstream.addr, rule)).await;
+    let proxy = spawn_proxy(&simple_config(upstream.addr, MISSING_RULE)).await;
     let reply = get(&proxy.url("/item")).await;
     assert_eq!(reply.status, 404, "{}", reply.text());
     assert_eq!(reply.text(), r#"{"error":{"code":"NOT_FOUND"}}"#);
+    proxy.stop().await;
+}
+
+/// A chunked body that turns out malformed while a body rule reads it is a 502 that says the
+/// response was invalid (nothing of it had been sent).
+#[tokio::test]
+async fn chunked_body_malformed_under_inspection_is_an_invalid_response() {
+    let upstream =
+        serving(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{\"error\":\r\nzz\r\n")
+            .await;
+    let proxy = spawn_proxy(&simple_config(upstream.addr, MISSING_RULE)).await;
+    let reply = get(&proxy.url("/item")).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert!(
+        reply.text().contains("invalid response"),
+        "{}",
+        reply.text()
+    );
     proxy.stop().await;
 }
 
