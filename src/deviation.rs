@@ -3,6 +3,7 @@
 
 use crate::config::SinkTarget;
 use crate::metrics::Metrics;
+use crate::wire::decimal;
 use http::Method;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
@@ -393,9 +394,9 @@ fn json_line(line: &mut Vec<u8>, record: &Record) {
     line.extend_from_slice(b",\"upstream\":");
     json_str(line, &record.upstream);
     line.extend_from_slice(b",\"upstream_status\":");
-    line.extend_from_slice(itoa_u16(record.upstream_status, &mut [0; 5]));
+    line.extend_from_slice(decimal(u64::from(record.upstream_status), &mut [0; 20]));
     line.extend_from_slice(b",\"status\":");
-    line.extend_from_slice(itoa_u16(record.status, &mut [0; 5]));
+    line.extend_from_slice(decimal(u64::from(record.status), &mut [0; 20]));
     line.extend_from_slice(match record.body_inspected {
         true => b",\"body_inspected\":true,\"duration_ms\":",
         false => b",\"body_inspected\":false,\"duration_ms\":",
@@ -419,19 +420,6 @@ fn json_str(line: &mut Vec<u8>, text: &str) {
         line.push(b'"');
     } else if serde_json::to_writer(&mut *line, text).is_err() {
         line.extend_from_slice(b"null");
-    }
-}
-
-/// Decimal digits of `n`.
-fn itoa_u16(mut n: u16, out: &mut [u8; 5]) -> &[u8] {
-    let mut at = out.len();
-    loop {
-        at -= 1;
-        out[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &out[at..];
-        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Response heads as RFC 9112 writes them, with the framing the body really has.
 
-use crate::wire::{content_length, field, has_token};
+use crate::wire::{content_length, decimal, field, has_token};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::response::Parts;
@@ -117,18 +117,6 @@ fn status_line(
         None => head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
     }
     head.extend_from_slice(b"\r\n");
-}
-
-fn decimal(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
-    let mut at = out.len();
-    loop {
-        at -= 1;
-        out[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &out[at..];
-        }
-    }
 }
 
 thread_local! {
