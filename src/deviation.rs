@@ -413,8 +413,7 @@ fn json_str(line: &mut Vec<u8>, text: &str) {
     let special = text.bytes().fold(false, |seen, b| {
         seen | (b < 0x20) | (b == b'"') | (b == b'\\')
     });
-    let plain = !special;
-    if plain {
+    if !special {
         line.push(b'"');
         line.extend_from_slice(text.as_bytes());
         line.push(b'"');
