@@ -10,12 +10,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod alloc;
+
 /// mimalloc: cheaper than glibc malloc for the many small, short-lived allocations of each
 /// request (measured in docs/performance.md). Built without its transparent-huge-page
 /// advice: with it, idle connections spread over huge pages and 10,000 of them cost
 /// 120 MiB more resident memory, for no measurable gain per request.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Mimalloc = alloc::Mimalloc;
 
 #[derive(Parser)]
 #[command(
