@@ -73,19 +73,19 @@ mod tests {
                 // SAFETY: the layout is non-zero in size; every block is freed with it.
                 unsafe {
                     let zeroed = Mimalloc.alloc_zeroed(layout);
-                    assert!(!zeroed.is_null() && zeroed as usize % align == 0);
+                    assert!(!zeroed.is_null() && (zeroed as usize).is_multiple_of(align));
                     assert!(std::slice::from_raw_parts(zeroed, size)
                         .iter()
                         .all(|b| *b == 0));
                     Mimalloc.dealloc(zeroed, layout);
                     let block = Mimalloc.alloc(layout);
                     assert!(
-                        !block.is_null() && block as usize % align == 0,
+                        !block.is_null() && (block as usize).is_multiple_of(align),
                         "{size}/{align}"
                     );
                     block.write_bytes(0xa5, size);
                     let grown = Mimalloc.realloc(block, layout, size * 3);
-                    assert!(!grown.is_null() && grown as usize % align == 0);
+                    assert!(!grown.is_null() && (grown as usize).is_multiple_of(align));
                     assert!(std::slice::from_raw_parts(grown, size)
                         .iter()
                         .all(|b| *b == 0xa5));
