@@ -29,52 +29,91 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names finds which of these are there; only those are looked up again
     // (most messages carry none, or only `Connection: keep-alive`).
     let mut present = [false; HOP_BY_HOP.len()];
-    let mut connection = false;
+    let (mut connection, mut close) = (false, false);
     for name in headers.keys() {
-        if name == CONNECTION {
-            connection = true;
-        } else if let Some(i) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
-            present[i] = true;
+        match hop_by_hop_at(name.as_str()) {
+            Some(Hop::Connection) => connection = true,
+            Some(Hop::Close) => close = true,
+            Some(Hop::Listed(i)) => present[i] = true,
+            None => {}
         }
     }
     if present[TRANSFER_ENCODING_AT] {
         headers.remove(CONTENT_LENGTH);
     }
     if connection {
-        remove_named(headers, &mut present);
+        remove_named(headers, close);
     }
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
         headers.remove(*name);
     }
 }
 
-/// Removes `Connection` and every field it names (RFC 9110 §7.6.1). The usual options,
-/// `keep-alive` and `close`, are matched without building a name.
-fn remove_named(headers: &mut HeaderMap, present: &mut [bool; HOP_BY_HOP.len()]) {
+/// What a field name is to [`strip_hop_by_hop`].
+enum Hop {
+    Connection,
+    /// A field named like the `close` option, which goes if `Connection` lists it.
+    Close,
+    /// A hop-by-hop field by definition, at this place in [`HOP_BY_HOP`].
+    Listed(usize),
+}
+
+/// Classifies a (lowercase) field name by its length first: most names are none of these,
+/// and one comparison settles each.
+fn hop_by_hop_at(name: &str) -> Option<Hop> {
+    let at = match name.len() {
+        10 if name == "connection" => return Some(Hop::Connection),
+        5 if name == "close" => return Some(Hop::Close),
+        10 => KEEP_ALIVE_AT,
+        16 => 1,
+        2 => 2,
+        17 => TRANSFER_ENCODING_AT,
+        7 => 4,
+        19 => 5,
+        18 => 6,
+        _ => return None,
+    };
+    (name == HOP_BY_HOP[at].as_str()).then_some(Hop::Listed(at))
+}
+
+/// Removes `Connection` and every field it names (RFC 9110 §7.6.1), in one lookup of it.
+/// The usual options are matched without building a name: `keep-alive`'s field is removed as
+/// a hop-by-hop one anyway, and `close` only matters when a field has that name.
+fn remove_named(headers: &mut HeaderMap, close_field: bool) {
+    let http::header::Entry::Occupied(entry) = headers.entry(CONNECTION) else {
+        return;
+    };
     let mut close = false;
     let mut named: Vec<HeaderName> = Vec::new();
-    for token in crate::wire::tokens(headers, &CONNECTION) {
-        if token.eq_ignore_ascii_case(b"keep-alive") {
-            present[KEEP_ALIVE_AT] = true;
-        } else if token.eq_ignore_ascii_case(b"close") {
-            close = true;
-        } else if let Ok(name) = HeaderName::from_bytes(token) {
-            named.push(name);
+    for value in entry.remove_entry_mult().1 {
+        for token in value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+        {
+            if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") {
+                continue;
+            }
+            if token.eq_ignore_ascii_case(b"close") {
+                close = true;
+            } else if let Ok(name) = HeaderName::from_bytes(token) {
+                named.push(name);
+            }
         }
     }
-    if close {
+    if close && close_field {
         headers.remove(&CLOSE);
     }
     for name in named {
         headers.remove(name);
     }
-    headers.remove(CONNECTION);
 }
 
 /// A field named like the `close` option goes with it.
 static CLOSE: HeaderName = HeaderName::from_static("close");
 
-/// The fields that are hop-by-hop by definition, besides `Connection`.
+/// The fields that are hop-by-hop by definition, besides `Connection`; [`hop_by_hop_at`]
+/// knows their places.
 static HOP_BY_HOP: [&HeaderName; 7] = [
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
@@ -241,9 +280,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn transfer_encoding_is_where_the_index_says() {
+    fn every_hop_by_hop_name_is_found_at_its_place() {
+        for (at, name) in HOP_BY_HOP.iter().enumerate() {
+            assert!(matches!(hop_by_hop_at(name.as_str()), Some(Hop::Listed(i)) if i == at));
+        }
         assert_eq!(*HOP_BY_HOP[TRANSFER_ENCODING_AT], TRANSFER_ENCODING);
         assert_eq!(*HOP_BY_HOP[KEEP_ALIVE_AT], KEEP_ALIVE);
+        assert!(matches!(hop_by_hop_at("connection"), Some(Hop::Connection)));
+        assert!(matches!(hop_by_hop_at("close"), Some(Hop::Close)));
+        for other in [
+            "host",
+            "ten",
+            "upgrades",
+            "keep-alivf",
+            "proxy-authorizatiom",
+            "",
+        ] {
+            assert!(hop_by_hop_at(other).is_none(), "{other}");
+        }
     }
 
     #[test]

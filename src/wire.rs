@@ -3,7 +3,7 @@
 //! chunks and trailers.
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::CONTENT_LENGTH;
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Frame;
 use std::collections::VecDeque;
@@ -241,6 +241,33 @@ pub fn content_length(headers: &HeaderMap, lists: bool) -> Result<Option<u64>, &
         }
     }
     Ok(length)
+}
+
+/// Which framing and connection fields a head holds, noted while its fields are read, so
+/// that the checks after it look up only the fields that are there.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Noted {
+    pub hosts: usize,
+    pub connection: bool,
+    pub transfer_encoding: bool,
+    pub content_length: bool,
+    pub expect: bool,
+}
+
+impl Noted {
+    pub fn note(&mut self, name: &HeaderName) {
+        if name == HOST {
+            self.hosts += 1;
+        } else if name == CONNECTION {
+            self.connection = true;
+        } else if name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == CONTENT_LENGTH {
+            self.content_length = true;
+        } else if name == EXPECT {
+            self.expect = true;
+        }
+    }
 }
 
 /// The items of a comma-separated field, every line of it, trimmed, empty ones skipped.

@@ -21,7 +21,7 @@ impl Framing {
             return Ok(Framing::Empty);
         }
         let headers = &head.headers;
-        if headers.contains_key(TRANSFER_ENCODING) {
+        if head.noted.transfer_encoding {
             // Chunked only when it is the final coding; otherwise the close ends the body.
             let last = wire::tokens(headers, &TRANSFER_ENCODING).last();
             let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
@@ -30,6 +30,9 @@ impl Framing {
             } else {
                 Framing::Close
             });
+        }
+        if !head.noted.content_length {
+            return Ok(Framing::Close);
         }
         match content_length(headers, true).map_err(SendError::Invalid)? {
             Some(0) => Ok(Framing::Empty),

@@ -8,9 +8,9 @@ use super::{Conn, Pool};
 use crate::body::{BoxError, ForwardBody};
 use crate::expect::Interim;
 use crate::wire::Framing;
-use crate::wire::{chunk_size, encode_trailers, field, has_token, Queue};
+use crate::wire::{chunk_size, decimal, encode_trailers, field, has_token, Noted, Queue};
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::Body;
@@ -121,6 +121,7 @@ pub struct Head {
     pub version: Version,
     pub headers: HeaderMap,
     pub reason: Option<ReasonPhrase>,
+    pub noted: Noted,
 }
 
 fn parser() -> httparse::ParserConfig {
@@ -181,12 +182,14 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
     // Room for what the proxy adds on the way back (Via, the request id, the original status,
     // Date), so that the map is not grown and rehashed.
     let mut headers = HeaderMap::with_capacity(fields.len() + crate::http1::ADDED_FIELDS);
+    let mut noted = Noted::default();
     for (name, start, end) in fields {
         if let Some(value) = header_value(&head, start, end) {
+            noted.note(&name);
             headers.append(name, value);
         }
     }
-    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+    if noted.transfer_encoding && noted.content_length {
         // RFC 9112 §6.3: both framings on one response hints at response splitting and
         // ought to be handled as an error.
         return Err(SendError::Invalid(
@@ -198,6 +201,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
         version,
         headers,
         reason,
+        noted,
     }))
 }
 
@@ -229,6 +233,9 @@ fn header_value(head: &Bytes, start: usize, end: usize) -> Option<HeaderValue> {
 
 /// Whether the upstream keeps the connection open after this response (RFC 9112 §9.3).
 fn keeps_alive(head: &Head) -> bool {
+    if !head.noted.connection {
+        return head.version != Version::HTTP_10;
+    }
     match head.version {
         Version::HTTP_10 => has_token(&head.headers, &CONNECTION, b"keep-alive"),
         _ => !has_token(&head.headers, &CONNECTION, b"close"),
@@ -420,7 +427,7 @@ fn encode_head(request: &Outgoing<'_>, length: Option<Option<u64>>) -> Bytes {
     }
     match length {
         Some(Some(length)) => {
-            field(&mut out, b"content-length", length.to_string().as_bytes());
+            field(&mut out, b"content-length", decimal(length, &mut [0; 20]));
         }
         Some(None) => field(&mut out, b"transfer-encoding", b"chunked"),
         None => {}

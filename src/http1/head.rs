@@ -2,9 +2,9 @@
 //! body is framed and whether the connection stays open. Anything ambiguous is refused.
 
 use crate::admit::{has_expect_continue, MAX_HEADER_FIELDS};
-use crate::wire::{content_length, has_token, tokens, Chunk, Framing};
+use crate::wire::{content_length, has_token, tokens, Chunk, Framing, Noted};
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
 
@@ -78,9 +78,11 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadEr
     };
     let target = span(parsed.path.unwrap_or("").as_bytes());
     let mut fields = Vec::with_capacity(parsed.headers.len());
+    let mut noted = Noted::default();
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| HeadError::Malformed("invalid field name"))?;
+        noted.note(&name);
         fields.push((name, span(field.value)));
     }
     let head = buf.split_to(len).freeze();
@@ -92,7 +94,7 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadEr
     for (name, (start, end)) in fields {
         headers.append(name, value(&head, start, end)?);
     }
-    frame(method, uri, version, headers).map(Some)
+    frame(method, uri, version, headers, noted).map(Some)
 }
 
 fn value(head: &Bytes, start: usize, end: usize) -> Result<HeaderValue, HeadError> {
@@ -106,17 +108,17 @@ fn frame(
     uri: Uri,
     version: Version,
     mut headers: HeaderMap,
+    noted: Noted,
 ) -> Result<Head, HeadError> {
     // RFC 9112 §3.2: an HTTP/1.1 request needs exactly one Host; none may carry two.
-    let hosts = headers.get_all(HOST).iter().count();
-    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+    if noted.hosts > 1 || (noted.hosts == 0 && version == Version::HTTP_11) {
         return Err(HeadError::Malformed("Host is missing or repeated"));
     }
     let mut keep_alive = match version {
-        Version::HTTP_10 => has_token(&headers, &CONNECTION, b"keep-alive"),
-        _ => !has_token(&headers, &CONNECTION, b"close"),
+        Version::HTTP_10 => noted.connection && has_token(&headers, &CONNECTION, b"keep-alive"),
+        _ => !(noted.connection && has_token(&headers, &CONNECTION, b"close")),
     };
-    let framing = if headers.contains_key(TRANSFER_ENCODING) {
+    let framing = if noted.transfer_encoding {
         if version == Version::HTTP_10 {
             // §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
             return Err(HeadError::Malformed(
@@ -133,13 +135,16 @@ fn frame(
             keep_alive = false;
         }
         Framing::Chunked(Chunk::Size)
-    } else {
+    } else if noted.content_length {
         match content_length(&headers, false).map_err(HeadError::Malformed)? {
             None | Some(0) => Framing::Empty,
             Some(length) => Framing::Length(length),
         }
+    } else {
+        Framing::Empty
     };
-    let expects_continue = version == Version::HTTP_11
+    let expects_continue = noted.expect
+        && version == Version::HTTP_11
         && !matches!(framing, Framing::Empty)
         && has_expect_continue(&headers);
     Ok(Head {
