@@ -25,55 +25,83 @@ static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authentic
 /// A message framed by `Transfer-Encoding` loses its `Content-Length` too: RFC 9112 §6.3 has
 /// the encoding override the length, and a proxy must remove the length before forwarding,
 /// or the next hop could frame the body by it.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Present {
     // One pass over the names finds which of these are there; only those are looked up again
     // (most messages carry none, or only `Connection: keep-alive`).
-    let mut present = [false; HOP_BY_HOP.len()];
+    let mut hops = [false; HOP_BY_HOP.len()];
     let (mut connection, mut close) = (false, false);
+    let mut present = Present::default();
     for name in headers.keys() {
-        match hop_by_hop_at(name.as_str()) {
-            Some(Hop::Connection) => connection = true,
-            Some(Hop::Close) => close = true,
-            Some(Hop::Listed(i)) => present[i] = true,
+        match classify(name.as_str()) {
+            Some(Kind::Connection) => connection = true,
+            Some(Kind::Close) => close = true,
+            Some(Kind::HopByHop(i)) => hops[i] = true,
+            Some(Kind::Via) => present.via = true,
+            Some(Kind::ForwardedFor) => present.forwarded_for = true,
+            Some(Kind::ForwardedProto) => present.forwarded_proto = true,
+            Some(Kind::ForwardedHost) => present.forwarded_host = true,
+            Some(Kind::RequestId) => present.request_id = true,
             None => {}
         }
     }
-    if present[TRANSFER_ENCODING_AT] {
+    if hops[TRANSFER_ENCODING_AT] {
         headers.remove(CONTENT_LENGTH);
     }
     if connection {
         remove_named(headers, close);
     }
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
+    for (name, _) in HOP_BY_HOP.iter().zip(hops).filter(|(_, there)| *there) {
         headers.remove(*name);
     }
+    present
+}
+
+/// Which of the fields the proxy sets or extends a message held when its hop-by-hop fields
+/// were stripped; one a `Connection` option named is gone by then, so these say "maybe".
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Present {
+    pub via: bool,
+    pub forwarded_for: bool,
+    pub forwarded_proto: bool,
+    pub forwarded_host: bool,
+    pub request_id: bool,
 }
 
 /// What a field name is to [`strip_hop_by_hop`].
-enum Hop {
+enum Kind {
     Connection,
     /// A field named like the `close` option, which goes if `Connection` lists it.
     Close,
     /// A hop-by-hop field by definition, at this place in [`HOP_BY_HOP`].
-    Listed(usize),
+    HopByHop(usize),
+    Via,
+    ForwardedFor,
+    ForwardedProto,
+    ForwardedHost,
+    RequestId,
 }
 
 /// Classifies a (lowercase) field name by its length first: most names are none of these,
-/// and one comparison settles each.
-fn hop_by_hop_at(name: &str) -> Option<Hop> {
-    let at = match name.len() {
-        10 if name == "connection" => return Some(Hop::Connection),
-        5 if name == "close" => return Some(Hop::Close),
-        10 => KEEP_ALIVE_AT,
-        16 => 1,
-        2 => 2,
-        17 => TRANSFER_ENCODING_AT,
-        7 => 4,
-        19 => 5,
-        18 => 6,
+/// and one or two comparisons settle each.
+fn classify(name: &str) -> Option<Kind> {
+    let (kind, known) = match name.len() {
+        2 => (Kind::HopByHop(2), "te"),
+        3 => (Kind::Via, "via"),
+        5 => (Kind::Close, "close"),
+        7 => (Kind::HopByHop(4), "upgrade"),
+        10 if name == "connection" => return Some(Kind::Connection),
+        10 => (Kind::HopByHop(KEEP_ALIVE_AT), "keep-alive"),
+        12 => (Kind::RequestId, "x-request-id"),
+        15 => (Kind::ForwardedFor, "x-forwarded-for"),
+        16 if name == "x-forwarded-host" => return Some(Kind::ForwardedHost),
+        16 => (Kind::HopByHop(1), "proxy-connection"),
+        17 if name == "x-forwarded-proto" => return Some(Kind::ForwardedProto),
+        17 => (Kind::HopByHop(TRANSFER_ENCODING_AT), "transfer-encoding"),
+        18 => (Kind::HopByHop(6), "proxy-authenticate"),
+        19 => (Kind::HopByHop(5), "proxy-authorization"),
         _ => return None,
     };
-    (name == HOP_BY_HOP[at].as_str()).then_some(Hop::Listed(at))
+    (name == known).then_some(kind)
 }
 
 /// Removes `Connection` and every field it names (RFC 9110 §7.6.1), in one lookup of it.
@@ -112,8 +140,8 @@ fn remove_named(headers: &mut HeaderMap, close_field: bool) {
 /// A field named like the `close` option goes with it.
 static CLOSE: HeaderName = HeaderName::from_static("close");
 
-/// The fields that are hop-by-hop by definition, besides `Connection`; [`hop_by_hop_at`]
-/// knows their places.
+/// The fields that are hop-by-hop by definition, besides `Connection`; [`classify`] knows
+/// their places.
 static HOP_BY_HOP: [&HeaderName; 7] = [
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
@@ -186,26 +214,11 @@ fn ipv4_text(ip: std::net::Ipv4Addr, out: &mut [u8; 48]) -> usize {
     len
 }
 
-/// Sets `X-Forwarded-Proto` and `X-Forwarded-Host` to what this proxy saw.
-pub fn set_forwarded_origin(headers: &mut HeaderMap, https: bool, host: Option<&HeaderValue>) {
-    let proto = if https { "https" } else { "http" };
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    match host {
-        Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
-        None => headers.remove(&X_FORWARDED_HOST),
-    };
-}
-
 /// Appends this hop to `Via` (RFC 9110 §7.6.3), naming the protocol version received.
-pub fn append_via(headers: &mut HeaderMap, received: Version) {
-    let hop = match received {
-        Version::HTTP_09 => "0.9 restatus",
-        Version::HTTP_10 => "1.0 restatus",
-        Version::HTTP_2 => "2 restatus",
-        Version::HTTP_3 => "3 restatus",
-        _ => "1.1 restatus",
-    };
-    if !headers.contains_key(VIA) {
+/// `present`: the map may hold a `Via` already; if not, it is not looked up.
+pub fn append_via(headers: &mut HeaderMap, received: Version, present: bool) {
+    let hop = via_hop(received);
+    if !present || !headers.contains_key(VIA) {
         headers.insert(VIA, HeaderValue::from_static(hop));
         return;
     }
@@ -218,6 +231,87 @@ pub fn append_via(headers: &mut HeaderMap, received: Version) {
     joined.extend_from_slice(hop.as_bytes());
     if let Ok(value) = HeaderValue::from_bytes(&joined) {
         headers.insert(VIA, value);
+    }
+}
+
+/// What this hop puts in a forwarded request's X-Forwarded-* and request id fields.
+pub struct ThisHop<'a> {
+    pub client: IpAddr,
+    pub https: bool,
+    /// The host the client asked for, if any.
+    pub host: Option<&'a HeaderValue>,
+    pub received: Version,
+    pub request_id: &'a HeaderValue,
+}
+
+/// The fields the proxy adds to a forwarded request that did not have them; the upstream
+/// client writes them after the request's own, so they cost no insertion into its map.
+#[derive(Default)]
+pub struct Added {
+    values: [Option<HeaderValue>; 5],
+}
+
+/// The names of [`Added`]'s values, in their order.
+static ADDED: [&HeaderName; 5] = [
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &VIA,
+    &X_REQUEST_ID,
+];
+
+impl Added {
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        ADDED
+            .iter()
+            .zip(&self.values)
+            .filter_map(|(name, value)| Some((*name, value.as_ref()?)))
+    }
+}
+
+/// Sets what a forwarded request says of this hop: its client appended to
+/// `X-Forwarded-For`, `X-Forwarded-Proto` and `-Host` replaced by what the proxy saw, this
+/// hop appended to `Via` (RFC 9110 §7.6.3) and the request id. Fields the client sent are
+/// extended or dropped in `headers` (`present` says which may be there); new ones are
+/// returned.
+pub fn forwarding(headers: &mut HeaderMap, present: Present, hop: &ThisHop<'_>) -> Added {
+    let mut values: [Option<HeaderValue>; 5] = Default::default();
+    if present.forwarded_for {
+        append_forwarded_for(headers, hop.client);
+    } else {
+        values[0] = Some(ip_value(hop.client));
+    }
+    if present.forwarded_proto {
+        headers.remove(&X_FORWARDED_PROTO);
+    }
+    values[1] = Some(HeaderValue::from_static(if hop.https {
+        "https"
+    } else {
+        "http"
+    }));
+    if present.forwarded_host {
+        headers.remove(&X_FORWARDED_HOST);
+    }
+    values[2] = hop.host.cloned();
+    if present.via {
+        append_via(headers, hop.received, true);
+    } else {
+        values[3] = Some(HeaderValue::from_static(via_hop(hop.received)));
+    }
+    if present.request_id {
+        headers.remove(&X_REQUEST_ID);
+    }
+    values[4] = Some(hop.request_id.clone());
+    Added { values }
+}
+
+fn via_hop(received: Version) -> &'static str {
+    match received {
+        Version::HTTP_09 => "0.9 restatus",
+        Version::HTTP_10 => "1.0 restatus",
+        Version::HTTP_2 => "2 restatus",
+        Version::HTTP_3 => "3 restatus",
+        _ => "1.1 restatus",
     }
 }
 
@@ -280,14 +374,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_hop_by_hop_name_is_found_at_its_place() {
+    fn every_name_is_classified_at_its_place() {
         for (at, name) in HOP_BY_HOP.iter().enumerate() {
-            assert!(matches!(hop_by_hop_at(name.as_str()), Some(Hop::Listed(i)) if i == at));
+            assert!(matches!(classify(name.as_str()), Some(Kind::HopByHop(i)) if i == at));
         }
         assert_eq!(*HOP_BY_HOP[TRANSFER_ENCODING_AT], TRANSFER_ENCODING);
         assert_eq!(*HOP_BY_HOP[KEEP_ALIVE_AT], KEEP_ALIVE);
-        assert!(matches!(hop_by_hop_at("connection"), Some(Hop::Connection)));
-        assert!(matches!(hop_by_hop_at("close"), Some(Hop::Close)));
+        assert!(matches!(classify("connection"), Some(Kind::Connection)));
+        assert!(matches!(classify("close"), Some(Kind::Close)));
+        for (at, name) in ADDED.iter().enumerate() {
+            let kind = classify(name.as_str());
+            let expected = [
+                matches!(kind, Some(Kind::ForwardedFor)),
+                matches!(kind, Some(Kind::ForwardedProto)),
+                matches!(kind, Some(Kind::ForwardedHost)),
+                matches!(kind, Some(Kind::Via)),
+                matches!(kind, Some(Kind::RequestId)),
+            ];
+            assert!(expected[at], "{name}");
+        }
         for other in [
             "host",
             "ten",
@@ -296,7 +401,7 @@ mod tests {
             "proxy-authorizatiom",
             "",
         ] {
-            assert!(hop_by_hop_at(other).is_none(), "{other}");
+            assert!(classify(other).is_none(), "{other}");
         }
     }
 
@@ -401,11 +506,68 @@ mod tests {
         for (existing, want) in cases {
             let pairs: Vec<(&str, &str)> =
                 existing.iter().map(|v| ("x-forwarded-for", *v)).collect();
-            let mut headers = map(&pairs);
-            append_forwarded_for(&mut headers, ip);
+            let headers = forwarded(map(&pairs), ip);
             assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
             assert_eq!(headers["x-forwarded-for"], want);
         }
+    }
+
+    /// `headers` as they go upstream from a plain-HTTP/1.1 client at `client` that asked for
+    /// host `h`, with request id `id`: the map and the added fields together.
+    fn forwarded(mut headers: HeaderMap, client: IpAddr) -> HeaderMap {
+        let present = strip_hop_by_hop(&mut headers);
+        let host = HeaderValue::from_static("h");
+        let hop = ThisHop {
+            client,
+            https: false,
+            host: Some(&host),
+            received: Version::HTTP_11,
+            request_id: &HeaderValue::from_static("id"),
+        };
+        let added = forwarding(&mut headers, present, &hop);
+        for (name, value) in added.iter() {
+            headers.append(name, value.clone());
+        }
+        headers
+    }
+
+    #[test]
+    fn each_forwarding_field_appears_once_with_this_hops_value() {
+        let client: IpAddr = "10.0.0.9".parse().unwrap();
+        let fresh = forwarded(map(&[("accept", "*/*")]), client);
+        let sent = forwarded(
+            map(&[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "evil"),
+                ("x-request-id", "theirs"),
+                ("via", "1.0 edge"),
+                ("x-forwarded-for", "192.0.2.7"),
+            ]),
+            client,
+        );
+        // A Connection option removes the client's field before it is extended.
+        let named = forwarded(
+            map(&[
+                ("connection", "via, x-forwarded-for"),
+                ("via", "1.0 x"),
+                ("x-forwarded-for", "192.0.2.8"),
+            ]),
+            client,
+        );
+        let wants = [
+            ("x-forwarded-for", "10.0.0.9", "192.0.2.7, 10.0.0.9"),
+            ("x-forwarded-proto", "http", "http"),
+            ("x-forwarded-host", "h", "h"),
+            ("via", "1.1 restatus", "1.0 edge, 1.1 restatus"),
+            ("x-request-id", "id", "id"),
+        ];
+        for (name, alone, extended) in wants {
+            for (headers, want) in [(&fresh, alone), (&sent, extended), (&named, alone)] {
+                let values: Vec<_> = headers.get_all(name).iter().collect();
+                assert_eq!(values, [want], "{name} in {headers:?}");
+            }
+        }
+        assert_eq!(fresh["accept"], "*/*");
     }
 
     #[test]
@@ -427,9 +589,9 @@ mod tests {
     #[test]
     fn via_names_the_received_version() {
         let mut headers = HeaderMap::new();
-        append_via(&mut headers, Version::HTTP_2);
+        append_via(&mut headers, Version::HTTP_2, false);
         assert_eq!(headers["via"], "2 restatus");
-        append_via(&mut headers, Version::HTTP_11);
+        append_via(&mut headers, Version::HTTP_11, true);
         assert_eq!(headers["via"], "2 restatus, 1.1 restatus");
     }
 
@@ -459,9 +621,7 @@ mod tests {
             HeaderValue::from_bytes(b"192.0.2.1, \xff").unwrap(),
         );
         headers.append(VIA, HeaderValue::from_bytes(b"1.1 caf\xe9").unwrap());
-        strip_hop_by_hop(&mut headers);
-        append_forwarded_for(&mut headers, "10.0.0.1".parse().unwrap());
-        append_via(&mut headers, Version::HTTP_11);
+        let headers = forwarded(headers, "10.0.0.1".parse().unwrap());
         assert!(!headers.contains_key("x-secret"));
         assert_eq!(
             headers["x-forwarded-for"].as_bytes(),

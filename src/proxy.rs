@@ -291,11 +291,15 @@ fn outbound_request(
         .clone()
         .or_else(|| parts.headers.get(HOST).cloned());
     let mut headers = parts.headers;
-    headers::strip_hop_by_hop(&mut headers);
-    headers::append_forwarded_for(&mut headers, conn.peer.ip());
-    headers::set_forwarded_origin(&mut headers, conn.https, host.as_ref());
-    headers::append_via(&mut headers, parts.version);
-    headers.insert(&X_REQUEST_ID, request_id.clone());
+    let present = headers::strip_hop_by_hop(&mut headers);
+    let hop = headers::ThisHop {
+        client: conn.peer.ip(),
+        https: conn.https,
+        host: host.as_ref(),
+        received: parts.version,
+        request_id,
+    };
+    let added = headers::forwarding(&mut headers, present, &hop);
     if route.upstream.config.host == HostMode::Preserve {
         if let Some(authority) = authority {
             headers.insert(HOST, authority);
@@ -310,6 +314,7 @@ fn outbound_request(
         method: parts.method,
         path_and_query: route.upstream_path(&original),
         headers,
+        added,
         body,
         interim: expect::Interim::new(false),
     }
@@ -320,8 +325,8 @@ fn client_response(
     body: ResponseBody,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
-    headers::strip_hop_by_hop(&mut parts.headers);
-    headers::append_via(&mut parts.headers, parts.version);
+    let present = headers::strip_hop_by_hop(&mut parts.headers);
+    headers::append_via(&mut parts.headers, parts.version, present.via);
     // The client leg speaks its own version; hyper would echo an HTTP/1.0 upstream's.
     parts.version = Version::HTTP_11;
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());

@@ -5,6 +5,7 @@ use crate::body::{BodyTimeout, BodyTooLarge, ForwardBody, Source};
 use crate::client::{self, ConnectError, Connector, Outgoing, Pool, SendError, UpstreamBody};
 use crate::config::{ExpectMode, HostMode, UpstreamConfig};
 use crate::expect::{BodyWithheld, Hold, Interim};
+use crate::headers::Added;
 use crate::respond::ProxyError;
 use http::header::HOST;
 use http::uri::PathAndQuery;
@@ -29,6 +30,8 @@ pub struct OutboundRequest {
     pub method: Method,
     pub path_and_query: PathAndQuery,
     pub headers: HeaderMap,
+    /// This hop's forwarding fields the client did not send, written after `headers`.
+    pub added: Added,
     pub body: Source,
     /// Interim responses of this request; a held body waits on it.
     pub interim: Arc<Interim>,
@@ -109,6 +112,7 @@ impl Upstream {
             method,
             path_and_query,
             mut headers,
+            added,
             body,
             interim,
         } = outbound;
@@ -141,6 +145,7 @@ impl Upstream {
                 method: &method,
                 path: &path_and_query,
                 headers: &headers,
+                added: &added,
                 host: &target.host_header,
             };
             return match client::send(conn, &request, body, &interim, pool).await {

@@ -22,8 +22,8 @@ use http::{HeaderMap, Version};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use restatus::headers::{
-    append_forwarded_for, append_via, request_id, set_forwarded_origin, strip_hop_by_hop,
-    RequestIds, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+    append_via, forwarding, request_id, strip_hop_by_hop, RequestIds, ThisHop, X_FORWARDED_FOR,
+    X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -213,11 +213,18 @@ fn outbound(mut headers: HeaderMap, client: IpAddr, https: bool, version: Versio
     let ids = RequestIds::new();
     let id = request_id(&headers, &ids);
     let host = headers.get(HOST).cloned();
-    strip_hop_by_hop(&mut headers);
-    append_forwarded_for(&mut headers, client);
-    set_forwarded_origin(&mut headers, https, host.as_ref());
-    append_via(&mut headers, version);
-    headers.insert(&X_REQUEST_ID, id);
+    let present = strip_hop_by_hop(&mut headers);
+    let hop = ThisHop {
+        client,
+        https,
+        host: host.as_ref(),
+        received: version,
+        request_id: &id,
+    };
+    // The upstream client writes the added fields after the map's own.
+    for (name, value) in forwarding(&mut headers, present, &hop).iter() {
+        headers.append(name, value.clone());
+    }
     if let Some(host) = host {
         headers.insert(HOST, host);
     }
@@ -226,8 +233,8 @@ fn outbound(mut headers: HeaderMap, client: IpAddr, https: bool, version: Versio
 
 /// What `src/proxy.rs` does to an upstream response's headers in `client_response`.
 fn inbound(mut headers: HeaderMap, version: Version) -> HeaderMap {
-    strip_hop_by_hop(&mut headers);
-    append_via(&mut headers, version);
+    let present = strip_hop_by_hop(&mut headers);
+    append_via(&mut headers, version, present.via);
     headers
 }
 

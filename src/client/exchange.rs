@@ -7,6 +7,7 @@ use super::io::Io;
 use super::{Conn, Pool};
 use crate::body::{BoxError, ForwardBody};
 use crate::expect::Interim;
+use crate::headers::Added;
 use crate::wire::Framing;
 use crate::wire::{chunk_size, decimal, encode_trailers, field, has_token, Noted, Queue};
 use bytes::{Bytes, BytesMut};
@@ -33,6 +34,8 @@ pub struct Outgoing<'a> {
     pub method: &'a Method,
     pub path: &'a PathAndQuery,
     pub headers: &'a HeaderMap,
+    /// Fields the proxy adds, sent after `headers`.
+    pub added: &'a Added,
     /// Sent as `Host` when `headers` has none (an HTTP/1.0 client's request).
     pub host: &'a HeaderValue,
 }
@@ -424,6 +427,9 @@ fn encode_head(request: &Outgoing<'_>, length: Option<Option<u64>>) -> Bytes {
         if name != CONTENT_LENGTH {
             field(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
+    }
+    for (name, value) in request.added.iter() {
+        field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     match length {
         Some(Some(length)) => {
