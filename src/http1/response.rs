@@ -1,6 +1,6 @@
 //! Response heads as RFC 9112 writes them, with the framing the body really has.
 
-use crate::wire::{content_length, decimal, field, has_token};
+use crate::wire::{content_length, decimal, field};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::response::Parts;
@@ -33,36 +33,22 @@ pub struct Asked<'a> {
 pub fn encode(parts: &Parts, hint: &SizeHint, asked: &Asked<'_>) -> (Bytes, Out, bool) {
     let status = parts.status;
     let headers = &parts.headers;
-    let closing = has_token(headers, &CONNECTION, b"close");
-    let mut keep_alive = asked.keep_alive && !closing;
-    let out = if *asked.method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        Out::None
-    } else if let Some(length) = hint.exact() {
-        Out::Length(length)
-    } else if let Ok(Some(length)) = content_length(headers, true) {
-        Out::Length(length)
-    } else if asked.version == Version::HTTP_11 {
-        Out::Chunked
-    } else {
-        keep_alive = false;
-        Out::Close
-    };
-    let size: usize = headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    let mut head = BytesMut::with_capacity(size + 128);
+    let out = framing(parts, hint, asked);
+    let mut head = BytesMut::with_capacity(head_size(headers) + 128);
     let reason = parts.extensions.get::<ReasonPhrase>();
     status_line(&mut head, status, reason, asked.version);
     // Hyper's rule for framing fields: the one written is the one the body really has.
     let drop_length = !matches!(out, Out::None) || status == StatusCode::NO_CONTENT;
+    // `Connection: close` and `Date` are noted on the way past, not looked up.
+    let (mut closing, mut dated) = (false, false);
     for (name, value) in headers {
         if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && drop_length) {
             continue;
+        }
+        if name == CONNECTION {
+            closing = closing || has_close(value.as_bytes());
+        } else if name == DATE {
+            dated = true;
         }
         field(&mut head, name.as_str().as_bytes(), value.as_bytes());
     }
@@ -74,16 +60,53 @@ pub fn encode(parts: &Parts, hint: &SizeHint, asked: &Asked<'_>) -> (Bytes, Out,
         Out::Chunked => field(&mut head, b"transfer-encoding", b"chunked"),
         Out::None | Out::Close => {}
     }
+    let keep_alive = asked.keep_alive && !closing && out != Out::Close;
     if !keep_alive && !closing {
         field(&mut head, b"connection", b"close");
     } else if keep_alive && asked.version == Version::HTTP_10 {
         field(&mut head, b"connection", b"keep-alive");
     }
-    if !headers.contains_key(DATE) {
+    if !dated {
         with_date(|date| field(&mut head, b"date", date));
     }
     head.extend_from_slice(b"\r\n");
     (head.freeze(), out, keep_alive)
+}
+
+/// How the body goes: none where RFC 9112 §6.3 allows none, else its length when known,
+/// else chunked to an HTTP/1.1 client and up to the close to an HTTP/1.0 one.
+fn framing(parts: &Parts, hint: &SizeHint, asked: &Asked<'_>) -> Out {
+    let status = parts.status;
+    if *asked.method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Out::None
+    } else if let Some(length) = hint.exact() {
+        Out::Length(length)
+    } else if let Ok(Some(length)) = content_length(&parts.headers, true) {
+        Out::Length(length)
+    } else if asked.version == Version::HTTP_11 {
+        Out::Chunked
+    } else {
+        Out::Close
+    }
+}
+
+/// The bytes of the fields as written, so that the head is allocated once.
+fn head_size(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
+/// Whether a `Connection` value holds the `close` option.
+fn has_close(value: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// A head the connection writes itself, for a request it could not read: no body, and the
@@ -242,5 +265,30 @@ mod tests {
             .starts_with("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n"));
         assert_eq!(decimal(1234567, &mut [0; 20]), b"1234567");
         assert_eq!(decimal(0, &mut [0; 20]), b"0");
+    }
+
+    #[test]
+    fn a_close_or_date_already_there_is_not_written_twice() {
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("x-a, Close"));
+        parts.headers.insert(
+            DATE,
+            HeaderValue::from_static("Tue, 01 Dec 2026 00:00:00 GMT"),
+        );
+        let get = Method::GET;
+        let ask = asked(&get, Version::HTTP_11);
+        let (head, _, keep) = head_of(&parts, SizeHint::with_exact(0), &ask);
+        assert!(!keep, "{head}");
+        assert_eq!(head.matches("connection: ").count(), 1, "{head}");
+        assert_eq!(head.matches("date: ").count(), 1, "{head}");
+        assert!(
+            head.contains("date: Tue, 01 Dec 2026 00:00:00 GMT\r\n"),
+            "{head}"
+        );
+        parts.headers.remove(CONNECTION);
+        let (head, _, keep) = head_of(&parts, SizeHint::with_exact(0), &ask);
+        assert!(keep && !head.contains("connection"), "{head}");
     }
 }
