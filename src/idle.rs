@@ -1,10 +1,13 @@
 //! Per-connection timeouts: an idle keep-alive connection is closed after `idle_timeout`; a
 //! request head that started arriving is cut off `header_timeout` after its first byte.
 
+use futures_util::task::AtomicWaker;
+use futures_util::FutureExt;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -129,6 +132,61 @@ impl Watchdog {
     }
 }
 
+/// A future that is polled only once it has asked to be, through its own waker.
+///
+/// The watchdog shares its connection's task, which is woken several times per request (by
+/// the client's socket and the upstream's). Polled on each of those, its timer and `Notify`
+/// cost about as much as parsing a request head; behind this, a wake-up that is not the
+/// watchdog's costs one flag check.
+pub struct WhenWoken<F> {
+    inner: F,
+    flag: Arc<WokenFlag>,
+    waker: Waker,
+}
+
+struct WokenFlag {
+    woken: AtomicBool,
+    /// The task that polls [`WhenWoken`], woken when the inner future's waker is.
+    task: AtomicWaker,
+}
+
+impl Wake for WokenFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future + Unpin> WhenWoken<F> {
+    pub fn new(inner: F) -> Self {
+        // Woken to start with: the first poll is the one that arms the inner future.
+        let flag = Arc::new(WokenFlag {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        let waker = Waker::from(flag.clone());
+        WhenWoken { inner, flag, waker }
+    }
+}
+
+impl<F: Future + Unpin> Future for WhenWoken<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // Registered before the flag is read, so a wake-up in between is not lost.
+        self.flag.task.register(cx.waker());
+        if !self.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let this = &mut *self;
+        this.inner.poll_unpin(&mut Context::from_waker(&this.waker))
+    }
+}
+
 /// A stream that tells [`Activity`] when bytes arrive.
 pub struct ActivityIo<S> {
     inner: S,
@@ -183,5 +241,72 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Counts its polls and completes once `done` is set, waking the waker it last saw.
+    struct Probe {
+        polls: Arc<AtomicUsize>,
+        done: Arc<AtomicBool>,
+        waker: Arc<Mutex<Option<Waker>>>,
+    }
+
+    impl Future for Probe {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            if self.done.load(Ordering::Relaxed) {
+                return Poll::Ready(());
+            }
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    struct Counter(AtomicUsize);
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn the_inner_future_is_polled_only_when_it_woke() {
+        let (polls, done) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let inner_waker = Arc::new(Mutex::new(None));
+        let probe = Probe {
+            polls: polls.clone(),
+            done: done.clone(),
+            waker: inner_waker.clone(),
+        };
+        let mut future = WhenWoken::new(probe);
+        let task = Arc::new(Counter(AtomicUsize::new(0)));
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut future).poll(&mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::Relaxed), 1, "the first poll arms it");
+        for _ in 0..5 {
+            // The task woke for something else: the inner future is not polled.
+            assert!(Pin::new(&mut future).poll(&mut cx).is_pending());
+        }
+        assert_eq!(polls.load(Ordering::Relaxed), 1);
+        done.store(true, Ordering::Relaxed);
+        let woken = inner_waker.lock().unwrap().take().expect("a waker");
+        woken.wake();
+        assert_eq!(
+            task.0.load(Ordering::Relaxed),
+            1,
+            "its wake-up reaches the task"
+        );
+        assert!(Pin::new(&mut future).poll(&mut cx).is_ready());
+        assert_eq!(polls.load(Ordering::Relaxed), 2);
     }
 }

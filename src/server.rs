@@ -5,7 +5,7 @@ use crate::body::ClientBody;
 use crate::config::Config;
 use crate::deviation::DeviationLog;
 use crate::http1::{self, Ended};
-use crate::idle::{Activity, ActivityIo, Watchdog};
+use crate::idle::{Activity, ActivityIo, Watchdog, WhenWoken};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Connection};
@@ -324,9 +324,11 @@ async fn serve_connection<I>(
         }
     };
     let peer = conn.peer;
+    let expired = watchdog.expired();
+    tokio::pin!(expired);
     tokio::select! {
         () = served => {}
-        reason = watchdog.expired() => {
+        reason = WhenWoken::new(expired.as_mut()) => {
             tracing::debug!(%peer, reason, "closing connection");
         }
     }
