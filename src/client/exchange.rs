@@ -170,15 +170,15 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
         .map(|r| r.as_bytes().to_vec());
     // Names now; values as offsets, to share the head's bytes once it is split off.
     let base = buf.as_ptr() as usize;
-    let fields: Vec<(HeaderName, usize, usize)> = parsed
-        .headers
-        .iter()
-        .filter_map(|field| {
-            let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+    // Sized for every field at once: collected through a filter, the vector would start
+    // small and be reallocated on most responses.
+    let mut fields: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        if let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) {
             let start = field.value.as_ptr() as usize - base;
-            Some((name, start, start + field.value.len()))
-        })
-        .collect();
+            fields.push((name, start, start + field.value.len()));
+        }
+    }
     let head = buf.split_to(len).freeze();
     let status = status_of(code)?;
     let reason = reason.and_then(|r| ReasonPhrase::try_from(r).ok());
