@@ -114,12 +114,8 @@ fn remove_named(headers: &mut HeaderMap, close_field: bool) {
     let mut close = false;
     let mut named: Vec<HeaderName> = Vec::new();
     for value in entry.remove_entry_mult().1 {
-        for token in value
-            .as_bytes()
-            .split(|b| *b == b',')
-            .map(<[u8]>::trim_ascii)
-        {
-            if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") {
+        for token in crate::wire::value_tokens(value.as_bytes()) {
+            if token.eq_ignore_ascii_case(b"keep-alive") {
                 continue;
             }
             if token.eq_ignore_ascii_case(b"close") {
@@ -248,24 +244,24 @@ pub struct ThisHop<'a> {
 /// client writes them after the request's own, so they cost no insertion into its map.
 #[derive(Default)]
 pub struct Added {
-    values: [Option<HeaderValue>; 5],
+    forwarded_for: Option<HeaderValue>,
+    forwarded_proto: Option<HeaderValue>,
+    forwarded_host: Option<HeaderValue>,
+    via: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
 }
-
-/// The names of [`Added`]'s values, in their order.
-static ADDED: [&HeaderName; 5] = [
-    &X_FORWARDED_FOR,
-    &X_FORWARDED_PROTO,
-    &X_FORWARDED_HOST,
-    &VIA,
-    &X_REQUEST_ID,
-];
 
 impl Added {
     pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        ADDED
-            .iter()
-            .zip(&self.values)
-            .filter_map(|(name, value)| Some((*name, value.as_ref()?)))
+        [
+            (&X_FORWARDED_FOR, &self.forwarded_for),
+            (&X_FORWARDED_PROTO, &self.forwarded_proto),
+            (&X_FORWARDED_HOST, &self.forwarded_host),
+            (&VIA, &self.via),
+            (&X_REQUEST_ID, &self.request_id),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value.as_ref()?)))
     }
 }
 
@@ -275,34 +271,32 @@ impl Added {
 /// extended or dropped in `headers` (`present` says which may be there); new ones are
 /// returned.
 pub fn forwarding(headers: &mut HeaderMap, present: Present, hop: &ThisHop<'_>) -> Added {
-    let mut values: [Option<HeaderValue>; 5] = Default::default();
+    let mut added = Added::default();
     if present.forwarded_for {
         append_forwarded_for(headers, hop.client);
     } else {
-        values[0] = Some(ip_value(hop.client));
+        added.forwarded_for = Some(ip_value(hop.client));
     }
-    if present.forwarded_proto {
-        headers.remove(&X_FORWARDED_PROTO);
-    }
-    values[1] = Some(HeaderValue::from_static(if hop.https {
-        "https"
-    } else {
-        "http"
-    }));
-    if present.forwarded_host {
-        headers.remove(&X_FORWARDED_HOST);
-    }
-    values[2] = hop.host.cloned();
     if present.via {
         append_via(headers, hop.received, true);
     } else {
-        values[3] = Some(HeaderValue::from_static(via_hop(hop.received)));
+        added.via = Some(HeaderValue::from_static(via_hop(hop.received)));
     }
-    if present.request_id {
-        headers.remove(&X_REQUEST_ID);
+    // Replaced, not extended: these describe this hop only.
+    for (there, name) in [
+        (present.forwarded_proto, &X_FORWARDED_PROTO),
+        (present.forwarded_host, &X_FORWARDED_HOST),
+        (present.request_id, &X_REQUEST_ID),
+    ] {
+        if there {
+            headers.remove(name);
+        }
     }
-    values[4] = Some(hop.request_id.clone());
-    Added { values }
+    let proto = if hop.https { "https" } else { "http" };
+    added.forwarded_proto = Some(HeaderValue::from_static(proto));
+    added.forwarded_host = hop.host.cloned();
+    added.request_id = Some(hop.request_id.clone());
+    added
 }
 
 fn via_hop(received: Version) -> &'static str {
@@ -382,17 +376,20 @@ mod tests {
         assert_eq!(*HOP_BY_HOP[KEEP_ALIVE_AT], KEEP_ALIVE);
         assert!(matches!(classify("connection"), Some(Kind::Connection)));
         assert!(matches!(classify("close"), Some(Kind::Close)));
-        for (at, name) in ADDED.iter().enumerate() {
-            let kind = classify(name.as_str());
-            let expected = [
-                matches!(kind, Some(Kind::ForwardedFor)),
-                matches!(kind, Some(Kind::ForwardedProto)),
-                matches!(kind, Some(Kind::ForwardedHost)),
-                matches!(kind, Some(Kind::Via)),
-                matches!(kind, Some(Kind::RequestId)),
-            ];
-            assert!(expected[at], "{name}");
-        }
+        assert!(matches!(classify("via"), Some(Kind::Via)));
+        assert!(matches!(
+            classify("x-forwarded-for"),
+            Some(Kind::ForwardedFor)
+        ));
+        assert!(matches!(
+            classify("x-forwarded-proto"),
+            Some(Kind::ForwardedProto)
+        ));
+        assert!(matches!(
+            classify("x-forwarded-host"),
+            Some(Kind::ForwardedHost)
+        ));
+        assert!(matches!(classify("x-request-id"), Some(Kind::RequestId)));
         for other in [
             "host",
             "ten",

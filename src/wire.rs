@@ -276,7 +276,13 @@ pub fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<It
     headers
         .get_all(name)
         .iter()
-        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .flat_map(|value| value_tokens(value.as_bytes()))
+}
+
+/// The items of one line of a comma-separated field, trimmed, empty ones skipped.
+pub fn value_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
 }

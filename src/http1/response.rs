@@ -1,6 +1,6 @@
 //! Response heads as RFC 9112 writes them, with the framing the body really has.
 
-use crate::wire::{content_length, decimal, field};
+use crate::wire::{content_length, decimal, field, value_tokens};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::response::Parts;
@@ -46,7 +46,8 @@ pub fn encode(parts: &Parts, hint: &SizeHint, asked: &Asked<'_>) -> (Bytes, Out,
             continue;
         }
         if name == CONNECTION {
-            closing = closing || has_close(value.as_bytes());
+            closing =
+                closing || value_tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"));
         } else if name == DATE {
             dated = true;
         }
@@ -100,13 +101,6 @@ fn head_size(headers: &http::HeaderMap) -> usize {
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum()
-}
-
-/// Whether a `Connection` value holds the `close` option.
-fn has_close(value: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// A head the connection writes itself, for a request it could not read: no body, and the
