@@ -334,6 +334,10 @@ pub fn chunk_size(len: usize) -> Bytes {
     line.freeze()
 }
 
+/// A piece at most this long is copied behind the queue's last piece when that one has the
+/// room, so that a small response goes out as one buffer (see [`Queue::push`]).
+pub const COALESCE: usize = 4 << 10;
+
 /// Bytes waiting to be written, sent with vectored writes.
 #[derive(Default)]
 pub struct Queue {
@@ -342,11 +346,28 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// Queues `bytes`. A small piece is copied into the spare room of the last piece, when
+    /// that piece is not shared: a single buffer is written with `send`, which costs the
+    /// kernel much less than `writev` with several.
     pub fn push(&mut self, bytes: Bytes) {
-        if !bytes.is_empty() {
-            self.len += bytes.len();
-            self.parts.push_back(bytes);
+        if bytes.is_empty() {
+            return;
         }
+        self.len += bytes.len();
+        if bytes.len() <= COALESCE {
+            if let Some(last) = self.parts.pop_back() {
+                match last.try_into_mut() {
+                    Ok(mut last) if last.capacity() - last.len() >= bytes.len() => {
+                        last.extend_from_slice(&bytes);
+                        self.parts.push_back(last.freeze());
+                        return;
+                    }
+                    Ok(last) => self.parts.push_back(last.freeze()),
+                    Err(last) => self.parts.push_back(last),
+                }
+            }
+        }
+        self.parts.push_back(bytes);
     }
 
     pub fn len(&self) -> usize {
@@ -362,19 +383,24 @@ impl Queue {
         self.len = 0;
     }
 
-    /// One vectored write of what is queued; the written bytes are taken off.
+    /// One write of what is queued (vectored when there are several pieces); the written
+    /// bytes are taken off.
     pub fn poll_write<W: AsyncWrite + Unpin>(
         &mut self,
         io: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<usize>> {
-        let mut slices = [IoSlice::new(&[]); 8];
-        let mut count = 0;
-        for (slot, bytes) in slices.iter_mut().zip(self.parts.iter()) {
-            *slot = IoSlice::new(bytes);
-            count += 1;
-        }
-        let written = ready!(Pin::new(io).poll_write_vectored(cx, &slices[..count]))?;
+        let written = if self.parts.len() == 1 {
+            ready!(Pin::new(io).poll_write(cx, &self.parts[0]))?
+        } else {
+            let mut slices = [IoSlice::new(&[]); 8];
+            let mut count = 0;
+            for (slot, bytes) in slices.iter_mut().zip(self.parts.iter()) {
+                *slot = IoSlice::new(bytes);
+                count += 1;
+            }
+            ready!(Pin::new(io).poll_write_vectored(cx, &slices[..count]))?
+        };
         self.advance(written);
         Poll::Ready(Ok(written))
     }
@@ -438,5 +464,94 @@ mod tests {
         for bad in ["+3", "-1", "0x3", "", "3 4"] {
             assert!(content_length(&map(&[bad]), true).is_err(), "{bad}");
         }
+    }
+
+    /// Records how it was written to: the number of buffers of each write.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<usize>,
+        bytes: Vec<u8>,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.writes.push(1);
+            self.bytes.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            self.writes.push(bufs.len());
+            let mut n = 0;
+            for buf in bufs {
+                self.bytes.extend_from_slice(buf);
+                n += buf.len();
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn write_all(queue: &mut Queue) -> Recorder {
+        let mut out = Recorder::default();
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        while !queue.is_empty() {
+            assert!(queue.poll_write(&mut out, &mut cx).is_ready());
+        }
+        out
+    }
+
+    #[test]
+    fn a_small_body_goes_out_in_the_heads_write() {
+        let mut head = BytesMut::with_capacity(64);
+        head.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        let mut queue = Queue::default();
+        queue.push(head.freeze());
+        queue.push(Bytes::from_static(b"{\"ok\":true}"));
+        assert_eq!(queue.len(), 30);
+        let out = write_all(&mut queue);
+        assert_eq!(out.writes, [1], "one write of one buffer");
+        assert_eq!(out.bytes, b"HTTP/1.1 200 OK\r\n\r\n{\"ok\":true}");
+    }
+
+    #[test]
+    fn pieces_without_room_or_too_big_or_shared_are_not_copied() {
+        let mut queue = Queue::default();
+        // No spare room behind the first piece.
+        queue.push(Bytes::from(b"head".to_vec()));
+        queue.push(Bytes::from_static(b"body"));
+        assert_eq!(write_all(&mut queue).writes, [2]);
+        // Too big to be copied, even with the room.
+        let mut head = BytesMut::with_capacity(2 * COALESCE);
+        head.extend_from_slice(b"head");
+        queue.push(head.freeze());
+        queue.push(Bytes::from(vec![b'x'; COALESCE + 1]));
+        assert_eq!(write_all(&mut queue).writes, [2]);
+        // The last piece is shared: writing into it would change the other holder's bytes.
+        let mut head = BytesMut::with_capacity(64);
+        head.extend_from_slice(b"head");
+        let head = head.freeze();
+        let other = head.clone();
+        queue.push(head);
+        queue.push(Bytes::from_static(b"body"));
+        let out = write_all(&mut queue);
+        assert_eq!((out.writes, out.bytes), (vec![2], b"headbody".to_vec()));
+        assert_eq!(&other[..], b"head");
     }
 }

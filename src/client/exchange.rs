@@ -9,7 +9,7 @@ use crate::body::{BoxError, ForwardBody};
 use crate::expect::Interim;
 use crate::headers::Added;
 use crate::wire::Framing;
-use crate::wire::{chunk_size, decimal, encode_trailers, field, has_token, Noted, Queue};
+use crate::wire::{chunk_size, decimal, encode_trailers, field, has_token, Noted, Queue, COALESCE};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
@@ -415,7 +415,12 @@ impl Writer {
 /// `Some(Some(n))` a Content-Length, `Some(None)` chunked Transfer-Encoding. The client's own
 /// Content-Length is replaced by the one the body really has.
 fn encode_head(request: &Outgoing<'_>, length: Option<Option<u64>>) -> Bytes {
-    let mut out = BytesMut::with_capacity(512);
+    // Room for a small body behind the head: the two then go out in one write.
+    let body = match length {
+        Some(Some(length)) if length <= COALESCE as u64 => length as usize,
+        _ => 0,
+    };
+    let mut out = BytesMut::with_capacity(512 + body);
     out.extend_from_slice(request.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     out.extend_from_slice(request.path.as_str().as_bytes());

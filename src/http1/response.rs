@@ -1,6 +1,6 @@
 //! Response heads as RFC 9112 writes them, with the framing the body really has.
 
-use crate::wire::{content_length, decimal, field, value_tokens};
+use crate::wire::{content_length, decimal, field, value_tokens, COALESCE};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::response::Parts;
@@ -34,7 +34,7 @@ pub fn encode(parts: &Parts, hint: &SizeHint, asked: &Asked<'_>) -> (Bytes, Out,
     let status = parts.status;
     let headers = &parts.headers;
     let out = framing(parts, hint, asked);
-    let mut head = BytesMut::with_capacity(head_size(headers) + 128);
+    let mut head = BytesMut::with_capacity(head_size(headers) + 128 + small_body(out));
     let reason = parts.extensions.get::<ReasonPhrase>();
     status_line(&mut head, status, reason, asked.version);
     // Hyper's rule for framing fields: the one written is the one the body really has.
@@ -92,6 +92,14 @@ fn framing(parts: &Parts, hint: &SizeHint, asked: &Asked<'_>) -> Out {
         Out::Chunked
     } else {
         Out::Close
+    }
+}
+
+/// Room for a small body behind the head: the two then go out in one write.
+fn small_body(out: Out) -> usize {
+    match out {
+        Out::Length(length) if length <= COALESCE as u64 => length as usize,
+        _ => 0,
     }
 }
 
@@ -173,6 +181,23 @@ mod tests {
     fn head_of(parts: &Parts, hint: SizeHint, asked: &Asked<'_>) -> (String, Out, bool) {
         let (head, out, keep) = encode(parts, &hint, asked);
         (String::from_utf8_lossy(&head).into_owned(), out, keep)
+    }
+
+    #[test]
+    fn a_small_body_has_room_behind_its_head() {
+        let parts = http::Response::new(()).into_parts().0;
+        let get = Method::GET;
+        let spare = |length: u64| {
+            let hint = SizeHint::with_exact(length);
+            let (head, _, _) = encode(&parts, &hint, &asked(&get, Version::HTTP_11));
+            let head = head.try_into_mut().expect("the head is not shared");
+            head.capacity() - head.len()
+        };
+        assert!(spare(1000) >= 1000);
+        assert!(
+            spare(COALESCE as u64 + 1) < COALESCE,
+            "a big body is not copied"
+        );
     }
 
     #[test]
