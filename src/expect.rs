@@ -4,7 +4,7 @@
 //! read); an early final status withholds it for good; silence for `expect_timeout` sends it
 //! anyway, as curl does.
 
-use crate::body::BoxError;
+use crate::body::{BoxError, Source};
 use crate::deviation::Kind;
 use crate::route::Route;
 use crate::upstream::OutboundRequest;
@@ -168,13 +168,19 @@ impl Hold {
 /// from requests that will not wait: HTTP/1.0 and HTTP/2 clients, empty bodies, bodies already
 /// read for validation, and upstreams with `expect = "local"` or that speak HTTP/1.0.
 /// Returns whether the body is held.
-pub fn plan(outbound: &mut OutboundRequest, route: &Route, client: Version, read: bool) -> bool {
+pub fn plan(
+    outbound: &mut OutboundRequest,
+    body: &Source,
+    route: &Route,
+    client: Version,
+    read: bool,
+) -> bool {
     if !crate::admit::has_expect_continue(&outbound.headers) {
         return false;
     }
     let held = client == Version::HTTP_11
         && !read
-        && !outbound.body_is_empty()
+        && !body.is_end_stream()
         && route.upstream.forwards_expect();
     if held {
         outbound.interim = Interim::new(true);

@@ -3,7 +3,7 @@
 use crate::access::{AccessRecord, LoggedBody};
 use crate::admit;
 use crate::body::ClientBody;
-use crate::body::{ResponseBody, Source};
+use crate::body::ResponseBody;
 use crate::config::{Config, HostMode};
 use crate::deviation::{self, DeviationLog, Kind, Record};
 use crate::expect::{self, Held};
@@ -18,6 +18,7 @@ use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -101,110 +102,122 @@ struct Exchange<'a> {
 }
 
 /// Handles one request; never fails, every failure becomes a response.
-pub async fn handle(
+#[allow(clippy::manual_async_fn)]
+pub fn handle(
     proxy: Arc<Proxy>,
     conn: Connection,
     request: Request<ClientBody>,
-) -> Result<Response<LoggedBody>, Infallible> {
-    let in_flight = proxy.metrics.in_flight();
-    let mut exchange = Exchange {
-        started: Instant::now(),
-        method: request.method().clone(),
-        uri: request.uri().clone(),
-        request_id: headers::request_id(request.headers(), &proxy.ids),
-        route: None,
-        request_headers: None,
-        upstream_status: None,
-        close: false,
-        protocol: None,
-        error: None,
-    };
-    // 1-6: route, checks, forward, and the upstream's answer (or the proxy's own).
-    let (response, source) = match forward(&proxy, conn, request, &mut exchange).await {
-        Ok(response) => (response, deviation::Source::Upstream),
-        Err(err) => {
-            exchange.error = Some(err.message());
-            let response = error_response(&err, &exchange, &proxy.metrics);
-            (response, deviation::Source::Proxy)
+) -> impl Future<Output = Result<Response<LoggedBody>, Infallible>> {
+    // Not an `async fn`, for the reason given at `forward`.
+    async move {
+        let in_flight = proxy.metrics.in_flight();
+        let mut exchange = Exchange {
+            started: Instant::now(),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            request_id: headers::request_id(request.headers(), &proxy.ids),
+            route: None,
+            request_headers: None,
+            upstream_status: None,
+            close: false,
+            protocol: None,
+            error: None,
+        };
+        // 1-6: route, checks, forward, and the upstream's answer (or the proxy's own).
+        let (response, source) = match forward(&proxy, conn, request, &mut exchange).await {
+            Ok(response) => (response, deviation::Source::Upstream),
+            Err(err) => {
+                exchange.error = Some(err.message());
+                let response = error_response(&err, &exchange, &proxy.metrics);
+                (response, deviation::Source::Proxy)
+            }
+        };
+        // 7-8: normalize and record.
+        let mut response = match exchange.route {
+            Some(route) => normalize_and_record(&proxy, route, response, source, &exchange).await,
+            None => response,
+        };
+        if let (Some(route), Some(kind)) = (exchange.route, exchange.protocol) {
+            let record = protocol_record(&exchange, route, kind, response.status());
+            proxy.deviations.write(record);
         }
-    };
-    // 7-8: normalize and record.
-    let mut response = match exchange.route {
-        Some(route) => normalize_and_record(&proxy, route, response, source, &exchange).await,
-        None => response,
-    };
-    if let (Some(route), Some(kind)) = (exchange.route, exchange.protocol) {
-        let record = protocol_record(&exchange, route, kind, response.status());
-        proxy.deviations.write(record);
+        if exchange.close {
+            close_connection(&mut response);
+        }
+        // 9: respond, streaming.
+        let metrics = exchange.route.map_or(&proxy.unrouted, |r| &r.metrics);
+        let elapsed = exchange.started.elapsed();
+        metrics.request(&exchange.method, response.status().as_u16(), elapsed);
+        let record = proxy
+            .access_log
+            .then(|| access_record(&exchange, response.status()));
+        let (parts, body) = response.into_parts();
+        let body = LoggedBody::new(body, record).with_in_flight(in_flight);
+        Ok(Response::from_parts(parts, body))
     }
-    if exchange.close {
-        close_connection(&mut response);
-    }
-    // 9: respond, streaming.
-    let metrics = exchange.route.map_or(&proxy.unrouted, |r| &r.metrics);
-    let elapsed = exchange.started.elapsed();
-    metrics.request(&exchange.method, response.status().as_u16(), elapsed);
-    let record = proxy
-        .access_log
-        .then(|| access_record(&exchange, response.status()));
-    let (parts, body) = response.into_parts();
-    let body = LoggedBody::new(body, record).with_in_flight(in_flight);
-    Ok(Response::from_parts(parts, body))
 }
 
-async fn forward<'a>(
+// Written as a function returning an `async move` block rather than as an `async fn`: an
+// `async fn` keeps its arguments twice in its state (once as passed, once as moved into its
+// body), and this state is copied whenever the request's future moves.
+#[allow(clippy::manual_async_fn)]
+fn forward<'a, 'e>(
     proxy: &'a Proxy,
     conn: Connection,
     request: Request<ClientBody>,
-    exchange: &mut Exchange<'a>,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    // 2-3. route and checks, from the request head alone: with `Expect: 100-continue`, a
-    // refusal goes out before any 100 and the body is never asked for.
-    let route = match admit(proxy, &request, exchange) {
-        Ok(route) => route,
-        Err(err) => {
-            exchange.close = !Box::pin(admit::settle_unread(request)).await;
-            return Err(err);
-        }
-    };
-
-    // 4. request body check (reads the body, so the client gets its 100 first)
-    let (parts, body) = request.into_parts();
-    let limits = (proxy.request_body_limit, proxy.settings.body_timeout);
-    let (body, validated) = if admit::reads_body(route, &parts.headers, &body) {
-        // Boxed: only routes that validate JSON bodies pay for the reading state.
-        match Box::pin(admit::validate_json(body, limits)).await {
-            Ok(data) => (data, true),
+    exchange: &'e mut Exchange<'a>,
+) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + use<'a, 'e> {
+    async move {
+        // 2-3. route and checks, from the request head alone: with `Expect: 100-continue`, a
+        // refusal goes out before any 100 and the body is never asked for.
+        let route = match admit(proxy, &request, exchange) {
+            Ok(route) => route,
             Err(err) => {
-                exchange.close = !matches!(err, ProxyError::InvalidJson(_));
+                exchange.close = !Box::pin(admit::settle_unread(request)).await;
                 return Err(err);
             }
+        };
+        // 4-5. the request body check, and the request that goes upstream. In a block of its
+        // own, so that what it leaves behind takes no room while the upstream answers.
+        let (mut outbound, body, held) = {
+            let (parts, body) = request.into_parts();
+            let limits = (proxy.request_body_limit, proxy.settings.body_timeout);
+            // The check reads the body, so the client gets its 100 first.
+            let (body, validated) = if admit::reads_body(route, &parts.headers, &body) {
+                // Boxed: only routes that validate JSON bodies pay for the reading state.
+                match Box::pin(admit::validate_json(body, limits)).await {
+                    Ok(data) => (data, true),
+                    Err(err) => {
+                        exchange.close = !matches!(err, ProxyError::InvalidJson(_));
+                        return Err(err);
+                    }
+                }
+            } else {
+                (admit::client_source(body, limits), false)
+            };
+            let version = parts.version;
+            let mut outbound = outbound_request(route, conn, parts, &exchange.request_id);
+            let held = expect::plan(&mut outbound, &body, route, version, validated);
+            (outbound, body, held)
+        };
+
+        // 6. upstream answers (or fails)
+        let sent = Instant::now();
+        let result = route.upstream.send(&mut outbound, body).await;
+        route.metrics.upstream(sent.elapsed());
+        let interim = &outbound.interim;
+        exchange.protocol = expect::deviation(interim, held);
+        if interim.on_final() == Held::Withheld {
+            // The client was never asked for its body; it may still be sending some of it.
+            exchange.close = true;
         }
-    } else {
-        (admit::client_source(body, limits), false)
-    };
-
-    // 5. forward
-    let version = parts.version;
-    let mut outbound = outbound_request(route, conn, parts, body, &exchange.request_id);
-    let held = expect::plan(&mut outbound, route, version, validated);
-    let interim = outbound.interim.clone();
-
-    // 6. upstream answers (or fails)
-    let sent = Instant::now();
-    let result = route.upstream.send(outbound).await;
-    route.metrics.upstream(sent.elapsed());
-    exchange.protocol = expect::deviation(&interim, held);
-    if interim.on_final() == Held::Withheld {
-        // The client was never asked for its body; it may still be sending some of it.
-        exchange.close = true;
+        let (parts, body) = result?.into_parts();
+        exchange.upstream_status = Some(parts.status);
+        let body = ResponseBody::upstream(body)
+            .await
+            .map_err(ProxyError::body_failed)?;
+        Ok(client_response(parts, body, &exchange.request_id))
     }
-    let (parts, body) = result?.into_parts();
-    exchange.upstream_status = Some(parts.status);
-    let body = ResponseBody::upstream(body)
-        .await
-        .map_err(ProxyError::body_failed)?;
-    Ok(client_response(parts, body, &exchange.request_id))
 }
 
 /// Routes the request and applies the header-level decisions: the route's checks and the
@@ -278,7 +291,6 @@ fn outbound_request(
     route: &Route,
     conn: Connection,
     parts: http::request::Parts,
-    body: Source,
     request_id: &HeaderValue,
 ) -> OutboundRequest {
     // RFC 9112 §3.2.2: the authority of an absolute-form target (and HTTP/2's :authority)
@@ -315,7 +327,6 @@ fn outbound_request(
         path_and_query: route.upstream_path(&original),
         headers,
         added,
-        body,
         interim: expect::Interim::new(false),
     }
 }

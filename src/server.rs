@@ -10,6 +10,7 @@ use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Connection};
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
@@ -343,14 +344,14 @@ fn respond(
     request: Request<ClientBody>,
 ) -> Pin<Box<impl Future<Output = Response<LoggedBody>> + Send>> {
     let guard = activity.request_started();
-    let proxy = live.proxy();
-    Box::pin(async move {
-        let response = match proxy::handle(proxy, conn, request).await {
-            Ok(response) => response,
+    // Mapped rather than awaited in an `async` block, which would hold the request a second
+    // time in the boxed state.
+    Box::pin(
+        proxy::handle(live.proxy(), conn, request).map(move |response| match response {
+            Ok(response) => response.map(|body| body.with_guard(guard)),
             Err(never) => match never {},
-        };
-        response.map(|body| body.with_guard(guard))
-    })
+        }),
+    )
 }
 
 async fn serve_h2<I>(

@@ -7,9 +7,11 @@ use crate::config::{ExpectMode, HostMode, UpstreamConfig};
 use crate::expect::{BodyWithheld, Hold, Interim};
 use crate::headers::Added;
 use crate::respond::ProxyError;
+use futures_util::FutureExt;
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Response, Version};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -25,22 +27,17 @@ pub struct Upstream {
     http10: AtomicBool,
 }
 
-/// The parts of a request that go upstream, already rewritten by the proxy.
+/// The head of a request that goes upstream, already rewritten by the proxy. The caller
+/// keeps it while the request is sent (only the body is given away), so that the request's
+/// state holds it once.
 pub struct OutboundRequest {
     pub method: Method,
     pub path_and_query: PathAndQuery,
     pub headers: HeaderMap,
     /// This hop's forwarding fields the client did not send, written after `headers`.
     pub added: Added,
-    pub body: Source,
     /// Interim responses of this request; a held body waits on it.
     pub interim: Arc<Interim>,
-}
-
-impl OutboundRequest {
-    pub fn body_is_empty(&self) -> bool {
-        self.body.is_end_stream()
-    }
 }
 
 impl Upstream {
@@ -84,91 +81,93 @@ impl Upstream {
 
     /// Sends the request to the next target in turn, moving on to the following target when
     /// a connection is refused, and waits at most `response_timeout` for the response head.
-    pub async fn send(
-        &self,
-        outbound: OutboundRequest,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let attempt = self.attempts(outbound);
-        let result = match tokio::time::timeout(self.config.response_timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(ProxyError::UpstreamTimeout),
-        };
-        if let Ok(response) = &result {
-            if response.version() == Version::HTTP_10 && !self.http10.swap(true, Ordering::Relaxed)
-            {
-                tracing::info!(upstream = %self.config.name, "upstream answers HTTP/1.0: Expect is answered locally from now on");
+    ///
+    /// Not an `async fn` (nor is `attempts`): one keeps its arguments twice in its state.
+    pub fn send<'a>(
+        &'a self,
+        outbound: &'a mut OutboundRequest,
+        body: Source,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a {
+        let attempt =
+            tokio::time::timeout(self.config.response_timeout, self.attempts(outbound, body));
+        // Mapped: an `async` block awaiting `attempt` would hold it twice.
+        attempt.map(move |result| {
+            let result = result.unwrap_or(Err(ProxyError::UpstreamTimeout));
+            if let Ok(response) = &result {
+                if response.version() == Version::HTTP_10
+                    && !self.http10.swap(true, Ordering::Relaxed)
+                {
+                    tracing::info!(upstream = %self.config.name, "upstream answers HTTP/1.0: Expect is answered locally from now on");
+                }
             }
-        }
-        result
+            result
+        })
     }
 
-    async fn attempts(
-        &self,
-        outbound: OutboundRequest,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let targets = &self.config.targets;
-        let first = self.next.fetch_add(1, Ordering::Relaxed) % targets.len();
-        let OutboundRequest {
-            method,
-            path_and_query,
-            mut headers,
-            added,
-            body,
-            interim,
-        } = outbound;
-        let replayable = is_replayable(&method, &body);
-        let hold = interim
+    fn attempts<'a>(
+        &'a self,
+        outbound: &'a mut OutboundRequest,
+        body: Source,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a {
+        let replayable = is_replayable(&outbound.method, &body);
+        let hold = outbound
+            .interim
             .is_held()
-            .then(|| Hold::new(interim.clone(), self.config.expect_timeout));
+            .then(|| Hold::new(outbound.interim.clone(), self.config.expect_timeout));
         let body = ForwardBody::new(body).held(hold);
-        for tried in 0..targets.len() {
-            let index = (first + tried) % targets.len();
-            let target = &targets[index];
-            if self.config.host == HostMode::Target {
-                headers.insert(HOST, target.host_header.clone());
-            }
-            let pool = &self.pools[index];
-            let conn = match pool.take() {
-                Some(conn) => conn,
-                // Boxed: the connect and TLS handshake state is large, and most requests find
-                // a pooled connection.
-                None => match Box::pin(self.connector.connect(target)).await {
-                    Ok(conn) => conn,
-                    Err(ConnectError::Refused(err)) if tried + 1 < targets.len() => {
-                        tracing::debug!(upstream = %self.config.name, target = %target.authority, error = %err, "connect refused, trying next target");
-                        continue;
-                    }
-                    Err(err) => return Err(connect_error(err)),
-                },
-            };
-            let request = Outgoing {
-                method: &method,
-                path: &path_and_query,
-                headers: &headers,
-                added: &added,
-                host: &target.host_header,
-            };
-            return match client::send(conn, &request, body, &interim, pool).await {
-                Ok(response) => Ok(response),
-                Err((err, reused)) if replayable && reused && is_stale(&err) => {
-                    // A pooled connection the upstream closed while idle fails the request
-                    // before any response byte. RFC 9110 §9.2.2 allows retrying an idempotent
-                    // request then; only one without a body is retried, once, on a new
-                    // connection, so no request body is ever sent twice.
-                    tracing::debug!(upstream = %self.config.name, "connection closed before the response head; retrying the idempotent request once");
-                    // Boxed like the first connect: every request's future would otherwise
-                    // carry room for it.
-                    let conn = Box::pin(self.connector.connect(target))
-                        .await
-                        .map_err(connect_error)?;
-                    client::send(conn, &request, ForwardBody::empty(), &interim, pool)
-                        .await
-                        .map_err(|(err, _)| self.send_error(err))
+        async move {
+            let targets = &self.config.targets;
+            let first = self.next.fetch_add(1, Ordering::Relaxed) % targets.len();
+            for tried in 0..targets.len() {
+                let index = (first + tried) % targets.len();
+                let target = &targets[index];
+                if self.config.host == HostMode::Target {
+                    outbound.headers.insert(HOST, target.host_header.clone());
                 }
-                Err((err, _)) => Err(self.send_error(err)),
-            };
+                let pool = &self.pools[index];
+                let conn = match pool.take() {
+                    Some(conn) => conn,
+                    // Boxed: the connect and TLS handshake state is large, and most requests find
+                    // a pooled connection.
+                    None => match Box::pin(self.connector.connect(target)).await {
+                        Ok(conn) => conn,
+                        Err(ConnectError::Refused(err)) if tried + 1 < targets.len() => {
+                            tracing::debug!(upstream = %self.config.name, target = %target.authority, error = %err, "connect refused, trying next target");
+                            continue;
+                        }
+                        Err(err) => return Err(connect_error(err)),
+                    },
+                };
+                let request = Outgoing {
+                    method: &outbound.method,
+                    path: &outbound.path_and_query,
+                    headers: &outbound.headers,
+                    added: &outbound.added,
+                    host: &target.host_header,
+                };
+                let interim = &outbound.interim;
+                return match client::send(conn, &request, body, interim, pool).await {
+                    Ok(response) => Ok(response),
+                    Err((err, reused)) if replayable && reused && is_stale(&err) => {
+                        // A pooled connection the upstream closed while idle fails the request
+                        // before any response byte. RFC 9110 §9.2.2 allows retrying an idempotent
+                        // request then; only one without a body is retried, once, on a new
+                        // connection, so no request body is ever sent twice.
+                        tracing::debug!(upstream = %self.config.name, "connection closed before the response head; retrying the idempotent request once");
+                        // Boxed like the first connect: every request's future would otherwise
+                        // carry room for it.
+                        let conn = Box::pin(self.connector.connect(target))
+                            .await
+                            .map_err(connect_error)?;
+                        client::send(conn, &request, ForwardBody::empty(), interim, pool)
+                            .await
+                            .map_err(|(err, _)| self.send_error(err))
+                    }
+                    Err((err, _)) => Err(self.send_error(err)),
+                };
+            }
+            Err(ProxyError::UpstreamConnect)
         }
-        Err(ProxyError::UpstreamConnect)
     }
 
     fn send_error(&self, err: SendError) -> ProxyError {

@@ -16,6 +16,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::Body;
 use hyper::ext::ReasonPhrase;
+use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -57,31 +58,38 @@ pub enum SendError {
 /// Sends `request` with `body` on `conn` and waits for the final response head. The returned
 /// body owns the connection and returns it to `pool` once read to its end. A failure comes
 /// with whether the connection had served a request before.
-pub async fn send(
+///
+/// Not an `async fn`: one would keep its arguments twice in its state. The writer is made
+/// before the future, so that the state holds it and not also the body it took.
+pub fn send<'a>(
     mut conn: Conn,
-    request: &Outgoing<'_>,
+    request: &'a Outgoing<'a>,
     body: ForwardBody,
-    interim: &Interim,
-    pool: &Arc<Pool>,
-) -> Result<Response<UpstreamBody>, (SendError, bool)> {
-    let reused = conn.reused;
+    interim: &'a Interim,
+    pool: &'a Arc<Pool>,
+) -> impl Future<Output = Result<Response<UpstreamBody>, (SendError, bool)>> + 'a {
     let mut writer = Writer::new(request, body);
-    let mut answered = false;
-    let head =
-        std::future::poll_fn(|cx| poll_head(&mut conn, &mut writer, interim, &mut answered, cx))
-            .await
-            .map_err(|err| (err, reused))?;
-    let framing = Framing::of(&head, request.method == Method::HEAD).map_err(|e| (e, reused))?;
-    let keep_alive = framing.allows_reuse() && keeps_alive(&head);
-    let body = UpstreamBody::new(conn, writer, framing, keep_alive, pool.clone());
-    let mut response = Response::new(body);
-    *response.status_mut() = head.status;
-    *response.version_mut() = head.version;
-    *response.headers_mut() = head.headers;
-    if let Some(reason) = head.reason {
-        response.extensions_mut().insert(reason);
+    async move {
+        let reused = conn.reused;
+        let mut answered = false;
+        let head = std::future::poll_fn(|cx| {
+            poll_head(&mut conn, &mut writer, interim, &mut answered, cx)
+        })
+        .await
+        .map_err(|err| (err, reused))?;
+        let framing =
+            Framing::of(&head, request.method == Method::HEAD).map_err(|e| (e, reused))?;
+        let keep_alive = framing.allows_reuse() && keeps_alive(&head);
+        let body = UpstreamBody::new(conn, writer, framing, keep_alive, pool.clone());
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        if let Some(reason) = head.reason {
+            response.extensions_mut().insert(reason);
+        }
+        Ok(response)
     }
-    Ok(response)
 }
 
 /// `answered`: any byte of a response (an interim one included) has arrived.

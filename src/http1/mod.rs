@@ -115,12 +115,15 @@ where
 }
 
 /// One request and its response. Returns whether the connection can carry another.
-async fn exchange<I, S, F, B>(
-    wire: &mut Wire<I>,
+///
+/// The request is made and handed to `handler` before the future, which then holds only
+/// what the response needs: not an `async fn`, whose state would also keep the head.
+fn exchange<'w, I, S, F, B>(
+    wire: &'w mut Wire<I>,
     head: Head,
     handler: &mut S,
-    stop: &watch::Receiver<bool>,
-) -> bool
+    stop: &'w watch::Receiver<bool>,
+) -> impl Future<Output = bool> + use<'w, I, S, F, B>
 where
     I: AsyncRead + AsyncWrite + Unpin,
     S: FnMut(Request<ClientBody>) -> F,
@@ -137,41 +140,46 @@ where
         }
     };
     let method = head.method.clone();
+    let (version, keep_alive) = (head.version, head.keep_alive);
     let mut request = Request::new(body);
     *request.method_mut() = head.method;
     *request.uri_mut() = head.uri;
     *request.version_mut() = head.version;
     *request.headers_mut() = head.headers;
     let mut answer = handler(request);
-    let response = poll_fn(|cx| loop {
-        if let Poll::Ready(response) = Pin::new(&mut answer).poll(cx) {
-            return Poll::Ready(response);
+    async move {
+        let response = poll_fn(|cx| loop {
+            if let Poll::Ready(response) = Pin::new(&mut answer).poll(cx) {
+                return Poll::Ready(response);
+            }
+            if !pump.as_mut().is_some_and(|pump| pump.drive(wire, cx)) {
+                return Poll::Pending;
+            }
+        })
+        .await;
+        drop(answer);
+        let asked = Asked {
+            method: &method,
+            version,
+            keep_alive: keep_alive && !*stop.borrow(),
+        };
+        let (mut sending, keep_alive) = {
+            let (parts, body) = response.into_parts();
+            let (head, out, keep_alive) = response::encode(&parts, &body.size_hint(), &asked);
+            (Sending::new(head, out, body), keep_alive)
+        };
+        if let Err(err) = poll_fn(|cx| sending.poll(wire, &mut pump, cx)).await {
+            // The client sees the body cut short (no last chunk, or fewer bytes than the length).
+            tracing::debug!(error = %err, "response not sent whole; closing the connection");
+            return false;
         }
-        if !pump.as_mut().is_some_and(|pump| pump.drive(wire, cx)) {
-            return Poll::Pending;
+        let body_read = pump.as_ref().is_none_or(|p| p.is_done() && !p.failed);
+        if keep_alive && body_read {
+            return true;
         }
-    })
-    .await;
-    drop(answer);
-    let (parts, body) = response.into_parts();
-    let asked = Asked {
-        method: &method,
-        version: head.version,
-        keep_alive: head.keep_alive && !*stop.borrow(),
-    };
-    let (head, out, keep_alive) = response::encode(&parts, &body.size_hint(), &asked);
-    let mut sending = Sending::new(head, out, body);
-    if let Err(err) = poll_fn(|cx| sending.poll(wire, &mut pump, cx)).await {
-        // The client sees the body cut short (no last chunk, or fewer bytes than the length).
-        tracing::debug!(error = %err, "response not sent whole; closing the connection");
-        return false;
+        wire.close().await;
+        false
     }
-    let body_read = pump.as_ref().is_none_or(|p| p.is_done() && !p.failed);
-    if keep_alive && body_read {
-        return true;
-    }
-    wire.close().await;
-    false
 }
 
 // Moved once per request; boxing the head would cost an allocation each time.
