@@ -338,6 +338,16 @@ pub fn chunk_size(len: usize) -> Bytes {
 /// room, so that a small response goes out as one buffer (see [`Queue::push`]).
 pub const COALESCE: usize = 4 << 10;
 
+/// Room to reserve behind a head for a body of `length` bytes: a small body is then copied
+/// into it by [`Queue::push`], and both go out in one write.
+pub fn room_for_body(length: u64) -> usize {
+    if length <= COALESCE as u64 {
+        length as usize
+    } else {
+        0
+    }
+}
+
 /// Bytes waiting to be written, sent with vectored writes.
 #[derive(Default)]
 pub struct Queue {

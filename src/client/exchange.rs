@@ -9,7 +9,9 @@ use crate::body::{BoxError, ForwardBody};
 use crate::expect::Interim;
 use crate::headers::Added;
 use crate::wire::Framing;
-use crate::wire::{chunk_size, decimal, encode_trailers, field, has_token, Noted, Queue, COALESCE};
+use crate::wire::{
+    chunk_size, decimal, encode_trailers, field, has_token, room_for_body, Noted, Queue,
+};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
@@ -423,9 +425,8 @@ impl Writer {
 /// `Some(Some(n))` a Content-Length, `Some(None)` chunked Transfer-Encoding. The client's own
 /// Content-Length is replaced by the one the body really has.
 fn encode_head(request: &Outgoing<'_>, length: Option<Option<u64>>) -> Bytes {
-    // Room for a small body behind the head: the two then go out in one write.
     let body = match length {
-        Some(Some(length)) if length <= COALESCE as u64 => length as usize,
+        Some(Some(length)) => room_for_body(length),
         _ => 0,
     };
     let mut out = BytesMut::with_capacity(512 + body);

@@ -1,6 +1,6 @@
 //! Response heads as RFC 9112 writes them, with the framing the body really has.
 
-use crate::wire::{content_length, decimal, field, value_tokens, COALESCE};
+use crate::wire::{content_length, decimal, field, room_for_body, value_tokens};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::response::Parts;
@@ -95,10 +95,9 @@ fn framing(parts: &Parts, hint: &SizeHint, asked: &Asked<'_>) -> Out {
     }
 }
 
-/// Room for a small body behind the head: the two then go out in one write.
 fn small_body(out: Out) -> usize {
     match out {
-        Out::Length(length) if length <= COALESCE as u64 => length as usize,
+        Out::Length(length) => room_for_body(length),
         _ => 0,
     }
 }
@@ -168,6 +167,7 @@ fn with_date(write: impl FnOnce(&[u8])) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::COALESCE;
     use http::HeaderValue;
 
     fn asked(method: &Method, version: Version) -> Asked<'_> {
