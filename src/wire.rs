@@ -348,7 +348,7 @@ pub fn room_for_body(length: u64) -> usize {
     }
 }
 
-/// Bytes waiting to be written, sent with vectored writes.
+/// Bytes waiting to be written: one buffer with a plain write, several with a vectored one.
 #[derive(Default)]
 pub struct Queue {
     parts: VecDeque<Bytes>,
@@ -476,10 +476,19 @@ mod tests {
         }
     }
 
-    /// Records how it was written to: the number of buffers of each write.
+    /// One write a [`Recorder`] saw.
+    #[derive(Debug, PartialEq)]
+    enum Write {
+        /// `poll_write`: `send` on a socket.
+        Plain,
+        /// `poll_write_vectored` with this many buffers: `writev`.
+        Vectored(usize),
+    }
+
+    /// Records how it was written to.
     #[derive(Default)]
     struct Recorder {
-        writes: Vec<usize>,
+        writes: Vec<Write>,
         bytes: Vec<u8>,
     }
 
@@ -489,7 +498,7 @@ mod tests {
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<std::io::Result<usize>> {
-            self.writes.push(1);
+            self.writes.push(Write::Plain);
             self.bytes.extend_from_slice(buf);
             Poll::Ready(Ok(buf.len()))
         }
@@ -499,7 +508,7 @@ mod tests {
             _: &mut Context<'_>,
             bufs: &[IoSlice<'_>],
         ) -> Poll<std::io::Result<usize>> {
-            self.writes.push(bufs.len());
+            self.writes.push(Write::Vectored(bufs.len()));
             let mut n = 0;
             for buf in bufs {
                 self.bytes.extend_from_slice(buf);
@@ -536,7 +545,7 @@ mod tests {
         queue.push(Bytes::from_static(b"{\"ok\":true}"));
         assert_eq!(queue.len(), 30);
         let out = write_all(&mut queue);
-        assert_eq!(out.writes, [1], "one write of one buffer");
+        assert_eq!(out.writes, [Write::Plain], "one plain write of one buffer");
         assert_eq!(out.bytes, b"HTTP/1.1 200 OK\r\n\r\n{\"ok\":true}");
     }
 
@@ -546,13 +555,13 @@ mod tests {
         // No spare room behind the first piece.
         queue.push(Bytes::from(b"head".to_vec()));
         queue.push(Bytes::from_static(b"body"));
-        assert_eq!(write_all(&mut queue).writes, [2]);
+        assert_eq!(write_all(&mut queue).writes, [Write::Vectored(2)]);
         // Too big to be copied, even with the room.
         let mut head = BytesMut::with_capacity(2 * COALESCE);
         head.extend_from_slice(b"head");
         queue.push(head.freeze());
         queue.push(Bytes::from(vec![b'x'; COALESCE + 1]));
-        assert_eq!(write_all(&mut queue).writes, [2]);
+        assert_eq!(write_all(&mut queue).writes, [Write::Vectored(2)]);
         // The last piece is shared: writing into it would change the other holder's bytes.
         let mut head = BytesMut::with_capacity(64);
         head.extend_from_slice(b"head");
@@ -561,7 +570,8 @@ mod tests {
         queue.push(head);
         queue.push(Bytes::from_static(b"body"));
         let out = write_all(&mut queue);
-        assert_eq!((out.writes, out.bytes), (vec![2], b"headbody".to_vec()));
+        assert_eq!(out.writes, [Write::Vectored(2)]);
+        assert_eq!(out.bytes, b"headbody");
         assert_eq!(&other[..], b"head");
     }
 }
