@@ -8,10 +8,10 @@ use http::Method;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How many records may wait for the writer before new ones are dropped (and counted).
@@ -132,11 +132,24 @@ fn method_str<S: serde::Serializer>(method: &Method, serializer: S) -> Result<S:
     serializer.serialize_str(method.as_str())
 }
 
-enum Message {
-    Record(Box<Record>),
+/// A request to the writer, kept in order with the records around it.
+enum Control {
     Flush(mpsc::Sender<()>),
     /// Reopen the sink (logrotate moved the file away) or switch to a new one (reload).
     Reopen(SinkTarget),
+}
+
+/// What waits for the writer. Records go into a plain vector under a lock rather than through
+/// a channel: no allocation per record, and one uncontended lock is the whole cost of queueing.
+#[derive(Default)]
+struct Pending {
+    records: Vec<Record>,
+    /// Each control with the number of `records` queued before it.
+    controls: Vec<(usize, Control)>,
+    /// The writer waits on the condition variable and must be woken for the next message.
+    parked: bool,
+    /// The log was dropped: the writer writes what is left and ends.
+    closed: bool,
 }
 
 /// How many of the latest records are kept in memory (for the admin page and the demo).
@@ -144,16 +157,66 @@ pub const RECENT_CAPACITY: usize = 1000;
 
 /// The deviation log: a bounded queue in front of a writer thread.
 pub struct DeviationLog {
-    queue: SyncSender<Message>,
+    queue: Arc<Queue>,
+    capacity: usize,
     shared: Arc<Shared>,
     dropped: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: Mutex<Pending>,
+    ready: Condvar,
+}
+
+impl Queue {
+    /// Locks the queue; a writer thread that panicked leaves it usable.
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Wakes the writer if it waits (it is not woken per record while it is busy or paused).
+    fn wake(&self, pending: &mut Pending) {
+        if pending.parked {
+            pending.parked = false;
+            self.ready.notify_one();
+        }
+    }
+
+    fn control(&self, control: Control) {
+        let mut pending = self.lock();
+        let at = pending.records.len();
+        pending.controls.push((at, control));
+        self.wake(&mut pending);
+    }
+
+    /// Waits for something to write and takes all of it; `false` once closed and empty.
+    fn take(&self, records: &mut Vec<Record>, controls: &mut Vec<(usize, Control)>) -> bool {
+        let mut pending = self.lock();
+        while pending.records.is_empty() && pending.controls.is_empty() {
+            if pending.closed {
+                return false;
+            }
+            pending.parked = true;
+            pending = self
+                .ready
+                .wait(pending)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        pending.parked = false;
+        std::mem::swap(&mut pending.records, records);
+        std::mem::swap(&mut pending.controls, controls);
+        true
+    }
 }
 
 /// State the writer thread updates and readers look at.
 #[derive(Default)]
 struct Shared {
     written: AtomicU64,
-    recent: Mutex<VecDeque<Box<Record>>>,
+    recent: Mutex<VecDeque<Record>>,
     counts: Mutex<Counts>,
     metrics: OnceLock<Arc<Metrics>>,
 }
@@ -180,16 +243,9 @@ impl Counts {
 
 /// `"200->201"`, written without formatting (statuses are three digits).
 fn status_pair(from: u16, to: u16, out: &mut [u8; 12]) -> &str {
-    let digits = |n: u16| {
-        [
-            b'0' + (n / 100 % 10) as u8,
-            b'0' + (n / 10 % 10) as u8,
-            b'0' + (n % 10) as u8,
-        ]
-    };
-    out[..3].copy_from_slice(&digits(from));
+    out[..3].copy_from_slice(&digits3(u32::from(from)));
     out[3..5].copy_from_slice(b"->");
-    out[5..8].copy_from_slice(&digits(to));
+    out[5..8].copy_from_slice(&digits3(u32::from(to)));
     std::str::from_utf8(&out[..8]).unwrap_or("")
 }
 
@@ -226,14 +282,15 @@ impl DeviationLog {
         out: Box<dyn Write + Send>,
         capacity: usize,
     ) -> std::io::Result<DeviationLog> {
-        let (queue, receiver) = mpsc::sync_channel(capacity);
+        let queue = Arc::new(Queue::default());
         let shared = Arc::new(Shared::default());
-        let state = shared.clone();
+        let (taken, state) = (queue.clone(), shared.clone());
         std::thread::Builder::new()
             .name("restatus-deviations".into())
-            .spawn(move || write_loop(receiver, out, &state))?;
+            .spawn(move || write_loop(&taken, out, &state))?;
         Ok(DeviationLog {
             queue,
+            capacity,
             shared,
             dropped: AtomicU64::new(0),
         })
@@ -242,19 +299,21 @@ impl DeviationLog {
     /// The latest records written, oldest first.
     pub fn recent(&self) -> Vec<Record> {
         match self.shared.recent.lock() {
-            Ok(recent) => recent.iter().map(|record| (**record).clone()).collect(),
+            Ok(recent) => recent.iter().cloned().collect(),
             Err(_) => Vec::new(),
         }
     }
 
     /// Queues a record; never blocks. A full queue drops the record and counts it.
     pub fn write(&self, record: Record) {
-        match self.queue.try_send(Message::Record(Box::new(record))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let mut pending = self.queue.lock();
+        if pending.records.len() >= self.capacity {
+            drop(pending);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        pending.records.push(record);
+        self.queue.wake(&mut pending);
     }
 
     /// Totals per route of the records written so far.
@@ -272,7 +331,7 @@ impl DeviationLog {
 
     /// Asks the writer to reopen `target`; if it cannot be opened the old sink is kept.
     pub fn reopen(&self, target: SinkTarget) {
-        let _ = self.queue.send(Message::Reopen(target));
+        self.queue.control(Control::Reopen(target));
     }
 
     /// Records written to the sink so far.
@@ -288,10 +347,17 @@ impl DeviationLog {
     /// Waits (at most `timeout`) until every record queued so far is written and flushed.
     pub fn flush(&self, timeout: Duration) -> bool {
         let (ack, done) = mpsc::channel();
-        if self.queue.send(Message::Flush(ack)).is_err() {
-            return false;
-        }
+        self.queue.control(Control::Flush(ack));
         done.recv_timeout(timeout).is_ok()
+    }
+}
+
+impl Drop for DeviationLog {
+    /// The writer writes what is queued, then ends.
+    fn drop(&mut self) {
+        let mut pending = self.queue.lock();
+        pending.closed = true;
+        self.queue.wake(&mut pending);
     }
 }
 
@@ -315,58 +381,157 @@ fn open(target: &SinkTarget) -> std::io::Result<Box<dyn Write + Send>> {
     })
 }
 
-fn write_loop(receiver: Receiver<Message>, out: Box<dyn Write + Send>, shared: &Shared) {
-    let mut out = BufWriter::with_capacity(64 << 10, out);
-    let mut line = Vec::with_capacity(512);
-    let mut batch = Vec::new();
-    while let Ok(message) = receiver.recv() {
-        let mut next = Some(message);
-        // Drain whatever is queued before flushing, so a burst costs one write.
-        while let Some(message) = next {
-            match message {
-                Message::Record(record) => {
-                    write_record(&mut out, &mut line, &record, shared);
-                    batch.push(record);
-                }
-                Message::Flush(ack) => {
-                    account(shared, &mut batch);
-                    let _ = out.flush();
+fn write_loop(queue: &Queue, out: Box<dyn Write + Send>, shared: &Shared) {
+    let mut sink = Sink::new(out, &shared.written);
+    let mut records = Vec::new();
+    let mut controls = Vec::new();
+    while queue.take(&mut records, &mut controls) {
+        let mut done = 0;
+        for (at, control) in controls.drain(..) {
+            // The records queued before the control are written before it is carried out.
+            let rest = records.split_off(at - done);
+            done = at;
+            write_records(&mut sink, &mut records, shared);
+            records = rest;
+            match control {
+                Control::Flush(ack) => {
+                    sink.flush();
                     let _ = ack.send(());
                 }
-                Message::Reopen(target) => reopen(&mut out, &target),
+                Control::Reopen(target) => sink.reopen(&target),
             }
-            next = receiver.try_recv().ok();
         }
-        account(shared, &mut batch);
-        if let Err(err) = out.flush() {
-            tracing::error!(error = %err, "cannot flush deviation records");
-        }
-        // A writer blocked in `recv` is woken (a futex call and a context switch) by every
-        // record; pausing after each batch lets records gather, so a steady stream costs one
-        // wake-up per pause instead of one per record. The queue holds far more than a pause.
+        write_records(&mut sink, &mut records, shared);
+        sink.flush();
+        // A writer waiting on the queue is woken (a futex call and a context switch) by the
+        // next record; pausing after each batch lets records gather, so a steady stream costs
+        // one wake-up per pause instead of one per record. The queue holds far more than a
+        // pause's worth.
         std::thread::sleep(BATCH_PAUSE);
     }
 }
 
-fn write_record(out: &mut impl Write, line: &mut Vec<u8>, record: &Record, shared: &Shared) {
-    line.clear();
-    json_line(line, record);
-    if let Err(err) = out.write_all(line) {
-        tracing::error!(error = %err, "cannot write deviation record");
-    } else {
-        shared.written.fetch_add(1, Ordering::Relaxed);
+/// Writes a batch's lines and moves its records on to the counts and the recent list.
+fn write_records(sink: &mut Sink, records: &mut Vec<Record>, shared: &Shared) {
+    for record in records.iter() {
+        sink.line(record);
     }
+    account(shared, records);
+}
+
+/// How many bytes of lines are gathered before they are written.
+const SINK_BUFFER: usize = 64 << 10;
+
+/// The sink and the lines not yet written to it. Lines are made in place in the buffer, which
+/// goes out in one write per batch (or whenever it is full).
+struct Sink<'a> {
+    out: Box<dyn Write + Send>,
+    buffer: Vec<u8>,
+    /// Lines in `buffer`, counted in `written` once the buffer is written.
+    lines: u64,
+    written: &'a AtomicU64,
+    stamps: Stamps,
+}
+
+impl<'a> Sink<'a> {
+    fn new(out: Box<dyn Write + Send>, written: &'a AtomicU64) -> Sink<'a> {
+        Sink {
+            out,
+            buffer: Vec::with_capacity(SINK_BUFFER + 1024),
+            lines: 0,
+            written,
+            stamps: Stamps::default(),
+        }
+    }
+
+    fn line(&mut self, record: &Record) {
+        json_line(&mut self.buffer, record, &mut self.stamps);
+        self.lines += 1;
+        if self.buffer.len() >= SINK_BUFFER {
+            self.write();
+        }
+    }
+
+    /// Writes the buffered lines. Lines that cannot be written are dropped with an error, so
+    /// a broken sink does not hold memory.
+    fn write(&mut self) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        match self.out.write_all(&self.buffer) {
+            Ok(()) => {
+                self.written.fetch_add(self.lines, Ordering::Relaxed);
+            }
+            Err(err) => {
+                tracing::error!(error = %err, records = self.lines, "cannot write deviation records");
+            }
+        }
+        self.buffer.clear();
+        self.lines = 0;
+    }
+
+    fn flush(&mut self) {
+        self.write();
+        if let Err(err) = self.out.flush() {
+            tracing::error!(error = %err, "cannot flush deviation records");
+        }
+    }
+
+    fn reopen(&mut self, target: &SinkTarget) {
+        self.flush();
+        match open(target) {
+            Ok(new) => {
+                self.out = new;
+                tracing::info!(sink = ?target, "deviation sink reopened");
+            }
+            Err(err) => {
+                tracing::error!(sink = ?target, error = %err, "cannot reopen the deviation sink; keeping the old one");
+            }
+        }
+    }
+}
+
+/// The RFC 3339 text of the second last written: the records of one second differ only in
+/// their milliseconds, and working out a date costs more than the rest of a line.
+#[derive(Default)]
+struct Stamps {
+    second: Option<u64>,
+    text: [u8; 24],
+}
+
+impl Stamps {
+    fn write(&mut self, line: &mut Vec<u8>, time: SystemTime) {
+        let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if self.second != Some(since.as_secs()) {
+            let Some(text) = rfc3339_ms_digits(time) else {
+                line.extend_from_slice(rfc3339_ms(time).as_bytes());
+                return;
+            };
+            self.text = text;
+            self.second = Some(since.as_secs());
+        }
+        let mut text = self.text;
+        let ms = since.subsec_millis();
+        text[20..23].copy_from_slice(&digits3(ms));
+        line.extend_from_slice(&text);
+    }
+}
+
+/// The three decimal digits of `n` (below 1,000).
+fn digits3(n: u32) -> [u8; 3] {
+    [
+        b'0' + (n / 100 % 10) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]
 }
 
 /// The record as one line of JSON, the same text `serde_json` makes of it (a test holds the
 /// two together). Written by hand because serde's escaping goes byte by byte, and this runs
 /// once per record on the proxy's CPU.
-fn json_line(line: &mut Vec<u8>, record: &Record) {
+fn json_line(line: &mut Vec<u8>, record: &Record, stamps: &mut Stamps) {
     line.extend_from_slice(b"{\"ts\":\"");
-    match rfc3339_ms_digits(record.ts.0) {
-        Some(digits) => line.extend_from_slice(&digits),
-        None => line.extend_from_slice(rfc3339_ms(record.ts.0).as_bytes()),
-    }
+    stamps.write(line, record.ts.0);
     line.extend_from_slice(b"\",\"request_id\":");
     json_str(line, &record.request_id);
     line.extend_from_slice(b",\"route\":");
@@ -387,8 +552,10 @@ fn json_line(line: &mut Vec<u8>, record: &Record) {
         line.extend_from_slice(value.as_bytes());
         line.push(b'"');
     }
-    line.extend_from_slice(b",\"method\":");
-    json_str(line, record.method.as_str());
+    // A method is a token (RFC 9110 §9.1), which holds nothing JSON escapes.
+    line.extend_from_slice(b",\"method\":\"");
+    line.extend_from_slice(record.method.as_str().as_bytes());
+    line.push(b'"');
     line.extend_from_slice(b",\"path\":");
     json_str(line, &record.path);
     line.extend_from_slice(b",\"upstream\":");
@@ -401,19 +568,40 @@ fn json_line(line: &mut Vec<u8>, record: &Record) {
         true => b",\"body_inspected\":true,\"duration_ms\":",
         false => b",\"body_inspected\":false,\"duration_ms\":",
     });
-    if serde_json::to_writer(&mut *line, &record.duration_ms).is_err() {
-        line.extend_from_slice(b"null");
-    }
+    duration_ms(line, record.duration_ms);
     line.extend_from_slice(b"}\n");
 }
 
-/// A JSON string; text that needs no escaping (the usual case) is copied whole.
+/// A duration in milliseconds as serde writes it: the shortest text that reads back as the
+/// same number. A whole number of microseconds (what a record holds) below 10^12 is written
+/// from its digits: below that size doubles lie much closer together than 0.001, so no
+/// shorter text reads back as the same number. Anything else goes through serde.
+fn duration_ms(line: &mut Vec<u8>, ms: f64) {
+    let micros = (ms * 1000.0).round();
+    if !((0.0..1e12).contains(&micros) && micros / 1000.0 == ms) {
+        if serde_json::to_writer(&mut *line, &ms).is_err() {
+            line.extend_from_slice(b"null");
+        }
+        return;
+    }
+    let micros = micros as u64;
+    line.extend_from_slice(decimal(micros / 1000, &mut [0; 20]));
+    line.push(b'.');
+    let fraction = (micros % 1000) as u32;
+    // At least one digit after the point, as in `1.0`; no trailing zeros after it.
+    let keep = match fraction {
+        f if f % 100 == 0 => 1,
+        f if f % 10 == 0 => 2,
+        _ => 3,
+    };
+    line.extend_from_slice(&digits3(fraction)[..keep]);
+}
+
+/// A JSON string; text that needs no escaping (the usual case) is copied whole. Inlined: as a
+/// call, saving and restoring registers cost more than the copy.
+#[inline(always)]
 fn json_str(line: &mut Vec<u8>, text: &str) {
-    // No early exit, so the check runs over whole vectors of bytes.
-    let special = text.bytes().fold(false, |seen, b| {
-        seen | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if !special {
+    if !needs_escape(text.as_bytes()) {
         line.push(b'"');
         line.extend_from_slice(text.as_bytes());
         line.push(b'"');
@@ -422,14 +610,45 @@ fn json_str(line: &mut Vec<u8>, text: &str) {
     }
 }
 
+/// Whether `text` holds a byte that JSON escapes: a control character, `"` or `\`. Text of
+/// eight bytes or more is looked at eight bytes at a time.
+fn needs_escape(text: &[u8]) -> bool {
+    if text.len() < 8 {
+        return text.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+    }
+    let word = |at: usize| {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&text[at..at + 8]);
+        u64::from_ne_bytes(bytes)
+    };
+    let mut at = 0;
+    while at + 8 <= text.len() {
+        if special_in(word(at)) {
+            return true;
+        }
+        at += 8;
+    }
+    // The last eight bytes, overlapping the words already looked at.
+    at < text.len() && special_in(word(text.len() - 8))
+}
+
+/// Whether a word of eight bytes holds a control character, `"` or `\`. Each test is exact
+/// for the word as a whole ("Bit Twiddling Hacks", `hasless`: a byte below `n`, n <= 128).
+fn special_in(word: u64) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let has_below = |word: u64, n: u64| word.wrapping_sub(ONES * n) & !word & HIGH != 0;
+    has_below(word, 0x20)
+        || has_below(word ^ (ONES * u64::from(b'"')), 1)
+        || has_below(word ^ (ONES * u64::from(b'\\')), 1)
+}
+
 /// Most distinct kinds of record tallied per batch; past it records are counted one by one.
 const MAX_TALLIES: usize = 32;
 
 /// Counts a batch of written records once per distinct label set (a steady stream is mostly
 /// the same deviation): the metrics, the totals and the recent list under one lock each.
-// Boxed records move on into the recent list as they came off the queue, without a copy.
-#[allow(clippy::vec_box)]
-fn account(shared: &Shared, batch: &mut Vec<Box<Record>>) {
+fn account(shared: &Shared, batch: &mut Vec<Record>) {
     if batch.is_empty() {
         return;
     }
@@ -480,21 +699,6 @@ fn same_labels(a: &Record, b: &Record) -> bool {
         && a.kind == b.kind
         && a.route == b.route
         && a.rule == b.rule
-}
-
-fn reopen(out: &mut BufWriter<Box<dyn Write + Send>>, target: &SinkTarget) {
-    if let Err(err) = out.flush() {
-        tracing::error!(error = %err, "cannot flush deviation records");
-    }
-    match open(target) {
-        Ok(new) => {
-            *out = BufWriter::with_capacity(64 << 10, new);
-            tracing::info!(sink = ?target, "deviation sink reopened");
-        }
-        Err(err) => {
-            tracing::error!(sink = ?target, error = %err, "cannot reopen the deviation sink; keeping the old one");
-        }
-    }
 }
 
 /// `2026-11-24T21:41:10.123Z`: RFC 3339 in UTC with milliseconds.
@@ -602,10 +806,9 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let shared = Shared::default();
         let _ = shared.metrics.set(metrics.clone());
-        let mut batch: Vec<Box<Record>> = (0..40)
+        let mut batch: Vec<Record> = (0..40)
             .map(|i| record(&format!("route{}", i % 35), 201))
             .chain([record("route0", 404), record("route0", 201)])
-            .map(Box::new)
             .collect();
         account(&shared, &mut batch);
         assert!(batch.is_empty());
@@ -653,9 +856,10 @@ mod tests {
         whole.action = Action::WouldRewrite;
         whole.kind = Kind::ExpectIgnored;
         whole.duration_ms = 3.0;
+        let mut stamps = Stamps::default();
         for record in [plain, odd, whole] {
             let mut line = Vec::new();
-            json_line(&mut line, &record);
+            json_line(&mut line, &record, &mut stamps);
             let mut want = serde_json::to_vec(&record).expect("serializes");
             want.push(b'\n');
             assert_eq!(
@@ -663,6 +867,86 @@ mod tests {
                 String::from_utf8_lossy(&want)
             );
         }
+    }
+
+    #[test]
+    fn stamps_of_one_second_differ_in_milliseconds_only() {
+        let mut stamps = Stamps::default();
+        let base = 1_795_556_470_000u64;
+        // Within a second, across a second, a day, and back to an earlier second.
+        for ms in [
+            base + 456,
+            base + 7,
+            base + 999,
+            base + 1000,
+            base + 86_399_999,
+            base,
+        ] {
+            let time = UNIX_EPOCH + Duration::from_millis(ms);
+            let mut line = Vec::new();
+            stamps.write(&mut line, time);
+            assert_eq!(String::from_utf8_lossy(&line), rfc3339_ms(time), "{ms}");
+        }
+        let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        let mut line = Vec::new();
+        stamps.write(&mut line, far);
+        assert_eq!(String::from_utf8_lossy(&line), rfc3339_ms(far));
+    }
+
+    #[test]
+    fn durations_are_what_serde_writes() {
+        let micros = (0..3000u64)
+            .chain((0..40).map(|i| 7u64.pow(i / 3) * (i as u64 % 3 + 1)))
+            .chain([999_999_999_999, 1_000_000_000_000, 123_456_789_012_345]);
+        let odd = [0.0004, 1.5e-7, 2.0f64.powi(60), 1e300, -1.0, f64::NAN];
+        let values = micros.map(|m| m as f64 / 1000.0).chain(odd);
+        for ms in values {
+            let mut line = Vec::new();
+            duration_ms(&mut line, ms);
+            let want = serde_json::to_string(&ms).expect("serializes");
+            assert_eq!(String::from_utf8_lossy(&line), want, "{ms:?}");
+        }
+    }
+
+    #[test]
+    fn escapes_are_found_at_every_position() {
+        let plain = |b: u8| !(b < 0x20 || b == b'"' || b == b'\\');
+        for len in 1..=19 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut text = vec![b'a'; len];
+                    text[at] = b;
+                    assert_eq!(needs_escape(&text), !plain(b), "byte {b} at {at} of {len}");
+                }
+            }
+        }
+        assert!(!needs_escape(b""));
+        assert!(!needs_escape("/caf\u{e9}/\u{7f}~ !#".as_bytes()));
+    }
+
+    #[test]
+    fn a_reopen_comes_between_the_records_queued_around_it() {
+        let dir = std::env::temp_dir().join(format!("restatus-reopen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (old, new) = (dir.join("old.jsonl"), dir.join("new.jsonl"));
+        let log = DeviationLog::start(&SinkTarget::File(old.clone())).expect("log");
+        let lines = |path: &std::path::Path| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            text.lines()
+                .map(|l| l.contains("\"status\":201"))
+                .collect::<Vec<_>>()
+        };
+        // Queued in one go, so the writer takes them as one batch.
+        log.write(record("app", 201));
+        log.write(record("app", 201));
+        log.reopen(SinkTarget::File(new.clone()));
+        log.write(record("app", 404));
+        assert!(log.flush(Duration::from_secs(10)));
+        assert_eq!(lines(&old), [true, true]);
+        assert_eq!(lines(&new), [false]);
+        assert_eq!(log.written(), 3);
+        assert_eq!(log.recent().len(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
