@@ -221,6 +221,16 @@ fn size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, BodyError> {
 /// RFC 9110 §8.6: several equal values are one length; differing or malformed ones make the
 /// message invalid. `lists`: whether a comma-separated list of equal values is accepted.
 pub fn content_length(headers: &HeaderMap, lists: bool) -> Result<Option<u64>, &'static str> {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    // The usual case, a single value of digits only, read without the general parse.
+    if values.next().is_none() {
+        if let Some(length) = plain_digits(first.as_bytes()) {
+            return Ok(Some(length));
+        }
+    }
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
         let bytes = value.as_bytes();
@@ -241,6 +251,16 @@ pub fn content_length(headers: &HeaderMap, lists: bool) -> Result<Option<u64>, &
         }
     }
     Ok(length)
+}
+
+/// The number written by 1 to 19 decimal digits (too few to overflow a u64), else `None`.
+fn plain_digits(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || bytes.len() > 19 {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 /// Which framing and connection fields a head holds, noted while its fields are read, so
@@ -466,6 +486,13 @@ mod tests {
             headers
         };
         assert_eq!(content_length(&map(&["12"]), false), Ok(Some(12)));
+        assert_eq!(content_length(&map(&["0"]), false), Ok(Some(0)));
+        let max = "9999999999999999999";
+        assert_eq!(content_length(&map(&[max]), false), Ok(max.parse().ok()));
+        let max = u64::MAX.to_string();
+        assert_eq!(content_length(&map(&[&max]), false), Ok(Some(u64::MAX)));
+        assert!(content_length(&map(&["18446744073709551616"]), false).is_err());
+        assert_eq!(content_length(&map(&[" 7 "]), false), Ok(Some(7)));
         assert_eq!(content_length(&map(&["3", "3"]), false), Ok(Some(3)));
         assert_eq!(content_length(&map(&[]), false), Ok(None));
         assert!(content_length(&map(&["3, 3"]), false).is_err());
