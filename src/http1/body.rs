@@ -17,7 +17,23 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The handler's side of a request body.
 pub struct RequestBody {
-    shared: Arc<Mutex<State>>,
+    inner: Inner,
+}
+
+enum Inner {
+    /// Read by the connection as the handler asks for it.
+    Channel(Arc<Mutex<State>>),
+    /// The whole body, read with the head: there is nothing for the connection to hand over.
+    Whole(Option<Bytes>),
+}
+
+impl RequestBody {
+    /// A body all of whose bytes are at hand.
+    pub fn whole(data: Bytes) -> RequestBody {
+        RequestBody {
+            inner: Inner::Whole((!data.is_empty()).then_some(data)),
+        }
+    }
 }
 
 /// The connection's side: reads the body off the wire while the handler wants it.
@@ -96,7 +112,10 @@ pub fn channel(framing: Framing, expects_continue: bool) -> (Pump, RequestBody) 
         },
         failed: false,
     };
-    (pump, RequestBody { shared })
+    let body = RequestBody {
+        inner: Inner::Channel(shared),
+    };
+    (pump, body)
 }
 
 impl Body for RequestBody {
@@ -107,7 +126,11 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let mut state = lock(&self.shared);
+        let shared = match &mut self.get_mut().inner {
+            Inner::Channel(shared) => shared,
+            Inner::Whole(data) => return Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        let mut state = lock(shared);
         if let Some(item) = state.slot.take() {
             if let (Ok(frame), Some(left)) = (&item, state.remaining.as_mut()) {
                 *left -= frame.data_ref().map_or(0, |d| d.len() as u64);
@@ -129,12 +152,21 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        let state = lock(&self.shared);
-        state.end && state.slot.is_none()
+        match &self.inner {
+            Inner::Channel(shared) => {
+                let state = lock(shared);
+                state.end && state.slot.is_none()
+            }
+            Inner::Whole(data) => data.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match lock(&self.shared).remaining {
+        let left = match &self.inner {
+            Inner::Channel(shared) => lock(shared).remaining,
+            Inner::Whole(data) => Some(data.as_ref().map_or(0, |d| d.len() as u64)),
+        };
+        match left {
             Some(left) => SizeHint::with_exact(left),
             None => SizeHint::default(),
         }
@@ -143,7 +175,10 @@ impl Body for RequestBody {
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
-        let mut state = lock(&self.shared);
+        let Inner::Channel(shared) = &self.inner else {
+            return;
+        };
+        let mut state = lock(shared);
         state.dropped = true;
         if let Some(conn) = state.conn.take() {
             conn.wake();
@@ -266,5 +301,28 @@ impl Pump {
             }
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_whole_body_gives_its_bytes_once_with_an_exact_size() {
+        let mut body = RequestBody::whole(Bytes::from_static(b"{\"a\":1}"));
+        assert_eq!(body.size_hint().exact(), Some(7));
+        assert!(!body.is_end_stream());
+        let frame = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(
+            frame.into_data().ok(),
+            Some(Bytes::from_static(b"{\"a\":1}"))
+        );
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+        assert!(body.frame().await.is_none());
+        let empty = RequestBody::whole(Bytes::new());
+        assert!(empty.is_end_stream());
     }
 }

@@ -136,6 +136,13 @@ where
 {
     let (mut pump, body) = match head.framing {
         Framing::Empty => (None, ClientBody::Empty),
+        // The whole body came with the head (a small POST): the handler gets it as it is, and
+        // the connection has nothing to read or hand over. Not for a client waiting for
+        // `100 Continue`, which must not be told to send what it already sent.
+        Framing::Length(length) if !head.expects_continue && wire.buf.len() as u64 >= length => {
+            let data = wire.buf.split_to(length as usize).freeze();
+            (None, ClientBody::Http1(RequestBody::whole(data)))
+        }
         framing => {
             let (mut pump, body) = body::channel(framing, head.expects_continue);
             pump.prefill(wire);
