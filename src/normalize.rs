@@ -55,40 +55,98 @@ pub async fn normalize(
     response: Response<ResponseBody>,
     settings: &Settings<'_>,
 ) -> Result<(Response<ResponseBody>, Option<Outcome>), InspectError> {
+    match normalize_head(request, response, settings) {
+        Ok(done) => Ok(done),
+        Err(needs) => normalize_body(request, needs, settings).await,
+    }
+}
+
+/// A response whose rules need its body: what [`normalize_head`] leaves to [`normalize_body`].
+pub struct NeedsBody {
+    parts: Parts,
+    body: ResponseBody,
+    /// The candidate that asked for the body, where evaluation goes on.
+    resume: usize,
+}
+
+/// [`normalize`] as far as the response head allows, without waiting: most responses end
+/// here. `Err` hands back a response whose rules need its body.
+pub fn normalize_head(
+    request: &RequestFacts<'_>,
+    response: Response<ResponseBody>,
+    settings: &Settings<'_>,
+) -> Result<(Response<ResponseBody>, Option<Outcome>), Box<NeedsBody>> {
     let upstream_status = response.status();
     let status = upstream_status.as_u16();
     if settings.rules.candidates(request.method, status).is_empty() {
         return Ok((response, left(settings, upstream_status, false)));
     }
-    let (mut parts, body) = response.into_parts();
+    let (parts, body) = response.into_parts();
     let facts = facts(request, status, &parts.headers);
-    let (matched, body, inspected) =
-        match settings.rules.evaluate(&facts, BodyState::Unread, 0, None) {
-            Step::Matched(rule) => (Some(rule), body, false),
-            Step::NoMatch => (None, body, false),
-            Step::NeedBody { resume } => {
-                // Boxed: only responses whose rules need the body pay for the reading state.
-                let reading = Box::pin(inspect(body, request.method, &parts.headers, settings));
-                let (body, copy) = reading.await?;
-                let state = match &copy {
-                    Some(bytes) => BodyState::Inspected(bytes),
-                    None => BodyState::NotInspected,
-                };
-                let facts = self::facts(request, status, &parts.headers);
-                let matched = match settings.rules.evaluate(&facts, state, resume, None) {
-                    Step::Matched(rule) => Some(rule),
-                    _ => None,
-                };
-                (matched, body, copy.is_some())
-            }
-        };
+    let matched = match settings.rules.evaluate(&facts, BodyState::Unread, 0, None) {
+        Step::Matched(rule) => Some(rule),
+        Step::NoMatch => None,
+        // Boxed: only responses whose rules need the body carry its state on.
+        Step::NeedBody { resume } => {
+            return Err(Box::new(NeedsBody {
+                parts,
+                body,
+                resume,
+            }))
+        }
+    };
+    Ok(apply(matched, parts, body, false, request, settings))
+}
+
+/// The rest of [`normalize`] for a response whose rules need its body: reads it (up to the
+/// inspect limit) and evaluates on from the candidate that asked.
+pub async fn normalize_body(
+    request: &RequestFacts<'_>,
+    needs: Box<NeedsBody>,
+    settings: &Settings<'_>,
+) -> Result<(Response<ResponseBody>, Option<Outcome>), InspectError> {
+    let NeedsBody {
+        parts,
+        body,
+        resume,
+    } = *needs;
+    let (body, copy) = inspect(body, request.method, &parts.headers, settings).await?;
+    let state = match &copy {
+        Some(bytes) => BodyState::Inspected(bytes),
+        None => BodyState::NotInspected,
+    };
+    let facts = facts(request, parts.status.as_u16(), &parts.headers);
+    let matched = match settings.rules.evaluate(&facts, state, resume, None) {
+        Step::Matched(rule) => Some(rule),
+        _ => None,
+    };
+    Ok(apply(
+        matched,
+        parts,
+        body,
+        copy.is_some(),
+        request,
+        settings,
+    ))
+}
+
+/// What the rule that matched (if any) makes of the response, and what to record.
+fn apply(
+    matched: Option<&Rule>,
+    mut parts: Parts,
+    body: ResponseBody,
+    inspected: bool,
+    request: &RequestFacts<'_>,
+    settings: &Settings<'_>,
+) -> (Response<ResponseBody>, Option<Outcome>) {
+    let upstream_status = parts.status;
     let Some(rule) = matched else {
         let outcome = left(settings, upstream_status, inspected);
-        return Ok((Response::from_parts(parts, body), outcome));
+        return (Response::from_parts(parts, body), outcome);
     };
     if rule.then.status == upstream_status {
         // A rule that keeps the status is an allowed exception, not a deviation.
-        return Ok((Response::from_parts(parts, body), None));
+        return (Response::from_parts(parts, body), None);
     }
     let outcome = Outcome {
         rule: Some(rule.name.clone()),
@@ -113,7 +171,7 @@ pub async fn normalize(
             settings.original_status_header,
         ),
     };
-    Ok((Response::from_parts(parts, body), Some(outcome)))
+    (Response::from_parts(parts, body), Some(outcome))
 }
 
 fn facts<'a>(request: &RequestFacts<'a>, status: u16, headers: &'a HeaderMap) -> Facts<'a> {

@@ -9,7 +9,7 @@ use crate::deviation::{self, DeviationLog, Kind, Record};
 use crate::expect::{self, Held};
 use crate::headers::{self, RequestIds, X_REQUEST_ID};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::normalize::{self, InspectError, Outcome, RequestFacts, Settings};
+use crate::normalize::{self, InspectError, NeedsBody, Outcome, RequestFacts, Settings};
 use crate::respond::{close_connection, Culprit, ProxyError};
 use crate::route::{Route, RouteTable};
 use crate::server::ConnSettings;
@@ -134,7 +134,13 @@ pub fn handle(
         };
         // 7-8: normalize and record.
         let mut response = match exchange.route {
-            Some(route) => normalize_and_record(&proxy, route, response, source, &exchange).await,
+            Some(route) => match normalize_head(&proxy, route, response, source, &exchange) {
+                Ok(response) => response,
+                // Boxed: only responses whose rules need the body pay for the reading state.
+                Err(needs) => {
+                    Box::pin(normalize_body(&proxy, route, needs, source, &exchange)).await
+                }
+            },
             None => response,
         };
         if let (Some(route), Some(kind)) = (exchange.route, exchange.protocol) {
@@ -385,13 +391,12 @@ fn error_response(
     response
 }
 
-async fn normalize_and_record(
-    proxy: &Proxy,
-    route: &Route,
-    response: Response<ResponseBody>,
-    source: deviation::Source,
-    exchange: &Exchange<'_>,
-) -> Response<ResponseBody> {
+/// What the rules look at of the request, and how the route applies them.
+fn facts_and_settings<'a>(
+    proxy: &'a Proxy,
+    route: &'a Route,
+    exchange: &'a Exchange<'_>,
+) -> (RequestFacts<'a>, Settings<'a>) {
     let request = RequestFacts {
         method: &exchange.method,
         path: exchange.uri.path(),
@@ -405,33 +410,64 @@ async fn normalize_and_record(
         body_timeout: route.upstream.config.response_timeout,
         original_status_header: proxy.original_status_header.as_ref(),
     };
-    match normalize::normalize(&request, response, &settings).await {
+    (request, settings)
+}
+
+/// 7-8 for a response whose rules need no body, which is done without waiting (and without
+/// making the state of an `async fn` on every request). `Err`: the rules need the body.
+fn normalize_head(
+    proxy: &Proxy,
+    route: &Route,
+    response: Response<ResponseBody>,
+    source: deviation::Source,
+    exchange: &Exchange<'_>,
+) -> Result<Response<ResponseBody>, Box<NeedsBody>> {
+    let (request, settings) = facts_and_settings(proxy, route, exchange);
+    let (response, outcome) = normalize::normalize_head(&request, response, &settings)?;
+    Ok(recorded(proxy, route, source, exchange, response, outcome))
+}
+
+/// 7-8 for a response whose rules need its body.
+async fn normalize_body(
+    proxy: &Proxy,
+    route: &Route,
+    needs: Box<NeedsBody>,
+    source: deviation::Source,
+    exchange: &Exchange<'_>,
+) -> Response<ResponseBody> {
+    let (request, settings) = facts_and_settings(proxy, route, exchange);
+    let err = match normalize::normalize_body(&request, needs, &settings).await {
         Ok((response, outcome)) => {
-            if let Some(outcome) = outcome {
-                proxy
-                    .deviations
-                    .write(record(exchange, route, source, &outcome));
-            }
-            response
+            return recorded(proxy, route, source, exchange, response, outcome)
         }
-        Err(err) => {
-            // The upstream failed while its body was being inspected; nothing was sent yet,
-            // so the client gets an honest proxy error, itself normalized.
-            let err = match err {
-                InspectError::Timeout => ProxyError::UpstreamTimeout,
-                InspectError::Upstream(err) => ProxyError::body_failed(err),
-            };
-            let response = error_response(&err, exchange, &proxy.metrics);
-            Box::pin(normalize_and_record(
-                proxy,
-                route,
-                response,
-                deviation::Source::Proxy,
-                exchange,
-            ))
-            .await
-        }
+        Err(InspectError::Timeout) => ProxyError::UpstreamTimeout,
+        Err(InspectError::Upstream(err)) => ProxyError::body_failed(err),
+    };
+    // The upstream failed while its body was being inspected; nothing was sent yet, so the
+    // client gets an honest proxy error, itself normalized.
+    let response = error_response(&err, exchange, &proxy.metrics);
+    let source = deviation::Source::Proxy;
+    match normalize_head(proxy, route, response, source, exchange) {
+        Ok(response) => response,
+        Err(needs) => Box::pin(normalize_body(proxy, route, needs, source, exchange)).await,
     }
+}
+
+/// Writes the record of a deviation, if the exchange is one.
+fn recorded(
+    proxy: &Proxy,
+    route: &Route,
+    source: deviation::Source,
+    exchange: &Exchange<'_>,
+    response: Response<ResponseBody>,
+    outcome: Option<Outcome>,
+) -> Response<ResponseBody> {
+    if let Some(outcome) = outcome {
+        proxy
+            .deviations
+            .write(record(exchange, route, source, &outcome));
+    }
+    response
 }
 
 fn record(
