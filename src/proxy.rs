@@ -137,6 +137,8 @@ pub fn handle(
             Some(route) => match normalize_head(&proxy, route, response, source, &exchange) {
                 Ok(response) => response,
                 // Boxed: only responses whose rules need the body pay for the reading state.
+                // (A helper returning `Either<Ready<_>, BoxFuture<_>>` for this match and the
+                // one in `normalize_body` cost 180 instructions more per request.)
                 Err(needs) => {
                     Box::pin(normalize_body(&proxy, route, needs, source, &exchange)).await
                 }
