@@ -32,10 +32,10 @@ use tokio::sync::watch;
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Read buffers start at this size and double while reads fill them, up to `MAX_READ`.
+const FIRST_READ: usize = 8 << 10;
 /// An upload streams faster with reads of 32 KiB than of 256 KiB (scenario 4 of bench/run:
 /// 1.32-1.46 against 1.01-1.05 GB/s, and a third less CPU): the upstream is written while
 /// the next read is still small, and the buffers stay in the allocator's reused pages.
-const FIRST_READ: usize = 8 << 10;
 const MAX_READ: usize = 32 << 10;
 /// Response bytes queued for the socket before the body is asked for more.
 const MAX_QUEUED: usize = 256 << 10;
