@@ -1,29 +1,35 @@
 //! Deviation records: one JSON line per difference between what the upstream said and what
-//! the contract says, written by a background thread so the request path never waits on IO.
+//! the contract says. The thread that handles the request makes the line in memory; a
+//! background thread writes the lines out, so the request path never waits on IO.
+
+mod line;
 
 use crate::config::SinkTarget;
 use crate::metrics::Metrics;
-use crate::wire::decimal;
 use http::Method;
-use serde::Serialize;
+pub use line::rfc3339_ms;
+use line::{digits3, json_line, rfc3339_ms_digits, Stamps};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How many records may wait for the writer before new ones are dropped (and counted).
+/// How many records may wait for the writer, per worker thread, before new ones are dropped
+/// (and counted).
 pub const QUEUE_CAPACITY: usize = 16_384;
 
-/// How long the writer lets records gather after writing a batch: records reach the sink at
-/// most this much later, and under load the request path never has to wake the writer. Short,
-/// because the writer may share a CPU with a worker: a 20 ms batch (1,500 records at 75k
-/// requests/s) held the worker off its requests long enough to show in the p99 latency.
-const BATCH_PAUSE: Duration = Duration::from_millis(2);
+/// How long the writer lets lines gather after writing a batch: records reach the sink at
+/// most this much later, and under load the request path never has to wake the writer. The
+/// writer may share a CPU with a worker, and each wake-up costs both of them a context switch;
+/// its work per batch is a write of lines already made, so a batch of 10 ms (about 750
+/// records at 75k requests/s) holds a worker off its requests for well under a millisecond.
+const BATCH_PAUSE: Duration = Duration::from_millis(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// The status was changed.
@@ -45,7 +51,7 @@ impl Action {
 }
 
 /// Who produced the status the rules looked at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     Upstream,
@@ -62,7 +68,7 @@ impl Source {
 }
 
 /// What kind of deviation a record describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// The status code differs from the contract.
@@ -85,7 +91,7 @@ impl Kind {
 }
 
 /// One deviation. Holds no header values and no body bytes, so secrets stay out of logs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     pub ts: Timestamp,
     pub request_id: String,
@@ -94,18 +100,19 @@ pub struct Record {
     pub action: Action,
     pub kind: Kind,
     pub source: Source,
-    #[serde(serialize_with = "method_str")]
+    #[serde(serialize_with = "method_str", deserialize_with = "method_from_str")]
     pub method: Method,
     pub path: String,
     pub upstream: Arc<str>,
     pub upstream_status: u16,
     pub status: u16,
     pub body_inspected: bool,
+    /// Written as `null` when it is not a finite number, and read back from it as NaN.
+    #[serde(deserialize_with = "number_or_null")]
     pub duration_ms: f64,
 }
 
-/// When a record was made, written as RFC 3339 in UTC with milliseconds. It is kept as a time
-/// and formatted when the record is written, so the request path does not format or allocate.
+/// When a record was made, written as RFC 3339 in UTC with milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timestamp(pub SystemTime);
 
@@ -134,83 +141,212 @@ fn method_str<S: serde::Serializer>(method: &Method, serializer: S) -> Result<S:
     serializer.serialize_str(method.as_str())
 }
 
-/// A request to the writer, kept in order with the records around it.
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Timestamp, D::Error> {
+        let text = <&str>::deserialize(deserializer)?;
+        let ms = crate::report::time::parse(text).map_err(serde::de::Error::custom)?;
+        let offset = Duration::from_millis(ms.unsigned_abs());
+        let time = match ms >= 0 {
+            true => UNIX_EPOCH.checked_add(offset),
+            false => UNIX_EPOCH.checked_sub(offset),
+        };
+        time.map(Timestamp)
+            .ok_or_else(|| serde::de::Error::custom("timestamp out of range"))
+    }
+}
+
+fn method_from_str<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Method, D::Error> {
+    let text = <&str>::deserialize(deserializer)?;
+    Method::from_bytes(text.as_bytes()).map_err(serde::de::Error::custom)
+}
+
+fn number_or_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
+}
+
+/// What a record is counted under in the metrics and in the admin page's totals.
+#[derive(Debug, Clone)]
+pub struct Labels {
+    pub route: Arc<str>,
+    pub rule: Option<Arc<str>>,
+    pub action: Action,
+    pub kind: Kind,
+    pub upstream_status: u16,
+    pub status: u16,
+}
+
+impl Labels {
+    fn of(record: &Record) -> Labels {
+        Labels {
+            route: record.route.clone(),
+            rule: record.rule.clone(),
+            action: record.action,
+            kind: record.kind,
+            upstream_status: record.upstream_status,
+            status: record.status,
+        }
+    }
+
+    /// Whether `record` counts under these labels. Names usually come from the same
+    /// configuration, so the pointers are compared before the text.
+    fn matches(&self, record: &Record) -> bool {
+        let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
+        self.upstream_status == record.upstream_status
+            && self.status == record.status
+            && self.action == record.action
+            && self.kind == record.kind
+            && same(&self.route, &record.route)
+            && match (&self.rule, &record.rule) {
+                (Some(a), Some(b)) => same(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            }
+    }
+}
+
+/// A request to the writer, carried out after the records written before it.
 enum Control {
     Flush(mpsc::Sender<()>),
     /// Reopen the sink (logrotate moved the file away) or switch to a new one (reload).
     Reopen(SinkTarget),
 }
 
-/// What waits for the writer. Records go into a plain vector under a lock rather than through
-/// a channel: no allocation per record, and one uncontended lock is the whole cost of queueing.
+/// How many slots records are written into. A thread keeps to one slot, so worker threads
+/// rarely share a lock; more threads than slots share slots, which is correct, only slower.
+const SLOTS: usize = 16;
+
+/// Most label sets tallied per batch in a slot; records past it are counted one by one.
+const MAX_TALLIES: usize = 32;
+
+/// Lines waiting for the writer, and their records counted by labels.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    lines: usize,
+    tallies: Vec<(Labels, u64)>,
+}
+
+impl Batch {
+    /// Counts `record` under its labels; `false` if `MAX_TALLIES` other sets are held.
+    fn tally(&mut self, record: &Record) -> bool {
+        if let Some((_, count)) = self.tallies.iter_mut().find(|(l, _)| l.matches(record)) {
+            *count += 1;
+            return true;
+        }
+        if self.tallies.len() >= MAX_TALLIES {
+            return false;
+        }
+        self.tallies.push((Labels::of(record), 1));
+        true
+    }
+}
+
+/// Where records go. A record is made into its line by the thread that writes it: the line
+/// costs the same on any thread, and made in place it takes no allocation, no copy of the
+/// record and no memory freed on another thread.
+#[derive(Default)]
+struct Lines {
+    batch: Batch,
+    stamps: Stamps,
+}
+
+/// A slot on cache lines of its own, so threads on neighbouring slots do not slow each other.
+#[repr(align(128))]
+#[derive(Default)]
+struct Slot(Mutex<Lines>);
+
+/// Where each slot's batch stood when a control was asked for: (bytes, lines).
+type Marks = [(usize, usize); SLOTS];
+
 #[derive(Default)]
 struct Pending {
-    records: Vec<Record>,
-    /// Each control with the number of `records` queued before it.
-    controls: Vec<(usize, Control)>,
-    /// The writer waits on the condition variable and must be woken for the next message.
-    parked: bool,
+    /// Each control with the place in every slot's batch it comes after.
+    controls: Vec<(Marks, Control)>,
     /// The log was dropped: the writer writes what is left and ends.
     closed: bool,
 }
 
-/// How many of the latest records are kept in memory (for the admin page and the demo).
-pub const RECENT_CAPACITY: usize = 1000;
-
-/// The deviation log: a bounded queue in front of a writer thread.
-pub struct DeviationLog {
-    queue: Arc<Queue>,
-    capacity: usize,
-    shared: Arc<Shared>,
-    dropped: AtomicU64,
-}
-
 #[derive(Default)]
 struct Queue {
+    slots: [Slot; SLOTS],
     pending: Mutex<Pending>,
+    /// The writer waits on `ready` and must be woken for the next record.
+    parked: AtomicBool,
     ready: Condvar,
 }
 
-impl Queue {
-    /// Locks the queue; a writer thread that panicked leaves it usable.
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+/// Locks `mutex`; a thread that panicked while holding it leaves it usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
+/// The slot of the calling thread: threads are dealt slots in turn.
+fn slot_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS;
+    }
+    SLOT.with(|slot| *slot)
+}
+
+impl Queue {
     /// Wakes the writer if it waits (it is not woken per record while it is busy or paused).
-    fn wake(&self, pending: &mut Pending) {
-        if pending.parked {
-            pending.parked = false;
-            self.ready.notify_one();
+    /// The writer sets `parked` before it looks at the slots, and a record is in its slot
+    /// before `parked` is read here, so either the writer sees the record or this sees it
+    /// parked.
+    fn wake(&self) {
+        if self.parked.load(Ordering::SeqCst) {
+            let _pending = lock(&self.pending);
+            if self.parked.swap(false, Ordering::SeqCst) {
+                self.ready.notify_one();
+            }
         }
     }
 
     fn control(&self, control: Control) {
-        let mut pending = self.lock();
-        let at = pending.records.len();
-        pending.controls.push((at, control));
-        self.wake(&mut pending);
+        let mut pending = lock(&self.pending);
+        let marks = std::array::from_fn(|at| {
+            let lines = lock(&self.slots[at].0);
+            (lines.batch.bytes.len(), lines.batch.lines)
+        });
+        pending.controls.push((marks, control));
+        self.parked.store(false, Ordering::SeqCst);
+        self.ready.notify_one();
     }
 
-    /// Waits for something to write and takes all of it; `false` once closed and empty.
-    fn take(&self, records: &mut Vec<Record>, controls: &mut Vec<(usize, Control)>) -> bool {
-        let mut pending = self.lock();
-        while pending.records.is_empty() && pending.controls.is_empty() {
+    /// Waits for records or a control and takes them all, swapping each slot's batch with an
+    /// empty one of `batches`; `false` once closed and empty.
+    fn take(&self, batches: &mut [Batch; SLOTS], controls: &mut Vec<(Marks, Control)>) -> bool {
+        let mut pending = lock(&self.pending);
+        loop {
+            self.parked.store(true, Ordering::SeqCst);
+            let found = self.swap_slots(batches);
+            if found || !pending.controls.is_empty() {
+                self.parked.store(false, Ordering::SeqCst);
+                std::mem::swap(&mut pending.controls, controls);
+                return true;
+            }
             if pending.closed {
                 return false;
             }
-            pending.parked = true;
             pending = self
                 .ready
                 .wait(pending)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
-        pending.parked = false;
-        std::mem::swap(&mut pending.records, records);
-        std::mem::swap(&mut pending.controls, controls);
-        true
+    }
+
+    fn swap_slots(&self, batches: &mut [Batch; SLOTS]) -> bool {
+        let mut found = false;
+        for (slot, batch) in self.slots.iter().zip(batches.iter_mut()) {
+            let mut lines = lock(&slot.0);
+            if !lines.batch.bytes.is_empty() {
+                std::mem::swap(&mut lines.batch, batch);
+                found = true;
+            }
+        }
+        found
     }
 }
 
@@ -218,7 +354,7 @@ impl Queue {
 #[derive(Default)]
 struct Shared {
     written: AtomicU64,
-    recent: Mutex<VecDeque<Record>>,
+    recent: Mutex<Recent>,
     counts: Mutex<Counts>,
     metrics: OnceLock<Arc<Metrics>>,
 }
@@ -233,13 +369,13 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Adds `count` records labelled like `record`.
-    fn add(&mut self, record: &Record, count: u64) {
-        let rule = record.rule.as_deref().unwrap_or("-");
-        bump(&mut self.by_rule, &record.route, rule, count);
+    /// Adds `count` records labelled `labels`.
+    fn add(&mut self, labels: &Labels, count: u64) {
+        let rule = labels.rule.as_deref().unwrap_or("-");
+        bump(&mut self.by_rule, &labels.route, rule, count);
         let mut pair = [0u8; 12];
-        let pair = status_pair(record.upstream_status, record.status, &mut pair);
-        bump(&mut self.by_status, &record.route, pair, count);
+        let pair = status_pair(labels.upstream_status, labels.status, &mut pair);
+        bump(&mut self.by_status, &labels.route, pair, count);
     }
 }
 
@@ -267,6 +403,71 @@ fn bump(map: &mut BTreeMap<String, BTreeMap<String, u64>>, route: &str, key: &st
     }
 }
 
+/// How many of the latest records are kept in memory (for the admin page and the demo).
+pub const RECENT_CAPACITY: usize = 1000;
+
+/// The written batches that hold the latest `RECENT_CAPACITY` records, kept as lines: they
+/// are read back only when someone looks, which is rare next to writing them.
+#[derive(Default)]
+struct Recent {
+    batches: VecDeque<(Vec<u8>, usize)>,
+    lines: usize,
+}
+
+/// Largest buffer kept for reuse; one that grew past it while the sink was stuck is freed.
+const SPARE_CAPACITY: usize = 1 << 20;
+
+impl Recent {
+    /// Keeps `bytes` (`lines` lines) and returns an empty buffer to fill next, one that falls
+    /// out of the latest records if there is one.
+    fn keep(&mut self, bytes: Vec<u8>, lines: usize) -> Vec<u8> {
+        self.batches.push_back((bytes, lines));
+        self.lines += lines;
+        let mut spare = Vec::new();
+        while let Some(&(_, oldest)) = self.batches.front() {
+            if self.lines - oldest < RECENT_CAPACITY {
+                break;
+            }
+            if let Some((bytes, _)) = self.batches.pop_front() {
+                spare = bytes;
+            }
+            self.lines -= oldest;
+        }
+        spare.clear();
+        if spare.capacity() > SPARE_CAPACITY {
+            spare = Vec::new();
+        }
+        spare
+    }
+
+    /// The latest records, oldest first: read back from their lines.
+    fn records(&self) -> Vec<Record> {
+        let lines = self
+            .batches
+            .iter()
+            .flat_map(|(bytes, _)| bytes.split(|b| *b == b'\n'))
+            .filter(|line| !line.is_empty());
+        let mut records: Vec<Record> = lines
+            .filter_map(|line| serde_json::from_slice(line).ok())
+            .collect();
+        // Batches of different threads interleave; the sort is stable, so a thread's records
+        // of one millisecond keep their order.
+        records.sort_by_key(|record| record.ts.0);
+        let skip = records.len().saturating_sub(RECENT_CAPACITY);
+        records.drain(..skip);
+        records
+    }
+}
+
+/// The deviation log: lines made by the threads that handle requests, written out by a
+/// writer thread.
+pub struct DeviationLog {
+    queue: Arc<Queue>,
+    capacity: usize,
+    shared: Arc<Shared>,
+    dropped: AtomicU64,
+}
+
 impl DeviationLog {
     /// Starts the writer for `target`. A file is opened for appending now, so a bad path is
     /// reported at start rather than lost later.
@@ -279,7 +480,8 @@ impl DeviationLog {
         DeviationLog::with_capacity(out, QUEUE_CAPACITY)
     }
 
-    /// Starts the writer on any byte sink, with room for `capacity` waiting records.
+    /// Starts the writer on any byte sink, with room for `capacity` waiting records per
+    /// worker thread.
     pub fn with_capacity(
         out: Box<dyn Write + Send>,
         capacity: usize,
@@ -300,30 +502,34 @@ impl DeviationLog {
 
     /// The latest records written, oldest first.
     pub fn recent(&self) -> Vec<Record> {
-        match self.shared.recent.lock() {
-            Ok(recent) => recent.iter().cloned().collect(),
-            Err(_) => Vec::new(),
-        }
+        lock(&self.shared.recent).records()
     }
 
-    /// Queues a record; never blocks. A full queue drops the record and counts it.
+    /// Makes the record's line for the writer; never blocks on IO. When the writer is that
+    /// far behind, the record is dropped and counted.
     pub fn write(&self, record: Record) {
-        let mut pending = self.queue.lock();
-        if pending.records.len() >= self.capacity {
-            drop(pending);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+        let slot = &self.queue.slots[slot_index()];
+        let tallied = {
+            let mut lines = lock(&slot.0);
+            if lines.batch.lines >= self.capacity {
+                drop(lines);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let Lines { batch, stamps } = &mut *lines;
+            json_line(&mut batch.bytes, &record, stamps);
+            batch.lines += 1;
+            batch.tally(&record)
+        };
+        if !tallied {
+            account(&self.shared, &[(Labels::of(&record), 1)]);
         }
-        pending.records.push(record);
-        self.queue.wake(&mut pending);
+        self.queue.wake();
     }
 
     /// Totals per route of the records written so far.
     pub fn counts(&self) -> Counts {
-        match self.shared.counts.lock() {
-            Ok(counts) => counts.clone(),
-            Err(_) => Counts::default(),
-        }
+        lock(&self.shared.counts).clone()
     }
 
     /// Counts every record written in `metrics` from now on (once; later calls are ignored).
@@ -341,12 +547,12 @@ impl DeviationLog {
         self.shared.written.load(Ordering::Relaxed)
     }
 
-    /// Records dropped because the queue was full.
+    /// Records dropped because the writer was too far behind.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Waits (at most `timeout`) until every record queued so far is written and flushed.
+    /// Waits (at most `timeout`) until every record written so far is in the sink and flushed.
     pub fn flush(&self, timeout: Duration) -> bool {
         let (ack, done) = mpsc::channel();
         self.queue.control(Control::Flush(ack));
@@ -355,11 +561,12 @@ impl DeviationLog {
 }
 
 impl Drop for DeviationLog {
-    /// The writer writes what is queued, then ends.
+    /// The writer writes what is waiting, then ends.
     fn drop(&mut self) {
-        let mut pending = self.queue.lock();
+        let mut pending = lock(&self.queue.pending);
         pending.closed = true;
-        self.queue.wake(&mut pending);
+        self.queue.parked.store(false, Ordering::SeqCst);
+        self.queue.ready.notify_one();
     }
 }
 
@@ -384,17 +591,17 @@ fn open(target: &SinkTarget) -> std::io::Result<Box<dyn Write + Send>> {
 }
 
 fn write_loop(queue: &Queue, out: Box<dyn Write + Send>, shared: &Shared) {
-    let mut sink = Sink::new(out, &shared.written);
-    let mut records = Vec::new();
+    let mut sink = Sink {
+        out,
+        written: &shared.written,
+    };
+    let mut batches: [Batch; SLOTS] = Default::default();
     let mut controls = Vec::new();
-    while queue.take(&mut records, &mut controls) {
-        let mut done = 0;
-        for (at, control) in controls.drain(..) {
-            // The records queued before the control are written before it is carried out.
-            let rest = records.split_off(at - done);
-            done = at;
-            write_records(&mut sink, &mut records, shared);
-            records = rest;
+    while queue.take(&mut batches, &mut controls) {
+        let mut done: Marks = [(0, 0); SLOTS];
+        for (marks, control) in controls.drain(..) {
+            // The records written before the control go to the sink before it is carried out.
+            sink.write_to(&batches, &mut done, &marks);
             match control {
                 Control::Flush(ack) => {
                     sink.flush();
@@ -403,77 +610,76 @@ fn write_loop(queue: &Queue, out: Box<dyn Write + Send>, shared: &Shared) {
                 Control::Reopen(target) => sink.reopen(&target),
             }
         }
-        write_records(&mut sink, &mut records, shared);
+        let ends = std::array::from_fn(|at| (batches[at].bytes.len(), batches[at].lines));
+        sink.write_to(&batches, &mut done, &ends);
         sink.flush();
+        finish(shared, &mut batches);
         // A writer waiting on the queue is woken (a futex call and a context switch) by the
         // next record; pausing after each batch lets records gather, so a steady stream costs
-        // one wake-up per pause instead of one per record. The queue holds far more than a
-        // pause's worth.
+        // one wake-up per pause instead of one per record.
         std::thread::sleep(BATCH_PAUSE);
     }
 }
 
-/// Writes a batch's lines and moves its records on to the counts and the recent list.
-fn write_records(sink: &mut Sink, records: &mut Vec<Record>, shared: &Shared) {
-    for record in records.iter() {
-        sink.line(record);
+/// Counts the written batches and keeps their lines among the latest records, leaving each
+/// batch empty for the next round.
+fn finish(shared: &Shared, batches: &mut [Batch; SLOTS]) {
+    for batch in batches.iter_mut() {
+        account(shared, &batch.tallies);
+        batch.tallies.clear();
     }
-    account(shared, records);
+    let mut recent = lock(&shared.recent);
+    for batch in batches.iter_mut().filter(|batch| batch.lines > 0) {
+        let bytes = std::mem::take(&mut batch.bytes);
+        batch.bytes = recent.keep(bytes, std::mem::take(&mut batch.lines));
+    }
 }
 
-/// How many bytes of lines are gathered before they are written.
-const SINK_BUFFER: usize = 64 << 10;
+/// Counts records in the metrics and the totals, once per label set.
+fn account(shared: &Shared, tallies: &[(Labels, u64)]) {
+    if tallies.is_empty() {
+        return;
+    }
+    if let Some(metrics) = shared.metrics.get() {
+        for (labels, count) in tallies {
+            metrics.deviation(labels, *count);
+        }
+    }
+    let mut counts = lock(&shared.counts);
+    for (labels, count) in tallies {
+        counts.add(labels, *count);
+    }
+}
 
-/// The sink and the lines not yet written to it. Lines are made in place in the buffer, which
-/// goes out in one write per batch (or whenever it is full).
+/// The sink, and how many records have reached it.
 struct Sink<'a> {
     out: Box<dyn Write + Send>,
-    buffer: Vec<u8>,
-    /// Lines in `buffer`, counted in `written` once the buffer is written.
-    lines: u64,
     written: &'a AtomicU64,
-    stamps: Stamps,
 }
 
-impl<'a> Sink<'a> {
-    fn new(out: Box<dyn Write + Send>, written: &'a AtomicU64) -> Sink<'a> {
-        Sink {
-            out,
-            buffer: Vec::with_capacity(SINK_BUFFER + 1024),
-            lines: 0,
-            written,
-            stamps: Stamps::default(),
-        }
-    }
-
-    fn line(&mut self, record: &Record) {
-        json_line(&mut self.buffer, record, &mut self.stamps);
-        self.lines += 1;
-        if self.buffer.len() >= SINK_BUFFER {
-            self.write();
-        }
-    }
-
-    /// Writes the buffered lines. Lines that cannot be written are dropped with an error, so
-    /// a broken sink does not hold memory.
-    fn write(&mut self) {
-        if self.buffer.is_empty() {
-            return;
-        }
-        match self.out.write_all(&self.buffer) {
-            Ok(()) => {
-                self.written.fetch_add(self.lines, Ordering::Relaxed);
+impl Sink<'_> {
+    /// Writes each batch from where `done` says up to `marks`. Lines that cannot be written
+    /// are dropped with an error, so a broken sink does not hold memory.
+    fn write_to(&mut self, batches: &[Batch; SLOTS], done: &mut Marks, marks: &Marks) {
+        for ((batch, done), &(to, lines)) in batches.iter().zip(done.iter_mut()).zip(marks) {
+            let (from, before) = *done;
+            if to <= from {
+                continue;
             }
-            Err(err) => {
-                tracing::error!(error = %err, records = self.lines, "cannot write deviation records");
+            *done = (to, lines);
+            let count = (lines - before) as u64;
+            match self.out.write_all(&batch.bytes[from..to]) {
+                Ok(()) => {
+                    self.written.fetch_add(count, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, records = count, "cannot write deviation records");
+                }
             }
         }
-        self.buffer.clear();
-        self.lines = 0;
     }
 
     fn flush(&mut self) {
-        self.write();
         if let Err(err) = self.out.flush() {
             tracing::error!(error = %err, "cannot flush deviation records");
         }
@@ -493,327 +699,39 @@ impl<'a> Sink<'a> {
     }
 }
 
-/// The RFC 3339 text of the second last written: the records of one second differ only in
-/// their milliseconds, and working out a date costs more than the rest of a line.
-#[derive(Default)]
-struct Stamps {
-    second: Option<u64>,
-    text: [u8; 24],
-}
-
-impl Stamps {
-    fn write(&mut self, line: &mut Vec<u8>, time: SystemTime) {
-        let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-        if self.second != Some(since.as_secs()) {
-            let Some(text) = rfc3339_ms_digits(time) else {
-                line.extend_from_slice(rfc3339_ms(time).as_bytes());
-                return;
-            };
-            self.text = text;
-            self.second = Some(since.as_secs());
-        }
-        let mut text = self.text;
-        let ms = since.subsec_millis();
-        text[20..23].copy_from_slice(&digits3(ms));
-        line.extend_from_slice(&text);
-    }
-}
-
-/// The three decimal digits of `n` (below 1,000).
-fn digits3(n: u32) -> [u8; 3] {
-    [
-        b'0' + (n / 100 % 10) as u8,
-        b'0' + (n / 10 % 10) as u8,
-        b'0' + (n % 10) as u8,
-    ]
-}
-
-/// The record as one line of JSON, the same text `serde_json` makes of it (a test holds the
-/// two together). Written by hand because serde's escaping goes byte by byte, and this runs
-/// once per record on the proxy's CPU.
-fn json_line(line: &mut Vec<u8>, record: &Record, stamps: &mut Stamps) {
-    line.extend_from_slice(b"{\"ts\":\"");
-    stamps.write(line, record.ts.0);
-    line.extend_from_slice(b"\",\"request_id\":");
-    json_str(line, &record.request_id);
-    line.extend_from_slice(b",\"route\":");
-    json_str(line, &record.route);
-    line.extend_from_slice(b",\"rule\":");
-    match &record.rule {
-        Some(rule) => json_str(line, rule),
-        None => line.extend_from_slice(b"null"),
-    }
-    for (key, value) in [
-        ("action", record.action.as_str()),
-        ("kind", record.kind.as_str()),
-        ("source", record.source.as_str()),
-    ] {
-        line.extend_from_slice(b",\"");
-        line.extend_from_slice(key.as_bytes());
-        line.extend_from_slice(b"\":\"");
-        line.extend_from_slice(value.as_bytes());
-        line.push(b'"');
-    }
-    // A method is a token (RFC 9110 §9.1), which holds nothing JSON escapes.
-    line.extend_from_slice(b",\"method\":\"");
-    line.extend_from_slice(record.method.as_str().as_bytes());
-    line.push(b'"');
-    line.extend_from_slice(b",\"path\":");
-    json_str(line, &record.path);
-    line.extend_from_slice(b",\"upstream\":");
-    json_str(line, &record.upstream);
-    line.extend_from_slice(b",\"upstream_status\":");
-    line.extend_from_slice(decimal(u64::from(record.upstream_status), &mut [0; 20]));
-    line.extend_from_slice(b",\"status\":");
-    line.extend_from_slice(decimal(u64::from(record.status), &mut [0; 20]));
-    line.extend_from_slice(match record.body_inspected {
-        true => b",\"body_inspected\":true,\"duration_ms\":",
-        false => b",\"body_inspected\":false,\"duration_ms\":",
-    });
-    duration_ms(line, record.duration_ms);
-    line.extend_from_slice(b"}\n");
-}
-
-/// A duration in milliseconds as serde writes it: the shortest text that reads back as the
-/// same number. A whole number of microseconds (what a record holds) below 10^12 is written
-/// from its digits: below that size doubles lie much closer together than 0.001, so no
-/// shorter text reads back as the same number. Anything else goes through serde.
-fn duration_ms(line: &mut Vec<u8>, ms: f64) {
-    let micros = (ms * 1000.0).round();
-    if !((0.0..1e12).contains(&micros) && micros / 1000.0 == ms) {
-        if serde_json::to_writer(&mut *line, &ms).is_err() {
-            line.extend_from_slice(b"null");
-        }
-        return;
-    }
-    let micros = micros as u64;
-    line.extend_from_slice(decimal(micros / 1000, &mut [0; 20]));
-    line.push(b'.');
-    let fraction = (micros % 1000) as u32;
-    // At least one digit after the point, as in `1.0`; no trailing zeros after it.
-    let keep = match fraction {
-        f if f % 100 == 0 => 1,
-        f if f % 10 == 0 => 2,
-        _ => 3,
-    };
-    line.extend_from_slice(&digits3(fraction)[..keep]);
-}
-
-/// A JSON string; text that needs no escaping (the usual case) is copied whole. Inlined: as a
-/// call, saving and restoring registers cost more than the copy.
-#[inline(always)]
-fn json_str(line: &mut Vec<u8>, text: &str) {
-    if !needs_escape(text.as_bytes()) {
-        line.push(b'"');
-        line.extend_from_slice(text.as_bytes());
-        line.push(b'"');
-    } else if serde_json::to_writer(&mut *line, text).is_err() {
-        line.extend_from_slice(b"null");
-    }
-}
-
-/// Whether `text` holds a byte that JSON escapes: a control character, `"` or `\`. Text of
-/// eight bytes or more is looked at eight bytes at a time.
-fn needs_escape(text: &[u8]) -> bool {
-    if text.len() < 8 {
-        return text.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
-    }
-    let word = |at: usize| {
-        let mut bytes = [0; 8];
-        bytes.copy_from_slice(&text[at..at + 8]);
-        u64::from_ne_bytes(bytes)
-    };
-    let mut at = 0;
-    while at + 8 <= text.len() {
-        if special_in(word(at)) {
-            return true;
-        }
-        at += 8;
-    }
-    // The last eight bytes, overlapping the words already looked at.
-    at < text.len() && special_in(word(text.len() - 8))
-}
-
-/// Whether a word of eight bytes holds a control character, `"` or `\`. Each test is exact
-/// for the word as a whole ("Bit Twiddling Hacks", `hasless`: a byte below `n`, n <= 128).
-fn special_in(word: u64) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    let has_below = |word: u64, n: u64| word.wrapping_sub(ONES * n) & !word & HIGH != 0;
-    has_below(word, 0x20)
-        || has_below(word ^ (ONES * u64::from(b'"')), 1)
-        || has_below(word ^ (ONES * u64::from(b'\\')), 1)
-}
-
-/// Most distinct kinds of record tallied per batch; past it records are counted one by one.
-const MAX_TALLIES: usize = 32;
-
-/// Counts a batch of written records once per distinct label set (a steady stream is mostly
-/// the same deviation): the metrics, the totals and the recent list under one lock each.
-fn account(shared: &Shared, batch: &mut Vec<Record>) {
-    if batch.is_empty() {
-        return;
-    }
-    let mut tallies: Vec<(&Record, u64)> = Vec::new();
-    let mut singles: Vec<&Record> = Vec::new();
-    for record in batch.iter() {
-        if let Some((_, count)) = tallies
-            .iter_mut()
-            .find(|(seen, _)| same_labels(seen, record))
-        {
-            *count += 1;
-        } else if tallies.len() < MAX_TALLIES {
-            tallies.push((record, 1));
-        } else {
-            singles.push(record);
-        }
-    }
-    let groups = || {
-        let singles = singles.iter().map(|record| (*record, 1));
-        tallies.iter().copied().chain(singles)
-    };
-    if let Some(metrics) = shared.metrics.get() {
-        for (record, count) in groups() {
-            metrics.deviation(record, count);
-        }
-    }
-    if let Ok(mut counts) = shared.counts.lock() {
-        for (record, count) in groups() {
-            counts.add(record, count);
-        }
-    }
-    if let Ok(mut recent) = shared.recent.lock() {
-        for record in batch.drain(..) {
-            if recent.len() == RECENT_CAPACITY {
-                recent.pop_front();
-            }
-            recent.push_back(record);
-        }
-    }
-    batch.clear();
-}
-
-/// Whether two records count under the same metric labels.
-fn same_labels(a: &Record, b: &Record) -> bool {
-    a.upstream_status == b.upstream_status
-        && a.status == b.status
-        && a.action == b.action
-        && a.kind == b.kind
-        && a.route == b.route
-        && a.rule == b.rule
-}
-
-/// `2026-11-24T21:41:10.123Z`: RFC 3339 in UTC with milliseconds.
-pub fn rfc3339_ms(time: SystemTime) -> String {
-    if let Some(digits) = rfc3339_ms_digits(time) {
-        return digits.iter().map(|b| char::from(*b)).collect();
-    }
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
-}
-
-/// The RFC 3339 text written digit by digit (a format string costs more than the rest of
-/// writing the record); `None` past year 9999.
-fn rfc3339_ms_digits(time: SystemTime) -> Option<[u8; 24]> {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    if !(0..=9999).contains(&year) {
-        return None;
-    }
-    let mut out = *b"0000-00-00T00:00:00.000Z";
-    let fields: [(usize, usize, u64); 7] = [
-        (0, 4, year as u64),
-        (5, 2, u64::from(month)),
-        (8, 2, u64::from(day)),
-        (11, 2, rem / 3600),
-        (14, 2, rem % 3600 / 60),
-        (17, 2, rem % 60),
-        (20, 3, u64::from(since.subsec_millis())),
-    ];
-    for (at, width, mut value) in fields {
-        for slot in out[at..at + width].iter_mut().rev() {
-            *slot = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-    }
-    Some(out)
-}
-
-/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's civil calendar method.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::line::tests::record;
     use super::*;
 
-    #[test]
-    fn timestamps() {
-        let cases = [
-            (0, "1970-01-01T00:00:00.000Z"),
-            (951_782_400_123, "2000-02-29T00:00:00.123Z"),
-            (1_795_556_470_456, "2026-11-24T21:41:10.456Z"),
-        ];
-        for (ms, want) in cases {
-            let time = UNIX_EPOCH + Duration::from_millis(ms);
-            assert_eq!(rfc3339_ms(time), want);
-            assert_eq!(Timestamp(time).to_string(), want);
-            let json = serde_json::to_string(&Timestamp(time)).expect("serializes");
-            assert_eq!(json, format!("\"{want}\""));
-        }
-    }
+    /// A sink that keeps what is written, for tests to look at.
+    #[derive(Clone, Default)]
+    struct Kept(Arc<Mutex<Vec<u8>>>);
 
-    fn record(route: &str, status: u16) -> Record {
-        Record {
-            ts: Timestamp(UNIX_EPOCH),
-            request_id: String::new(),
-            route: route.into(),
-            rule: Some("r".into()),
-            action: Action::Rewrote,
-            kind: Kind::Status,
-            source: Source::Upstream,
-            method: Method::GET,
-            path: "/".into(),
-            upstream: "u".into(),
-            upstream_status: 200,
-            status,
-            body_inspected: false,
-            duration_ms: 0.0,
+    impl Write for Kept {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
 
     #[test]
-    fn a_batch_is_counted_per_record_whatever_its_mix() {
+    fn records_are_counted_per_record_whatever_their_mix() {
         let metrics = Arc::new(Metrics::new());
-        let shared = Shared::default();
-        let _ = shared.metrics.set(metrics.clone());
-        let mut batch: Vec<Record> = (0..40)
+        let log = DeviationLog::with_writer(Box::new(Kept::default())).expect("log");
+        log.observe(metrics.clone());
+        // 35 routes: more label sets than a batch tallies, so some are counted one by one.
+        let records = (0..40)
             .map(|i| record(&format!("route{}", i % 35), 201))
-            .chain([record("route0", 404), record("route0", 201)])
-            .collect();
-        account(&shared, &mut batch);
-        assert!(batch.is_empty());
+            .chain([record("route0", 404), record("route0", 201)]);
+        for record in records {
+            log.write(record);
+        }
+        assert!(log.flush(Duration::from_secs(10)));
         let text = metrics.encode(0);
         let line = |route: &str, status: u16| {
             text.lines()
@@ -829,101 +747,91 @@ mod tests {
         assert_eq!(line("route4", 201).as_deref(), Some("2"), "{text}");
         assert_eq!(line("route34", 201).as_deref(), Some("1"), "{text}");
         assert_eq!(line("route0", 404).as_deref(), Some("1"), "{text}");
-        let counts = shared.counts.lock().expect("counts");
+        let counts = log.counts();
         assert_eq!(counts.by_status["route0"]["200->201"], 3);
         assert_eq!(counts.by_status["route0"]["200->404"], 1);
         assert_eq!(counts.by_status["route34"]["200->201"], 1);
         assert_eq!(counts.by_rule["route0"]["r"], 4);
-        assert_eq!(shared.recent.lock().expect("recent").len(), 42);
+        assert_eq!(log.recent().len(), 42);
+        assert_eq!(log.written(), 42);
     }
 
     #[test]
-    fn lines_are_what_serde_writes() {
-        let mut plain = record("app", 201);
-        plain.request_id = "0f3a9c".into();
-        plain.duration_ms = 0.412;
-        let mut odd = record("r\"oute", 404);
-        odd.ts = Timestamp(UNIX_EPOCH + Duration::from_secs(400_000_000_000));
-        odd.request_id = "tab\there \\ \u{1} é".into();
-        odd.rule = None;
-        odd.action = Action::Left;
-        odd.kind = Kind::Unsolicited100;
-        odd.source = Source::Proxy;
-        odd.method = Method::from_bytes(b"PROPFIND").expect("method");
-        odd.path = "/a\u{7f}/\"b\"/ü".into();
-        odd.body_inspected = true;
-        odd.upstream_status = 0;
-        odd.duration_ms = 12_345.5;
-        let mut whole = record("app", 500);
-        whole.action = Action::WouldRewrite;
-        whole.kind = Kind::ExpectIgnored;
-        whole.duration_ms = 3.0;
-        let mut stamps = Stamps::default();
-        for record in [plain, odd, whole] {
-            let mut line = Vec::new();
-            json_line(&mut line, &record, &mut stamps);
-            let mut want = serde_json::to_vec(&record).expect("serializes");
-            want.push(b'\n');
-            assert_eq!(
-                String::from_utf8_lossy(&line),
-                String::from_utf8_lossy(&want)
-            );
-        }
+    fn records_read_back_as_they_were_written() {
+        let kept = Kept::default();
+        let log = DeviationLog::with_writer(Box::new(kept.clone())).expect("log");
+        let mut first = record("app", 201);
+        first.ts = Timestamp(UNIX_EPOCH + Duration::from_millis(1_795_556_470_456));
+        first.request_id = "tab\there".into();
+        first.method = Method::from_bytes(b"PROPFIND").expect("method");
+        first.duration_ms = 0.412;
+        let mut second = record("app", 404);
+        second.ts = Timestamp(first.ts.0 + Duration::from_millis(1));
+        second.rule = None;
+        second.duration_ms = f64::NAN;
+        log.write(first.clone());
+        log.write(second.clone());
+        assert!(log.flush(Duration::from_secs(10)));
+        let recent = log.recent();
+        let text = |r: &Record| serde_json::to_string(r).expect("serializes");
+        assert_eq!(recent.len(), 2);
+        assert_eq!(text(&recent[0]), text(&first));
+        assert_eq!(text(&recent[1]), text(&second));
+        let written = String::from_utf8(lock(&kept.0).clone()).expect("utf-8");
+        assert_eq!(written, format!("{}\n{}\n", text(&first), text(&second)));
     }
 
     #[test]
-    fn stamps_of_one_second_differ_in_milliseconds_only() {
-        let mut stamps = Stamps::default();
-        let base = 1_795_556_470_000u64;
-        // Within a second, across a second, a day, and back to an earlier second.
-        for ms in [
-            base + 456,
-            base + 7,
-            base + 999,
-            base + 1000,
-            base + 86_399_999,
-            base,
-        ] {
-            let time = UNIX_EPOCH + Duration::from_millis(ms);
-            let mut line = Vec::new();
-            stamps.write(&mut line, time);
-            assert_eq!(String::from_utf8_lossy(&line), rfc3339_ms(time), "{ms}");
-        }
-        let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
-        let mut line = Vec::new();
-        stamps.write(&mut line, far);
-        assert_eq!(String::from_utf8_lossy(&line), rfc3339_ms(far));
-    }
-
-    #[test]
-    fn durations_are_what_serde_writes() {
-        let micros = (0..3000u64)
-            .chain((0..40).map(|i| 7u64.pow(i / 3) * (i as u64 % 3 + 1)))
-            .chain([999_999_999_999, 1_000_000_000_000, 123_456_789_012_345]);
-        let odd = [0.0004, 1.5e-7, 2.0f64.powi(60), 1e300, -1.0, f64::NAN];
-        let values = micros.map(|m| m as f64 / 1000.0).chain(odd);
-        for ms in values {
-            let mut line = Vec::new();
-            duration_ms(&mut line, ms);
-            let want = serde_json::to_string(&ms).expect("serializes");
-            assert_eq!(String::from_utf8_lossy(&line), want, "{ms:?}");
-        }
-    }
-
-    #[test]
-    fn escapes_are_found_at_every_position() {
-        let plain = |b: u8| !(b < 0x20 || b == b'"' || b == b'\\');
-        for len in 1..=19 {
-            for at in 0..len {
-                for b in 0..=255u8 {
-                    let mut text = vec![b'a'; len];
-                    text[at] = b;
-                    assert_eq!(needs_escape(&text), !plain(b), "byte {b} at {at} of {len}");
-                }
+    fn only_the_latest_records_are_kept() {
+        let log = DeviationLog::with_writer(Box::new(Kept::default())).expect("log");
+        let total = RECENT_CAPACITY as u64 * 3 + 17;
+        for i in 0..total {
+            let mut record = record("app", 201);
+            record.ts = Timestamp(UNIX_EPOCH + Duration::from_millis(i));
+            log.write(record);
+            if i % 700 == 0 {
+                // Several batches, so old ones are let go and their buffers used again.
+                assert!(log.flush(Duration::from_secs(10)));
             }
         }
-        assert!(!needs_escape(b""));
-        assert!(!needs_escape("/caf\u{e9}/\u{7f}~ !#".as_bytes()));
+        assert!(log.flush(Duration::from_secs(10)));
+        let recent = log.recent();
+        assert_eq!(recent.len(), RECENT_CAPACITY);
+        let first = total - RECENT_CAPACITY as u64;
+        assert_eq!(
+            recent[0].ts,
+            Timestamp(UNIX_EPOCH + Duration::from_millis(first))
+        );
+        assert_eq!(log.written(), total);
+    }
+
+    #[test]
+    fn records_of_many_threads_all_reach_the_sink() {
+        let kept = Kept::default();
+        let log = Arc::new(DeviationLog::with_writer(Box::new(kept.clone())).expect("log"));
+        let threads: Vec<_> = (0..SLOTS + 3)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        log.write(record(&format!("route{t}"), 201));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("thread");
+        }
+        assert!(log.flush(Duration::from_secs(10)));
+        let total = (SLOTS as u64 + 3) * 500;
+        assert_eq!(log.written(), total);
+        let text = String::from_utf8(lock(&kept.0).clone()).expect("utf-8");
+        assert_eq!(text.lines().count() as u64, total);
+        for t in 0..SLOTS + 3 {
+            let route = format!("\"route\":\"route{t}\"");
+            assert_eq!(text.lines().filter(|l| l.contains(&route)).count(), 500);
+            assert_eq!(log.counts().by_rule[&format!("route{t}")]["r"], 500);
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Prometheus metrics. Each server owns its registry (tests build their own); the handles a
 //! request touches are resolved once per route, so the request path only does atomic adds.
 
-use crate::deviation::Record;
+use crate::deviation::Labels;
 use http::Method;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -186,15 +186,15 @@ impl Metrics {
     }
 
     /// Counted by the deviation log's writer thread, off the request path.
-    /// Counts `count` records that carry `record`'s labels.
-    pub fn deviation(&self, record: &Record, count: u64) {
+    /// Counts `count` records that carry `labels`.
+    pub fn deviation(&self, labels: &Labels, count: u64) {
         let labels = DeviationLabels {
-            route: record.route.to_string(),
-            rule: record.rule.as_deref().unwrap_or_default().to_string(),
-            upstream_status: record.upstream_status,
-            status: record.status,
-            action: record.action.as_str().to_string(),
-            kind: record.kind.as_str().to_string(),
+            route: labels.route.to_string(),
+            rule: labels.rule.as_deref().unwrap_or_default().to_string(),
+            upstream_status: labels.upstream_status,
+            status: labels.status,
+            action: labels.action.as_str().to_string(),
+            kind: labels.kind.as_str().to_string(),
         };
         self.deviations.get_or_create(&labels).inc_by(count);
     }
