@@ -83,7 +83,7 @@ fn with_type(
     response
 }
 
-fn latest(live: &Live) -> Vec<Record> {
+fn latest(live: &Live) -> Vec<Record<'static>> {
     let mut recent = live.deviations.recent();
     let skip = recent.len().saturating_sub(LATEST);
     recent.drain(..skip);

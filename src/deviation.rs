@@ -10,6 +10,7 @@ use http::Method;
 pub use line::rfc3339_ms;
 use line::{digits3, json_line, rfc3339_ms_digits, Stamps};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -90,20 +91,22 @@ impl Kind {
     }
 }
 
-/// One deviation. Holds no header values and no body bytes, so secrets stay out of logs.
+/// One deviation. Holds no header values and no body bytes, so secrets stay out of logs. The
+/// request path writes records that borrow its text (nothing is allocated or reference
+/// counted per record); records read back are `Record<'static>`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Record {
+pub struct Record<'a> {
     pub ts: Timestamp,
-    pub request_id: String,
-    pub route: Arc<str>,
-    pub rule: Option<Arc<str>>,
+    pub request_id: Cow<'a, str>,
+    pub route: Cow<'a, str>,
+    pub rule: Option<Cow<'a, str>>,
     pub action: Action,
     pub kind: Kind,
     pub source: Source,
     #[serde(serialize_with = "method_str", deserialize_with = "method_from_str")]
     pub method: Method,
-    pub path: String,
-    pub upstream: Arc<str>,
+    pub path: Cow<'a, str>,
+    pub upstream: Cow<'a, str>,
     pub upstream_status: u16,
     pub status: u16,
     pub body_inspected: bool,
@@ -178,8 +181,8 @@ pub struct Labels {
 impl Labels {
     fn of(record: &Record) -> Labels {
         Labels {
-            route: record.route.clone(),
-            rule: record.rule.clone(),
+            route: Arc::from(&*record.route),
+            rule: record.rule.as_deref().map(Arc::from),
             action: record.action,
             kind: record.kind,
             upstream_status: record.upstream_status,
@@ -187,19 +190,14 @@ impl Labels {
         }
     }
 
-    /// Whether `record` counts under these labels. Names usually come from the same
-    /// configuration, so the pointers are compared before the text.
+    /// Whether `record` counts under these labels.
     fn matches(&self, record: &Record) -> bool {
-        let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
         self.upstream_status == record.upstream_status
             && self.status == record.status
             && self.action == record.action
             && self.kind == record.kind
-            && same(&self.route, &record.route)
-            && match (&self.rule, &record.rule) {
-                (Some(a), Some(b)) => same(a, b),
-                (a, b) => a.is_none() && b.is_none(),
-            }
+            && *self.route == *record.route
+            && self.rule.as_deref() == record.rule.as_deref()
     }
 }
 
@@ -441,13 +439,13 @@ impl Recent {
     }
 
     /// The latest records, oldest first: read back from their lines.
-    fn records(&self) -> Vec<Record> {
+    fn records(&self) -> Vec<Record<'static>> {
         let lines = self
             .batches
             .iter()
             .flat_map(|(bytes, _)| bytes.split(|b| *b == b'\n'))
             .filter(|line| !line.is_empty());
-        let mut records: Vec<Record> = lines
+        let mut records: Vec<Record<'static>> = lines
             .filter_map(|line| serde_json::from_slice(line).ok())
             .collect();
         // Batches of different threads interleave; the sort is stable, so a thread's records
@@ -501,13 +499,13 @@ impl DeviationLog {
     }
 
     /// The latest records written, oldest first.
-    pub fn recent(&self) -> Vec<Record> {
+    pub fn recent(&self) -> Vec<Record<'static>> {
         lock(&self.shared.recent).records()
     }
 
     /// Makes the record's line for the writer; never blocks on IO. When the writer is that
     /// far behind, the record is dropped and counted.
-    pub fn write(&self, record: Record) {
+    pub fn write(&self, record: &Record) {
         let slot = &self.queue.slots[slot_index()];
         let tallied = {
             let mut lines = lock(&slot.0);
@@ -517,12 +515,12 @@ impl DeviationLog {
                 return;
             }
             let Lines { batch, stamps } = &mut *lines;
-            json_line(&mut batch.bytes, &record, stamps);
+            json_line(&mut batch.bytes, record, stamps);
             batch.lines += 1;
-            batch.tally(&record)
+            batch.tally(record)
         };
         if !tallied {
-            account(&self.shared, &[(Labels::of(&record), 1)]);
+            account(&self.shared, &[(Labels::of(record), 1)]);
         }
         self.queue.wake();
     }
@@ -597,16 +595,15 @@ fn write_loop(queue: &Queue, out: Box<dyn Write + Send>, shared: &Shared) {
     };
     let mut batches: [Batch; SLOTS] = Default::default();
     let mut controls = Vec::new();
+    let mut acks = Vec::new();
     while queue.take(&mut batches, &mut controls) {
         let mut done: Marks = [(0, 0); SLOTS];
         for (marks, control) in controls.drain(..) {
             // The records written before the control go to the sink before it is carried out.
             sink.write_to(&batches, &mut done, &marks);
             match control {
-                Control::Flush(ack) => {
-                    sink.flush();
-                    let _ = ack.send(());
-                }
+                // Answered once the batch is counted and among the latest records too.
+                Control::Flush(ack) => acks.push(ack),
                 Control::Reopen(target) => sink.reopen(&target),
             }
         }
@@ -614,6 +611,9 @@ fn write_loop(queue: &Queue, out: Box<dyn Write + Send>, shared: &Shared) {
         sink.write_to(&batches, &mut done, &ends);
         sink.flush();
         finish(shared, &mut batches);
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
         // A writer waiting on the queue is woken (a futex call and a context switch) by the
         // next record; pausing after each batch lets records gather, so a steady stream costs
         // one wake-up per pause instead of one per record.
@@ -729,7 +729,7 @@ mod tests {
             .map(|i| record(&format!("route{}", i % 35), 201))
             .chain([record("route0", 404), record("route0", 201)]);
         for record in records {
-            log.write(record);
+            log.write(&record);
         }
         assert!(log.flush(Duration::from_secs(10)));
         let text = metrics.encode(0);
@@ -769,8 +769,8 @@ mod tests {
         second.ts = Timestamp(first.ts.0 + Duration::from_millis(1));
         second.rule = None;
         second.duration_ms = f64::NAN;
-        log.write(first.clone());
-        log.write(second.clone());
+        log.write(&first);
+        log.write(&second);
         assert!(log.flush(Duration::from_secs(10)));
         let recent = log.recent();
         let text = |r: &Record| serde_json::to_string(r).expect("serializes");
@@ -788,7 +788,7 @@ mod tests {
         for i in 0..total {
             let mut record = record("app", 201);
             record.ts = Timestamp(UNIX_EPOCH + Duration::from_millis(i));
-            log.write(record);
+            log.write(&record);
             if i % 700 == 0 {
                 // Several batches, so old ones are let go and their buffers used again.
                 assert!(log.flush(Duration::from_secs(10)));
@@ -814,7 +814,7 @@ mod tests {
                 let log = log.clone();
                 std::thread::spawn(move || {
                     for _ in 0..500 {
-                        log.write(record(&format!("route{t}"), 201));
+                        log.write(&record(&format!("route{t}"), 201));
                     }
                 })
             })
@@ -847,10 +847,10 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         // Queued in one go, so the writer takes them as one batch.
-        log.write(record("app", 201));
-        log.write(record("app", 201));
+        log.write(&record("app", 201));
+        log.write(&record("app", 201));
         log.reopen(SinkTarget::File(new.clone()));
-        log.write(record("app", 404));
+        log.write(&record("app", 404));
         assert!(log.flush(Duration::from_secs(10)));
         assert_eq!(lines(&old), [true, true]);
         assert_eq!(lines(&new), [false]);

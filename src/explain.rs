@@ -198,14 +198,14 @@ fn write_record(
     }
     let record = Record {
         ts: deviation::Timestamp::now(),
-        request_id: "explain".to_string(),
+        request_id: "explain".into(),
         route: route.name.as_str().into(),
-        rule: outcome.rule.clone(),
+        rule: outcome.rule.as_deref().map(Into::into),
         action: outcome.action,
         kind: Kind::Status,
         source: Source::Upstream,
         method: query.method.clone(),
-        path: path.to_string(),
+        path: path.into(),
         upstream: config.upstream(route).name.as_str().into(),
         upstream_status: outcome.upstream_status.as_u16(),
         status: outcome.status.as_u16(),

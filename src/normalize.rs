@@ -307,9 +307,7 @@ fn rewrite(
     // A reason phrase belongs to the old status (hyper would write it back out).
     parts.extensions.remove::<hyper::ext::ReasonPhrase>();
     if let Some(name) = original_status_header {
-        parts
-            .headers
-            .insert(name.clone(), HeaderValue::from(original.as_u16()));
+        parts.headers.insert(name.clone(), status_value(original));
     }
     for name in &action.remove_headers {
         parts.headers.remove(name);
@@ -348,6 +346,36 @@ fn rewrite(
     body
 }
 
+/// The digits of every status code, 100 to 999 (RFC 9110 §15: three digits), made once.
+static STATUS_DIGITS: [u8; 2700] = status_digits();
+
+const fn status_digits() -> [u8; 2700] {
+    let mut out = [0u8; 2700];
+    let mut code = 100;
+    while code < 1000 {
+        let at = (code - 100) * 3;
+        out[at] = b'0' + (code / 100) as u8;
+        out[at + 1] = b'0' + (code / 10 % 10) as u8;
+        out[at + 2] = b'0' + (code % 10) as u8;
+        code += 1;
+    }
+    out
+}
+
+/// The status as a header value that points at static digits: a value made from the number
+/// is formatted and allocated for every rewritten response.
+fn status_value(status: StatusCode) -> HeaderValue {
+    let code = status.as_u16();
+    let digits = usize::from(code)
+        .checked_sub(100)
+        .and_then(|at| STATUS_DIGITS.get(at * 3..at * 3 + 3))
+        .and_then(|digits| std::str::from_utf8(digits).ok());
+    match digits {
+        Some(digits) => HeaderValue::from_static(digits),
+        None => HeaderValue::from(code),
+    }
+}
+
 fn allows_body(status: StatusCode) -> bool {
     !(status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -359,6 +387,14 @@ mod tests {
     use super::*;
     use flate2::write::GzEncoder;
     use std::io::Write;
+
+    #[test]
+    fn status_values_are_the_codes() {
+        for code in 100..=999u16 {
+            let status = StatusCode::from_u16(code).expect("status");
+            assert_eq!(status_value(status), HeaderValue::from(code), "{code}");
+        }
+    }
 
     #[test]
     fn gunzip_is_bounded() {

@@ -17,6 +17,7 @@ use crate::upstream::{OutboundRequest, Upstream};
 use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -146,8 +147,7 @@ pub fn handle(
             None => response,
         };
         if let (Some(route), Some(kind)) = (exchange.route, exchange.protocol) {
-            let record = protocol_record(&exchange, route, kind, response.status());
-            proxy.deviations.write(record);
+            protocol_record(&proxy.deviations, &exchange, route, kind, response.status());
         }
         if exchange.close {
             close_connection(&mut response);
@@ -467,28 +467,29 @@ fn recorded(
     if let Some(outcome) = outcome {
         proxy
             .deviations
-            .write(record(exchange, route, source, &outcome));
+            .write(&record(exchange, route, source, &outcome));
     }
     response
 }
 
-fn record(
-    exchange: &Exchange,
-    route: &Route,
+/// The record borrows the exchange's text: nothing is copied or allocated for it.
+fn record<'a>(
+    exchange: &'a Exchange,
+    route: &'a Route,
     source: deviation::Source,
-    outcome: &Outcome,
-) -> Record {
+    outcome: &'a Outcome,
+) -> Record<'a> {
     Record {
         ts: deviation::Timestamp::now(),
-        request_id: exchange.request_id.to_str().unwrap_or("").to_string(),
-        route: route.name.clone(),
-        rule: outcome.rule.clone(),
+        request_id: Cow::Borrowed(exchange.request_id.to_str().unwrap_or("")),
+        route: Cow::Borrowed(&route.name),
+        rule: outcome.rule.as_deref().map(Cow::Borrowed),
         action: outcome.action,
         kind: Kind::Status,
         source,
         method: exchange.method.clone(),
-        path: exchange.uri.path().to_string(),
-        upstream: route.upstream.shared_name(),
+        path: Cow::Borrowed(exchange.uri.path()),
+        upstream: Cow::Borrowed(route.upstream.name()),
         upstream_status: outcome.upstream_status.as_u16(),
         status: outcome.status.as_u16(),
         body_inspected: outcome.body_inspected,
@@ -498,8 +499,15 @@ fn record(
     }
 }
 
-/// A record of the upstream's 100-continue misbehaviour; the status is what the client got.
-fn protocol_record(exchange: &Exchange, route: &Route, kind: Kind, status: StatusCode) -> Record {
+/// Writes a record of the upstream's 100-continue misbehaviour; the status is what the client
+/// got.
+fn protocol_record(
+    log: &DeviationLog,
+    exchange: &Exchange,
+    route: &Route,
+    kind: Kind,
+    status: StatusCode,
+) {
     let upstream_status = exchange.upstream_status.unwrap_or(status);
     let outcome = Outcome {
         rule: None,
@@ -508,10 +516,10 @@ fn protocol_record(exchange: &Exchange, route: &Route, kind: Kind, status: Statu
         status,
         body_inspected: false,
     };
-    Record {
+    log.write(&Record {
         kind,
         ..record(exchange, route, deviation::Source::Upstream, &outcome)
-    }
+    });
 }
 
 fn access_record(exchange: &Exchange, status: StatusCode) -> AccessRecord {

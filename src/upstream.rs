@@ -68,11 +68,6 @@ impl Upstream {
         &self.name
     }
 
-    /// The name, shared with the deviation records that carry it.
-    pub fn shared_name(&self) -> Arc<str> {
-        self.name.clone()
-    }
-
     /// Whether `Expect: 100-continue` goes upstream. RFC 9110 §10.1.1 lets a proxy answer
     /// `100` itself for an HTTP/1.0 next hop, which knows nothing of it.
     pub fn forwards_expect(&self) -> bool {

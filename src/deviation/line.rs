@@ -74,15 +74,23 @@ pub(super) fn json_line(line: &mut Vec<u8>, record: &Record, stamps: &mut Stamps
     line.extend_from_slice(b",\"upstream\":");
     json_str(line, &record.upstream);
     line.extend_from_slice(b",\"upstream_status\":");
-    line.extend_from_slice(decimal(u64::from(record.upstream_status), &mut [0; 20]));
+    status(line, record.upstream_status);
     line.extend_from_slice(b",\"status\":");
-    line.extend_from_slice(decimal(u64::from(record.status), &mut [0; 20]));
+    status(line, record.status);
     line.extend_from_slice(match record.body_inspected {
         true => b",\"body_inspected\":true,\"duration_ms\":",
         false => b",\"body_inspected\":false,\"duration_ms\":",
     });
     duration_ms(line, record.duration_ms);
     line.extend_from_slice(b"}\n");
+}
+
+/// A status code: three digits (RFC 9110 §15), or `0` in a record of no upstream status.
+fn status(line: &mut Vec<u8>, code: u16) {
+    match code {
+        100..=999 => line.extend_from_slice(&digits3(u32::from(code))),
+        _ => line.extend_from_slice(decimal(u64::from(code), &mut [0; 20])),
+    }
 }
 
 /// A duration in milliseconds as serde writes it: the shortest text that reads back as the
@@ -240,11 +248,11 @@ pub(super) mod tests {
         }
     }
 
-    pub(crate) fn record(route: &str, status: u16) -> Record {
+    pub(crate) fn record(route: &str, status: u16) -> Record<'static> {
         Record {
             ts: Timestamp(UNIX_EPOCH),
-            request_id: String::new(),
-            route: route.into(),
+            request_id: "".into(),
+            route: route.to_string().into(),
             rule: Some("r".into()),
             action: Action::Rewrote,
             kind: Kind::Status,
