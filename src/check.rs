@@ -37,6 +37,7 @@ pub fn report(config: &Config) -> String {
             let _ = writeln!(out, "    {:>3}. {}", i + 1, describe_rule(rule));
         }
         warnings.extend(route_warnings(route));
+        warnings.extend(method_warnings(route));
     }
     for warning in &warnings {
         let _ = writeln!(out, "warning: {warning}");
@@ -77,6 +78,67 @@ fn route_warnings(route: &RouteConfig) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// The methods of the IANA HTTP Method Registry (RFC 9110 §16.1.1 and the WebDAV family).
+const REGISTERED_METHODS: [&str; 40] = [
+    "ACL",
+    "BASELINE-CONTROL",
+    "BIND",
+    "CHECKIN",
+    "CHECKOUT",
+    "CONNECT",
+    "COPY",
+    "DELETE",
+    "GET",
+    "HEAD",
+    "LABEL",
+    "LINK",
+    "LOCK",
+    "MERGE",
+    "MKACTIVITY",
+    "MKCALENDAR",
+    "MKCOL",
+    "MKREDIRECTREF",
+    "MKWORKSPACE",
+    "MOVE",
+    "OPTIONS",
+    "ORDERPATCH",
+    "PATCH",
+    "POST",
+    "PRI",
+    "PROPFIND",
+    "PROPPATCH",
+    "PUT",
+    "QUERY",
+    "REBIND",
+    "REPORT",
+    "SEARCH",
+    "TRACE",
+    "UNBIND",
+    "UNCHECKOUT",
+    "UNLINK",
+    "UNLOCK",
+    "UPDATE",
+    "UPDATEREDIRECTREF",
+    "VERSION-CONTROL",
+];
+
+/// Rules of `route` that name a method outside the registry: any token is a valid method, so
+/// the config is accepted, but a misspelt `GETT` would silently never match.
+fn method_warnings(route: &RouteConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    for rule in route.rules.rules() {
+        let methods = rule.when.methods.iter().flatten();
+        for method in methods.filter(|m| !REGISTERED_METHODS.contains(&m.as_str())) {
+            out.push(format!(
+                "route {}: rule `{}` matches method {method}, which is not a registered HTTP \
+                 method: if it is a misspelling, the rule never fires",
+                route.name, rule.name
+            ));
+        }
+    }
+    out
 }
 
 /// Whether a path condition can hold for some path the route receives (`prefix` itself or

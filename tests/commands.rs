@@ -77,6 +77,12 @@ name = "teapot"
 routes = ["items"]
 when = { status = 418 }
 then = { status = 400 }
+
+[[rules]]
+name = "misspelt"
+routes = ["items"]
+when = { method = ["GETT", "PROPFIND"], status = 200 }
+then = { status = 404 }
 "#;
 
 #[test]
@@ -149,6 +155,19 @@ fn check_lists_rules_in_order_and_warns_about_shadowed_ones() {
     );
     assert_eq!(
         text.matches("outside the route's path_prefix").count(),
+        1,
+        "{text}"
+    );
+    // Any token is a method, so a misspelt one is accepted, and said.
+    assert!(
+        text.contains(
+            "warning: route items: rule `misspelt` matches method GETT, which is not a \
+             registered HTTP method: if it is a misspelling, the rule never fires"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("not a registered HTTP method").count(),
         1,
         "{text}"
     );
