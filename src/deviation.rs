@@ -6,9 +6,10 @@ mod line;
 
 use crate::config::SinkTarget;
 use crate::metrics::Metrics;
+use crate::wire::digits3;
 use http::Method;
 pub use line::rfc3339_ms;
-use line::{digits3, json_line, rfc3339_ms_digits, Stamps};
+use line::{json_line, rfc3339_ms_digits, Stamps};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};

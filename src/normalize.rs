@@ -353,10 +353,9 @@ const fn status_digits() -> [u8; 2700] {
     let mut out = [0u8; 2700];
     let mut code = 100;
     while code < 1000 {
+        let [hundreds, tens, ones] = crate::wire::digits3(code as u32);
         let at = (code - 100) * 3;
-        out[at] = b'0' + (code / 100) as u8;
-        out[at + 1] = b'0' + (code / 10 % 10) as u8;
-        out[at + 2] = b'0' + (code % 10) as u8;
+        (out[at], out[at + 1], out[at + 2]) = (hundreds, tens, ones);
         code += 1;
     }
     out

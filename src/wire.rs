@@ -312,6 +312,15 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &[u8]) -> bool {
     tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
+/// The three decimal digits of `n` (below 1,000), as in a status code.
+pub const fn digits3(n: u32) -> [u8; 3] {
+    [
+        b'0' + (n / 100 % 10) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]
+}
+
 /// Decimal digits of `n`, written into `out` without a format string.
 pub fn decimal(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
     let mut at = out.len();

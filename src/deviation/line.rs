@@ -1,7 +1,7 @@
 //! A record as one line of JSON, and the RFC 3339 timestamps in it.
 
 use super::Record;
-use crate::wire::decimal;
+use crate::wire::{decimal, digits3};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The RFC 3339 text of the second last written: the records of one second differ only in
@@ -28,15 +28,6 @@ impl Stamps {
         text[20..23].copy_from_slice(&digits3(ms));
         line.extend_from_slice(&text);
     }
-}
-
-/// The three decimal digits of `n` (below 1,000).
-pub(super) fn digits3(n: u32) -> [u8; 3] {
-    [
-        b'0' + (n / 100 % 10) as u8,
-        b'0' + (n / 10 % 10) as u8,
-        b'0' + (n % 10) as u8,
-    ]
 }
 
 /// The record as one line of JSON, the same text `serde_json` makes of it (a test holds the
