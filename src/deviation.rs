@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use crate::wire::digits3;
 use http::Method;
 pub use line::rfc3339_ms;
-use line::{json_line, rfc3339_ms_digits, Stamps};
+use line::{json_line, json_line_shaped, rfc3339_ms_digits, Stamps};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
@@ -213,28 +213,84 @@ enum Control {
 /// rarely share a lock; more threads than slots share slots, which is correct, only slower.
 const SLOTS: usize = 16;
 
-/// Most label sets tallied per batch in a slot; records past it are counted one by one.
+/// Most shapes tallied per batch in a slot; records past it are made whole and counted one
+/// by one.
 const MAX_TALLIES: usize = 32;
 
-/// Lines waiting for the writer, and their records counted by labels.
+/// Lines waiting for the writer, and their records counted by shape.
 #[derive(Default)]
 struct Batch {
     bytes: Vec<u8>,
     lines: usize,
-    tallies: Vec<(Labels, u64)>,
+    tallies: Vec<Tally>,
+}
+
+/// The records of one shape in a batch: what they are counted under, and the text their
+/// lines share (all but the time, request id, path and duration). A steady stream of
+/// deviations has a handful of shapes, so a line is mostly copied rather than made.
+struct Tally {
+    labels: Labels,
+    source: Source,
+    method: Method,
+    upstream: Box<str>,
+    body_inspected: bool,
+    /// The line's text from the route to the path, and from the upstream to the duration.
+    middle: Vec<u8>,
+    tail: Vec<u8>,
+    count: u64,
+}
+
+impl Tally {
+    fn of(record: &Record) -> Tally {
+        let (mut middle, mut tail) = (Vec::new(), Vec::new());
+        line::middle(&mut middle, record);
+        line::tail(&mut tail, record);
+        Tally {
+            labels: Labels::of(record),
+            source: record.source,
+            method: record.method.clone(),
+            upstream: Box::from(&*record.upstream),
+            body_inspected: record.body_inspected,
+            middle,
+            tail,
+            count: 0,
+        }
+    }
+
+    /// Whether `record`'s line shares this text.
+    fn matches(&self, record: &Record) -> bool {
+        self.labels.matches(record)
+            && self.source == record.source
+            && self.body_inspected == record.body_inspected
+            && self.method == record.method
+            && *self.upstream == *record.upstream
+    }
 }
 
 impl Batch {
-    /// Counts `record` under its labels; `false` if `MAX_TALLIES` other sets are held.
-    fn tally(&mut self, record: &Record) -> bool {
-        if let Some((_, count)) = self.tallies.iter_mut().find(|(l, _)| l.matches(record)) {
-            *count += 1;
-            return true;
-        }
-        if self.tallies.len() >= MAX_TALLIES {
-            return false;
-        }
-        self.tallies.push((Labels::of(record), 1));
+    /// Adds `record`'s line and counts it under its shape; `false` if it was not counted,
+    /// because `MAX_TALLIES` other shapes are held.
+    fn add(&mut self, record: &Record, stamps: &mut Stamps) -> bool {
+        self.lines += 1;
+        let at = match self.tallies.iter().position(|t| t.matches(record)) {
+            Some(at) => at,
+            None if self.tallies.len() < MAX_TALLIES => {
+                self.tallies.push(Tally::of(record));
+                self.tallies.len() - 1
+            }
+            None => {
+                json_line(&mut self.bytes, record, stamps);
+                return false;
+            }
+        };
+        let tally = &mut self.tallies[at];
+        tally.count += 1;
+        json_line_shaped(
+            &mut self.bytes,
+            record,
+            stamps,
+            (&tally.middle, &tally.tail),
+        );
         true
     }
 }
@@ -516,12 +572,10 @@ impl DeviationLog {
                 return;
             }
             let Lines { batch, stamps } = &mut *lines;
-            json_line(&mut batch.bytes, record, stamps);
-            batch.lines += 1;
-            batch.tally(record)
+            batch.add(record, stamps)
         };
         if !tallied {
-            account(&self.shared, &[(Labels::of(record), 1)]);
+            account(&self.shared, [(&Labels::of(record), 1)]);
         }
         self.queue.wake();
     }
@@ -626,7 +680,7 @@ fn write_loop(queue: &Queue, out: Box<dyn Write + Send>, shared: &Shared) {
 /// batch empty for the next round.
 fn finish(shared: &Shared, batches: &mut [Batch; SLOTS]) {
     for batch in batches.iter_mut() {
-        account(shared, &batch.tallies);
+        account(shared, batch.tallies.iter().map(|t| (&t.labels, t.count)));
         batch.tallies.clear();
     }
     let mut recent = lock(&shared.recent);
@@ -637,18 +691,18 @@ fn finish(shared: &Shared, batches: &mut [Batch; SLOTS]) {
 }
 
 /// Counts records in the metrics and the totals, once per label set.
-fn account(shared: &Shared, tallies: &[(Labels, u64)]) {
-    if tallies.is_empty() {
+fn account<'a>(shared: &Shared, tallies: impl IntoIterator<Item = (&'a Labels, u64)>) {
+    let mut tallies = tallies.into_iter().peekable();
+    if tallies.peek().is_none() {
         return;
     }
-    if let Some(metrics) = shared.metrics.get() {
-        for (labels, count) in tallies {
-            metrics.deviation(labels, *count);
-        }
-    }
+    let metrics = shared.metrics.get();
     let mut counts = lock(&shared.counts);
     for (labels, count) in tallies {
-        counts.add(labels, *count);
+        if let Some(metrics) = metrics {
+            metrics.deviation(labels, count);
+        }
+        counts.add(labels, count);
     }
 }
 
@@ -755,6 +809,35 @@ mod tests {
         assert_eq!(counts.by_rule["route0"]["r"], 4);
         assert_eq!(log.recent().len(), 42);
         assert_eq!(log.written(), 42);
+    }
+
+    #[test]
+    fn records_counted_together_keep_their_own_fields() {
+        let kept = Kept::default();
+        let log = DeviationLog::with_writer(Box::new(kept.clone())).expect("log");
+        // The same labels (route, rule, statuses): one count, but every field of every
+        // line is its record's own.
+        let first = record("app", 201);
+        let mut records = vec![first.clone(); 5];
+        records[1].method = Method::POST;
+        records[2].upstream = "other".into();
+        records[3].source = Source::Proxy;
+        records[4].body_inspected = true;
+        records.push(first);
+        for (at, record) in records.iter_mut().enumerate() {
+            record.request_id = format!("id-{at}").into();
+            record.path = format!("/item/{at}").into();
+            record.duration_ms = at as f64;
+            log.write(record);
+        }
+        assert!(log.flush(Duration::from_secs(10)));
+        let written = String::from_utf8(lock(&kept.0).clone()).expect("utf-8");
+        let want: String = records
+            .iter()
+            .map(|r| serde_json::to_string(r).expect("serializes") + "\n")
+            .collect();
+        assert_eq!(written, want);
+        assert_eq!(log.counts().by_status["app"]["200->201"], 6);
     }
 
     #[test]

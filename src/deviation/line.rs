@@ -34,10 +34,38 @@ impl Stamps {
 /// two together). Written by hand because serde's escaping goes byte by byte, and this runs
 /// once per record on the proxy's CPU.
 pub(super) fn json_line(line: &mut Vec<u8>, record: &Record, stamps: &mut Stamps) {
+    head(line, record, stamps);
+    middle(line, record);
+    json_str(line, &record.path);
+    tail(line, record);
+    end(line, record.duration_ms);
+}
+
+/// The same line, with the text its record shares with others of its shape (see
+/// [`middle`] and [`tail`]) written once and copied: most of a line is that text.
+pub(super) fn json_line_shaped(
+    line: &mut Vec<u8>,
+    record: &Record,
+    stamps: &mut Stamps,
+    shared: (&[u8], &[u8]),
+) {
+    head(line, record, stamps);
+    line.extend_from_slice(shared.0);
+    json_str(line, &record.path);
+    line.extend_from_slice(shared.1);
+    end(line, record.duration_ms);
+}
+
+/// `{"ts":…,"request_id":…`: what differs between any two records.
+fn head(line: &mut Vec<u8>, record: &Record, stamps: &mut Stamps) {
     line.extend_from_slice(b"{\"ts\":\"");
     stamps.write(line, record.ts.0);
     line.extend_from_slice(b"\",\"request_id\":");
     json_str(line, &record.request_id);
+}
+
+/// `,"route":…,"path":`, the same for records of one shape.
+pub(super) fn middle(line: &mut Vec<u8>, record: &Record) {
     line.extend_from_slice(b",\"route\":");
     json_str(line, &record.route);
     line.extend_from_slice(b",\"rule\":");
@@ -59,9 +87,11 @@ pub(super) fn json_line(line: &mut Vec<u8>, record: &Record, stamps: &mut Stamps
     // A method is a token (RFC 9110 §9.1), which holds nothing JSON escapes.
     line.extend_from_slice(b",\"method\":\"");
     line.extend_from_slice(record.method.as_str().as_bytes());
-    line.push(b'"');
-    line.extend_from_slice(b",\"path\":");
-    json_str(line, &record.path);
+    line.extend_from_slice(b"\",\"path\":");
+}
+
+/// `,"upstream":…,"duration_ms":`, the same for records of one shape.
+pub(super) fn tail(line: &mut Vec<u8>, record: &Record) {
     line.extend_from_slice(b",\"upstream\":");
     json_str(line, &record.upstream);
     line.extend_from_slice(b",\"upstream_status\":");
@@ -72,7 +102,10 @@ pub(super) fn json_line(line: &mut Vec<u8>, record: &Record, stamps: &mut Stamps
         true => b",\"body_inspected\":true,\"duration_ms\":",
         false => b",\"body_inspected\":false,\"duration_ms\":",
     });
-    duration_ms(line, record.duration_ms);
+}
+
+fn end(line: &mut Vec<u8>, duration: f64) {
+    duration_ms(line, duration);
     line.extend_from_slice(b"}\n");
 }
 
@@ -287,6 +320,15 @@ pub(super) mod tests {
             want.push(b'\n');
             assert_eq!(
                 String::from_utf8_lossy(&line),
+                String::from_utf8_lossy(&want)
+            );
+            let (mut shared_middle, mut shared_tail, mut shaped) = (vec![], vec![], vec![]);
+            middle(&mut shared_middle, &record);
+            tail(&mut shared_tail, &record);
+            let shared = (&shared_middle[..], &shared_tail[..]);
+            json_line_shaped(&mut shaped, &record, &mut stamps, shared);
+            assert_eq!(
+                String::from_utf8_lossy(&shaped),
                 String::from_utf8_lossy(&want)
             );
         }
