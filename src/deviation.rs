@@ -495,23 +495,29 @@ impl Recent {
         spare
     }
 
-    /// The latest records, oldest first: read back from their lines.
-    fn records(&self) -> Vec<Record<'static>> {
-        let lines = self
-            .batches
-            .iter()
-            .flat_map(|(bytes, _)| bytes.split(|b| *b == b'\n'))
-            .filter(|line| !line.is_empty());
-        let mut records: Vec<Record<'static>> = lines
-            .filter_map(|line| serde_json::from_slice(line).ok())
-            .collect();
-        // Batches of different threads interleave; the sort is stable, so a thread's records
-        // of one millisecond keep their order.
-        records.sort_by_key(|record| record.ts.0);
-        let skip = records.len().saturating_sub(RECENT_CAPACITY);
-        records.drain(..skip);
-        records
+    /// The lines of the latest records, copied: parsing them takes far longer than the copy,
+    /// and the writer waits on this lock.
+    fn lines(&self) -> Vec<u8> {
+        let mut lines = Vec::with_capacity(self.batches.iter().map(|(b, _)| b.len()).sum());
+        for (bytes, _) in &self.batches {
+            lines.extend_from_slice(bytes);
+        }
+        lines
     }
+}
+
+/// The latest records, oldest first: read back from their lines.
+fn records(lines: &[u8]) -> Vec<Record<'static>> {
+    let lines = lines.split(|b| *b == b'\n').filter(|line| !line.is_empty());
+    let mut records: Vec<Record<'static>> = lines
+        .filter_map(|line| serde_json::from_slice(line).ok())
+        .collect();
+    // Batches of different threads interleave; the sort is stable, so a thread's records of
+    // one millisecond keep their order.
+    records.sort_by_key(|record| record.ts.0);
+    let skip = records.len().saturating_sub(RECENT_CAPACITY);
+    records.drain(..skip);
+    records
 }
 
 /// The deviation log: lines made by the threads that handle requests, written out by a
@@ -557,7 +563,8 @@ impl DeviationLog {
 
     /// The latest records written, oldest first.
     pub fn recent(&self) -> Vec<Record<'static>> {
-        lock(&self.shared.recent).records()
+        let lines = lock(&self.shared.recent).lines();
+        records(&lines)
     }
 
     /// Makes the record's line for the writer; never blocks on IO. When the writer is that
