@@ -8,7 +8,6 @@ use crate::deviation::Action;
 use crate::rules::{is_documented, Action as RuleAction, BodyState, Facts, Rule, RuleSet, Step};
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRAILER, TRANSFER_ENCODING};
-use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use std::io::Read;
 use std::time::Duration;
@@ -52,101 +51,77 @@ pub enum InspectError {
 /// deviation, what to record.
 pub async fn normalize(
     request: &RequestFacts<'_>,
-    response: Response<ResponseBody>,
+    mut response: Response<ResponseBody>,
     settings: &Settings<'_>,
 ) -> Result<(Response<ResponseBody>, Option<Outcome>), InspectError> {
-    match normalize_head(request, response, settings) {
-        Ok(done) => Ok(done),
-        Err(needs) => normalize_body(request, needs, settings).await,
+    match normalize_head(request, &mut response, settings) {
+        Ok(outcome) => Ok((response, outcome)),
+        Err(resume) => normalize_body(request, response, resume, settings).await,
     }
 }
 
-/// A response whose rules need its body: what [`normalize_head`] leaves to [`normalize_body`].
-pub struct NeedsBody {
-    parts: Parts,
-    body: ResponseBody,
-    /// The candidate that asked for the body, where evaluation goes on.
-    resume: usize,
-}
-
-/// [`normalize`] as far as the response head allows, without waiting: most responses end
-/// here. `Err` hands back a response whose rules need its body.
+/// [`normalize`] as far as the response head allows, in place and without waiting: most
+/// responses end here, and a response is large enough that moving it in and out costs more
+/// than the rest of a head-only rule. `Err` is the candidate whose rule needs the body, for
+/// [`normalize_body`].
 pub fn normalize_head(
     request: &RequestFacts<'_>,
-    response: Response<ResponseBody>,
+    response: &mut Response<ResponseBody>,
     settings: &Settings<'_>,
-) -> Result<(Response<ResponseBody>, Option<Outcome>), Box<NeedsBody>> {
+) -> Result<Option<Outcome>, usize> {
     let upstream_status = response.status();
     let status = upstream_status.as_u16();
     if settings.rules.candidates(request.method, status).is_empty() {
-        return Ok((response, left(settings, upstream_status, false)));
+        return Ok(left(settings, upstream_status, false));
     }
-    let (parts, body) = response.into_parts();
-    let facts = facts(request, status, &parts.headers);
+    let facts = facts(request, status, response.headers());
     let matched = match settings.rules.evaluate(&facts, BodyState::Unread, 0, None) {
         Step::Matched(rule) => Some(rule),
         Step::NoMatch => None,
-        // Boxed: only responses whose rules need the body carry its state on.
-        Step::NeedBody { resume } => {
-            return Err(Box::new(NeedsBody {
-                parts,
-                body,
-                resume,
-            }))
-        }
+        Step::NeedBody { resume } => return Err(resume),
     };
-    Ok(apply(matched, parts, body, false, request, settings))
+    Ok(apply(matched, response, false, request, settings))
 }
 
 /// The rest of [`normalize`] for a response whose rules need its body: reads it (up to the
-/// inspect limit) and evaluates on from the candidate that asked.
+/// inspect limit) and evaluates on from candidate `resume`, the one that asked.
 pub async fn normalize_body(
     request: &RequestFacts<'_>,
-    needs: Box<NeedsBody>,
+    response: Response<ResponseBody>,
+    resume: usize,
     settings: &Settings<'_>,
 ) -> Result<(Response<ResponseBody>, Option<Outcome>), InspectError> {
-    let NeedsBody {
-        parts,
-        body,
-        resume,
-    } = *needs;
+    let (parts, body) = response.into_parts();
     let (body, copy) = inspect(body, request.method, &parts.headers, settings).await?;
+    let mut response = Response::from_parts(parts, body);
     let state = match &copy {
         Some(bytes) => BodyState::Inspected(bytes),
         None => BodyState::NotInspected,
     };
-    let facts = facts(request, parts.status.as_u16(), &parts.headers);
+    let facts = facts(request, response.status().as_u16(), response.headers());
     let matched = match settings.rules.evaluate(&facts, state, resume, None) {
         Step::Matched(rule) => Some(rule),
         _ => None,
     };
-    Ok(apply(
-        matched,
-        parts,
-        body,
-        copy.is_some(),
-        request,
-        settings,
-    ))
+    let outcome = apply(matched, &mut response, copy.is_some(), request, settings);
+    Ok((response, outcome))
 }
 
 /// What the rule that matched (if any) makes of the response, and what to record.
 fn apply(
     matched: Option<&Rule>,
-    mut parts: Parts,
-    body: ResponseBody,
+    response: &mut Response<ResponseBody>,
     inspected: bool,
     request: &RequestFacts<'_>,
     settings: &Settings<'_>,
-) -> (Response<ResponseBody>, Option<Outcome>) {
-    let upstream_status = parts.status;
+) -> Option<Outcome> {
+    let upstream_status = response.status();
     let Some(rule) = matched else {
-        let outcome = left(settings, upstream_status, inspected);
-        return (Response::from_parts(parts, body), outcome);
+        return left(settings, upstream_status, inspected);
     };
     if rule.then.status == upstream_status {
         // A rule that keeps the status is an allowed exception, not a deviation.
-        return (Response::from_parts(parts, body), None);
+        return None;
     }
     let outcome = Outcome {
         rule: Some(rule.name.clone()),
@@ -161,17 +136,11 @@ fn apply(
         },
         body_inspected: inspected,
     };
-    let body = match settings.mode {
-        Mode::Audit => body,
-        Mode::Enforce => rewrite(
-            rule,
-            &mut parts,
-            body,
-            request.method,
-            settings.original_status_header,
-        ),
-    };
-    (Response::from_parts(parts, body), Some(outcome))
+    if settings.mode == Mode::Enforce {
+        let header = settings.original_status_header;
+        rewrite(rule, response, request.method, header);
+    }
+    Some(outcome)
 }
 
 fn facts<'a>(request: &RequestFacts<'a>, status: u16, headers: &'a HeaderMap) -> Facts<'a> {
@@ -296,54 +265,55 @@ fn gunzip_bounded(bytes: &[u8], limit: usize) -> Option<Bytes> {
 /// Applies a rule's `then` to the response head and body.
 fn rewrite(
     rule: &Rule,
-    parts: &mut Parts,
-    body: ResponseBody,
+    response: &mut Response<ResponseBody>,
     method: &Method,
     original_status_header: Option<&HeaderName>,
-) -> ResponseBody {
+) {
     let action: &RuleAction = &rule.then;
-    let original = parts.status;
-    parts.status = action.status;
+    let original = response.status();
+    *response.status_mut() = action.status;
     // A reason phrase belongs to the old status (hyper would write it back out).
-    parts.extensions.remove::<hyper::ext::ReasonPhrase>();
+    response
+        .extensions_mut()
+        .remove::<hyper::ext::ReasonPhrase>();
+    let headers = response.headers_mut();
     if let Some(name) = original_status_header {
-        parts.headers.insert(name.clone(), status_value(original));
+        headers.insert(name.clone(), status_value(original));
     }
     for name in &action.remove_headers {
-        parts.headers.remove(name);
+        headers.remove(name);
     }
     for (name, value) in &action.set_headers {
-        parts.headers.insert(name.clone(), value.clone());
+        headers.insert(name.clone(), value.clone());
     }
     if !allows_body(action.status) {
         // RFC 9110 §8.6, §15.3.5, §15.4.5: no body and no Content-Length on a 204 or 304, even
         // when the rule gives a body.
-        parts.headers.remove(CONTENT_LENGTH);
-        parts.headers.remove(TRANSFER_ENCODING);
+        headers.remove(CONTENT_LENGTH);
+        headers.remove(TRANSFER_ENCODING);
         if action.body.is_some() {
-            parts.headers.remove(CONTENT_ENCODING);
+            headers.remove(CONTENT_ENCODING);
         }
-        return ResponseBody::Empty;
+        *response.body_mut() = ResponseBody::Empty;
+        return;
     }
     if let Some((bytes, content_type)) = &action.body {
         // The new body is sent whole, uncoded and without the upstream's trailers.
-        parts.headers.remove(CONTENT_ENCODING);
-        parts.headers.remove(TRANSFER_ENCODING);
-        parts.headers.remove(TRAILER);
-        parts
-            .headers
-            .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        headers.remove(CONTENT_ENCODING);
+        headers.remove(TRANSFER_ENCODING);
+        headers.remove(TRAILER);
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         if let Some(content_type) = content_type {
-            parts.headers.insert(CONTENT_TYPE, content_type.clone());
+            headers.insert(CONTENT_TYPE, content_type.clone());
         }
-        return ResponseBody::full(bytes.clone());
+        *response.body_mut() = ResponseBody::full(bytes.clone());
+        return;
     }
     if !allows_body(original) && *method != Method::HEAD {
         // The upstream's 204/304 had no body; the new status needs a framed empty one.
-        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
-        return ResponseBody::Empty;
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
+        *response.body_mut() = ResponseBody::Empty;
     }
-    body
 }
 
 /// The digits of every status code, 100 to 999 (RFC 9110 §15: three digits), made once.

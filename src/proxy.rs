@@ -9,7 +9,7 @@ use crate::deviation::{self, DeviationLog, Kind, Record};
 use crate::expect::{self, Held};
 use crate::headers::{self, RequestIds, X_REQUEST_ID};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::normalize::{self, InspectError, NeedsBody, Outcome, RequestFacts, Settings};
+use crate::normalize::{self, InspectError, Outcome, RequestFacts, Settings};
 use crate::respond::{close_connection, Culprit, ProxyError};
 use crate::route::{Route, RouteTable};
 use crate::server::ConnSettings;
@@ -125,7 +125,7 @@ pub fn handle(
             error: None,
         };
         // 1-6: route, checks, forward, and the upstream's answer (or the proxy's own).
-        let (response, source) = match forward(&proxy, conn, request, &mut exchange).await {
+        let (mut response, source) = match forward(&proxy, conn, request, &mut exchange).await {
             Ok(response) => (response, deviation::Source::Upstream),
             Err(err) => {
                 exchange.error = Some(err.message());
@@ -134,18 +134,15 @@ pub fn handle(
             }
         };
         // 7-8: normalize and record.
-        let mut response = match exchange.route {
-            Some(route) => match normalize_head(&proxy, route, response, source, &exchange) {
-                Ok(response) => response,
+        if let Some(route) = exchange.route {
+            if let Err(resume) = normalize_head(&proxy, route, &mut response, source, &exchange) {
                 // Boxed: only responses whose rules need the body pay for the reading state.
-                // (A helper returning `Either<Ready<_>, BoxFuture<_>>` for this match and the
-                // one in `normalize_body` cost 180 instructions more per request.)
-                Err(needs) => {
-                    Box::pin(normalize_body(&proxy, route, needs, source, &exchange)).await
-                }
-            },
-            None => response,
-        };
+                // (A helper returning `Either<Ready<_>, BoxFuture<_>>` for this and the same
+                // step in `normalize_body` cost 180 instructions more per request.)
+                let reading = normalize_body(&proxy, route, response, resume, source, &exchange);
+                response = Box::pin(reading).await;
+            }
+        }
         if let (Some(route), Some(kind)) = (exchange.route, exchange.protocol) {
             protocol_record(&proxy.deviations, &exchange, route, kind, response.status());
         }
@@ -415,43 +412,50 @@ fn facts_and_settings<'a>(
     (request, settings)
 }
 
-/// 7-8 for a response whose rules need no body, which is done without waiting (and without
-/// making the state of an `async fn` on every request). `Err`: the rules need the body.
+/// 7-8 for a response whose rules need no body, in place and without waiting (and without
+/// making the state of an `async fn` on every request). `Err`: the candidate whose rule needs
+/// the body.
 fn normalize_head(
     proxy: &Proxy,
     route: &Route,
-    response: Response<ResponseBody>,
+    response: &mut Response<ResponseBody>,
     source: deviation::Source,
     exchange: &Exchange<'_>,
-) -> Result<Response<ResponseBody>, Box<NeedsBody>> {
+) -> Result<(), usize> {
     let (request, settings) = facts_and_settings(proxy, route, exchange);
-    let (response, outcome) = normalize::normalize_head(&request, response, &settings)?;
-    Ok(recorded(proxy, route, source, exchange, response, outcome))
+    let outcome = normalize::normalize_head(&request, response, &settings)?;
+    recorded(proxy, route, source, exchange, outcome);
+    Ok(())
 }
 
-/// 7-8 for a response whose rules need its body.
+/// 7-8 for a response whose rules need its body, going on from candidate `resume`.
 async fn normalize_body(
     proxy: &Proxy,
     route: &Route,
-    needs: Box<NeedsBody>,
+    response: Response<ResponseBody>,
+    resume: usize,
     source: deviation::Source,
     exchange: &Exchange<'_>,
 ) -> Response<ResponseBody> {
     let (request, settings) = facts_and_settings(proxy, route, exchange);
-    let err = match normalize::normalize_body(&request, needs, &settings).await {
+    let err = match normalize::normalize_body(&request, response, resume, &settings).await {
         Ok((response, outcome)) => {
-            return recorded(proxy, route, source, exchange, response, outcome)
+            recorded(proxy, route, source, exchange, outcome);
+            return response;
         }
         Err(InspectError::Timeout) => ProxyError::UpstreamTimeout,
         Err(InspectError::Upstream(err)) => ProxyError::body_failed(err),
     };
     // The upstream failed while its body was being inspected; nothing was sent yet, so the
     // client gets an honest proxy error, itself normalized.
-    let response = error_response(&err, exchange, &proxy.metrics);
+    let mut response = error_response(&err, exchange, &proxy.metrics);
     let source = deviation::Source::Proxy;
-    match normalize_head(proxy, route, response, source, exchange) {
-        Ok(response) => response,
-        Err(needs) => Box::pin(normalize_body(proxy, route, needs, source, exchange)).await,
+    match normalize_head(proxy, route, &mut response, source, exchange) {
+        Ok(()) => response,
+        Err(resume) => {
+            let reading = normalize_body(proxy, route, response, resume, source, exchange);
+            Box::pin(reading).await
+        }
     }
 }
 
@@ -461,15 +465,13 @@ fn recorded(
     route: &Route,
     source: deviation::Source,
     exchange: &Exchange<'_>,
-    response: Response<ResponseBody>,
     outcome: Option<Outcome>,
-) -> Response<ResponseBody> {
+) {
     if let Some(outcome) = outcome {
         proxy
             .deviations
             .write(&record(exchange, route, source, &outcome));
     }
-    response
 }
 
 /// The record borrows the exchange's text: nothing is copied or allocated for it.
