@@ -61,9 +61,9 @@ pub async fn normalize(
 }
 
 /// [`normalize`] as far as the response head allows, in place and without waiting: most
-/// responses end here, and a response is large enough that moving it in and out costs more
-/// than the rest of a head-only rule. `Err` is the candidate whose rule needs the body, for
-/// [`normalize_body`].
+/// responses end here, and moving the response (about 200 bytes with its body) in and out of
+/// each step cost about 200 instructions per request. `Err` is the candidate whose rule needs
+/// the body, for [`normalize_body`].
 pub fn normalize_head(
     request: &RequestFacts<'_>,
     response: &mut Response<ResponseBody>,
