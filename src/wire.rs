@@ -380,7 +380,10 @@ pub fn room_for_body(length: u64) -> usize {
 /// Bytes waiting to be written: one buffer with a plain write, several with a vectored one.
 #[derive(Default)]
 pub struct Queue {
-    parts: VecDeque<Bytes>,
+    /// The first piece, outside `rest`: most queues only ever hold one piece at a time, and
+    /// then allocate nothing. `rest` is empty while this is `None`.
+    first: Option<Bytes>,
+    rest: VecDeque<Bytes>,
     len: usize,
 }
 
@@ -393,20 +396,15 @@ impl Queue {
             return;
         }
         self.len += bytes.len();
-        if bytes.len() <= COALESCE {
-            if let Some(last) = self.parts.pop_back() {
-                match last.try_into_mut() {
-                    Ok(mut last) if last.capacity() - last.len() >= bytes.len() => {
-                        last.extend_from_slice(&bytes);
-                        self.parts.push_back(last.freeze());
-                        return;
-                    }
-                    Ok(last) => self.parts.push_back(last.freeze()),
-                    Err(last) => self.parts.push_back(last),
-                }
+        let last = self.rest.back_mut().or(self.first.as_mut());
+        if let Some(last) = last {
+            if bytes.len() <= COALESCE && append_in_place(last, &bytes) {
+                return;
             }
+            self.rest.push_back(bytes);
+        } else {
+            self.first = Some(bytes);
         }
-        self.parts.push_back(bytes);
     }
 
     pub fn len(&self) -> usize {
@@ -418,7 +416,8 @@ impl Queue {
     }
 
     pub fn clear(&mut self) {
-        self.parts.clear();
+        self.first = None;
+        self.rest.clear();
         self.len = 0;
     }
 
@@ -429,16 +428,17 @@ impl Queue {
         io: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<usize>> {
-        let written = if self.parts.len() == 1 {
-            ready!(Pin::new(io).poll_write(cx, &self.parts[0]))?
-        } else {
-            let mut slices = [IoSlice::new(&[]); 8];
-            let mut count = 0;
-            for (slot, bytes) in slices.iter_mut().zip(self.parts.iter()) {
-                *slot = IoSlice::new(bytes);
-                count += 1;
+        let written = match &self.first {
+            Some(first) if self.rest.is_empty() => ready!(Pin::new(io).poll_write(cx, first))?,
+            first => {
+                let mut slices = [IoSlice::new(&[]); 8];
+                let mut count = 0;
+                for (slot, bytes) in slices.iter_mut().zip(first.iter().chain(&self.rest)) {
+                    *slot = IoSlice::new(bytes);
+                    count += 1;
+                }
+                ready!(Pin::new(io).poll_write_vectored(cx, &slices[..count]))?
             }
-            ready!(Pin::new(io).poll_write_vectored(cx, &slices[..count]))?
         };
         self.advance(written);
         Poll::Ready(Ok(written))
@@ -447,7 +447,7 @@ impl Queue {
     fn advance(&mut self, mut written: usize) {
         self.len -= written;
         while written > 0 {
-            let Some(front) = self.parts.front_mut() else {
+            let Some(front) = self.first.as_mut() else {
                 return;
             };
             if written < front.len() {
@@ -455,7 +455,26 @@ impl Queue {
                 return;
             }
             written -= front.len();
-            self.parts.pop_front();
+            self.first = self.rest.pop_front();
+        }
+    }
+}
+
+/// Copies `bytes` behind `last` when `last` is not shared and has the room.
+fn append_in_place(last: &mut Bytes, bytes: &[u8]) -> bool {
+    match std::mem::take(last).try_into_mut() {
+        Ok(mut owned) if owned.capacity() - owned.len() >= bytes.len() => {
+            owned.extend_from_slice(bytes);
+            *last = owned.freeze();
+            true
+        }
+        Ok(owned) => {
+            *last = owned.freeze();
+            false
+        }
+        Err(shared) => {
+            *last = shared;
+            false
         }
     }
 }
@@ -526,6 +545,23 @@ mod tests {
     struct Recorder {
         writes: Vec<Write>,
         bytes: Vec<u8>,
+        /// Takes at most this many bytes per write, when set (a full socket buffer).
+        limit: Option<usize>,
+    }
+
+    impl Recorder {
+        /// Takes what one write may of `bufs`, in order.
+        fn take(&mut self, bufs: &[&[u8]]) -> usize {
+            let mut room = self.limit.unwrap_or(usize::MAX);
+            let mut taken = 0;
+            for buf in bufs {
+                let part = buf.len().min(room);
+                self.bytes.extend_from_slice(&buf[..part]);
+                room -= part;
+                taken += part;
+            }
+            taken
+        }
     }
 
     impl AsyncWrite for Recorder {
@@ -535,8 +571,7 @@ mod tests {
             buf: &[u8],
         ) -> Poll<std::io::Result<usize>> {
             self.writes.push(Write::Plain);
-            self.bytes.extend_from_slice(buf);
-            Poll::Ready(Ok(buf.len()))
+            Poll::Ready(Ok(self.take(&[buf])))
         }
 
         fn poll_write_vectored(
@@ -545,12 +580,8 @@ mod tests {
             bufs: &[IoSlice<'_>],
         ) -> Poll<std::io::Result<usize>> {
             self.writes.push(Write::Vectored(bufs.len()));
-            let mut n = 0;
-            for buf in bufs {
-                self.bytes.extend_from_slice(buf);
-                n += buf.len();
-            }
-            Poll::Ready(Ok(n))
+            let bufs: Vec<&[u8]> = bufs.iter().map(|buf| &buf[..]).collect();
+            Poll::Ready(Ok(self.take(&bufs)))
         }
 
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -609,5 +640,38 @@ mod tests {
         assert_eq!(out.writes, [Write::Vectored(2)]);
         assert_eq!(out.bytes, b"headbody");
         assert_eq!(&other[..], b"head");
+    }
+
+    #[test]
+    fn partial_writes_take_pieces_off_in_order() {
+        let mut queue = Queue::default();
+        // Ten pieces without room behind them: more than one vectored write holds.
+        for piece in 0..10u8 {
+            queue.push(Bytes::from(vec![b'a' + piece; 5]));
+        }
+        assert_eq!(queue.len(), 50);
+        let mut out = Recorder {
+            limit: Some(7),
+            ..Recorder::default()
+        };
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        while !queue.is_empty() {
+            let before = queue.len();
+            assert!(queue.poll_write(&mut out, &mut cx).is_ready());
+            assert_eq!(queue.len(), before - 7.min(before));
+        }
+        let expected: Vec<u8> = (0..10u8).flat_map(|piece| [b'a' + piece; 5]).collect();
+        assert_eq!(out.bytes, expected);
+        assert_eq!(out.writes.len(), 8, "50 bytes, 7 at a time");
+        assert_eq!(
+            out.writes[0],
+            Write::Vectored(8),
+            "at most 8 slices per write"
+        );
+        assert_eq!(out.writes[7], Write::Plain, "the last piece alone");
+        // Empty again, the queue takes a new first piece.
+        queue.push(Bytes::from_static(b"next"));
+        assert_eq!(write_all(&mut queue).bytes, b"next");
     }
 }
