@@ -826,7 +826,20 @@ def table(summary, args, markdown=False):
     return "\n".join(lines)
 
 
-def targets(summary, args):
+def paired(runs, scenario, key="cpu_us_per_req"):
+    """Restatus's `scenario` over its scenario 1 of the same round, one ratio per round.
+
+    A round runs both within a minute, so a drift of the machine's speed between rounds
+    (large on a shared virtual machine) moves both; the median of these ratios is steadier
+    than the ratio of the two medians."""
+    by_round = {}
+    for r in runs:
+        if r["proxy"] == "restatus" and r["scenario"] in (scenario, "1") and r.get(key):
+            by_round.setdefault(r["round"], {})[r["scenario"]] = r[key]
+    return [v[scenario] / v["1"] for v in by_round.values() if len(v) == 2]
+
+
+def targets(summary, args, runs=()):
     """The issue's targets, met or not, from the medians."""
     out = []
 
@@ -851,6 +864,10 @@ def targets(summary, args):
                 gap = (a / b - 1) * 100
                 worse = -gap if key == "rps" else gap
                 out.append(f"{s}: restatus {label} {a:.4g} vs scenario 1 {b:.4g} ({gap:+.1f}%): {'met' if worse <= limit else 'NOT met'} (within {limit}%)")
+            ratios = paired(runs, s)
+            if len(ratios) > 1:
+                gaps = sorted((r - 1) * 100 for r in ratios)
+                out.append(f"{s}: CPU/req over scenario 1 round by round: median {median(gaps):+.1f}% (rounds {', '.join(f'{g:+.1f}' for g in gaps)})")
     if "2" in args.scenarios:
         a, b = get("2", "restatus", "cpu_us_per_req"), get("2r", "restatus", "cpu_us_per_req")
         if a is not None and b is not None:
@@ -938,7 +955,7 @@ def main():
     elapsed = time.time() - started
     text = table(summary, args)
     md = table(summary, args, markdown=True)
-    goals = targets(summary, args)
+    goals = targets(summary, args, bench.runs)
     direct = summary.get(("4d", "direct"), {}), summary.get(("4u", "direct"), {})
     other = [r.get("other_on_cpu0_pct") for r in bench.runs if r.get("other_on_cpu0_pct") is not None]
 
