@@ -26,10 +26,29 @@ static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authentic
 /// the encoding override the length, and a proxy must remove the length before forwarding,
 /// or the next hop could frame the body by it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Present {
+    strip(headers, None)
+}
+
+/// [`strip_hop_by_hop`] for an upstream's response, which also loses the fields restatus
+/// sets on responses itself: `X-Restatus-Source` and the configured original-status field
+/// (`original_status`). Clients and the service's owners read them as restatus's word (a
+/// proxy-made answer, a rewritten status), so an upstream's own copy would mislead them.
+pub fn strip_response(headers: &mut HeaderMap, original_status: Option<&HeaderName>) -> Present {
+    strip(
+        headers,
+        Some(original_status.map_or("", HeaderName::as_str)),
+    )
+}
+
+/// Both of the above: `own` is the original-status field's name (`""` for none) when
+/// restatus's own fields go too. Inlined into each, so that a request's pass (`None`) tests
+/// nothing more than it did before responses had their own.
+#[inline(always)]
+fn strip(headers: &mut HeaderMap, own: Option<&str>) -> Present {
     // One pass over the names finds which of these are there; only those are looked up again
     // (most messages carry none, or only `Connection: keep-alive`).
     let mut hops = [false; HOP_BY_HOP.len()];
-    let (mut connection, mut close) = (false, false);
+    let (mut connection, mut close, mut mine) = (false, false, false);
     let mut present = Present::default();
     for name in headers.keys() {
         match classify(name.as_str()) {
@@ -41,7 +60,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Present {
             Some(Kind::ForwardedProto) => present.forwarded_proto = true,
             Some(Kind::ForwardedHost) => present.forwarded_host = true,
             Some(Kind::RequestId) => present.request_id = true,
-            None => {}
+            Some(Kind::Source) => mine |= own.is_some(),
+            None => mine |= own.is_some_and(|own| own == name.as_str()),
+        }
+    }
+    if mine {
+        headers.remove(&X_RESTATUS_SOURCE);
+        if let Some(name) = own.filter(|name| !name.is_empty()) {
+            headers.remove(name);
         }
     }
     if hops[TRANSFER_ENCODING_AT] {
@@ -79,6 +105,8 @@ enum Kind {
     ForwardedProto,
     ForwardedHost,
     RequestId,
+    /// `X-Restatus-Source`.
+    Source,
 }
 
 /// Classifies a (lowercase) field name by its length first: most names are none of these,
@@ -96,6 +124,7 @@ fn classify(name: &str) -> Option<Kind> {
         16 if name == "x-forwarded-host" => return Some(Kind::ForwardedHost),
         16 => (Kind::HopByHop(1), "proxy-connection"),
         17 if name == "x-forwarded-proto" => return Some(Kind::ForwardedProto),
+        17 if name == "x-restatus-source" => return Some(Kind::Source),
         17 => (Kind::HopByHop(TRANSFER_ENCODING_AT), "transfer-encoding"),
         18 => (Kind::HopByHop(6), "proxy-authenticate"),
         19 => (Kind::HopByHop(5), "proxy-authorization"),
@@ -390,6 +419,7 @@ mod tests {
             Some(Kind::ForwardedHost)
         ));
         assert!(matches!(classify("x-request-id"), Some(Kind::RequestId)));
+        assert!(matches!(classify("x-restatus-source"), Some(Kind::Source)));
         for other in [
             "host",
             "ten",
@@ -487,6 +517,26 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn restatus_fields_of_an_upstream_are_stripped() {
+        let renamed = HeaderName::from_static("x-legacy-status");
+        let mut headers = map(&[
+            ("x-restatus-source", "proxy"),
+            ("x-legacy-status", "500"),
+            ("x-restatus-original-status", "404"),
+            ("content-type", "text/plain"),
+        ]);
+        strip_response(&mut headers, Some(&renamed));
+        let mut names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "x-restatus-original-status"]);
+        strip_response(&mut headers, None);
+        assert_eq!(headers.len(), 2, "nothing of restatus's left to remove");
+        let mut request = map(&[("x-restatus-source", "proxy"), ("x-legacy-status", "1")]);
+        strip_hop_by_hop(&mut request);
+        assert_eq!(request.len(), 2, "a request keeps them");
     }
 
     #[test]

@@ -221,7 +221,8 @@ fn forward<'a, 'e>(
         let body = ResponseBody::upstream(body)
             .await
             .map_err(ProxyError::body_failed)?;
-        Ok(client_response(parts, body, &exchange.request_id))
+        let own = proxy.original_status_header.as_ref();
+        Ok(client_response(parts, body, &exchange.request_id, own))
     }
 }
 
@@ -340,8 +341,9 @@ fn client_response(
     mut parts: http::response::Parts,
     body: ResponseBody,
     request_id: &HeaderValue,
+    original_status: Option<&HeaderName>,
 ) -> Response<ResponseBody> {
-    let present = headers::strip_hop_by_hop(&mut parts.headers);
+    let present = headers::strip_response(&mut parts.headers, original_status);
     headers::append_via(&mut parts.headers, parts.version, present.via);
     // The client leg speaks its own version; hyper would echo an HTTP/1.0 upstream's.
     parts.version = Version::HTTP_11;

@@ -986,6 +986,54 @@ async fn original_status_header_can_be_renamed_or_disabled() {
     }
 }
 
+#[tokio::test]
+async fn an_upstreams_copies_of_restatus_fields_do_not_reach_the_client() {
+    // The fields mean "restatus made this answer" and "restatus rewrote this status"; an
+    // upstream's own copies would tell the client and the log reader something untrue.
+    let upstream = canned_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-restatus-source: proxy\r\n\
+          x-restatus-original-status: 500\r\nx-legacy-status: 418\r\nx-kept: 1\r\n\
+          connection: close\r\n\r\nok",
+    )
+    .await;
+    let rules = r#"
+[[rules]]
+name = "rewrite"
+when = { path = "/rewrite", status = 200 }
+then = { status = 201 }
+"#;
+    let proxy = spawn_proxy(&config_text(upstream, r#"profile = "none""#, rules)).await;
+    let (status_line, headers, body) = raw_exchange(proxy.addr, "GET", "/keep").await;
+    assert_eq!(status_line, "HTTP/1.1 200 OK");
+    assert_eq!(body, "ok");
+    let own: Vec<&String> = headers
+        .iter()
+        .filter(|h| h.starts_with("x-restatus"))
+        .collect();
+    assert!(own.is_empty(), "left alone, yet marked: {own:?}");
+    assert!(headers.contains(&"x-kept: 1".to_string()), "{headers:?}");
+    let (status_line, headers, _) = raw_exchange(proxy.addr, "GET", "/rewrite").await;
+    assert_eq!(status_line, "HTTP/1.1 201 Created");
+    let own: Vec<&String> = headers
+        .iter()
+        .filter(|h| h.starts_with("x-restatus"))
+        .collect();
+    assert_eq!(own, ["x-restatus-original-status: 200"], "{headers:?}");
+    proxy.stop().await;
+
+    // Renamed, the configured field is restatus's and the default name is the upstream's.
+    let rest = format!("{rules}\n[deviations]\noriginal_status_header = \"x-legacy-status\"\n");
+    let proxy = spawn_proxy(&config_text(upstream, r#"profile = "none""#, &rest)).await;
+    let (_, headers, _) = raw_exchange(proxy.addr, "GET", "/keep").await;
+    assert!(
+        !headers.iter().any(|h| h.starts_with("x-legacy-status")),
+        "{headers:?}"
+    );
+    assert!(headers.contains(&"x-restatus-original-status: 500".to_string()));
+    assert!(!headers.iter().any(|h| h.starts_with("x-restatus-source")));
+    proxy.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bodies: limits, gzip, HEAD, 204/304
 
