@@ -925,18 +925,21 @@ then = { status = 404, body = { error = "not found" } }
     proxy.stop().await;
 }
 
+/// Rewrites a 200 on `/rewrite` to 201 and leaves every other path alone.
+const REWRITE_RULE: &str = r#"
+[[rules]]
+name = "rewrite"
+when = { path = "/rewrite", status = 200 }
+then = { status = 201 }
+"#;
+
 #[tokio::test]
 async fn a_rewrite_drops_the_reason_phrase() {
     let upstream = canned_upstream(
         b"HTTP/1.1 200 Fine By Me\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
     )
     .await;
-    let rules = r#"
-[[rules]]
-name = "rewrite"
-when = { path = "/rewrite", status = 200 }
-then = { status = 201 }
-"#;
+    let rules = REWRITE_RULE;
     let proxy = spawn_proxy(&config_text(upstream, r#"profile = "none""#, rules)).await;
     let (status_line, _, body) = raw_exchange(proxy.addr, "GET", "/keep").await;
     assert_eq!(
@@ -996,12 +999,7 @@ async fn an_upstreams_copies_of_restatus_fields_do_not_reach_the_client() {
           connection: close\r\n\r\nok",
     )
     .await;
-    let rules = r#"
-[[rules]]
-name = "rewrite"
-when = { path = "/rewrite", status = 200 }
-then = { status = 201 }
-"#;
+    let rules = REWRITE_RULE;
     let proxy = spawn_proxy(&config_text(upstream, r#"profile = "none""#, rules)).await;
     let (status_line, headers, body) = raw_exchange(proxy.addr, "GET", "/keep").await;
     assert_eq!(status_line, "HTTP/1.1 200 OK");
