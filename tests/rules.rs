@@ -939,8 +939,7 @@ async fn a_rewrite_drops_the_reason_phrase() {
         b"HTTP/1.1 200 Fine By Me\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
     )
     .await;
-    let rules = REWRITE_RULE;
-    let proxy = spawn_proxy(&config_text(upstream, r#"profile = "none""#, rules)).await;
+    let proxy = spawn_proxy(&config_text(upstream, r#"profile = "none""#, REWRITE_RULE)).await;
     let (status_line, _, body) = raw_exchange(proxy.addr, "GET", "/keep").await;
     assert_eq!(
         status_line, "HTTP/1.1 200 Fine By Me",
@@ -999,28 +998,26 @@ async fn an_upstreams_copies_of_restatus_fields_do_not_reach_the_client() {
           connection: close\r\n\r\nok",
     )
     .await;
-    let rules = REWRITE_RULE;
-    let proxy = spawn_proxy(&config_text(upstream, r#"profile = "none""#, rules)).await;
+    let proxy = spawn_proxy(&config_text(upstream, r#"profile = "none""#, REWRITE_RULE)).await;
     let (status_line, headers, body) = raw_exchange(proxy.addr, "GET", "/keep").await;
     assert_eq!(status_line, "HTTP/1.1 200 OK");
     assert_eq!(body, "ok");
-    let own: Vec<&String> = headers
-        .iter()
-        .filter(|h| h.starts_with("x-restatus"))
-        .collect();
+    let restatus_fields = |headers: &[String]| -> Vec<String> {
+        let own = headers.iter().filter(|h| h.starts_with("x-restatus"));
+        own.cloned().collect()
+    };
+    let own = restatus_fields(&headers);
     assert!(own.is_empty(), "left alone, yet marked: {own:?}");
     assert!(headers.contains(&"x-kept: 1".to_string()), "{headers:?}");
     let (status_line, headers, _) = raw_exchange(proxy.addr, "GET", "/rewrite").await;
     assert_eq!(status_line, "HTTP/1.1 201 Created");
-    let own: Vec<&String> = headers
-        .iter()
-        .filter(|h| h.starts_with("x-restatus"))
-        .collect();
+    let own = restatus_fields(&headers);
     assert_eq!(own, ["x-restatus-original-status: 200"], "{headers:?}");
     proxy.stop().await;
 
     // Renamed, the configured field is restatus's and the default name is the upstream's.
-    let rest = format!("{rules}\n[deviations]\noriginal_status_header = \"x-legacy-status\"\n");
+    let rest =
+        format!("{REWRITE_RULE}\n[deviations]\noriginal_status_header = \"x-legacy-status\"\n");
     let proxy = spawn_proxy(&config_text(upstream, r#"profile = "none""#, &rest)).await;
     let (_, headers, _) = raw_exchange(proxy.addr, "GET", "/keep").await;
     assert!(
