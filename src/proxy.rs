@@ -281,12 +281,16 @@ fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
     }
 }
 
-fn check_declared_length<B>(request: &Request<B>, limit: u64) -> Result<(), ProxyError> {
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+fn check_declared_length(request: &Request<ClientBody>, limit: u64) -> Result<(), ProxyError> {
+    let declared = match request.body() {
+        // The length the head's framing gave (RFC 9112 §6.3), read once already.
+        ClientBody::Http1(body) => http_body::Body::size_hint(body).exact(),
+        _ => request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok()),
+    };
     match declared {
         Some(length) if length > limit => Err(ProxyError::BodyTooLarge { limit }),
         _ => Ok(()),
@@ -485,7 +489,11 @@ fn record<'a>(
 ) -> Record<'a> {
     Record {
         ts: deviation::Timestamp::now(),
-        request_id: Cow::Borrowed(exchange.request_id.to_str().unwrap_or("")),
+        // Ids are printable ASCII (made here, or a client's checked by `is_usable_id`), so
+        // the UTF-8 check passes; it reads words where `to_str` tests byte by byte.
+        request_id: Cow::Borrowed(
+            std::str::from_utf8(exchange.request_id.as_bytes()).unwrap_or(""),
+        ),
         route: Cow::Borrowed(&route.name),
         rule: outcome.rule.as_deref().map(Cow::Borrowed),
         action: outcome.action,

@@ -263,6 +263,54 @@ fn plain_digits(bytes: &[u8]) -> Option<u64> {
     })
 }
 
+/// A field name as the `http` crate makes it, with the names most heads carry matched
+/// first. `from_bytes` copies every name through a lowercasing table and then looks it up
+/// among all the standard names; here a name of a common length is compared with at most two
+/// candidates, eight bytes at a time. `name` is a token (httparse checked it).
+pub fn field_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    use http::header::{ACCEPT, CONTENT_TYPE, DATE, SERVER, USER_AGENT};
+    let known = match name.len() {
+        4 if folds_to(name, b"host") => Some(HOST),
+        4 if folds_to(name, b"date") => Some(DATE),
+        6 if folds_to(name, b"accept") => Some(ACCEPT),
+        6 if folds_to(name, b"server") => Some(SERVER),
+        10 if folds_to(name, b"connection") => Some(CONNECTION),
+        10 if folds_to(name, b"user-agent") => Some(USER_AGENT),
+        12 if folds_to(name, b"content-type") => Some(CONTENT_TYPE),
+        14 if folds_to(name, b"content-length") => Some(CONTENT_LENGTH),
+        _ => None,
+    };
+    match known {
+        Some(known) => Ok(known),
+        None => HeaderName::from_bytes(name),
+    }
+}
+
+/// Whether the token `name` is `want` (lowercase letters and `-`, of the same length) in
+/// any case. Setting bit 5 lowercases a letter and leaves `-` as it is; of the other token
+/// characters none becomes a lowercase letter or `-` by it.
+fn folds_to(name: &[u8], want: &[u8]) -> bool {
+    const LOWER: u64 = u64::from_ne_bytes([0x20; 8]);
+    let len = name.len();
+    if len < 8 {
+        return name.iter().zip(want).all(|(a, b)| (a | 0x20) == *b);
+    }
+    let word = |text: &[u8], at: usize| {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&text[at..at + 8]);
+        u64::from_ne_bytes(bytes)
+    };
+    let mut at = 0;
+    while at + 8 < len {
+        if (word(name, at) | LOWER) != word(want, at) {
+            return false;
+        }
+        at += 8;
+    }
+    // The last eight bytes, overlapping the words already compared.
+    (word(name, len - 8) | LOWER) == word(want, len - 8)
+}
+
 /// Which framing and connection fields a head holds, noted while its fields are read, so
 /// that the checks after it look up only the fields that are there.
 #[derive(Clone, Copy, Debug, Default)]
@@ -272,10 +320,13 @@ pub struct Noted {
     pub transfer_encoding: bool,
     pub content_length: bool,
     pub expect: bool,
+    /// `Content-Length` fields seen, and the last one's value if it is plain digits.
+    lengths: usize,
+    length: Option<u64>,
 }
 
 impl Noted {
-    pub fn note(&mut self, name: &HeaderName) {
+    pub fn note(&mut self, name: &HeaderName, value: &[u8]) {
         if name == HOST {
             self.hosts += 1;
         } else if name == CONNECTION {
@@ -284,9 +335,18 @@ impl Noted {
             self.transfer_encoding = true;
         } else if name == CONTENT_LENGTH {
             self.content_length = true;
+            self.lengths += 1;
+            self.length = plain_digits(value);
         } else if name == EXPECT {
             self.expect = true;
         }
+    }
+
+    /// The length of a head with one `Content-Length` of plain digits, the usual case, read
+    /// as the field went past; `None` sends the caller to [`content_length`], which also
+    /// judges repeated, listed and malformed values.
+    pub fn single_length(&self) -> Option<u64> {
+        self.length.filter(|_| self.lengths == 1)
     }
 }
 
@@ -482,6 +542,46 @@ fn append_in_place(last: &mut Bytes, bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The token characters of RFC 9110 §5.6.2.
+    const TCHAR: &[u8] =
+        b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+    #[test]
+    fn field_names_are_what_the_http_crate_makes_of_them() {
+        let names = [
+            "host",
+            "date",
+            "accept",
+            "server",
+            "connection",
+            "user-agent",
+            "content-type",
+            "content-length",
+            "Content-Length",
+            "HOST",
+            "User-Agent",
+            "x-request-id",
+            "expect",
+        ];
+        for name in names {
+            // The name itself, and every name one token character away from it.
+            let mut variants = vec![name.as_bytes().to_vec()];
+            for at in 0..name.len() {
+                for &c in TCHAR {
+                    let mut bytes = name.as_bytes().to_vec();
+                    bytes[at] = c;
+                    variants.push(bytes);
+                }
+            }
+            for bytes in variants {
+                let want = HeaderName::from_bytes(&bytes).expect("a token");
+                let got = field_name(&bytes).expect("a token");
+                assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&bytes));
+            }
+        }
+        assert!(field_name(b"").is_err());
+    }
 
     #[test]
     fn chunk_size_lines() {

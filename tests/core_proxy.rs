@@ -682,6 +682,37 @@ async fn obsolete_header_folding_is_tolerated() {
     proxy.stop().await;
 }
 
+#[tokio::test]
+async fn a_response_field_with_a_control_byte_is_dropped_and_the_rest_relayed() {
+    // A bare-LF fold is unfolded; a field holding a DEL is left out, as hyper's client does
+    // with `ignore_invalid_headers`.
+    let upstream = canned_upstream(
+        b"HTTP/1.1 200 OK\r\nX-Lf: one\n two\r\nX-Del: a\x7fb\r\nX-Kept: yes\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    )
+    .await;
+    let proxy = spawn_proxy(&simple_config(upstream, NO_PROFILE)).await;
+    let reply = get(&proxy.url("/")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "ok");
+    assert_eq!(reply.header("x-lf"), Some("one  two"));
+    assert_eq!(reply.header("x-del"), None);
+    assert_eq!(reply.header("x-kept"), Some("yes"));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_response_field_with_a_nul_is_a_bad_gateway() {
+    // A NUL is never skipped over (httparse, like hyper, refuses the head): the client gets
+    // an honest 502, not a response with the field's line half read.
+    let upstream = canned_upstream(
+        b"HTTP/1.1 200 OK\r\nX-Nul: a\x00b\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    )
+    .await;
+    let proxy = spawn_proxy(&simple_config(upstream, NO_PROFILE)).await;
+    assert_eq!(get(&proxy.url("/")).await.status, 502);
+    proxy.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Routing
 

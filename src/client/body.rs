@@ -34,7 +34,11 @@ impl Framing {
         if !head.noted.content_length {
             return Ok(Framing::Close);
         }
-        match content_length(headers, true).map_err(SendError::Invalid)? {
+        let length = match head.noted.single_length() {
+            Some(length) => Some(length),
+            None => content_length(headers, true).map_err(SendError::Invalid)?,
+        };
+        match length {
             Some(0) => Ok(Framing::Empty),
             Some(length) => Ok(Framing::Length(length)),
             None => Ok(Framing::Close),

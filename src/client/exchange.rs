@@ -10,7 +10,7 @@ use crate::expect::Interim;
 use crate::headers::Added;
 use crate::wire::Framing;
 use crate::wire::{
-    chunk_size, decimal, encode_trailers, field, has_token, room_for_body, Noted, Queue,
+    chunk_size, decimal, encode_trailers, field, field_name, has_token, room_for_body, Noted, Queue,
 };
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST};
@@ -184,7 +184,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
     // small and be reallocated on most responses.
     let mut fields: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(parsed.headers.len());
     for field in parsed.headers.iter() {
-        if let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) {
+        if let Ok(name) = field_name(field.name.as_bytes()) {
             let start = field.value.as_ptr() as usize - base;
             fields.push((name, start, start + field.value.len()));
         }
@@ -198,7 +198,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
     let mut noted = Noted::default();
     for (name, start, end) in fields {
         if let Some(value) = header_value(&head, start, end) {
-            noted.note(&name);
+            noted.note(&name, value.as_bytes());
             headers.append(name, value);
         }
     }
@@ -234,7 +234,8 @@ fn status_of(code: u16) -> Result<StatusCode, SendError> {
 /// A field value sharing the head's bytes; an obs-folded value is unfolded into spaces.
 fn header_value(head: &Bytes, start: usize, end: usize) -> Option<HeaderValue> {
     let raw = &head[start..end];
-    if raw.iter().any(|b| *b == b'\r' || *b == b'\n') {
+    // A fold is CR LF then SP or HTAB; httparse allows no CR without its LF in a value.
+    if memchr::memchr(b'\n', raw).is_some() {
         let unfolded: Vec<u8> = raw
             .iter()
             .map(|b| if *b == b'\r' || *b == b'\n' { b' ' } else { *b })

@@ -2,10 +2,10 @@
 //! body is framed and whether the connection stays open. Anything ambiguous is refused.
 
 use crate::admit::{has_expect_continue, MAX_HEADER_FIELDS};
-use crate::wire::{content_length, has_token, tokens, Chunk, Framing, Noted};
+use crate::wire::{content_length, field_name, has_token, tokens, Chunk, Framing, Noted};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
 
 /// Fields parsed per head; the proxy itself refuses more than [`MAX_HEADER_FIELDS`] with a
@@ -80,9 +80,9 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadEr
     let mut fields = Vec::with_capacity(parsed.headers.len());
     let mut noted = Noted::default();
     for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
+        let name = field_name(field.name.as_bytes())
             .map_err(|_| HeadError::Malformed("invalid field name"))?;
-        noted.note(&name);
+        noted.note(&name, field.value);
         fields.push((name, span(field.value)));
     }
     let head = buf.split_to(len).freeze();
@@ -136,7 +136,11 @@ fn frame(
         }
         Framing::Chunked(Chunk::Size)
     } else if noted.content_length {
-        match content_length(&headers, false).map_err(HeadError::Malformed)? {
+        let length = match noted.single_length() {
+            Some(length) => Some(length),
+            None => content_length(&headers, false).map_err(HeadError::Malformed)?,
+        };
+        match length {
             None | Some(0) => Framing::Empty,
             Some(length) => Framing::Length(length),
         }
@@ -237,6 +241,11 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n",
+            // Control characters in a value (RFC 9110 §5.5).
+            "GET / HTTP/1.1\r\nHost: x\r\nX: a\x7fb\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX: a\x0bb\r\n\r\n",
         ] {
             assert_eq!(
                 head(text).err().map(|e| e.status()),
