@@ -356,6 +356,26 @@ impl ForwardBody {
         ForwardBody { hold: None, source }
     }
 
+    /// The whole body when it is already in memory, `length` bytes long and not held back,
+    /// taken at once so that it is written with the head instead of polled for; `None`
+    /// leaves the body as it was.
+    pub fn take_whole(&mut self, length: u64) -> Option<Bytes> {
+        if self.hold.is_some() || self.source.hint().exact() != Some(length) {
+            return None;
+        }
+        match &mut self.source {
+            Source::Full(data) => data.take(),
+            // Within the limit (the declared length was checked against it), as streaming
+            // it would have counted.
+            Source::Client {
+                body: ClientBody::Http1(body),
+                limit,
+                ..
+            } if length <= *limit => body.take_whole(),
+            _ => None,
+        }
+    }
+
     pub fn empty() -> Self {
         ForwardBody::new(Source::Empty)
     }

@@ -279,7 +279,7 @@ pub struct Writer {
 pub struct LengthMismatch;
 
 impl Writer {
-    fn new(request: &Outgoing<'_>, body: ForwardBody) -> Self {
+    fn new(request: &Outgoing<'_>, mut body: ForwardBody) -> Self {
         let hint = body.size_hint();
         let (framing, field) = if body.is_end_stream() {
             // RFC 9110 §8.6: a request whose method defines no meaning for a body (GET,
@@ -293,9 +293,18 @@ impl Writer {
                 None => (RequestFraming::Chunked, Some(None)),
             }
         };
+        // A small body already in memory goes into the head's buffer: one write, and no
+        // frame polled for it.
+        let whole = match framing {
+            RequestFraming::Length(n) if n > 0 && room_for_body(n) > 0 => body.take_whole(n),
+            _ => None,
+        };
         let mut queue = Queue::default();
-        queue.push(encode_head(request, field));
-        let body = (!body.is_end_stream()).then_some(body);
+        queue.push(encode_head(request, field, whole.as_deref()));
+        let (framing, body) = match whole {
+            Some(_) => (RequestFraming::Length(0), None),
+            None => (framing, (!body.is_end_stream()).then_some(body)),
+        };
         Writer {
             queue,
             body,
@@ -424,13 +433,14 @@ impl Writer {
 
 /// The request line and header section. `length`: `None` sends no framing field,
 /// `Some(Some(n))` a Content-Length, `Some(None)` chunked Transfer-Encoding. The client's own
-/// Content-Length is replaced by the one the body really has.
-fn encode_head(request: &Outgoing<'_>, length: Option<Option<u64>>) -> Bytes {
-    let body = match length {
+/// Content-Length is replaced by the one the body really has. `body`, a small whole body,
+/// is written behind the head.
+fn encode_head(request: &Outgoing<'_>, length: Option<Option<u64>>, body: Option<&[u8]>) -> Bytes {
+    let room = match length {
         Some(Some(length)) => room_for_body(length),
         _ => 0,
     };
-    let mut out = BytesMut::with_capacity(512 + body);
+    let mut out = BytesMut::with_capacity(512 + room);
     out.extend_from_slice(request.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     out.extend_from_slice(request.path.as_str().as_bytes());
@@ -454,5 +464,8 @@ fn encode_head(request: &Outgoing<'_>, length: Option<Option<u64>>) -> Bytes {
         None => {}
     }
     out.extend_from_slice(b"\r\n");
+    if let Some(body) = body {
+        out.extend_from_slice(body);
+    }
     out.freeze()
 }

@@ -34,6 +34,14 @@ impl RequestBody {
             inner: Inner::Whole((!data.is_empty()).then_some(data)),
         }
     }
+
+    /// The whole body, if it came with the head; it is then taken and the body is at its end.
+    pub fn take_whole(&mut self) -> Option<Bytes> {
+        match &mut self.inner {
+            Inner::Whole(data) => data.take(),
+            Inner::Channel(_) => None,
+        }
+    }
 }
 
 /// The connection's side: reads the body off the wire while the handler wants it.
