@@ -414,3 +414,42 @@ impl Body for ForwardBody {
         self.source.hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expect::{Hold, Interim};
+    use crate::http1::RequestBody;
+
+    fn client(data: &'static [u8], limit: u64) -> ForwardBody {
+        ForwardBody::new(Source::Client {
+            body: ClientBody::Http1(RequestBody::whole(Bytes::from_static(data))),
+            seen: 0,
+            limit,
+            idle: IdleTimer::new(Duration::from_secs(1)),
+        })
+    }
+
+    #[test]
+    fn a_whole_body_is_taken_only_as_it_would_have_streamed() {
+        let mut full = ForwardBody::new(Source::Full(Some(Bytes::from_static(b"hello"))));
+        assert_eq!(full.take_whole(4), None, "not the length the head says");
+        assert_eq!(full.take_whole(5).as_deref(), Some(&b"hello"[..]));
+        assert!(full.is_end_stream());
+
+        let mut within = client(b"{\"a\":1}", 7);
+        assert_eq!(within.take_whole(7).as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert!(within.is_end_stream());
+
+        // Past the limit it streams, and the stream refuses it.
+        let mut over = client(b"{\"a\":1}", 6);
+        assert_eq!(over.take_whole(7), None);
+        assert!(!over.is_end_stream());
+
+        // Held for 100-continue: it waits for the upstream.
+        let hold = Hold::new(Interim::new(true), Duration::from_secs(1));
+        let mut held = client(b"{}", 10).held(Some(hold));
+        assert_eq!(held.take_whole(2), None);
+        assert!(!held.is_end_stream());
+    }
+}
