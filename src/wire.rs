@@ -318,7 +318,6 @@ pub struct Noted {
     pub hosts: usize,
     pub connection: bool,
     pub transfer_encoding: bool,
-    pub content_length: bool,
     pub expect: bool,
     /// `Content-Length` fields seen, and the last one's value if it is plain digits.
     lengths: usize,
@@ -334,7 +333,6 @@ impl Noted {
         } else if name == TRANSFER_ENCODING {
             self.transfer_encoding = true;
         } else if name == CONTENT_LENGTH {
-            self.content_length = true;
             self.lengths += 1;
             self.length = plain_digits(value);
         } else if name == EXPECT {
@@ -342,11 +340,18 @@ impl Noted {
         }
     }
 
-    /// The length of a head with one `Content-Length` of plain digits, the usual case, read
-    /// as the field went past; `None` sends the caller to [`content_length`], which also
-    /// judges repeated, listed and malformed values.
-    pub fn single_length(&self) -> Option<u64> {
-        self.length.filter(|_| self.lengths == 1)
+    pub fn content_length(&self) -> bool {
+        self.lengths > 0
+    }
+
+    /// The head's `Content-Length` as [`content_length`] reads it. One field of plain digits,
+    /// the usual case, was read as it went past; anything else (repeated, listed, malformed)
+    /// is judged by `content_length` from `headers`.
+    pub fn length(&self, headers: &HeaderMap, lists: bool) -> Result<Option<u64>, &'static str> {
+        match self.length {
+            Some(length) if self.lengths == 1 => Ok(Some(length)),
+            _ => content_length(headers, lists),
+        }
     }
 }
 

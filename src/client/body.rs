@@ -3,7 +3,7 @@
 
 use super::exchange::{Head, SendError, Writer};
 use super::{Conn, Pool};
-use crate::wire::{self, content_length, BodyError, Chunk, Framing};
+use crate::wire::{self, BodyError, Chunk, Framing};
 use bytes::Bytes;
 use http::header::TRANSFER_ENCODING;
 use http::StatusCode;
@@ -31,14 +31,14 @@ impl Framing {
                 Framing::Close
             });
         }
-        if !head.noted.content_length {
+        if !head.noted.content_length() {
             return Ok(Framing::Close);
         }
-        let length = match head.noted.single_length() {
-            Some(length) => Some(length),
-            None => content_length(headers, true).map_err(SendError::Invalid)?,
-        };
-        match length {
+        match head
+            .noted
+            .length(headers, true)
+            .map_err(SendError::Invalid)?
+        {
             Some(0) => Ok(Framing::Empty),
             Some(length) => Ok(Framing::Length(length)),
             None => Ok(Framing::Close),

@@ -202,7 +202,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
             headers.append(name, value);
         }
     }
-    if noted.transfer_encoding && noted.content_length {
+    if noted.transfer_encoding && noted.content_length() {
         // RFC 9112 §6.3: both framings on one response hints at response splitting and
         // ought to be handled as an error.
         return Err(SendError::Invalid(

@@ -2,7 +2,7 @@
 //! body is framed and whether the connection stays open. Anything ambiguous is refused.
 
 use crate::admit::{has_expect_continue, MAX_HEADER_FIELDS};
-use crate::wire::{content_length, field_name, has_token, tokens, Chunk, Framing, Noted};
+use crate::wire::{field_name, has_token, tokens, Chunk, Framing, Noted};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version};
@@ -135,12 +135,11 @@ fn frame(
             keep_alive = false;
         }
         Framing::Chunked(Chunk::Size)
-    } else if noted.content_length {
-        let length = match noted.single_length() {
-            Some(length) => Some(length),
-            None => content_length(&headers, false).map_err(HeadError::Malformed)?,
-        };
-        match length {
+    } else if noted.content_length() {
+        match noted
+            .length(&headers, false)
+            .map_err(HeadError::Malformed)?
+        {
             None | Some(0) => Framing::Empty,
             Some(length) => Framing::Length(length),
         }
