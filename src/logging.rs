@@ -1,6 +1,7 @@
 //! Process-wide log setup: text or JSON lines through tracing, level from the config or RUST_LOG.
 
 use crate::config::{Log, LogFormat};
+use std::io::IsTerminal;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
@@ -15,7 +16,9 @@ pub fn init(log: &Log) -> WorkerGuard {
         .buffered_lines_limit(LINES_QUEUED)
         .lossy(true)
         .finish(std::io::stderr());
+    // Colour codes only for a terminal: in a file or the journal they are noise.
     let builder = tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .with_writer(writer);
     let result = match log.format {

@@ -75,7 +75,7 @@ impl Upstream {
     }
 
     /// Sends the request to the next target in turn, moving on to the following target when
-    /// a connection is refused, and waits at most `response_timeout` for the response head.
+    /// a connection is refused, and waits at most `response_timeout` for the response head (see `client::send`).
     ///
     /// Not an `async fn` (nor is `attempts`): one keeps its arguments twice in its state.
     pub fn send<'a>(
@@ -83,11 +83,8 @@ impl Upstream {
         outbound: &'a mut OutboundRequest,
         body: Source,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a {
-        let attempt =
-            tokio::time::timeout(self.config.response_timeout, self.attempts(outbound, body));
-        // Mapped: an `async` block awaiting `attempt` would hold it twice.
-        attempt.map(move |result| {
-            let result = result.unwrap_or(Err(ProxyError::UpstreamTimeout));
+        // Mapped: an `async` block awaiting the attempts would hold them twice.
+        self.attempts(outbound, body).map(move |result| {
             if let Ok(response) = &result {
                 if response.version() == Version::HTTP_10
                     && !self.http10.swap(true, Ordering::Relaxed)
@@ -110,6 +107,7 @@ impl Upstream {
             .is_held()
             .then(|| Hold::new(outbound.interim.clone(), self.config.expect_timeout));
         let body = ForwardBody::new(body).held(hold);
+        let timeout = self.config.response_timeout;
         async move {
             let targets = &self.config.targets;
             let first = self.next.fetch_add(1, Ordering::Relaxed) % targets.len();
@@ -141,7 +139,7 @@ impl Upstream {
                     host: &target.host_header,
                 };
                 let interim = &outbound.interim;
-                return match client::send(conn, &request, body, interim, pool).await {
+                return match client::send(conn, &request, body, interim, pool, timeout).await {
                     Ok(response) => Ok(response),
                     Err((err, reused)) if replayable && reused && is_stale(&err) => {
                         // A pooled connection the upstream closed while idle fails the request
@@ -154,7 +152,7 @@ impl Upstream {
                         let conn = Box::pin(self.connector.connect(target))
                             .await
                             .map_err(connect_error)?;
-                        client::send(conn, &request, ForwardBody::empty(), interim, pool)
+                        client::send(conn, &request, ForwardBody::empty(), interim, pool, timeout)
                             .await
                             .map_err(|(err, _)| self.send_error(err))
                     }
@@ -171,6 +169,7 @@ impl Upstream {
             SendError::Closed { .. } => ProxyError::UpstreamReset,
             SendError::Invalid(_) => ProxyError::UpstreamInvalid,
             SendError::Body(err) => body_error(&*err),
+            SendError::Timeout => ProxyError::UpstreamTimeout,
         }
     }
 }

@@ -229,3 +229,65 @@ fn no_routes_is_refused() {
     assert!(err.message.contains("no routes"), "{err}");
     assert!(err.to_string().starts_with("x.toml: "), "{err}");
 }
+
+#[test]
+fn a_misspelt_log_level_is_refused() {
+    for bad in ["verbose", "warn,restatus=loud", "restatus"] {
+        let text = format!("{VALID}\n[log]\nlevel = {bad:?}\n");
+        let err = error(&text);
+        assert_error(
+            &err,
+            &text,
+            "level =",
+            "log.level",
+            "is not a log level or filter",
+        );
+    }
+    for good in ["warn", "Debug", "warn,restatus=debug", "off"] {
+        let text = format!("{VALID}\n[log]\nlevel = {good:?}\n");
+        parse(&text).unwrap_or_else(|err| panic!("{good}: {err}"));
+    }
+}
+
+#[test]
+fn a_zero_timeout_is_refused() {
+    let text = VALID.replace(r#""1.5s""#, r#""0ms""#);
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "response_timeout",
+        "upstreams[0].response_timeout",
+        "must be more than zero",
+    );
+    let text = VALID.replace(r#"idle_timeout = "250ms""#, r#"idle_timeout = "0s""#);
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "idle_timeout",
+        "server.idle_timeout",
+        "must be more than zero",
+    );
+}
+
+#[test]
+fn a_target_port_out_of_range_is_refused() {
+    for bad in ["99999", "0"] {
+        let text = VALID.replace("127.0.0.1:8082", &format!("127.0.0.1:{bad}"));
+        let err = error(&text);
+        assert_error(
+            &err,
+            &text,
+            "targets",
+            "upstreams[0].targets",
+            "has a port outside 1-65535",
+        );
+    }
+    let text = VALID.replace("http://127.0.0.1:8082", "http://127.0.0.1");
+    let config = parse(&text).expect("a target without a port takes the scheme's");
+    assert_eq!(
+        config.upstreams[0].targets[1].authority.as_str(),
+        "127.0.0.1"
+    );
+}

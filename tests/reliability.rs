@@ -6,7 +6,7 @@ mod support;
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::fault::{ok_response, spawn_fault, FaultConn};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -840,6 +840,109 @@ async fn silent_upstream_is_504_and_its_connection_is_not_reused() {
     let reply = get(&proxy.url("/next")).await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "fresh"));
     assert_eq!(upstream.connections(), 2);
+    proxy.stop().await;
+}
+
+/// Writes `head`, then `pieces` pieces of `piece` bytes `pace` apart, and reads what comes
+/// back until the proxy closes.
+async fn trickled_upload(
+    addr: SocketAddr,
+    head: &[u8],
+    pieces: usize,
+    piece: usize,
+    pace: Duration,
+) -> String {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    write.write_all(head).await.expect("write head");
+    let sending = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(pace);
+        for _ in 0..pieces {
+            ticks.tick().await;
+            if write.write_all(&vec![b'x'; piece]).await.is_err() {
+                return;
+            }
+        }
+        // Held open: the proxy, not the client, decides when the exchange is over.
+        std::future::pending::<()>().await;
+    });
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), read.read_to_end(&mut out)).await;
+    sending.abort();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An upload that takes longer than `response_timeout` but never pauses for it is answered:
+/// the response timeout runs from the request's last byte.
+#[tokio::test]
+async fn slow_upload_is_not_cut_by_the_response_timeout() {
+    let upstream = echo_upstream().await;
+    let config = config_for(upstream.addr, "", NO_PROFILE, "")
+        .replace("response_timeout = \"5s\"", "response_timeout = \"300ms\"");
+    let proxy = spawn_proxy(&config).await;
+    let head = b"POST /up HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 80\r\n\r\n";
+    let started = Instant::now();
+    let got = trickled_upload(proxy.addr, head, 8, 10, Duration::from_millis(120)).await;
+    assert!(
+        started.elapsed() > Duration::from_millis(800),
+        "the upload was not slow"
+    );
+    assert_eq!(statuses(&got), [200], "{got}");
+    assert!(got.ends_with(&format!("/up {}", "x".repeat(80))), "{got}");
+    proxy.stop().await;
+}
+
+/// A client that stops sending its body gets 408 at `body_timeout`, even when the upstream's
+/// `response_timeout` is shorter: the upstream is not blamed for the client's silence.
+#[tokio::test]
+async fn stalled_body_is_408_even_under_a_shorter_response_timeout() {
+    let upstream = echo_upstream().await;
+    let config = config_for(upstream.addr, "body_timeout = \"600ms\"", NO_PROFILE, "")
+        .replace("response_timeout = \"5s\"", "response_timeout = \"200ms\"");
+    let proxy = spawn_proxy(&config).await;
+    let head = b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 80\r\n\r\n";
+    let got = trickled_upload(proxy.addr, head, 2, 10, Duration::from_millis(10)).await;
+    assert_eq!(statuses(&got), [408], "{got}");
+    proxy.stop().await;
+}
+
+/// An upstream that takes none of a large body is given up at `response_timeout` of no
+/// progress: 504, though the client is still sending.
+#[tokio::test]
+async fn upstream_that_reads_no_body_is_504_at_response_timeout() {
+    // Reads the first bytes of each request and then nothing more.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = stream.read(&mut [0u8; 1024]).await;
+                std::future::pending::<()>().await;
+                drop(stream);
+            });
+        }
+    });
+    let config = config_for(
+        upstream,
+        "",
+        NO_PROFILE,
+        "[limits]\nrequest_body = \"256MiB\"",
+    )
+    .replace("response_timeout = \"5s\"", "response_timeout = \"300ms\"");
+    let proxy = spawn_proxy(&config).await;
+    let length = 200 << 20;
+    let head = format!("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {length}\r\n\r\n");
+    let got = trickled_upload(
+        proxy.addr,
+        head.as_bytes(),
+        length / (1 << 20),
+        1 << 20,
+        Duration::from_millis(1),
+    )
+    .await;
+    assert_eq!(statuses(&got), [504], "{got}");
     proxy.stop().await;
 }
 

@@ -16,14 +16,16 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
-use http_body::Body;
+use http_body::{Body, Frame};
 use hyper::ext::ReasonPhrase;
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 use tokio::io::AsyncWrite;
+use tokio::time::Sleep;
 
 /// Most header fields in a response head; more make it invalid.
 const MAX_HEADERS: usize = 128;
@@ -55,6 +57,9 @@ pub enum SendError {
     Invalid(&'static str),
     /// The request body failed (the client's body, its limits or timeouts).
     Body(BoxError),
+    /// No response head within the response timeout of the request's last byte, or the
+    /// upstream took none of the request for that long.
+    Timeout,
 }
 
 /// Sends `request` with `body` on `conn` and waits for the final response head. The returned
@@ -69,16 +74,23 @@ pub fn send<'a>(
     body: ForwardBody,
     interim: &'a Interim,
     pool: &'a Arc<Pool>,
+    timeout: Duration,
 ) -> impl Future<Output = Result<Response<UpstreamBody>, (SendError, bool)>> + 'a {
     let mut writer = Writer::new(request, body);
     async move {
         let reused = conn.reused;
         let mut answered = false;
+        let sleep = tokio::time::sleep(timeout);
+        tokio::pin!(sleep);
+        let mut seen = None;
         let head = std::future::poll_fn(|cx| {
-            poll_head(&mut conn, &mut writer, interim, &mut answered, cx)
+            match poll_head(&mut conn, &mut writer, interim, &mut answered, cx) {
+                Poll::Pending => poll_timeout(&writer, &mut seen, sleep.as_mut(), timeout, cx),
+                ready => ready,
+            }
         })
-        .await
-        .map_err(|err| (err, reused))?;
+        .await;
+        let head = head.map_err(|err| (err, reused))?;
         let framing =
             Framing::of(&head, request.method == Method::HEAD).map_err(|e| (e, reused))?;
         let keep_alive = framing.allows_reuse() && keeps_alive(&head);
@@ -92,6 +104,29 @@ pub fn send<'a>(
         }
         Ok(response)
     }
+}
+
+/// The response timeout. It runs from the request's last byte. While the request is still
+/// going out it starts again with each step (a body frame taken or bytes written), so only an
+/// upstream that takes none of the request for that long fails it; and it does not run while
+/// the writer waits on the client's body, which the server's `body_timeout` bounds. `seen`:
+/// the writer's steps when last looked at, `None` before the first look.
+fn poll_timeout(
+    writer: &Writer,
+    seen: &mut Option<u64>,
+    mut sleep: Pin<&mut Sleep>,
+    timeout: Duration,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Head, SendError>> {
+    if !writer.finished() {
+        let restart = seen.is_some_and(|steps| steps != writer.steps || writer.waits_on_body());
+        *seen = Some(writer.steps);
+        if restart {
+            sleep.as_mut().reset(tokio::time::Instant::now() + timeout);
+        }
+    }
+    ready!(sleep.poll(cx));
+    Poll::Ready(Err(SendError::Timeout))
 }
 
 /// `answered`: any byte of a response (an interim one included) has arrived.
@@ -271,6 +306,8 @@ pub struct Writer {
     failed: bool,
     /// The write error, reported if the response then never comes.
     error: Option<std::io::Error>,
+    /// Body frames taken and writes made so far, for the response timeout.
+    steps: u64,
 }
 
 /// The request body ended before, or went past, its declared length.
@@ -312,7 +349,13 @@ impl Writer {
             unflushed: false,
             failed: false,
             error: None,
+            steps: 0,
         }
+    }
+
+    /// Whether the writer has written all it has and waits for more of the client's body.
+    fn waits_on_body(&self) -> bool {
+        self.body.is_some() && self.queue.is_empty()
     }
 
     /// Whether the whole request went out.
@@ -347,7 +390,10 @@ impl Writer {
             }
             match self.queue.poll_write(io, cx) {
                 Poll::Ready(Ok(0)) => self.fail(std::io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(_)) => self.unflushed = true,
+                Poll::Ready(Ok(_)) => {
+                    self.unflushed = true;
+                    self.steps += 1;
+                }
                 Poll::Ready(Err(err)) => self.fail(err),
                 Poll::Pending => return Ok(()),
             }
@@ -372,20 +418,28 @@ impl Writer {
                     self.abandon();
                     return Err(err);
                 }
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => self.data(data)?,
-                    Err(frame) => {
-                        if let (Ok(trailers), RequestFraming::Chunked) =
-                            (frame.into_trailers(), &self.framing)
-                        {
-                            self.push(encode_trailers(&trailers));
-                            self.body = None;
-                        }
-                    }
-                },
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.steps += 1;
+                    self.frame(frame)?;
+                }
             }
         }
         Ok(())
+    }
+
+    fn frame(&mut self, frame: Frame<Bytes>) -> Result<(), BoxError> {
+        match frame.into_data() {
+            Ok(data) => self.data(data),
+            Err(frame) => {
+                if let (Ok(trailers), RequestFraming::Chunked) =
+                    (frame.into_trailers(), &self.framing)
+                {
+                    self.push(encode_trailers(&trailers));
+                    self.body = None;
+                }
+                Ok(())
+            }
+        }
     }
 
     fn data(&mut self, data: Bytes) -> Result<(), BoxError> {

@@ -212,7 +212,11 @@ impl Connector {
         if !https {
             return Ok(Conn::new(Io::Plain(tcp)));
         }
-        self.handshake(tcp, bare).await
+        // The handshake is part of connecting, and bounded by the same timeout.
+        match tokio::time::timeout(self.timeout, self.handshake(tcp, bare)).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::Timeout),
+        }
     }
 
     async fn handshake(&self, tcp: TcpStream, host: &str) -> Result<Conn, ConnectError> {

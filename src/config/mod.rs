@@ -280,7 +280,7 @@ fn compile_log(raw: raw::RawLog, at: &Locator) -> Result<Log, ConfigError> {
         None => "info".to_string(),
         Some(level) => {
             let text = level.get_ref().trim().to_ascii_lowercase();
-            if tracing_subscriber::EnvFilter::try_new(&text).is_err() {
+            if !is_log_filter(&text) {
                 return Err(at.at(
                     level.span(),
                     format!("`{text}` is not a log level or filter (use error, warn, info, debug or trace)"),
@@ -294,6 +294,22 @@ fn compile_log(raw: raw::RawLog, at: &Locator) -> Result<Log, ConfigError> {
         level,
         access: raw.access.unwrap_or(true),
     })
+}
+
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Whether `text` is a level, or `target=level` directives with a level each. `EnvFilter`
+/// alone takes a misspelt level ("verbose") as a target's name and logs nothing at all.
+fn is_log_filter(text: &str) -> bool {
+    let level_of = |directive: &str| match directive.rsplit_once('=') {
+        Some((_, level)) => level.trim().to_string(),
+        None => directive.trim().to_string(),
+    };
+    !text.is_empty()
+        && text
+            .split(',')
+            .all(|d| LOG_LEVELS.contains(&level_of(d).as_str()))
+        && tracing_subscriber::EnvFilter::try_new(text).is_ok()
 }
 
 fn compile_upstreams(
@@ -373,6 +389,11 @@ fn parse_target(text: &Spanned<String>, at: &Locator) -> Result<Target, ConfigEr
     let authority = uri.authority().cloned().ok_or_else(|| bad("has no host"))?;
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(bad("must not have a path or query"));
+    }
+    // `port()` is `None` for a port that does not fit in 16 bits, so the text is looked at.
+    let after_host = authority.as_str().rsplit(']').next().unwrap_or_default();
+    if after_host.contains(':') && !matches!(authority.port_u16(), Some(1..)) {
+        return Err(bad("has a port outside 1-65535"));
     }
     let host_header =
         HeaderValue::from_str(authority.as_str()).map_err(|_| bad("has a bad host"))?;

@@ -1,6 +1,6 @@
 //! The serde mirror of the TOML file: every table and key a user may write, nothing more.
 
-use super::units::{ByteSize, HumanDuration};
+use super::units::{ByteSize, HumanDuration, Timeout};
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::marker::PhantomData;
@@ -65,9 +65,9 @@ impl Mode {
 pub struct RawServer {
     pub listen: Option<Spanned<OneOrMany<String>>>,
     pub workers: Option<Spanned<usize>>,
-    pub header_timeout: Option<HumanDuration>,
-    pub idle_timeout: Option<HumanDuration>,
-    pub body_timeout: Option<HumanDuration>,
+    pub header_timeout: Option<Timeout>,
+    pub idle_timeout: Option<Timeout>,
+    pub body_timeout: Option<Timeout>,
     pub shutdown_grace: Option<HumanDuration>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
     #[serde(default)]
@@ -124,8 +124,8 @@ pub struct RawLimits {
 pub struct RawUpstream {
     pub name: Spanned<String>,
     pub targets: Spanned<Vec<Spanned<String>>>,
-    pub connect_timeout: Option<HumanDuration>,
-    pub response_timeout: Option<HumanDuration>,
+    pub connect_timeout: Option<Timeout>,
+    pub response_timeout: Option<Timeout>,
     pub host: Option<HostMode>,
     pub expect: Option<ExpectMode>,
     pub expect_timeout: Option<HumanDuration>,

@@ -76,6 +76,22 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A duration that must be more than zero: a timeout of zero would fail every request.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeout(pub Duration);
+
+impl<'de> Deserialize<'de> for Timeout {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match parse_duration(&text).map_err(D::Error::custom)? {
+            zero if zero.is_zero() => Err(D::Error::custom(format!(
+                "timeout `{text}` must be more than zero (every request would time out)"
+            ))),
+            duration => Ok(Timeout(duration)),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(SizeVisitor)
