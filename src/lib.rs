@@ -26,6 +26,7 @@ pub mod report;
 pub mod respond;
 pub mod route;
 pub mod rules;
+pub mod say;
 pub mod server;
 pub mod signals;
 pub mod tls;

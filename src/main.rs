@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use restatus::config::{Config, DEFAULT_PATH};
 use restatus::report;
+use restatus::say::say;
 use restatus::server::Server;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -152,8 +153,8 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
-            print!("{}", restatus::check::report(&config));
-            println!("{}: configuration is valid", path.display());
+            say(&restatus::check::report(&config));
+            say(&format!("{}: configuration is valid\n", path.display()));
             ExitCode::SUCCESS
         }
         Err(err) => fail(err),
@@ -178,7 +179,7 @@ fn explain(args: ExplainArgs) -> ExitCode {
     };
     match runtime.block_on(restatus::explain::explain(&config, &query)) {
         Ok(text) => {
-            print!("{text}");
+            say(&text);
             ExitCode::SUCCESS
         }
         Err(err) => fail(err),
@@ -258,7 +259,7 @@ fn report(args: ReportArgs) -> ExitCode {
             .and_then(|file| write_report(&summary, args.format, file))
             .map_err(|err| format!("{}: {err}", path.display())),
         None => write_report(&summary, args.format, std::io::stdout().lock())
-            .map_err(|err| err.to_string()),
+            .map_err(|err| restatus::say::quit_on(&err)),
     };
     match written {
         Ok(()) => ExitCode::SUCCESS,

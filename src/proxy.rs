@@ -234,6 +234,12 @@ fn admit<'a>(
     exchange: &mut Exchange<'a>,
 ) -> Result<&'a Route, ProxyError> {
     let host = request_host(request);
+    // A 2xx to CONNECT means a tunnel is open (RFC 9110 §9.3.6); a reverse proxy opens none.
+    if request.method() == Method::CONNECT {
+        return Err(ProxyError::BadRequest(
+            "CONNECT is not supported: this is a reverse proxy, it opens no tunnels",
+        ));
+    }
     if admit::path_is_ambiguous(request.uri().path()) {
         return Err(ProxyError::BadRequest(
             "the path has dot-segments or encoded slashes; send it normalized",

@@ -132,3 +132,26 @@ fn run_and_check_have_help_with_the_config_option() {
         assert!(out.contains("config/restatus.toml"), "{command}: {out}");
     }
 }
+
+/// A reader that goes away (`restatus demo | head -1`) ends the command quietly, with status
+/// 0 and no panic, as a Unix tool ends on SIGPIPE.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = Command::new(support::binary())
+        .args(["demo", "--tour-only", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run restatus demo");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    out.read_line(&mut first).expect("first line");
+    assert!(first.starts_with("sample legacy service"), "{first}");
+    drop(out);
+    let output = child.wait_with_output().expect("wait");
+    let err = stderr(&output);
+    assert!(output.status.success(), "{:?}: {err}", output.status);
+    assert!(!err.contains("panicked"), "{err}");
+}

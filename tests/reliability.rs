@@ -1158,6 +1158,22 @@ async fn dot_segment_paths_are_refused_before_routing() {
     proxy.stop().await;
 }
 
+/// CONNECT is refused (a 2xx would tell the client a tunnel is open), in authority form and
+/// origin form, and never reaches the upstream.
+#[tokio::test]
+async fn connect_requests_are_refused_and_never_forwarded() {
+    let upstream = echo_upstream().await;
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", "", "")).await;
+    for target in ["example.com:443", "/"] {
+        let request = format!("CONNECT {target} HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
+        let got = exchange(proxy.addr, request.as_bytes()).await;
+        assert_eq!(statuses(&got), [400], "{target}: {got}");
+        assert!(got.contains("opens no tunnels"), "{got}");
+    }
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+    proxy.stop().await;
+}
+
 /// A fresh directory under the system temp dir, removed when dropped.
 struct TempDir(std::path::PathBuf);
 

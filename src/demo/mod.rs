@@ -5,6 +5,7 @@ mod service;
 
 use crate::config::{Config, Target};
 use crate::deviation::{DeviationLog, Record};
+use crate::say::say;
 use crate::server::Server;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
@@ -77,23 +78,24 @@ pub async fn run(mut config: Config, tour_only: bool) -> Result<(), String> {
     let serving = tokio::spawn(server.serve(async {
         let _ = stopped.await;
     }));
-    println!("sample legacy service on http://{sample}");
-    println!("restatus on http://{addr}, in front of it");
+    say(&format!("sample legacy service on http://{sample}\n"));
+    say(&format!("restatus on http://{addr}, in front of it\n"));
     if let Some(admin) = admin {
-        println!("admin page on http://{admin}/ (metrics on http://{admin}/metrics)");
+        say(&format!(
+            "admin page on http://{admin}/ (metrics on http://{admin}/metrics)\n"
+        ));
     }
-    println!();
+    say("\n");
     let rows = tour(addr).await?;
     let log_flushed = log.clone();
     let _ = tokio::task::spawn_blocking(move || log_flushed.flush(Duration::from_secs(5))).await;
-    print!("{}", table(&rows, &log.recent()));
+    say(&table(&rows, &log.recent()));
     if !tour_only {
         // Handlers go in before the invitation says Ctrl-C stops, so a quick Ctrl-C is not
         // left to the default action (killing the process without a clean shutdown).
         let stopped = stop_signals()?;
         gate.store(true, Ordering::Release);
-        print!("{}", invitation(addr));
-        let _ = std::io::stdout().flush();
+        say(&invitation(addr));
         stopped.await;
     }
     let _ = stop.send(());
@@ -147,7 +149,10 @@ struct GatedStdout {
 impl Write for GatedStdout {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.open.load(Ordering::Acquire) {
-            std::io::stdout().write_all(buf)?;
+            // The records are the demo's output: with no one left to read them, it is over.
+            if let Err(err) = std::io::stdout().write_all(buf) {
+                crate::say::quit_on(&err);
+            }
         }
         Ok(buf.len())
     }
