@@ -31,6 +31,8 @@ pub struct LoggedBody {
     record: Option<Box<AccessRecord>>,
     bytes: u64,
     complete: bool,
+    /// The body failed: it never counts as complete, whatever the inner body says after.
+    failed: bool,
     _guard: Option<RequestGuard>,
     _in_flight: Option<GaugeGuard>,
 }
@@ -43,6 +45,7 @@ impl LoggedBody {
             record: record.map(Box::new),
             bytes: 0,
             complete,
+            failed: false,
             _guard: None,
             _in_flight: None,
         }
@@ -79,6 +82,7 @@ impl Body for LoggedBody {
             }
             Poll::Ready(None) => this.complete = true,
             Poll::Ready(Some(Err(err))) => {
+                this.failed = true;
                 if let Some(record) = &this.record {
                     tracing::warn!(request_id = ?record.request_id, error = %err, "upstream response body failed; aborting the client response");
                 }
@@ -102,7 +106,7 @@ impl Drop for LoggedBody {
         let Some(record) = self.record.take() else {
             return;
         };
-        let complete = self.complete || self.inner.is_end_stream();
+        let complete = !self.failed && (self.complete || self.inner.is_end_stream());
         tracing::info!(
             target: "restatus::access",
             method = %record.method,

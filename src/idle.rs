@@ -197,6 +197,10 @@ impl<S> ActivityIo<S> {
     pub fn new(inner: S, activity: Arc<Activity>) -> Self {
         ActivityIo { inner, activity }
     }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {

@@ -292,6 +292,26 @@ async fn serve_tls(stream: TcpStream, conn: Connection, live: Arc<Live>, shared:
     }
 }
 
+/// A connection that can be closed with a reset (RST) instead of a FIN.
+trait Reset {
+    fn reset_on_close(&self);
+}
+
+impl Reset for TcpStream {
+    fn reset_on_close(&self) {
+        // SO_LINGER of zero: close sends RST and drops what is unsent (RFC 9293 §3.6.1).
+        if let Err(err) = self.set_zero_linger() {
+            tracing::debug!(error = %err, "cannot set SO_LINGER to reset the connection");
+        }
+    }
+}
+
+impl Reset for tokio_rustls::server::TlsStream<TcpStream> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
 /// Serves one connection, HTTP/1.1 or (negotiated by ALPN, or by its preface) HTTP/2, until
 /// it ends or its watchdog closes it.
 async fn serve_connection<I>(
@@ -301,7 +321,7 @@ async fn serve_connection<I>(
     shared: Arc<Shared>,
     h2: bool,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Reset + Unpin + Send + 'static,
 {
     let settings = live.proxy().settings;
     let watchdog = Watchdog::new(settings.header_timeout, settings.idle_timeout);
@@ -315,13 +335,15 @@ async fn serve_connection<I>(
         }
         let handler = |request| respond(&live, &activity, conn, request);
         let drain = shared.drain.clone();
-        if let Ended::Http2 { io, read } =
-            http1::serve(io, max_head(&settings), drain, handler).await
-        {
-            // Boxed, like the HTTP/2 branch above: an HTTP/1.1 connection does not carry
-            // room for an HTTP/2 connection's state.
-            let io = Prefixed::new(read, io);
-            Box::pin(serve_h2(io, conn, &live, &activity, &shared)).await;
+        match http1::serve(io, max_head(&settings), drain, handler).await {
+            Ended::Http2 { io, read } => {
+                // Boxed, like the HTTP/2 branch above: an HTTP/1.1 connection does not carry
+                // room for an HTTP/2 connection's state.
+                let io = Prefixed::new(read, io);
+                Box::pin(serve_h2(io, conn, &live, &activity, &shared)).await;
+            }
+            Ended::Aborted(io) => io.get_ref().reset_on_close(),
+            Ended::Closed => {}
         }
     };
     let peer = conn.peer;

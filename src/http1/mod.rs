@@ -55,6 +55,9 @@ pub struct Wire<I> {
 /// How the connection ended.
 pub enum Ended<I> {
     Closed,
+    /// A response was cut short (its body failed): the caller should reset the connection,
+    /// so that a client reading to the close (HTTP/1.0, no length) cannot take it as whole.
+    Aborted(I),
     /// The client sent the HTTP/2 preface; `read` holds the bytes already read.
     Http2 {
         io: I,
@@ -107,8 +110,10 @@ where
             Ok(Read::Eof) | Err(_) => return Ended::Closed,
         };
         // Boxed: an idle connection does not hold room for a request's state.
-        if !Box::pin(exchange(&mut wire, head, &mut handler, &stop)).await {
-            return Ended::Closed;
+        match Box::pin(exchange(&mut wire, head, &mut handler, &stop)).await {
+            Next::Request => {}
+            Next::Close => return Ended::Closed,
+            Next::Abort => return Ended::Aborted(wire.io),
         }
         if wire.buf.is_empty() {
             // Nothing is kept for an idle connection.
@@ -117,7 +122,14 @@ where
     }
 }
 
-/// One request and its response. Returns whether the connection can carry another.
+/// What the connection does after an exchange.
+enum Next {
+    Request,
+    Close,
+    Abort,
+}
+
+/// One request and its response, and what the connection does next.
 ///
 /// The request is made and handed to `handler` before the future, which then holds only
 /// what the response needs: not an `async fn`, whose state would also keep the head.
@@ -126,7 +138,7 @@ fn exchange<'w, I, S, F, B>(
     head: Head,
     handler: &mut S,
     stop: &'w watch::Receiver<bool>,
-) -> impl Future<Output = bool> + use<'w, I, S, F, B>
+) -> impl Future<Output = Next> + use<'w, I, S, F, B>
 where
     I: AsyncRead + AsyncWrite + Unpin,
     S: FnMut(Request<ClientBody>) -> F,
@@ -180,15 +192,15 @@ where
         };
         if let Err(err) = poll_fn(|cx| sending.poll(wire, &mut pump, cx)).await {
             // The client sees the body cut short (no last chunk, or fewer bytes than the length).
-            tracing::debug!(error = %err, "response not sent whole; closing the connection");
-            return false;
+            tracing::debug!(error = %err, "response not sent whole; resetting the connection");
+            return Next::Abort;
         }
         let body_read = pump.as_ref().is_none_or(|p| p.is_done() && !p.failed);
         if keep_alive && body_read {
-            return true;
+            return Next::Request;
         }
         wire.close().await;
-        false
+        Next::Close
     }
 }
 
