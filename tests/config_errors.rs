@@ -291,3 +291,19 @@ fn a_target_port_out_of_range_is_refused() {
         "127.0.0.1"
     );
 }
+
+#[test]
+fn an_error_in_a_multi_line_array_names_the_array() {
+    let text = VALID.replace(
+        r#"targets = ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]"#,
+        "targets = [\n  \"http://127.0.0.1:8081\",\n  \"http://127.0.0.1:8082/path\",\n]",
+    );
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "8082/path",
+        "upstreams[0].targets",
+        "must not have a path",
+    );
+}

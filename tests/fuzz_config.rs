@@ -395,8 +395,9 @@ fn table_key() -> BoxedStrategy<String> {
 fn duration(m: Mix) -> BoxedStrategy<V> {
     m.value(
         prop_oneof![
-            3 => strings(&["30s", "250ms", "1.5s", "2m", "1h", "1min", "0s", "0ms", " 5s ", "8760h"]),
-            1 => ("[0-9]{1,3}(\\.[0-9]{1,3})?", proptest::sample::select(&["ms", "s", "m", "h"][..]))
+            3 => strings(&["30s", "250ms", "1.5s", "2m", "1h", "1min", " 5s ", "8760h"]),
+            // More than zero: a zero timeout is refused.
+            1 => ("[1-9][0-9]{0,2}(\\.[0-9]{1,3})?", proptest::sample::select(&["ms", "s", "m", "h"][..]))
                 .prop_map(|(n, u)| V::Str(format!("{n}{u}"))),
         ],
         prop_oneof![

@@ -1502,43 +1502,43 @@ fn bad_rules_are_refused_with_file_line_and_key() {
         (
             "when = { body_regex = \"(unclosed\" }\nthen = { status = 500 }",
             "body_regex",
-            "rules[0].when",
+            "rules[0].when.body_regex",
             "bad body_regex",
         ),
         (
             "when = { path_regex = \"[a-\" }\nthen = { status = 500 }",
             "path_regex",
-            "rules[0].when",
+            "rules[0].when.path_regex",
             "bad path_regex",
         ),
         (
             "when = { response_header = { \"x-a\" = { regex = \"(\" } } }\nthen = { status = 500 }",
             "x-a",
-            "rules[0].when",
+            "rules[0].when.response_header.x-a",
             "bad regex for header `x-a`",
         ),
         (
             "when = { body_json = { pointer = \"error/code\", exists = true } }\nthen = { status = 500 }",
             "pointer",
-            "rules[0].when",
+            "rules[0].when.body_json.pointer",
             "body_json pointer `error/code` must be empty or start with '/'",
         ),
         (
             "when = { body_json = { pointer = \"/a~2\", exists = true } }\nthen = { status = 500 }",
             "pointer",
-            "rules[0].when",
+            "rules[0].when.body_json.pointer",
             "`~` that is not `~0` or `~1`",
         ),
         (
             "when = { status = 200 }\nthen = { status = 100 }",
             "status = 100",
-            "rules[0].then",
+            "rules[0].then.status",
             "then.status 100 must be a final status between 200 and 599",
         ),
         (
             "when = { status = 200 }\nthen = { status = 600 }",
             "status = 600",
-            "rules[0].then",
+            "rules[0].then.status",
             "then.status 600 must be a final status",
         ),
         (
@@ -1550,7 +1550,7 @@ fn bad_rules_are_refused_with_file_line_and_key() {
         (
             "when = { status = \"6xx\" }\nthen = { status = 500 }",
             "6xx",
-            "rules[0].when",
+            "rules[0].when.status",
             "`6xx` is not a status class",
         ),
         (
@@ -1568,43 +1568,43 @@ fn bad_rules_are_refused_with_file_line_and_key() {
         (
             "when = { path = \"/a\", path_regex = \"^/a$\" }\nthen = { status = 500 }",
             "path_regex",
-            "rules[0].when",
+            "rules[0].when.path_regex",
             "give either `path` or `path_regex`, not both",
         ),
         (
             "when = { path = \"/items/*x\" }\nthen = { status = 500 }",
             "/items/*x",
-            "rules[0].when",
+            "rules[0].when.path",
             "`*` and `**` must be whole segments",
         ),
         (
             "when = { body_json = { pointer = \"/a\", equals = 1, exists = true } }\nthen = { status = 500 }",
             "pointer",
-            "rules[0].when",
+            "rules[0].when.body_json.pointer",
             "exactly one of `equals`, `exists` or `in`",
         ),
         (
             "when = {}\nthen = { status = 500, headers = { set = { \"bad header\" = \"x\" } } }",
             "bad header",
-            "rules[0].then",
+            "rules[0].then.headers.set.bad header",
             "then.headers.set: `bad header` is not a header name",
         ),
         (
             "when = {}\nthen = { status = 500, headers = { set = { \"Content-Length\" = \"5\" } } }",
             "Content-Length",
-            "rules[0].then",
+            "rules[0].then.headers.set.Content-Length",
             "`content-length` frames the message",
         ),
         (
             "when = {}\nthen = { status = 500, headers = { remove = [\"transfer-encoding\"] } }",
             "transfer-encoding",
-            "rules[0].then",
+            "rules[0].then.headers.remove",
             "`transfer-encoding` frames the message",
         ),
         (
             "when = { methd = \"GET\" }\nthen = { status = 500 }",
             "methd",
-            "rules[0].when",
+            "rules[0].when.methd",
             "unknown field `methd`",
         ),
     ];
@@ -1625,4 +1625,26 @@ fn duplicate_rule_names_are_refused() {
     assert_eq!(err.line, line, "{err}");
     assert_eq!(err.key, "rules[1].name", "{err}");
     assert!(err.message.contains("duplicate rule name `same`"), "{err}");
+}
+
+/// A `[rules.when]` table belongs to the rule above it, and its error says which rule.
+#[test]
+fn an_error_in_a_rules_when_table_names_its_rule() {
+    let rules = "[[rules]]\nname = \"a\"\nwhen = { status = 200 }\nthen = { status = 201 }\n\n[[rules]]\nname = \"b\"\nthen = { status = 404 }\n[rules.when]\nstatus = 99\n";
+    let (text, err) = rule_error(rules);
+    assert_rule_error(&text, &err, "status = 99", "rules[1].when.status", "99");
+}
+
+/// A TOML date in `then.body` has no JSON form: refused, not sent as serde's internal object.
+#[test]
+fn a_date_in_a_json_body_is_refused() {
+    let rules = "[[rules]]\nname = \"a\"\nwhen = { status = 200 }\nthen = { status = 404, body = { at = 1970-01-01T00:00:00Z } }\n";
+    let (text, err) = rule_error(rules);
+    assert_rule_error(
+        &text,
+        &err,
+        "1970",
+        "rules[0].then.body",
+        "has no JSON form",
+    );
 }

@@ -121,6 +121,9 @@ impl Locator<'_> {
     /// above it (with the array index counted), and the key written before `=` on that line.
     fn key_path(&self, offset: usize) -> String {
         let offset = offset.min(self.source.len());
+        if let Some(key) = super::keys::key_at(self.source, offset) {
+            return key;
+        }
         let line_start = self.source[..offset].rfind('\n').map_or(0, |p| p + 1);
         let line_end = self.source[offset..]
             .find('\n')

@@ -2,6 +2,7 @@
 //! validated runtime form. Nothing on the request path parses strings from the config again.
 
 mod error;
+mod keys;
 pub mod raw;
 mod tls;
 mod units;

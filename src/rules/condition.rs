@@ -433,6 +433,9 @@ fn compile_body_json(raw: &RawBodyJson, at: &Locator) -> Result<BodyJson, Config
         ));
     }
     let to_json = |v: &toml::Value| {
+        if super::has_datetime(v) {
+            return Err(at.at(span.clone(), super::DATETIME_IN_JSON));
+        }
         serde_json::to_value(v).map_err(|e| at.at(span.clone(), format!("body_json value: {e}")))
     };
     let test = match (&raw.equals, raw.exists, &raw.one_of) {

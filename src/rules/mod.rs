@@ -104,7 +104,7 @@ pub fn compile_then(raw: &RawThen, at: &Locator) -> Result<Action, ConfigError> 
     let body = raw
         .body
         .as_ref()
-        .map(|b| compile_body(b, raw.status.span(), at))
+        .map(|b| compile_body(b.get_ref(), b.span(), at))
         .transpose()?;
     Ok(Action {
         status,
@@ -186,6 +186,7 @@ fn compile_body(
 ) -> Result<(Bytes, Option<HeaderValue>), ConfigError> {
     match value {
         toml::Value::String(text) => Ok((Bytes::from(text.clone()), None)),
+        other if has_datetime(other) => Err(at.at(span, DATETIME_IN_JSON)),
         other => {
             let json =
                 serde_json::to_vec(other).map_err(|e| at.at(span, format!("then.body: {e}")))?;
@@ -194,6 +195,21 @@ fn compile_body(
                 Some(HeaderValue::from_static("application/json")),
             ))
         }
+    }
+}
+
+/// What a TOML date or time in a JSON value is told: serde would turn it into an object with
+/// an internal key.
+pub(crate) const DATETIME_IN_JSON: &str =
+    "a TOML date or time has no JSON form; write it as a string (\"1970-01-01T00:00:00Z\")";
+
+/// Whether `value` is or holds a TOML date or time.
+pub(crate) fn has_datetime(value: &toml::Value) -> bool {
+    match value {
+        toml::Value::Datetime(_) => true,
+        toml::Value::Array(items) => items.iter().any(has_datetime),
+        toml::Value::Table(table) => table.values().any(has_datetime),
+        _ => false,
     }
 }
 

@@ -90,7 +90,7 @@ pub struct RawBodyJson {
 pub struct RawThen {
     pub status: Spanned<i64>,
     pub headers: Option<RawHeaderEdits>,
-    pub body: Option<toml::Value>,
+    pub body: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
