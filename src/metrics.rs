@@ -94,6 +94,13 @@ impl Metrics {
             tls_handshake_failures: Counter::default(),
             registry: Registry::default(),
         };
+        // Both results from the start, so that a dashboard sees 0 before the first reload.
+        for result in ["success", "failure"] {
+            let labels = ResultLabels {
+                result: result.to_string(),
+            };
+            drop(metrics.reloads.get_or_create(&labels));
+        }
         metrics.register(&mut registry);
         Metrics {
             registry,

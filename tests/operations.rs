@@ -365,6 +365,12 @@ async fn reload_swaps_rules_and_a_bad_file_keeps_the_old_config() {
     let upstream = fixed_upstream(200, "{}").await;
     let proxy = spawn_proxy(&with_admin(upstream.addr, RULE_B)).await;
     assert_eq!(get(&proxy.url("/x")).await.status, 202);
+    // Both series are there, at zero, before the first reload.
+    let before = get(&admin_url(&proxy, "/metrics")).await.text();
+    for result in ["success", "failure"] {
+        let series = format!("restatus_config_reloads_total{{result=\"{result}\"}}");
+        assert_eq!(sample(&before, &series), Some(0.0), "{before}");
+    }
     let file = std::env::temp_dir().join(format!("restatus-reload-{}.toml", std::process::id()));
     std::fs::write(&file, with_admin(upstream.addr, "profile = \"none\"")).expect("write");
     let restart = proxy.live.reload(&file).expect("valid file reloads");

@@ -1648,3 +1648,16 @@ fn a_date_in_a_json_body_is_refused() {
         "has no JSON form",
     );
 }
+
+/// A misspelt header test is told in the config's terms, not serde's.
+#[test]
+fn a_misspelt_header_test_is_told_in_plain_words() {
+    let rules = "[[rules]]\nname = \"a\"\nwhen = { response_header = { \"x-a\" = { regx = \"^a\" } } }\nthen = { status = 404 }\n";
+    let (_, err) = rule_error(rules);
+    let shown = err.to_string();
+    assert!(
+        shown.contains("header test: unknown field `regx`"),
+        "{shown}"
+    );
+    assert!(!shown.contains("untagged"), "{shown}");
+}

@@ -54,18 +54,46 @@ impl RawWhen {
 pub type HeaderConditions = BTreeMap<Spanned<String>, RawHeaderCondition>;
 
 /// `200`, `"5xx"` or `"500-503"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum StatusItem {
     Code(i64),
     Text(String),
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+// Written out rather than `#[serde(untagged)]`, whose error names the Rust type.
+impl<'de> Deserialize<'de> for StatusItem {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match toml::Value::deserialize(deserializer)? {
+            toml::Value::Integer(code) => Ok(StatusItem::Code(code)),
+            toml::Value::String(text) => Ok(StatusItem::Text(text)),
+            other => Err(serde::de::Error::custom(format!(
+                "a status is a code like 404, or a string like \"4xx\" or \"500-503\", not {}",
+                other.type_str()
+            ))),
+        }
+    }
+}
+
+#[derive(Debug)]
 pub enum RawHeaderCondition {
     Exact(String),
     Test(RawHeaderTest),
+}
+
+impl<'de> Deserialize<'de> for RawHeaderCondition {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match toml::Value::deserialize(deserializer)? {
+            toml::Value::String(text) => Ok(RawHeaderCondition::Exact(text)),
+            table @ toml::Value::Table(_) => RawHeaderTest::deserialize(table)
+                .map(RawHeaderCondition::Test)
+                .map_err(|err| D::Error::custom(format!("header test: {}", err.message()))),
+            other => Err(D::Error::custom(format!(
+                "a header test is a string (the exact value) or a table like {{ regex = \"^a\" }} or {{ present = true }}, not {}",
+                other.type_str()
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
