@@ -1024,37 +1024,6 @@ fn text_of(sink: &SharedSink) -> String {
     String::from_utf8_lossy(&sink.0.lock().expect("sink lock")).into_owned()
 }
 
-/// A response body the upstream cut short is logged with `complete=false` and the bytes
-/// that were sent.
-#[tokio::test]
-async fn a_body_cut_short_is_logged_as_incomplete() {
-    let (logs, _guard) = capture_logs();
-    let upstream = spawn_fault(|mut conn: FaultConn| async move {
-        if conn.read_request().await.is_some() {
-            conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nonly this much")
-                .await;
-        }
-    })
-    .await;
-    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, "")).await;
-    let got = exchange(proxy.addr, b"GET /cut HTTP/1.1\r\nHost: a\r\n\r\n").await;
-    assert_eq!(statuses(&got), [200], "{got}");
-    let access = || {
-        text_of(&logs)
-            .lines()
-            .find(|l| l.contains(" access ") && l.contains("path=/cut"))
-            .map(str::to_string)
-    };
-    wait_until(Duration::from_secs(10), "the access line", || {
-        access().is_some()
-    })
-    .await;
-    let line = access().unwrap_or_default();
-    assert!(line.contains("complete=false"), "{line}");
-    assert!(line.contains("bytes=14"), "{line}");
-    proxy.stop().await;
-}
-
 /// A response the upstream cut short ends the client's connection with a reset, not a FIN,
 /// so that an HTTP/1.0 client, which reads a body without a length to the close, cannot
 /// take the part it got for the whole.

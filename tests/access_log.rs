@@ -1,0 +1,69 @@
+//! The access line of a response cut short. In a test binary of its own: it installs the
+//! process-wide subscriber, which a per-thread one in a binary of parallel tests cannot
+//! stand in for reliably.
+mod support;
+
+use std::time::Duration;
+use support::fault::{spawn_fault, FaultConn};
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// A response body the upstream cut short is logged with `complete=false` and the bytes
+/// that were sent.
+#[tokio::test]
+async fn a_body_cut_short_is_logged_as_incomplete() {
+    let logs = SharedSink::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+    let upstream = spawn_fault(|mut conn: FaultConn| async move {
+        if conn.read_request().await.is_some() {
+            conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nonly this much")
+                .await;
+        }
+    })
+    .await;
+    let proxy = spawn_proxy(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[upstreams]]
+name = "backend"
+targets = ["http://{}"]
+
+[[routes]]
+name = "main"
+upstream = "backend"
+path_prefix = "/"
+profile = "none"
+"#,
+        upstream.addr
+    ))
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /cut HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_to_close(&mut stream, Duration::from_secs(10)).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let access = || {
+        let text = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
+        text.lines()
+            .find(|l| l.contains(" access ") && l.contains("path=/cut"))
+            .map(str::to_string)
+    };
+    wait_until(Duration::from_secs(10), "the access line", || {
+        access().is_some()
+    })
+    .await;
+    let line = access().unwrap_or_default();
+    assert!(line.contains("complete=false"), "{line}");
+    assert!(line.contains("bytes=14"), "{line}");
+    proxy.stop().await;
+}
