@@ -89,8 +89,8 @@ pub fn send<'a>(
                 ready => ready,
             }
         })
-        .await;
-        let head = head.map_err(|err| (err, reused))?;
+        .await
+        .map_err(|err| (err, reused))?;
         let framing =
             Framing::of(&head, request.method == Method::HEAD).map_err(|e| (e, reused))?;
         let keep_alive = framing.allows_reuse() && keeps_alive(&head);
