@@ -95,6 +95,15 @@ struct ExplainArgs {
     body_file: Option<PathBuf>,
 }
 
+/// `--top N`: clap's own range error reads "0 is not in 1..18446744073709551615".
+fn at_least_one(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("N must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
+}
+
 #[derive(clap::Args)]
 struct ReportArgs {
     /// Deviation logs (JSON lines, plain or gzip); standard input when none is named or for `-`.
@@ -112,7 +121,7 @@ struct ReportArgs {
     #[arg(long)]
     route: Option<String>,
     /// Show only the N endpoints with the most records in each route.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     top: Option<u64>,
     /// Compare with older logs (repeatable): which endpoints appeared, got worse, improved
     /// or disappeared.

@@ -272,6 +272,66 @@ fn a_zero_timeout_is_refused() {
 }
 
 #[test]
+fn an_admin_listener_on_the_proxy_port_is_refused() {
+    let base = VALID.replace(r#"listen = "127.0.0.1:0""#, r#"listen = "127.0.0.1:8080""#);
+    for admin in ["127.0.0.1:8080", "0.0.0.0:8080", "[::]:8080"] {
+        let text = format!("{base}\n[admin]\nlisten = \"{admin}\"\n");
+        let err = error(&text);
+        assert_error(
+            &err,
+            &text,
+            admin,
+            "admin.listen",
+            "would share the port of server.listen 127.0.0.1:8080",
+        );
+    }
+    let text = format!("{base}\n[admin]\nlisten = \"127.0.0.1:8081\"\n");
+    parse(&text).expect("another port is fine");
+    let text = format!("{base}\n[admin]\nlisten = \"[::1]:8080\"\n");
+    parse(&text).expect("another family's loopback is another socket");
+    let text = VALID.replace(r#"listen = "127.0.0.1:0""#, r#"listen = "127.0.0.1:9901""#);
+    let text = format!("{text}\n[admin]\n");
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "[admin]",
+        "admin.listen",
+        "127.0.0.1:9901 would share",
+    );
+}
+
+#[test]
+fn one_listen_address_twice_is_refused() {
+    let text = VALID.replace(
+        r#"listen = "127.0.0.1:0""#,
+        r#"listen = ["0.0.0.0:8080", "127.0.0.1:8080"]"#,
+    );
+    let err = error(&text);
+    assert_error(&err, &text, "listen", "server.listen", "would share a port");
+}
+
+#[test]
+fn a_sink_that_cannot_be_created_is_refused() {
+    let dir = std::env::temp_dir();
+    let missing = dir.join(format!("restatus-missing-{}", std::process::id()));
+    for (sink, says) in [
+        (missing.join("d.jsonl"), "directory"),
+        (dir.clone(), "is a directory, not a file"),
+    ] {
+        let line = format!("[deviations]\nsink = {:?}\n", sink.display().to_string());
+        let text = format!("{VALID}\n{line}");
+        let err = error(&text);
+        assert_error(&err, &text, "sink", "deviations.sink", says);
+    }
+    let fine = format!(
+        "{VALID}\n[deviations]\nsink = {:?}\n",
+        dir.join("d.jsonl").display().to_string()
+    );
+    parse(&fine).expect("a new file in an existing folder is fine");
+}
+
+#[test]
 fn a_target_port_out_of_range_is_refused() {
     for bad in ["99999", "0"] {
         let text = VALID.replace("127.0.0.1:8082", &format!("127.0.0.1:{bad}"));

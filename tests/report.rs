@@ -687,7 +687,7 @@ fn bad_arguments_exit_2_with_a_clear_error() {
             &["--since", "2026-11-25", "--until", "2026-11-24"],
             "--since must be earlier than --until",
         ),
-        (&["--top", "0"], "--top"),
+        (&["--top", "0"], "--top <N>': N must be at least 1"),
         (&["--format", "pdf"], "table, json, markdown or html"),
         (
             &["--split", "2026-11-25", "--compare", "old.jsonl"],

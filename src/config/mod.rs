@@ -174,6 +174,7 @@ impl Config {
 
 fn compile(raw: RawConfig, at: &Locator) -> Result<Config, ConfigError> {
     let server = compile_server(raw.server, at)?;
+    let admin = compile_admin(raw.admin.as_ref(), &server.listen, at)?;
     let log = compile_log(raw.log, at)?;
     let limits = compile_limits(&raw.limits, at)?;
     let deviations = compile_deviations(&raw.deviations, at)?;
@@ -197,15 +198,25 @@ fn compile(raw: RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         deviations,
         rules,
         checks,
-        admin: compile_admin(raw.admin.as_ref(), at)?,
+        admin,
     })
 }
 
 /// `[admin]` listens on loopback port 9901 unless told otherwise.
-fn compile_admin(raw: Option<&raw::RawAdmin>, at: &Locator) -> Result<Option<Admin>, ConfigError> {
+fn compile_admin(
+    raw: Option<&Spanned<raw::RawAdmin>>,
+    server: &[SocketAddr],
+    at: &Locator,
+) -> Result<Option<Admin>, ConfigError> {
     let Some(raw) = raw else {
         return Ok(None);
     };
+    let span = raw
+        .get_ref()
+        .listen
+        .as_ref()
+        .map_or(raw.span(), |t| t.span());
+    let raw = raw.get_ref();
     let listen = match &raw.listen {
         None => SocketAddr::from(([127, 0, 0, 1], 9901)),
         Some(text) => text.get_ref().parse().map_err(|_| {
@@ -218,7 +229,23 @@ fn compile_admin(raw: Option<&raw::RawAdmin>, at: &Locator) -> Result<Option<Adm
             )
         })?,
     };
+    if let Some(taken) = server.iter().find(|addr| same_socket(addr, &listen)) {
+        return Err(at.at_key(
+            span,
+            "admin.listen".to_string(),
+            format!("the admin listener {listen} would share the port of server.listen {taken}"),
+        ));
+    }
     Ok(Some(Admin { listen }))
+}
+
+/// Whether binding both addresses would collide: same port, and the same IP, or one of them
+/// the unspecified address of its family, or `[::]`, which on Linux also takes IPv4.
+fn same_socket(a: &SocketAddr, b: &SocketAddr) -> bool {
+    let covers = |x: &SocketAddr, y: &SocketAddr| {
+        x.ip().is_unspecified() && (x.is_ipv6() || x.is_ipv4() == y.is_ipv4())
+    };
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 fn compile_server(raw: raw::RawServer, at: &Locator) -> Result<Server, ConfigError> {
@@ -272,6 +299,14 @@ pub(crate) fn parse_listen(
     let addrs = addrs.collect::<Result<Vec<_>, _>>()?;
     if addrs.is_empty() {
         return Err(at.at(list.span(), "listen needs at least one address"));
+    }
+    for (i, addr) in addrs.iter().enumerate() {
+        if let Some(other) = addrs[..i].iter().find(|o| same_socket(o, addr)) {
+            return Err(at.at(
+                list.span(),
+                format!("{addr} and {other} would share a port"),
+            ));
+        }
     }
     Ok(addrs)
 }
@@ -434,7 +469,11 @@ fn compile_deviations(raw: &raw::RawDeviations, at: &Locator) -> Result<Deviatio
         Some(("", span)) => {
             return Err(at.at(span, "sink must be \"stdout\", \"stderr\" or a file path"))
         }
-        Some((path, _)) => SinkTarget::File(resolve(at.file, path)),
+        Some((path, span)) => {
+            let path = resolve(at.file, path);
+            check_sink_path(&path).map_err(|why| at.at(span, why))?;
+            SinkTarget::File(path)
+        }
     };
     let original_status_header = match &raw.original_status_header {
         None => Some(HeaderName::from_static("x-restatus-original-status")),
@@ -453,6 +492,28 @@ fn compile_deviations(raw: &raw::RawDeviations, at: &Locator) -> Result<Deviatio
         sink,
         original_status_header,
     })
+}
+
+/// What would stop the sink from opening at startup, found before it is needed: a folder
+/// that does not exist, or a path that is itself a folder. The file is created on start.
+fn check_sink_path(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err(format!(
+            "sink {} is a directory, not a file",
+            path.display()
+        ));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "the sink's directory {} does not exist",
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 /// A relative path in the config is relative to the config file's folder.

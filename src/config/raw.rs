@@ -25,7 +25,7 @@ pub struct RawConfig {
     pub rules: Vec<crate::rules::raw::RawRule>,
     #[serde(default)]
     pub checks: Vec<crate::rules::raw::RawCheck>,
-    pub admin: Option<RawAdmin>,
+    pub admin: Option<Spanned<RawAdmin>>,
 }
 
 #[derive(Debug, Deserialize)]
