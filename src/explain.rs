@@ -5,11 +5,14 @@ use crate::body::ResponseBody;
 use crate::config::{Config, RouteConfig};
 use crate::deviation::{self, Kind, Record, Source};
 use crate::normalize::{self, Outcome, RequestFacts, Settings};
+use crate::respond::ProxyError;
+use crate::rules::check::Check;
 use crate::rules::profile::Profile;
 use crate::rules::{BodyState, Facts, RuleSet, Step, TraceLine};
 use bytes::Bytes;
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use std::fmt::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The exchange to explain.
@@ -41,15 +44,39 @@ pub async fn explain(config: &Config, query: &Query) -> Result<String, String> {
         route.mode.as_str(),
         config.upstream(route).name
     );
-    let _ = writeln!(
-        out,
-        "{} {} answered {} by the service",
-        query.method, path, query.status
-    );
+    let refused;
+    let (query, source) = match refusing_check(route, query, path) {
+        Some(check) => {
+            let _ = writeln!(
+                out,
+                "{} {} is refused by check `{}`: the proxy answers {} itself, and the service is never asked",
+                query.method,
+                path,
+                check.name,
+                check.then.status.as_u16()
+            );
+            refused = check_answer(query, check);
+            (&refused, Source::Proxy)
+        }
+        None => {
+            let (method, status) = (&query.method, query.status);
+            let _ = writeln!(out, "{method} {path} answered {status} by the service");
+            (query, Source::Upstream)
+        }
+    };
+    let status = StatusCode::from_u16(query.status).unwrap_or(status);
     let matched = write_trace(&mut out, config, route, query, path);
     let (response, outcome) = run(config, route, query, path, status).await?;
     match outcome {
-        Some(outcome) => write_record(&mut out, config, route, query, path, &response, outcome),
+        Some(outcome) => {
+            let answer = Answer {
+                query,
+                path,
+                response: &response,
+                source,
+            };
+            write_record(&mut out, config, route, &answer, outcome)
+        }
         None => {
             let _ = writeln!(out, "\nthe client gets: {}", response.status());
             let _ = writeln!(
@@ -60,6 +87,33 @@ pub async fn explain(config: &Config, query: &Query) -> Result<String, String> {
         }
     }
     Ok(out)
+}
+
+/// The first of the route's checks that refuses the request, as the proxy tries them.
+fn refusing_check<'a>(route: &'a RouteConfig, query: &Query, path: &str) -> Option<&'a Arc<Check>> {
+    route
+        .checks
+        .iter()
+        .find(|check| check.refuses(&query.method, path, &query.request_headers))
+}
+
+/// The exchange as the rules then see it: the check's own response in place of the service's.
+fn check_answer(query: &Query, check: &Arc<Check>) -> Query {
+    let refusal = ProxyError::Refused(check.clone());
+    let response = refusal.response(&HeaderValue::from_static("explain"));
+    let body = match response.body() {
+        ResponseBody::Full(bytes) => bytes.clone(),
+        _ => None,
+    };
+    Query {
+        route: query.route.clone(),
+        method: query.method.clone(),
+        path: query.path.clone(),
+        status: response.status().as_u16(),
+        request_headers: query.request_headers.clone(),
+        response_headers: response.headers().clone(),
+        body,
+    }
 }
 
 fn find_route<'a>(config: &'a Config, name: &str) -> Result<&'a RouteConfig, String> {
@@ -175,15 +229,22 @@ async fn run(
         .map_err(|err| format!("the response body could not be read: {err:?}"))
 }
 
+/// The exchange whose record is written: the query, and who answered it.
+struct Answer<'a> {
+    query: &'a Query,
+    path: &'a str,
+    response: &'a Response<ResponseBody>,
+    source: Source,
+}
+
 fn write_record(
     out: &mut String,
     config: &Config,
     route: &RouteConfig,
-    query: &Query,
-    path: &str,
-    response: &Response<ResponseBody>,
+    answer: &Answer<'_>,
     outcome: Outcome,
 ) {
+    let (query, path, response) = (answer.query, answer.path, answer.response);
     let _ = writeln!(out, "\nthe client gets: {}", response.status());
     let _ = writeln!(
         out,
@@ -203,7 +264,7 @@ fn write_record(
         rule: outcome.rule.as_deref().map(Into::into),
         action: outcome.action,
         kind: Kind::Status,
-        source: Source::Upstream,
+        source: answer.source,
         method: query.method.clone(),
         path: path.into(),
         upstream: config.upstream(route).name.as_str().into(),

@@ -83,6 +83,18 @@ name = "misspelt"
 routes = ["items"]
 when = { method = ["GETT", "PROPFIND"], status = 200 }
 then = { status = 404 }
+
+[[checks]]
+name = "token-required"
+routes = ["items"]
+when = { path = "/private/**", request_header = { "x-token" = { present = false } } }
+then = { status = 403 }
+
+[[rules]]
+name = "hide-private"
+routes = ["items"]
+when = { path = "/private/hidden", status = 403 }
+then = { status = 404 }
 "#;
 
 #[test]
@@ -305,6 +317,43 @@ fn explain_shows_the_left_record_and_audit_mode() {
     assert_eq!(record["action"], "would_rewrite");
     assert_eq!(record["status"], 200);
     assert_eq!(record["route"], "reports");
+}
+
+#[test]
+fn explain_applies_the_checks_before_the_service() {
+    let text = explain(&["--path", "/private/a", "--status", "200"]);
+    assert!(
+        text.contains("GET /private/a is refused by check `token-required`: the proxy answers 403"),
+        "{text}"
+    );
+    assert!(text.contains("the client gets: 403 Forbidden"), "{text}");
+    assert!(text.contains("record: none"), "{text}");
+
+    // The check's own answer goes through the rules like any response the proxy makes.
+    let text = explain(&["--path", "/private/hidden", "--status", "200"]);
+    assert!(text.contains("hide-private [route]: matched"), "{text}");
+    assert!(text.contains("the client gets: 404 Not Found"), "{text}");
+    let record = text
+        .lines()
+        .find_map(|line| line.strip_prefix("record: "))
+        .expect("record line");
+    let record: serde_json::Value = serde_json::from_str(record).expect("record is JSON");
+    assert_eq!(record["source"], "proxy");
+    assert_eq!(record["upstream_status"], 403);
+
+    let text = explain(&[
+        "--path",
+        "/private/a",
+        "--status",
+        "200",
+        "--request-header",
+        "x-token: t",
+    ]);
+    assert!(
+        text.contains("GET /private/a answered 200 by the service"),
+        "{text}"
+    );
+    assert!(text.contains("the client gets: 200 OK"), "{text}");
 }
 
 #[test]
