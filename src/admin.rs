@@ -153,8 +153,7 @@ fn route_section(html: &mut String, counts: &Counts, route: &str) {
     html.push_str("</div></section>");
 }
 
-/// What the page shows for records no rule made (a status left as it was, a protocol
-/// deviation); the counts file them under `-`.
+/// What the page shows for a status no rule changed, which the counts file under `-`.
 const NO_RULE: &str = "(no rule)";
 
 fn rule_label(rule: &str) -> &str {
@@ -197,18 +196,20 @@ fn status_matrix(html: &mut String, pairs: &BTreeMap<String, u64>) {
 }
 
 fn latest_table(html: &mut String, records: &[Record]) {
-    html.push_str("<section><h2>latest records</h2><table><tr><th>time</th><th>route</th><th>request</th><th>upstream</th><th>final</th><th>rule</th><th>action</th></tr>");
+    html.push_str("<section><h2>latest records</h2><table><tr><th>time</th><th>route</th><th>request</th><th>kind</th><th>source</th><th>upstream</th><th>final</th><th>rule</th><th>action</th></tr>");
     for r in records {
         let _ = write!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{} {}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td><td>{}</td></tr>",
             r.ts,
             escape(&r.route),
             escape(r.method.as_str()),
             escape(&r.path),
+            r.kind.as_str(),
+            r.source.as_str(),
             r.upstream_status,
             r.status,
-            escape(r.rule.as_deref().unwrap_or(NO_RULE)),
+            escape(r.rule.as_deref().unwrap_or("-")),
             r.action.as_str()
         );
     }

@@ -417,17 +417,27 @@ struct Shared {
 /// Running totals of the records written, for the admin page.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Counts {
-    /// route -> rule (or `-` for records without a rule) -> records.
+    /// route -> rule -> records. A status left as it was counts under `-`, a protocol
+    /// record no rule made under its kind in parentheses, like `(expect_ignored)`.
     pub by_rule: BTreeMap<String, BTreeMap<String, u64>>,
-    /// route -> `upstream->final` status pair -> records.
+    /// route -> `upstream->final` status pair -> records, of status records only: a
+    /// protocol record's statuses say nothing about the code.
     pub by_status: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 impl Counts {
     /// Adds `count` records labelled `labels`.
     fn add(&mut self, labels: &Labels, count: u64) {
-        let rule = labels.rule.as_deref().unwrap_or("-");
+        let rule = match (labels.rule.as_deref(), labels.kind) {
+            (Some(rule), _) => rule,
+            (None, Kind::Status) => "-",
+            (None, Kind::ExpectIgnored) => "(expect_ignored)",
+            (None, Kind::Unsolicited100) => "(unsolicited_100)",
+        };
         bump(&mut self.by_rule, &labels.route, rule, count);
+        if labels.kind != Kind::Status {
+            return;
+        }
         let mut pair = [0u8; 12];
         let pair = status_pair(labels.upstream_status, labels.status, &mut pair);
         bump(&mut self.by_status, &labels.route, pair, count);

@@ -458,7 +458,8 @@ async fn unsolicited_100_is_recorded_and_not_relayed() {
         read_to_close(&mut stream, Duration::from_secs(5)).await;
     })
     .await;
-    let proxy = spawn_proxy(&config_with(upstream, "", "", "")).await;
+    let config = config_with(upstream, "", "", "") + "\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let proxy = spawn_proxy(&config).await;
     let response = raw(
         proxy.addr,
         b"GET /items HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -470,6 +471,25 @@ async fn unsolicited_100_is_recorded_and_not_relayed() {
     assert!(
         records.iter().any(|r| r["kind"] == "unsolicited_100"),
         "{records:?}"
+    );
+    // The admin counts file it as a protocol record, not as a status left unchanged.
+    let admin = proxy.admin.expect("admin listener");
+    let body = get(&format!("http://{admin}/deviations")).await.json();
+    let route = body["counts"]["by_rule"]
+        .as_object()
+        .and_then(|routes| routes.values().next())
+        .cloned()
+        .expect("one route counted");
+    assert_eq!(route, serde_json::json!({"(unsolicited_100)": 1}), "{body}");
+    assert_eq!(body["counts"]["by_status"], serde_json::json!({}), "{body}");
+    let html = get(&format!("http://{admin}/")).await.text();
+    assert!(
+        html.contains("<td>(unsolicited_100)</td><td class=n>1</td>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<td>unsolicited_100</td><td>upstream</td>"),
+        "{html}"
     );
 }
 
