@@ -134,6 +134,7 @@ pub fn handle(
             }
         };
         // 7-8: normalize and record.
+        let produced = response.status();
         if let Some(route) = exchange.route {
             if let Err(resume) = normalize_head(&proxy, route, &mut response, source, &exchange) {
                 // Boxed: only responses whose rules need the body pay for the reading state.
@@ -144,7 +145,15 @@ pub fn handle(
             }
         }
         if let (Some(route), Some(kind)) = (exchange.route, exchange.protocol) {
-            protocol_record(&proxy.deviations, &exchange, route, kind, response.status());
+            let made = (source, produced);
+            protocol_record(
+                &proxy.deviations,
+                &exchange,
+                route,
+                kind,
+                made,
+                response.status(),
+            );
         }
         if exchange.close {
             close_connection(&mut response);
@@ -517,16 +526,22 @@ fn record<'a>(
     }
 }
 
-/// Writes a record of the upstream's 100-continue misbehaviour; the status is what the client
-/// got.
+/// Writes a record of the upstream's 100-continue misbehaviour; `made` is who made the
+/// response and its status before the rules, `status` what the client got. When the proxy
+/// answered (the upstream never did), its own status stands in for the upstream's.
 fn protocol_record(
     log: &DeviationLog,
     exchange: &Exchange,
     route: &Route,
     kind: Kind,
+    made: (deviation::Source, StatusCode),
     status: StatusCode,
 ) {
-    let upstream_status = exchange.upstream_status.unwrap_or(status);
+    let (source, produced) = made;
+    let upstream_status = match source {
+        deviation::Source::Upstream => exchange.upstream_status.unwrap_or(produced),
+        deviation::Source::Proxy => produced,
+    };
     let outcome = Outcome {
         rule: None,
         action: deviation::Action::Left,
@@ -536,7 +551,7 @@ fn protocol_record(
     };
     log.write(&Record {
         kind,
-        ..record(exchange, route, deviation::Source::Upstream, &outcome)
+        ..record(exchange, route, source, &outcome)
     });
 }
 

@@ -331,6 +331,42 @@ async fn upstream_ignoring_expect_gets_the_body_after_the_timeout() {
 }
 
 #[tokio::test]
+async fn an_over_limit_body_after_an_ignored_expect_is_recorded_as_the_proxys_answer() {
+    // The upstream never sends 100 and never answers; the chunked body, sent after the
+    // timeout, passes the limit, so the proxy answers 413 (normalized to 400) itself.
+    let upstream = raw_upstream(|mut stream, _| async move {
+        read_until(&mut stream, "\r\n\r\n").await;
+        read_to_close(&mut stream, Duration::from_secs(5)).await;
+    })
+    .await;
+    let config = config_with(
+        upstream,
+        r#"expect_timeout = "100ms""#,
+        "",
+        "[limits]\nrequest_body = \"16B\"",
+    );
+    let proxy = spawn_proxy(&config).await;
+    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+    let head = "POST /items HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\
+                Expect: 100-continue\r\n\r\n";
+    client.write_all(head.as_bytes()).await.expect("head");
+    let interim = read_until(&mut client, "\r\n\r\n").await;
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+    let chunk = format!("28\r\n{}\r\n0\r\n\r\n", "x".repeat(40));
+    client.write_all(chunk.as_bytes()).await.expect("body");
+    let response = read_response(&mut client).await;
+    assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+    let records = proxy.records();
+    let ignored = records
+        .iter()
+        .find(|r| r["kind"] == "expect_ignored")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(ignored["source"], "proxy", "{ignored}");
+    assert_eq!(ignored["upstream_status"], 413, "{ignored}");
+    assert_eq!(ignored["status"], 400, "{ignored}");
+}
+
+#[tokio::test]
 async fn http10_upstream_and_local_mode_get_no_expect() {
     let heads = Wire::default();
     let upstream = raw_upstream_with(heads.clone(), |mut stream, wire| async move {
