@@ -37,8 +37,8 @@ pub enum ProxyError {
     /// The upstream closed or reset the connection before its response was complete (before
     /// its head, or before the client got any of its body).
     UpstreamReset,
-    /// The upstream sent something that is not a valid HTTP response.
-    UpstreamInvalid,
+    /// The upstream sent something that is not a valid HTTP response; says what was wrong.
+    UpstreamInvalid(&'static str),
     /// The TLS handshake with the upstream failed (its certificate did not verify, ...).
     UpstreamTls(String),
 }
@@ -54,7 +54,7 @@ impl ProxyError {
     /// The upstream's response body failed before anything of it reached the client.
     pub fn body_failed(err: BodyError) -> ProxyError {
         match err {
-            BodyError::Invalid => ProxyError::UpstreamInvalid,
+            BodyError::Invalid => ProxyError::UpstreamInvalid("malformed body framing"),
             BodyError::Io(_) | BodyError::Incomplete => ProxyError::UpstreamReset,
         }
     }
@@ -71,7 +71,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UpstreamConnect
             | ProxyError::UpstreamReset
-            | ProxyError::UpstreamInvalid
+            | ProxyError::UpstreamInvalid(_)
             | ProxyError::UpstreamTls(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -108,7 +108,7 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout => "connect_timeout",
             ProxyError::UpstreamTimeout => "timeout",
             ProxyError::UpstreamReset => "reset",
-            ProxyError::UpstreamInvalid => "invalid_response",
+            ProxyError::UpstreamInvalid(_) => "invalid_response",
             ProxyError::UpstreamTls(_) => "tls",
         }
     }
@@ -133,7 +133,9 @@ impl ProxyError {
             ProxyError::UpstreamReset => {
                 "upstream closed the connection before its response was complete".into()
             }
-            ProxyError::UpstreamInvalid => "upstream sent an invalid response".into(),
+            ProxyError::UpstreamInvalid(why) => {
+                format!("upstream sent an invalid response: {why}")
+            }
             ProxyError::UpstreamTls(why) => format!("TLS with the upstream failed: {why}"),
         }
     }
@@ -214,7 +216,7 @@ mod tests {
             (ProxyError::BodyTooLarge { limit: 1 }, 413),
             (ProxyError::UpstreamConnect, 502),
             (ProxyError::UpstreamReset, 502),
-            (ProxyError::UpstreamInvalid, 502),
+            (ProxyError::UpstreamInvalid("x"), 502),
             (ProxyError::UpstreamTimeout, 504),
             (ProxyError::UpstreamConnectTimeout, 504),
         ];

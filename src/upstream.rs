@@ -167,7 +167,7 @@ impl Upstream {
         tracing::debug!(upstream = %self.config.name, error = ?err, "upstream request failed");
         match err {
             SendError::Closed { .. } => ProxyError::UpstreamReset,
-            SendError::Invalid(_) => ProxyError::UpstreamInvalid,
+            SendError::Invalid(why) => ProxyError::UpstreamInvalid(why),
             SendError::Body(err) => body_error(&*err),
             SendError::Timeout => ProxyError::UpstreamTimeout,
         }

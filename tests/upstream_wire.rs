@@ -311,6 +311,46 @@ async fn invalid_upstream_heads_are_502() {
     }
 }
 
+/// A response head with `fields` header fields, `Content-Length` among them.
+fn head_with_fields(fields: usize) -> &'static [u8] {
+    let mut head = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+    for i in 1..fields {
+        head.push_str(&format!("Set-Cookie: c{i}=v{i}; Path=/\r\n"));
+    }
+    head.push_str("\r\nok");
+    Box::leak(head.into_bytes().into_boxed_slice())
+}
+
+/// Legacy services send many `Set-Cookie` fields: up to 256 fields are relayed, more make the
+/// head invalid (HAProxy's default stops at 101, `tune.http.maxhdr`).
+#[tokio::test]
+async fn response_heads_of_up_to_256_fields_are_relayed() {
+    // Read raw: hyper's own client refuses more than 100 fields.
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let upstream = serving(head_with_fields(256)).await;
+    let proxy = proxy_for(&upstream).await;
+    let reply = until_closed(proxy.addr, REQUEST).await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert_eq!(reply.matches("\r\nset-cookie: c").count(), 255, "{reply}");
+    assert!(
+        reply.contains("set-cookie: c255=v255; Path=/\r\n"),
+        "{reply}"
+    );
+    assert!(reply.ends_with("\r\n\r\nok"), "{reply}");
+    proxy.stop().await;
+
+    let upstream = serving(head_with_fields(257)).await;
+    let proxy = proxy_for(&upstream).await;
+    let reply = until_closed(proxy.addr, REQUEST).await;
+    assert!(reply.starts_with("HTTP/1.1 502 "), "{reply}");
+    assert!(reply.contains("x-restatus-source: proxy\r\n"), "{reply}");
+    assert!(
+        reply.contains("upstream sent an invalid response: more than 256 header fields"),
+        "{reply}"
+    );
+    proxy.stop().await;
+}
+
 const BAD_CHUNK: &[u8] = b"zz\r\nmore\r\n0\r\n\r\n";
 
 /// Sends a chunked head and one good chunk, then, once `go` is notified, a malformed chunk

@@ -27,8 +27,8 @@ use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tokio::time::Sleep;
 
-/// Most header fields in a response head; more make it invalid.
-const MAX_HEADERS: usize = 128;
+/// Most header fields in a response head; more make it invalid (the error text below says 256).
+const MAX_HEADERS: usize = 256;
 /// Largest response head; a longer one is invalid.
 const MAX_HEAD: usize = 256 << 10;
 /// Bytes of request body queued for the socket before the body is asked for more.
@@ -185,18 +185,18 @@ fn parser() -> httparse::ParserConfig {
 
 /// Parses a response head at the start of `buf`, taking its bytes; `None` until it is whole.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
-    // Left uninitialised: httparse writes the slots it uses, and filling 128 empty ones on
+    // Left uninitialised: httparse writes the slots it uses, and filling 256 empty ones on
     // every response would cost more than the parse.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
     let len = match parser().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-            return Err(SendError::Invalid("response head too large"))
+            return Err(SendError::Invalid("response head over 256 KiB"))
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(SendError::Invalid("too many header fields"))
+            return Err(SendError::Invalid("more than 256 header fields"))
         }
         Err(_) => return Err(SendError::Invalid("malformed response head")),
     };
