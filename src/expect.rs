@@ -28,6 +28,7 @@ const WAITING: u8 = 0;
 const RELEASED_BY_CONTINUE: u8 = 1;
 const RELEASED_BY_TIMER: u8 = 2;
 const WITHHELD: u8 = 3;
+const RELEASED_LOCALLY: u8 = 4;
 
 /// What the upstream did with a held request body, known once its final status arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +78,14 @@ impl Interim {
         }
     }
 
+    /// The target is known to speak HTTP/1.0: the body goes without waiting, and the client
+    /// gets the proxy's own `100` as it is first read. Called before the request is sent.
+    pub fn release_locally(&self) {
+        if self.transition(WAITING, RELEASED_LOCALLY) {
+            self.waker.wake();
+        }
+    }
+
     /// Whether the upstream sent a `100` at all.
     pub fn saw_continue(&self) -> bool {
         self.saw_continue.load(Ordering::Acquire)
@@ -95,6 +104,7 @@ impl Interim {
         match self.state.load(Ordering::Acquire) {
             RELEASED_BY_CONTINUE => Held::Continued,
             RELEASED_BY_TIMER => Held::TimedOut,
+            RELEASED_LOCALLY => Held::NotHeld,
             _ => Held::Withheld,
         }
     }
@@ -134,7 +144,9 @@ impl Hold {
         self.interim.waker.register(cx.waker());
         loop {
             match self.interim.state.load(Ordering::Acquire) {
-                RELEASED_BY_CONTINUE | RELEASED_BY_TIMER => return Poll::Ready(Ok(())),
+                RELEASED_BY_CONTINUE | RELEASED_BY_TIMER | RELEASED_LOCALLY => {
+                    return Poll::Ready(Ok(()))
+                }
                 WAITING => {
                     let timeout = self.timeout;
                     let timer = self
@@ -166,7 +178,8 @@ impl Hold {
 
 /// Decides whether the request's body is held for the upstream's `100`, and removes `Expect`
 /// from requests that will not wait: HTTP/1.0 and HTTP/2 clients, empty bodies, bodies already
-/// read for validation, and upstreams with `expect = "local"` or that speak HTTP/1.0.
+/// read for validation, and upstreams with `expect = "local"`. (A target that last answered
+/// HTTP/1.0 is left out once it is chosen, in `Upstream::attempts`.)
 /// Returns whether the body is held.
 pub fn plan(
     outbound: &mut OutboundRequest,

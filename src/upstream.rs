@@ -8,7 +8,7 @@ use crate::expect::{BodyWithheld, Hold, Interim};
 use crate::headers::Added;
 use crate::respond::ProxyError;
 use futures_util::FutureExt;
-use http::header::HOST;
+use http::header::{EXPECT, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Response, Version};
 use std::future::Future;
@@ -23,8 +23,8 @@ pub struct Upstream {
     /// Idle connections, one pool per target.
     pools: Vec<Arc<Pool>>,
     next: AtomicUsize,
-    /// Set once the upstream answered as HTTP/1.0: it cannot take part in 100-continue.
-    http10: AtomicBool,
+    /// Per target: its latest response was HTTP/1.0, so it cannot take part in 100-continue.
+    http10: Vec<AtomicBool>,
 }
 
 /// The head of a request that goes upstream, already rewritten by the proxy. The caller
@@ -56,11 +56,15 @@ impl Upstream {
         client::start_pruning(&pools);
         Upstream {
             name: config.name.as_str().into(),
+            http10: config
+                .targets
+                .iter()
+                .map(|_| AtomicBool::new(false))
+                .collect(),
             config,
             connector,
             pools,
             next: AtomicUsize::new(0),
-            http10: AtomicBool::new(false),
         }
     }
 
@@ -68,10 +72,36 @@ impl Upstream {
         &self.name
     }
 
-    /// Whether `Expect: 100-continue` goes upstream. RFC 9110 §10.1.1 lets a proxy answer
-    /// `100` itself for an HTTP/1.0 next hop, which knows nothing of it.
+    /// Whether `Expect: 100-continue` may go upstream; a target that last answered HTTP/1.0
+    /// still gets none (see `attempts`).
     pub fn forwards_expect(&self) -> bool {
-        self.config.expect == ExpectMode::Forward && !self.http10.load(Ordering::Relaxed)
+        self.config.expect == ExpectMode::Forward
+    }
+
+    /// Remembers whether target `index` answered HTTP/1.0 this time; the next response
+    /// corrects it, so one odd answer does not change the target for good.
+    fn note_version(&self, index: usize, version: Version) {
+        let http10 = version == Version::HTTP_10;
+        if self.http10[index].swap(http10, Ordering::Relaxed) != http10 {
+            let target = &self.config.targets[index].authority;
+            match http10 {
+                true => {
+                    tracing::info!(upstream = %self.config.name, %target, "target answers HTTP/1.0: Expect is answered locally for it")
+                }
+                false => {
+                    tracing::info!(upstream = %self.config.name, %target, "target answers HTTP/1.1 again: Expect goes to it")
+                }
+            }
+        }
+    }
+
+    /// RFC 9110 §10.1.1: a proxy that believes, from past interaction, that the next hop
+    /// speaks only HTTP/1.0 may answer `100` itself; the body then flows without waiting.
+    fn answer_expect_locally(&self, index: usize, outbound: &mut OutboundRequest) {
+        if outbound.interim.is_held() && self.http10[index].load(Ordering::Relaxed) {
+            outbound.headers.remove(EXPECT);
+            outbound.interim.release_locally();
+        }
     }
 
     /// Sends the request to the next target in turn, moving on to the following target when
@@ -85,14 +115,10 @@ impl Upstream {
     ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a {
         // Mapped: an `async` block awaiting the attempts would hold them twice.
         self.attempts(outbound, body).map(move |result| {
-            if let Ok(response) = &result {
-                if response.version() == Version::HTTP_10
-                    && !self.http10.swap(true, Ordering::Relaxed)
-                {
-                    tracing::info!(upstream = %self.config.name, "upstream answers HTTP/1.0: Expect is answered locally from now on");
-                }
-            }
-            result
+            result.map(|(index, response)| {
+                self.note_version(index, response.version());
+                response
+            })
         })
     }
 
@@ -100,7 +126,7 @@ impl Upstream {
         &'a self,
         outbound: &'a mut OutboundRequest,
         body: Source,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a {
+    ) -> impl Future<Output = Result<(usize, Response<UpstreamBody>), ProxyError>> + 'a {
         let replayable = is_replayable(&outbound.method, &body);
         let hold = outbound
             .interim
@@ -131,6 +157,7 @@ impl Upstream {
                         Err(err) => return Err(connect_error(err)),
                     },
                 };
+                self.answer_expect_locally(index, outbound);
                 let request = Outgoing {
                     method: &outbound.method,
                     path: &outbound.path_and_query,
@@ -140,7 +167,7 @@ impl Upstream {
                 };
                 let interim = &outbound.interim;
                 return match client::send(conn, &request, body, interim, pool, timeout).await {
-                    Ok(response) => Ok(response),
+                    Ok(response) => Ok((index, response)),
                     Err((err, reused)) if replayable && reused && is_stale(&err) => {
                         // A pooled connection the upstream closed while idle fails the request
                         // before any response byte. RFC 9110 §9.2.2 allows retrying an idempotent
@@ -154,6 +181,7 @@ impl Upstream {
                             .map_err(connect_error)?;
                         client::send(conn, &request, ForwardBody::empty(), interim, pool, timeout)
                             .await
+                            .map(|response| (index, response))
                             .map_err(|(err, _)| self.send_error(err))
                     }
                     Err((err, _)) => Err(self.send_error(err)),

@@ -369,43 +369,62 @@ async fn an_over_limit_body_after_an_ignored_expect_is_recorded_as_the_proxys_an
 #[tokio::test]
 async fn http10_upstream_and_local_mode_get_no_expect() {
     let heads = Wire::default();
-    let upstream = raw_upstream_with(heads.clone(), |mut stream, wire| async move {
-        let head = read_until(&mut stream, "\r\n\r\n").await;
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .map_or(0, |v| v.trim().parse().expect("length"));
-        let have = head.len() - head.find("\r\n\r\n").expect("end") - 4;
-        let mut body = vec![0u8; length - have];
-        stream.read_exact(&mut body).await.expect("body");
-        wire.push(head);
-        // An HTTP/1.0 server: close-delimited answer.
-        let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\ndone").await;
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let upstream = raw_upstream_with(heads.clone(), move |mut stream, wire| {
+        let answered = answered.clone();
+        async move {
+            let head = read_until(&mut stream, "\r\n\r\n").await;
+            if head.contains("expect: 100-continue") {
+                stream
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .expect("100");
+            }
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().expect("length"));
+            let have = head.len() - head.find("\r\n\r\n").expect("end") - 4;
+            let mut body = vec![0u8; length - have];
+            stream.read_exact(&mut body).await.expect("body");
+            wire.push(head);
+            // An HTTP/1.0 server for two answers (close-delimited), then upgraded to 1.1.
+            let answer: &[u8] = match answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 | 1 => b"HTTP/1.0 200 OK\r\n\r\ndone",
+                _ => b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndone",
+            };
+            let _ = stream.write_all(answer).await;
+        }
     })
     .await;
     let proxy = spawn_proxy(&config_with(upstream, "", "profile = \"none\"", "")).await;
     // The first exchange teaches the proxy that the upstream speaks HTTP/1.0.
     assert_eq!(send("POST", &proxy.url("/a"), &[], "x").await.status, 200);
-    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
-    client
-        .write_all(upload_head("/b", 2, "").as_bytes())
-        .await
-        .expect("head");
-    let interim = read_until(&mut client, "\r\n\r\n").await;
-    assert!(
-        interim.starts_with("HTTP/1.1 100 Continue"),
-        "answered locally: {interim}"
-    );
-    client.write_all(b"{}").await.expect("body");
-    let response = read_response(&mut client).await;
-    assert!(response.contains("done"), "{response}");
+    let upload = |path: &'static str| async move {
+        let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+        client
+            .write_all(upload_head(path, 2, "").as_bytes())
+            .await
+            .expect("head");
+        let interim = read_until(&mut client, "\r\n\r\n").await;
+        assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+        client.write_all(b"{}").await.expect("body");
+        let response = read_response(&mut client).await;
+        assert!(response.contains("done"), "{response}");
+    };
+    // Answered locally; the upstream answers HTTP/1.0 once more, then HTTP/1.1.
+    upload("/b").await;
+    upload("/c").await;
+    upload("/d").await;
     let seen = heads.0.lock().expect("heads").clone();
-    assert_eq!(seen.len(), 2);
-    assert!(
-        !seen[1].to_ascii_lowercase().contains("expect:"),
-        "{}",
-        seen[1]
-    );
+    assert_eq!(seen.len(), 4);
+    let expects: Vec<bool> = seen
+        .iter()
+        .map(|head| head.to_ascii_lowercase().contains("expect:"))
+        .collect();
+    // /b and /c follow HTTP/1.0 answers; /d follows an HTTP/1.1 one and gets `Expect` again.
+    assert_eq!(expects, [false, false, false, true], "{seen:?}");
+    assert!(proxy.records().is_empty(), "{:?}", proxy.records());
 
     // expect = "local" strips it for any upstream.
     let upstream = spawn_upstream(|_| async move { reply(200, "ok") }).await;
