@@ -82,7 +82,10 @@ impl Upstream {
     /// corrects it, so one odd answer does not change the target for good.
     fn note_version(&self, index: usize, version: Version) {
         let http10 = version == Version::HTTP_10;
-        if self.http10[index].swap(http10, Ordering::Relaxed) != http10 {
+        // Read first: a store on every response would bounce the line between cores.
+        let flag = &self.http10[index];
+        if flag.load(Ordering::Relaxed) != http10 && flag.swap(http10, Ordering::Relaxed) != http10
+        {
             let target = &self.config.targets[index].authority;
             match http10 {
                 true => {
