@@ -4,7 +4,8 @@ use serde::de::{Deserializer, Error as _};
 use serde::Deserialize;
 use std::time::Duration;
 
-/// A duration written as a number and a unit: `ms`, `s`, `m` or `h` (`"1.5s"` is allowed).
+/// A duration written as a number and a unit: `ms`, `s`, `m` (or `min`) or `h`, a space
+/// between allowed (`"1.5s"`, `"10 ms"`); docs/configuration.md lists the forms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
@@ -134,6 +135,8 @@ mod tests {
             ("1.5s", Some(1500)),
             ("2m", Some(120_000)),
             ("1h", Some(3_600_000)),
+            ("10 ms", Some(10)),
+            ("2min", Some(120_000)),
             ("10", None),
             ("10x", None),
             ("s", None),
@@ -152,6 +155,9 @@ mod tests {
             ("1GiB", Some(1 << 30)),
             ("100", Some(100)),
             ("12B", Some(12)),
+            ("4K", Some(4096)),
+            ("2 MB", Some(2 << 20)),
+            ("1G", Some(1 << 30)),
             ("3TiB", None),
             ("MiB", None),
         ];
