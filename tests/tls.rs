@@ -438,12 +438,32 @@ fn tls_config_errors_name_the_file() {
     .expect("write");
     let missing = pki.dir.join("missing.pem");
     let upstream: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    // Each error names the key of the file it is about.
     let cases = [
-        (cert_block(&missing, &key), missing.display().to_string()),
-        (cert_block(&cert, &other_key), "does not match".to_string()),
-        (cert_block(&bad_pem, &key), bad_pem.display().to_string()),
+        (
+            cert_block(&missing, &key),
+            missing.display().to_string(),
+            "cert",
+        ),
+        (
+            cert_block(&cert, &missing),
+            missing.display().to_string(),
+            "key",
+        ),
+        (
+            cert_block(&cert, &other_key),
+            "does not match".to_string(),
+            "key",
+        ),
+        (
+            cert_block(&bad_pem, &key),
+            bad_pem.display().to_string(),
+            "cert",
+        ),
+        // A certificate given as the key.
+        (cert_block(&cert, &cert), cert.display().to_string(), "key"),
     ];
-    for (tls, expected) in cases {
+    for (tls, expected, key) in cases {
         let err = restatus::config::Config::parse(
             Path::new("tls.toml"),
             &tls_server_config(upstream, &tls, ""),
@@ -455,6 +475,7 @@ fn tls_config_errors_name_the_file() {
             text.starts_with("tls.toml:"),
             "names the config file and line: {text}"
         );
+        assert_eq!(err.key, format!("server.tls.{key}"), "{text}");
     }
     let upstream_ca =
         https_upstream_config(upstream, &format!("ca = \"{}\"", missing.display()), "");

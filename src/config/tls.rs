@@ -5,6 +5,7 @@ use super::raw::{RawServerTls, RawUpstream};
 use super::{resolve, ConfigError, Locator};
 use crate::tls::{self, MinVersion};
 use rustls::pki_types::ServerName;
+use rustls::sign::CertifiedKey;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,21 @@ impl PartialEq for UpstreamTls {
 
 fn path(raw: &Spanned<String>, at: &Locator) -> PathBuf {
     resolve(at.file, raw.get_ref())
+}
+
+/// Loads a certificate chain and its key, each error at the key of the file it is about: an
+/// unreadable or wrong file at its own key, a key that does not match its certificate at the
+/// key's.
+fn key_pair(
+    cert: &Spanned<String>,
+    key: &Spanned<String>,
+    at: &Locator,
+) -> Result<Arc<CertifiedKey>, ConfigError> {
+    let (cert_path, key_path) = (path(cert, at), path(key, at));
+    tls::certificates(&cert_path).map_err(|err| at.at(cert.span(), err))?;
+    tls::private_key(&key_path).map_err(|err| at.at(key.span(), err))?;
+    warn_if_exposed(&key_path);
+    tls::certified_key(&cert_path, &key_path).map_err(|err| at.at(key.span(), err))
 }
 
 /// Whether a private key file is open to its group or to others (any of the Unix mode bits
@@ -87,17 +103,11 @@ pub fn compile_server_tls(
     };
     let mut by_host = Vec::with_capacity(raw.certs.len());
     for sni in &raw.certs {
-        warn_if_exposed(&path(&sni.key, at));
-        let key = tls::certified_key(&path(&sni.cert, at), &path(&sni.key, at))
-            .map_err(|err| at.at(sni.cert.span(), err))?;
+        let key = key_pair(&sni.cert, &sni.key, at)?;
         by_host.push((sni.host.get_ref().trim().to_ascii_lowercase(), key));
     }
     let default = match (&raw.cert, &raw.key) {
-        (Some(cert), Some(key)) => {
-            warn_if_exposed(&path(key, at));
-            tls::certified_key(&path(cert, at), &path(key, at))
-                .map_err(|err| at.at(cert.span(), err))?
-        }
+        (Some(cert), Some(key)) => key_pair(cert, key, at)?,
         (None, None) => match by_host.first() {
             Some((_, key)) => key.clone(),
             None => {
@@ -135,7 +145,7 @@ pub fn compile_upstream_tls(
     let ca = raw.ca.as_ref().map(|ca| (path(ca, at), ca.span()));
     let client = match (&raw.client_cert, &raw.client_key) {
         (Some(cert), Some(key)) => {
-            warn_if_exposed(&path(key, at));
+            key_pair(cert, key, at)?;
             Some((path(cert, at), path(key, at), cert.span()))
         }
         (None, None) => None,
