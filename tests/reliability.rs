@@ -1276,7 +1276,7 @@ fn key_files_with_loose_permissions_warn_and_unreadable_ones_fail_clearly() {
     let shown = err.to_string();
     assert!(shown.contains("cannot read the key"), "{shown}");
     assert!(shown.contains(&dir.0.display().to_string()), "{shown}");
-    assert_eq!(err.line, 5, "{shown}");
+    assert_eq!((err.line, err.key.as_str()), (6, "server.tls.key"), "{shown}");
 }
 
 // ---------------------------------------------------------------------------------------------
