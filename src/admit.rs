@@ -63,15 +63,24 @@ pub async fn settle_unread(request: Request<ClientBody>) -> bool {
 }
 
 /// Whether the path could mean something else to the upstream than it meant to routing and
-/// rules: a dot-segment (RFC 3986 §5.2.4) raw or percent-encoded, an encoded slash or
-/// backslash, or a raw backslash. Such requests are refused rather than normalized, so the
-/// path restatus routes on is byte for byte the path it forwards.
+/// rules: a dot-segment (RFC 3986 §5.2.4) raw or percent-encoded, also before a `;`
+/// parameter (`/..;/`, which servlet containers resolve); an encoded slash or backslash, or a
+/// raw backslash; an empty segment (`//`, which many servers merge); or a percent-encoded
+/// unreserved character (`%61` for `a`), which RFC 3986 §2.3 says producers should not
+/// create and every upstream decodes. Such requests are refused rather than normalized, so
+/// the path restatus routes on is byte for byte the path it forwards.
 pub fn path_is_ambiguous(path: &str) -> bool {
-    // Nearly every path has neither escapes nor dots: decided without allocating.
-    if !path.bytes().any(|b| matches!(b, b'\\' | b'%' | b'.')) {
+    // Nearly every path has none of these: decided in one pass, without allocating.
+    let mut previous = 0;
+    let suspect = path.bytes().any(|b| {
+        let hit = matches!(b, b'\\' | b'%' | b'.') || (b == b'/' && previous == b'/');
+        previous = b;
+        hit
+    });
+    if !suspect {
         return false;
     }
-    if path.contains('\\') {
+    if path.contains('\\') || path.contains("//") || has_encoded_unreserved(path) {
         return true;
     }
     let lower = path.to_ascii_lowercase();
@@ -80,8 +89,41 @@ pub fn path_is_ambiguous(path: &str) -> bool {
     }
     lower
         .split('/')
-        .map(|segment| segment.replace("%2e", "."))
+        .map(|segment| segment.split(';').next().unwrap_or("").replace("%2e", "."))
         .any(|segment| segment == "." || segment == "..")
+}
+
+/// Whether `path` has a `%XX` that decodes to a letter, digit, `-`, `_` or `~` (an encoded
+/// `.` is a dot-segment question, answered above).
+fn has_encoded_unreserved(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        let hex = |at: usize| bytes.get(at).and_then(|&c| (c as char).to_digit(16));
+        match (b, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                let c = (high * 16 + low) as u8;
+                c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'~')
+            }
+            _ => false,
+        }
+    })
+}
+
+/// The path as routes, checks and rules see it: each segment's parameters (`;jsessionid=...`,
+/// RFC 3986 §3.3) removed, as Java servlet containers read it, so `/admin;x/keys` meets the
+/// rules for `/admin/keys`. `None` when the path has no `;`. The path forwarded keeps them.
+pub fn without_parameters(path: &str) -> Option<Box<str>> {
+    if !path.contains(';') {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(segment.split(';').next().unwrap_or(""));
+    }
+    Some(out.into())
 }
 
 /// Most header fields a request may carry; more is answered 431 (RFC 6585 §5).
@@ -192,6 +234,13 @@ mod tests {
             "/public%2fadmin",
             "/a%5Cb",
             "/a\\b",
+            "/inventory/%61dmin/x",
+            "/%7Euser",
+            "/a/%2D",
+            "//admin",
+            "/inventory//admin/x",
+            "/raw/..;/echo",
+            "/a/.;x/b",
         ];
         for path in ambiguous {
             assert!(path_is_ambiguous(path), "{path}");
@@ -203,10 +252,24 @@ mod tests {
             "/a/b..",
             "/.well-known/x",
             "/a%20b",
+            "/a%2Cb",
+            "/a%25b",
+            "/a%e2%82%ac",
+            "/a;jsessionid=1/b",
             "/v1.2/x",
         ] {
             assert!(!path_is_ambiguous(path), "{path}");
         }
+    }
+
+    #[test]
+    fn parameters_are_left_out_of_the_matched_path() {
+        assert_eq!(without_parameters("/items/1"), None);
+        assert_eq!(
+            without_parameters("/admin;x/keys;jsessionid=A1").as_deref(),
+            Some("/admin/keys")
+        );
+        assert_eq!(without_parameters("/a;b").as_deref(), Some("/a"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `restatus explain`: runs one made-up exchange through a route's rules exactly as the proxy
 //! would, and says which rule fires, why earlier candidates did not, and what gets recorded.
 
+use crate::admit;
 use crate::body::ResponseBody;
 use crate::config::{Config, RouteConfig};
 use crate::deviation::{self, Kind, Record, Source};
@@ -34,8 +35,23 @@ pub async fn explain(config: &Config, query: &Query) -> Result<String, String> {
         .ok()
         .filter(|s| (200..=599).contains(&s.as_u16()))
         .ok_or_else(|| format!("--status {} is not a final status (200-599)", query.status))?;
-    let path = query.path.split('?').next().unwrap_or("/");
+    let sent = query.path.split('?').next().unwrap_or("/");
+    if !sent.starts_with('/') {
+        return Err(format!("--path {sent} must start with /"));
+    }
     let mut out = String::new();
+    if admit::path_is_ambiguous(sent) {
+        let _ = writeln!(
+            out,
+            "{} {sent}: the proxy refuses this path with 400 before routing (a dot-segment, an \
+             empty segment, an encoded slash or an encoded unreserved character); no rule sees it",
+            query.method
+        );
+        return Ok(out);
+    }
+    // Rules see the path without `;` parameters, as the proxy gives it to them.
+    let bare = admit::without_parameters(sent);
+    let path = bare.as_deref().unwrap_or(sent);
     let _ = writeln!(
         out,
         "route {} (profile {}, mode {}), upstream {}",
@@ -44,6 +60,14 @@ pub async fn explain(config: &Config, query: &Query) -> Result<String, String> {
         route.mode.as_str(),
         config.upstream(route).name
     );
+    if !serves(&route.path_prefix, path) {
+        let _ = writeln!(
+            out,
+            "note: this route's path_prefix {} does not cover {path}: the proxy would send it to \
+             another route, or answer 404",
+            route.path_prefix
+        );
+    }
     let refused;
     let (query, source) = match refusing_check(route, query, path) {
         Some(check) => {
@@ -71,7 +95,7 @@ pub async fn explain(config: &Config, query: &Query) -> Result<String, String> {
         Some(outcome) => {
             let answer = Answer {
                 query,
-                path,
+                path: sent,
                 response: &response,
                 source,
             };
@@ -87,6 +111,14 @@ pub async fn explain(config: &Config, query: &Query) -> Result<String, String> {
         }
     }
     Ok(out)
+}
+
+/// Segment-wise, as the proxy's routing matches a path_prefix.
+fn serves(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// The first of the route's checks that refuses the request, as the proxy tries them.

@@ -87,8 +87,10 @@ impl Proxy {
 struct Exchange<'a> {
     started: Instant,
     method: Method,
-    /// The request's URI, shared rather than copied (its path is what rules and records use).
+    /// The request's URI, shared rather than copied (its path is what records use).
     uri: http::Uri,
+    /// The path without `;` parameters, when it had any: what routes, checks and rules see.
+    bare_path: Option<Box<str>>,
     request_id: HeaderValue,
     route: Option<&'a Route>,
     /// Kept only when a rule of the route looks at request headers.
@@ -116,6 +118,7 @@ pub fn handle(
             started: Instant::now(),
             method: request.method().clone(),
             uri: request.uri().clone(),
+            bare_path: None,
             request_id: headers::request_id(request.headers(), &proxy.ids),
             route: None,
             request_headers: None,
@@ -254,12 +257,14 @@ fn admit<'a>(
             "the path has dot-segments or encoded slashes; send it normalized",
         ));
     }
+    exchange.bare_path = admit::without_parameters(request.uri().path());
+    let path = exchange
+        .bare_path
+        .as_deref()
+        .unwrap_or(request.uri().path());
     let route = proxy
         .routes
-        .find(
-            host.as_ref().and_then(|h| h.to_str().ok()),
-            request.uri().path(),
-        )
+        .find(host.as_ref().and_then(|h| h.to_str().ok()), path)
         .ok_or(ProxyError::NoRoute)?;
     exchange.route = Some(route);
     // Limits are checked once routed, so that the route's profile normalizes the answer.
@@ -276,7 +281,7 @@ fn admit<'a>(
     if route.rules.needs_request_headers() {
         exchange.request_headers = Some(request.headers().clone());
     }
-    let (method, path, headers) = (request.method(), request.uri().path(), request.headers());
+    let (method, headers) = (request.method(), request.headers());
     if let Some(check) = route
         .checks
         .iter()
@@ -419,7 +424,7 @@ fn facts_and_settings<'a>(
 ) -> (RequestFacts<'a>, Settings<'a>) {
     let request = RequestFacts {
         method: &exchange.method,
-        path: exchange.uri.path(),
+        path: exchange.bare_path.as_deref().unwrap_or(exchange.uri.path()),
         headers: exchange.request_headers.as_ref(),
     };
     let settings = Settings {

@@ -125,7 +125,14 @@ impl Route {
         if !self.strip_prefix || self.prefix == "/" {
             return original.clone();
         }
-        let rest = original.path().get(self.prefix.len()..).unwrap_or("");
+        // Past as many segments as the prefix has: the same bytes as the prefix, unless
+        // those segments carry `;` parameters, which the route matched without.
+        let path = original.path();
+        let segments = self.prefix.trim_end_matches('/').matches('/').count();
+        let rest = match path.match_indices('/').nth(segments) {
+            Some((at, _)) => &path[at..],
+            None => "",
+        };
         let mut out = String::with_capacity(original.as_str().len());
         if !rest.starts_with('/') {
             out.push('/');

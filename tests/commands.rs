@@ -357,6 +357,26 @@ fn explain_applies_the_checks_before_the_service() {
 }
 
 #[test]
+fn explain_sees_the_path_as_the_proxy_does() {
+    let text = explain(&["--path", "/private/%61", "--status", "200"]);
+    assert!(
+        text.contains("GET /private/%61: the proxy refuses this path with 400 before routing"),
+        "{text}"
+    );
+    // `;` parameters are left out for the checks and rules, and kept in the record.
+    let text = explain(&["--path", "/private;s=1/hidden", "--status", "200"]);
+    assert!(text.contains("refused by check `token-required`"), "{text}");
+    assert!(text.contains(r#""path":"/private;s=1/hidden""#), "{text}");
+    let text = explain(&[
+        "--route", "reports", "--path", "/items/1", "--status", "200",
+    ]);
+    assert!(
+        text.contains("note: this route's path_prefix /reports does not cover /items/1"),
+        "{text}"
+    );
+}
+
+#[test]
 fn explain_falls_through_to_the_profile() {
     let text = explain(&[
         "--method", "DELETE", "--path", "/items/7", "--status", "204",

@@ -1181,6 +1181,11 @@ async fn dot_segment_paths_are_refused_before_routing() {
         "/public%2f..%2fadmin",
         "/public/..%5cadmin",
         "/public/..",
+        "/public/..;/admin",
+        "/public/%61dmin",
+        "/%70ublic/x",
+        "/public//admin",
+        "//public/admin",
     ] {
         let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
         let got = exchange(proxy.addr, request.as_bytes()).await;
@@ -1189,6 +1194,38 @@ async fn dot_segment_paths_are_refused_before_routing() {
     assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
     let reply = get(&proxy.url("/public/a..b/.well-known")).await;
     assert_eq!(reply.status, 200, "dots inside a segment are fine");
+    proxy.stop().await;
+}
+
+/// `;` parameters (`;jsessionid=...`) are forwarded, but routes, checks and rules see the
+/// path without them, as servlet containers do: `/admin;x/keys` meets the check on
+/// `/admin/**`, and a route's prefix still matches and strips with them.
+#[tokio::test]
+async fn path_parameters_do_not_slip_past_checks() {
+    let upstream = echo_upstream().await;
+    let route = format!("{NO_PROFILE}\npath_prefix = \"/app\"\nstrip_prefix = true");
+    let check = r#"
+[[checks]]
+name = "admin-token"
+when = { path = "/app/admin/**", request_header = { "x-token" = { present = false } } }
+then = { status = 403 }
+"#;
+    let config = config_for(upstream.addr, "", "", check)
+        .replace("path_prefix = \"/\"\n", &format!("{route}\n"));
+    let proxy = spawn_proxy(&config).await;
+    for path in ["/app/admin;x/keys", "/app;jsessionid=1/admin/keys"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let got = exchange(proxy.addr, request.as_bytes()).await;
+        assert_eq!(statuses(&got), [403], "{path}: {got}");
+    }
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+    let reply = get(&proxy.url("/app;jsessionid=A1/items;v=2")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = upstream.requests();
+    assert_eq!(
+        seen[0].uri, "/items;v=2",
+        "prefix stripped, parameters kept"
+    );
     proxy.stop().await;
 }
 
@@ -1276,7 +1313,11 @@ fn key_files_with_loose_permissions_warn_and_unreadable_ones_fail_clearly() {
     let shown = err.to_string();
     assert!(shown.contains("cannot read the key"), "{shown}");
     assert!(shown.contains(&dir.0.display().to_string()), "{shown}");
-    assert_eq!((err.line, err.key.as_str()), (6, "server.tls.key"), "{shown}");
+    assert_eq!(
+        (err.line, err.key.as_str()),
+        (6, "server.tls.key"),
+        "{shown}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
