@@ -1,7 +1,8 @@
 //! Header work on forwarded messages, as pure functions over `HeaderMap`.
 
 use http::header::{
-    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE, VIA,
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, COOKIE, TE, TRANSFER_ENCODING, UPGRADE,
+    VIA,
 };
 use http::{HeaderMap, Version};
 use std::net::IpAddr;
@@ -389,6 +390,24 @@ fn hex_into(out: &mut [u8], mut value: u64) {
     for slot in out.iter_mut().rev() {
         *slot = b"0123456789abcdef"[(value & 0xf) as usize];
         value >>= 4;
+    }
+}
+
+/// RFC 9113 §8.2.3: HTTP/2 clients may split `Cookie` into one field per cookie; before the
+/// request goes to an HTTP/1.1 upstream, which may read only the first, they are joined with
+/// `"; "` into one field.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for value in headers.get_all(COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
     }
 }
 

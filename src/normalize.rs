@@ -306,7 +306,12 @@ fn rewrite(
         if let Some(content_type) = content_type {
             headers.insert(CONTENT_TYPE, content_type.clone());
         }
-        *response.body_mut() = ResponseBody::full(bytes.clone());
+        // RFC 9110 §9.3.2: HEAD gets the length a GET would, and no body; HTTP/2 would send
+        // one as DATA, which the client takes for a protocol error.
+        *response.body_mut() = match *method == Method::HEAD {
+            true => ResponseBody::Empty,
+            false => ResponseBody::full(bytes.clone()),
+        };
         return;
     }
     if !allows_body(original) && *method != Method::HEAD {

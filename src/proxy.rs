@@ -333,6 +333,9 @@ fn outbound_request(
         .clone()
         .or_else(|| parts.headers.get(HOST).cloned());
     let mut headers = parts.headers;
+    if parts.version == Version::HTTP_2 {
+        headers::join_cookies(&mut headers);
+    }
     let present = headers::strip_hop_by_hop(&mut headers);
     let hop = headers::ThisHop {
         client: conn.peer.ip(),
@@ -368,6 +371,11 @@ fn client_response(
     original_status: Option<&HeaderName>,
 ) -> Response<ResponseBody> {
     let present = headers::strip_response(&mut parts.headers, original_status);
+    if parts.status == StatusCode::NO_CONTENT {
+        // RFC 9110 §8.6: a 204 has no Content-Length; over HTTP/2 a stray one is a stream
+        // error at the client (RFC 9113 §8.1.1).
+        parts.headers.remove(CONTENT_LENGTH);
+    }
     headers::append_via(&mut parts.headers, parts.version, present.via);
     // The client leg speaks its own version; hyper would echo an HTTP/1.0 upstream's.
     parts.version = Version::HTTP_11;

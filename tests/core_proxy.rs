@@ -480,6 +480,60 @@ async fn request_id_is_made_when_the_client_sends_none() {
 // ---------------------------------------------------------------------------------------------
 // HTTP/2 clients
 
+/// RFC 9113 §8.2.3: the cookies an HTTP/2 client splits into several fields reach the
+/// HTTP/1.1 upstream as one `Cookie` field.
+#[tokio::test]
+async fn http2_cookies_are_joined_into_one_field() {
+    let upstream = echo_upstream().await;
+    let proxy = spawn_proxy(&simple_config(upstream.addr, NO_PROFILE)).await;
+    let cookies = [("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")];
+    let reply = send_with(&h2_client(), "GET", &proxy.url("/c"), &cookies, "").await;
+    assert_eq!(reply.status, 200);
+    let seen = upstream.requests().pop().expect("upstream saw the request");
+    let values: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(values, ["a=1; b=2; c=3"]);
+    proxy.stop().await;
+}
+
+/// Over HTTP/2 a HEAD answer carries no DATA and a 204 no `Content-Length`, or the client
+/// resets the stream (RFC 9113 §8.1.1); HTTP/1 hides both by its framing.
+#[tokio::test]
+async fn http2_head_and_204_answers_are_well_formed() {
+    let upstream = support::fault::spawn_fault(|mut conn| async move {
+        while let Some(head) = conn.read_request().await {
+            let answer: &[u8] = match head.contains("/no-content") {
+                true => b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                false => b"HTTP/1.1 410 Gone\r\nContent-Length: 4\r\n\r\n",
+            };
+            conn.send(answer).await;
+            if !head.starts_with("HEAD") && !head.contains("/no-content") {
+                conn.send(b"gone").await;
+            }
+        }
+    })
+    .await;
+    let rule = format!(
+        "{NO_PROFILE}\n[[rules]]\nname = \"gone\"\nwhen = {{ status = 410 }}\n\
+         then = {{ status = 404, body = \"nope\\n\" }}\n"
+    );
+    let proxy = spawn_proxy(&simple_config(upstream.addr, &rule)).await;
+    let client = h2_client();
+    let head = send_with(&client, "HEAD", &proxy.url("/gone"), &[], "").await;
+    assert_eq!(head.status, 404);
+    assert_eq!(
+        head.header("content-length"),
+        Some("5"),
+        "the length a GET gets"
+    );
+    assert!(head.body.is_empty());
+    let got = send_with(&client, "GET", &proxy.url("/gone"), &[], "").await;
+    assert_eq!((got.status, got.text().as_str()), (404, "nope\n"));
+    let empty = send_with(&client, "GET", &proxy.url("/no-content"), &[], "").await;
+    assert_eq!(empty.status, 204);
+    assert_eq!(empty.header("content-length"), None);
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn http2_client_is_served_from_an_http1_upstream() {
     let upstream = echo_upstream().await;
