@@ -91,7 +91,8 @@ impl RouteTable {
 
     /// The route for a request: routes naming its host first, then routes for any host.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
-        let host = host.map(host_without_port);
+        // A trailing dot names the same host (RFC 1034 §3.1: an absolute name).
+        let host = host.map(|h| host_without_port(h).trim_end_matches('.'));
         let host_routes = host.and_then(|host| {
             self.by_host
                 .iter()
@@ -147,7 +148,7 @@ impl Route {
 }
 
 /// `example.com:8080` -> `example.com`; `[::1]:80` -> `[::1]`.
-fn host_without_port(host: &str) -> &str {
+pub(crate) fn host_without_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |end| &host[..=end]);
     }
@@ -212,6 +213,8 @@ path_prefix = "/inventory"
                 "api-inv",
             ),
             (Some("api.example.com"), "/else", "root"),
+            (Some("API.example.com."), "/inventory/x", "api-inv"),
+            (Some("api.example.com.:443"), "/inventory/x", "api-inv"),
             (Some("other.example.com"), "/inventory", "inv"),
         ];
         for (host, path, want) in cases {

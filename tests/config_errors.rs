@@ -282,7 +282,7 @@ fn an_admin_listener_on_the_proxy_port_is_refused() {
             &text,
             admin,
             "admin.listen",
-            "would share the port of server.listen 127.0.0.1:8080",
+            "would share the port of the proxy's listener 127.0.0.1:8080",
         );
     }
     let text = format!("{base}\n[admin]\nlisten = \"127.0.0.1:8081\"\n");
@@ -299,6 +299,74 @@ fn an_admin_listener_on_the_proxy_port_is_refused() {
         "admin.listen",
         "127.0.0.1:9901 would share",
     );
+}
+
+#[test]
+fn settings_that_would_silently_misbehave_are_refused() {
+    let text = VALID.replace(
+        r#"host = "API.example.com""#,
+        r#"host = "api.example.com:8080""#,
+    );
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "host =",
+        "routes[1].host",
+        "has a port; write `api.example.com`",
+    );
+
+    for name in [
+        "content-length",
+        "x-request-id",
+        "x-restatus-source",
+        "content-type",
+    ] {
+        let text = format!("{VALID}\n[deviations]\noriginal_status_header = \"{name}\"\n");
+        let err = error(&text);
+        assert_error(
+            &err,
+            &text,
+            "original_status_header",
+            "deviations.original_status_header",
+            "has a meaning of its own",
+        );
+    }
+
+    let text = VALID.replace(
+        r#"max_header_bytes = "64KiB""#,
+        "max_header_bytes = \"64KiB\"\nworkers = 100000",
+    );
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "workers",
+        "server.workers",
+        "between 1 and 1024",
+    );
+
+    let rule = "[[rules]]\nname = \"spoof\"\nwhen = { status = 200 }\n\
+                then = { status = 201, headers = { set = { \"x-restatus-source\" = \"upstream\" } } }\n";
+    let text = format!("{VALID}\n{rule}");
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "x-restatus-source",
+        "rules[0].then.headers.set.x-restatus-source",
+        "restatus's own header",
+    );
+}
+
+#[test]
+fn stdout_and_stderr_sinks_are_streams_in_any_case() {
+    let text = format!("{VALID}\n[deviations]\nsink = \"STDOUT\"\n");
+    let config = parse(&text).expect("valid");
+    assert!(matches!(
+        config.deviations.sink,
+        restatus::config::SinkTarget::Stdout
+    ));
 }
 
 #[test]

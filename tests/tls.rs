@@ -485,6 +485,31 @@ fn tls_config_errors_name_the_file() {
 }
 
 #[test]
+fn an_https_listener_may_not_share_a_port_with_the_others() {
+    let pki = Pki::new("clash");
+    let (cert, key) = pki.issue("server", &["localhost"]);
+    let upstream: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let tls = cert_block(&cert, &key).replace("127.0.0.1:0", "0.0.0.0:18443");
+    let base = tls_server_config(upstream, &tls, "");
+    let plain = base.replace(
+        "listen = \"127.0.0.1:0\"\nheader",
+        "listen = \"127.0.0.1:18443\"\nheader",
+    );
+    let err = restatus::config::Config::parse(Path::new("tls.toml"), &plain)
+        .expect_err("same port as the plain listener");
+    assert_eq!(err.key, "server.tls.listen", "{err}");
+    assert!(
+        err.to_string()
+            .contains("would share the port of server.listen 127.0.0.1:18443"),
+        "{err}"
+    );
+    let admin = format!("{base}\n[admin]\nlisten = \"127.0.0.1:18443\"\n");
+    let err = restatus::config::Config::parse(Path::new("tls.toml"), &admin)
+        .expect_err("same port as the admin listener");
+    assert_eq!(err.key, "admin.listen", "{err}");
+}
+
+#[test]
 fn check_summary_names_the_https_listener() {
     let pki = Pki::new("summary");
     let (cert, key) = pki.issue("server", &["localhost"]);

@@ -174,7 +174,9 @@ impl Config {
 
 fn compile(raw: RawConfig, at: &Locator) -> Result<Config, ConfigError> {
     let server = compile_server(raw.server, at)?;
-    let admin = compile_admin(raw.admin.as_ref(), &server.listen, at)?;
+    let mut taken = server.listen.clone();
+    taken.extend(server.tls.iter().flat_map(|tls| tls.listen.iter().copied()));
+    let admin = compile_admin(raw.admin.as_ref(), &taken, at)?;
     let log = compile_log(raw.log, at)?;
     let limits = compile_limits(&raw.limits, at)?;
     let deviations = compile_deviations(&raw.deviations, at)?;
@@ -233,7 +235,9 @@ fn compile_admin(
         return Err(at.at_key(
             span,
             "admin.listen".to_string(),
-            format!("the admin listener {listen} would share the port of server.listen {taken}"),
+            format!(
+                "the admin listener {listen} would share the port of the proxy's listener {taken}"
+            ),
         ));
     }
     Ok(Some(Admin { listen }))
@@ -248,14 +252,20 @@ fn same_socket(a: &SocketAddr, b: &SocketAddr) -> bool {
     a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
+/// More worker threads than this only cost memory and start-up time.
+const MAX_WORKERS: usize = 1024;
+
 fn compile_server(raw: raw::RawServer, at: &Locator) -> Result<Server, ConfigError> {
     let listen = match raw.listen {
         None => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
         Some(list) => parse_listen(&list, at)?,
     };
     if let Some(workers) = &raw.workers {
-        if *workers.get_ref() == 0 {
-            return Err(at.at(workers.span(), "workers must be at least 1"));
+        if !(1..=MAX_WORKERS).contains(workers.get_ref()) {
+            return Err(at.at(
+                workers.span(),
+                format!("workers must be between 1 and {MAX_WORKERS} (one per core is the usual choice)"),
+            ));
         }
     }
     let max_header_bytes = match raw.max_header_bytes {
@@ -272,7 +282,6 @@ fn compile_server(raw: raw::RawServer, at: &Locator) -> Result<Server, ConfigErr
         }
     };
     Ok(Server {
-        listen,
         workers: raw.workers.map(|w| w.into_inner()),
         header_timeout: raw.header_timeout.map_or(Duration::from_secs(10), |d| d.0),
         idle_timeout: raw.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
@@ -280,8 +289,29 @@ fn compile_server(raw: raw::RawServer, at: &Locator) -> Result<Server, ConfigErr
         shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
         max_header_bytes,
         watch_config: raw.watch_config,
-        tls: tls::compile_server_tls(raw.tls.as_ref(), at)?,
+        tls: compile_listeners_tls(raw.tls.as_ref(), &listen, at)?,
+        listen,
     })
+}
+
+/// `[server.tls]`, whose listeners may not share a port with the plain ones.
+fn compile_listeners_tls(
+    raw: Option<&raw::RawServerTls>,
+    plain: &[SocketAddr],
+    at: &Locator,
+) -> Result<Option<tls::ServerTls>, ConfigError> {
+    let compiled = tls::compile_server_tls(raw, at)?;
+    if let (Some(raw), Some(compiled)) = (raw, &compiled) {
+        for addr in &compiled.listen {
+            if let Some(other) = plain.iter().find(|p| same_socket(p, addr)) {
+                return Err(at.at(
+                    raw.listen.span(),
+                    format!("{addr} would share the port of server.listen {other}"),
+                ));
+            }
+        }
+    }
+    Ok(compiled)
 }
 
 pub(crate) fn parse_listen(
@@ -463,7 +493,14 @@ fn compile_limits(raw: &raw::RawLimits, at: &Locator) -> Result<Limits, ConfigEr
 }
 
 fn compile_deviations(raw: &raw::RawDeviations, at: &Locator) -> Result<Deviations, ConfigError> {
-    let sink = match raw.sink.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+    let sink = raw.sink.as_ref().map(|s| (s.get_ref().as_str(), s.span()));
+    // `STDOUT` means the stream too; a file by that name is written `./STDOUT`.
+    let sink = sink.map(|(name, span)| match name.to_ascii_lowercase().as_str() {
+        "stdout" => ("stdout", span),
+        "stderr" => ("stderr", span),
+        _ => (name, span),
+    });
+    let sink = match sink {
         None | Some(("stdout", _)) => SinkTarget::Stdout,
         Some(("stderr", _)) => SinkTarget::Stderr,
         Some(("", span)) => {
@@ -478,14 +515,26 @@ fn compile_deviations(raw: &raw::RawDeviations, at: &Locator) -> Result<Deviatio
     let original_status_header = match &raw.original_status_header {
         None => Some(HeaderName::from_static("x-restatus-original-status")),
         Some(name) if name.get_ref().is_empty() => None,
-        Some(name) => Some(
-            HeaderName::from_bytes(name.get_ref().as_bytes()).map_err(|_| {
+        Some(name) => {
+            let header = HeaderName::from_bytes(name.get_ref().as_bytes()).map_err(|_| {
                 at.at(
                     name.span(),
                     format!("`{}` is not a header name", name.get_ref()),
                 )
-            })?,
-        ),
+            })?;
+            let taken = crate::rules::is_reserved_header(header.as_str())
+                || matches!(
+                    header.as_str(),
+                    "content-type" | "content-encoding" | "host"
+                );
+            if taken {
+                return Err(at.at(
+                    name.span(),
+                    format!("`{header}` has a meaning of its own; use a header of yours, like \"x-original-status\""),
+                ));
+            }
+            Some(header)
+        }
     };
     Ok(Deviations {
         mode: raw.mode.unwrap_or_default(),
@@ -688,7 +737,17 @@ fn parse_route_host(host: &Spanned<String>, at: &Locator) -> Result<String, Conf
     if !valid {
         return Err(at.at(host.span(), format!("`{text}` is not a host name")));
     }
-    Ok(text)
+    // A port is ignored in matching, so a host written with one would never match.
+    let name = crate::route::host_without_port(&text);
+    if name != text {
+        return Err(at.at(
+            host.span(),
+            format!(
+                "host `{text}` has a port; write `{name}` (routes match the host name, any port)"
+            ),
+        ));
+    }
+    Ok(text.trim_end_matches('.').to_string())
 }
 
 fn parse_prefix(prefix: &Spanned<String>, at: &Locator) -> Result<String, ConfigError> {

@@ -175,7 +175,21 @@ fn header_name(name: &Spanned<String>, key: &str, at: &Locator) -> Result<Header
             format!("{key}: `{header}` frames the message and is set by restatus (use then.body to change the body)"),
         ));
     }
+    if OWN_HEADERS.contains(&header.as_str()) {
+        return Err(at.at(
+            name.span(),
+            format!("{key}: `{header}` is restatus's own header; its meaning would be lost"),
+        ));
+    }
     Ok(header)
+}
+
+/// Headers whose value restatus promises: who made the response, and the request's id.
+pub const OWN_HEADERS: [&str; 2] = ["x-restatus-source", "x-request-id"];
+
+/// Whether `name` frames the message or is one of restatus's own: no setting may write it.
+pub fn is_reserved_header(name: &str) -> bool {
+    FRAMING_HEADERS.contains(&name) || OWN_HEADERS.contains(&name)
 }
 
 /// A string body is sent as written; a table or array is sent as JSON.
