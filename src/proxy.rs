@@ -31,7 +31,7 @@ pub struct Proxy {
     pub inspect_limit: usize,
     pub original_status_header: Option<HeaderName>,
     pub access_log: bool,
-    pub ids: RequestIds,
+    pub ids: Arc<RequestIds>,
     pub deviations: Arc<DeviationLog>,
     pub metrics: Arc<Metrics>,
     /// Metrics of requests that matched no route.
@@ -77,7 +77,8 @@ impl Proxy {
             inspect_limit: config.limits.inspect_body,
             original_status_header: config.deviations.original_status_header.clone(),
             access_log: config.log.access,
-            ids: RequestIds::new(),
+            // Kept across reloads, so ids stay unique for the whole process.
+            ids: previous.map_or_else(|| Arc::new(RequestIds::new()), |p| p.ids.clone()),
             deviations,
         }
     }

@@ -364,7 +364,8 @@ then = { status = 202, headers = { set = { "x-config" = "B" } } }
 async fn reload_swaps_rules_and_a_bad_file_keeps_the_old_config() {
     let upstream = fixed_upstream(200, "{}").await;
     let proxy = spawn_proxy(&with_admin(upstream.addr, RULE_B)).await;
-    assert_eq!(get(&proxy.url("/x")).await.status, 202);
+    let first = get(&proxy.url("/x")).await;
+    assert_eq!(first.status, 202);
     // Both series are there, at zero, before the first reload.
     let before = get(&admin_url(&proxy, "/metrics")).await.text();
     for result in ["success", "failure"] {
@@ -375,11 +376,14 @@ async fn reload_swaps_rules_and_a_bad_file_keeps_the_old_config() {
     std::fs::write(&file, with_admin(upstream.addr, "profile = \"none\"")).expect("write");
     let restart = proxy.live.reload(&file).expect("valid file reloads");
     assert!(restart.is_empty(), "{restart:?}");
-    assert_eq!(
-        get(&proxy.url("/x")).await.status,
-        200,
-        "new rules in force"
-    );
+    let second = get(&proxy.url("/x")).await;
+    assert_eq!(second.status, 200, "new rules in force");
+    // Request ids go on from where they were: unique for the whole process.
+    let id = |reply: &Reply| reply.header("x-request-id").expect("id").to_string();
+    let (a, b) = (id(&first), id(&second));
+    assert_eq!(a[..8], b[..8], "{a} {b}");
+    let count = |id: &str| u64::from_str_radix(&id[8..], 16).expect("hex");
+    assert!(count(&b) > count(&a), "{a} {b}");
 
     std::fs::write(&file, "[server]\nlisten = 8080\n").expect("write");
     let err = proxy
