@@ -503,6 +503,11 @@ fn route_and_top_narrow_the_report() {
     assert_eq!(inventory["hidden_records"], 1);
     let table = restatus_report(&["--top", "1"], sample().as_bytes()).stdout;
     assert!(table.contains("(1 more endpoints, 1 records)"), "{table}");
+    // The time range is that of every record counted, shown or not.
+    let first_line = |text: &str| text.lines().next().unwrap_or("").to_string();
+    let whole = restatus_report(&[], sample().as_bytes()).stdout;
+    assert!(first_line(&whole).contains(" to "), "{whole}");
+    assert_eq!(first_line(&table), first_line(&whole));
 }
 
 #[test]
@@ -700,6 +705,13 @@ fn bad_arguments_exit_2_with_a_clear_error() {
         assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
         assert_eq!(run.stdout, "");
     }
+    let directory = restatus_report(&[std::env::temp_dir().to_str().expect("path")], b"");
+    assert_eq!(directory.code, 1, "{}", directory.stderr);
+    assert!(
+        directory.stderr.contains("it is a directory"),
+        "{}",
+        directory.stderr
+    );
     let missing_file = restatus_report(&["/nonexistent/restatus/deviations.jsonl"], b"");
     assert_eq!(missing_file.code, 1);
     assert!(

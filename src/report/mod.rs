@@ -458,8 +458,12 @@ fn check(options: &Options) -> Result<(), Error> {
 }
 
 fn read_file(reader: &mut Reader, path: &std::path::Path, baseline: bool) -> Result<(), Error> {
-    let file = std::fs::File::open(path)
-        .map_err(|err| Error::Input(format!("cannot open {}: {err}", path.display())))?;
+    let cannot = |why: String| Error::Input(format!("cannot open {}: {why}", path.display()));
+    let file = std::fs::File::open(path).map_err(|err| cannot(err.to_string()))?;
+    // A directory opens on Linux and fails only at the first read.
+    if file.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(cannot("it is a directory".into()));
+    }
     reader.read(&path.display().to_string(), file, baseline);
     Ok(())
 }

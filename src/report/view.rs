@@ -12,6 +12,8 @@ pub struct Report {
     pub inputs: Vec<String>,
     pub stats: Stats,
     pub records: u64,
+    /// The first and last record's times, of every record counted.
+    span: Option<(i64, i64)>,
     pub routes: Vec<RouteReport>,
     pub comparison: Option<Comparison>,
 }
@@ -47,6 +49,14 @@ impl Report {
                 .or_default()
                 .push(endpoint);
         }
+        // Before `--top` leaves endpoints out: the window is that of every record counted.
+        let span = by_route
+            .values()
+            .flatten()
+            .fold(None, |span, e| match span {
+                None => Some((e.tally.first, e.tally.last)),
+                Some((first, last)) => Some((first.min(e.tally.first), last.max(e.tally.last))),
+            });
         let mut routes: Vec<RouteReport> = by_route
             .into_iter()
             .map(|(route, endpoints)| route_report(route, endpoints, top))
@@ -56,6 +66,7 @@ impl Report {
             inputs,
             stats: reader.stats,
             records,
+            span,
             routes,
             comparison,
         }
@@ -73,11 +84,7 @@ impl Report {
 
     /// The earliest and latest record in the report window.
     pub fn span(&self) -> Option<(i64, i64)> {
-        let all = self.routes.iter().flat_map(|r| &r.endpoints);
-        all.fold(None, |span, e| match span {
-            None => Some((e.tally.first, e.tally.last)),
-            Some((first, last)) => Some((first.min(e.tally.first), last.max(e.tally.last))),
-        })
+        self.span
     }
 }
 
