@@ -504,10 +504,24 @@ fn route_and_top_narrow_the_report() {
     let table = restatus_report(&["--top", "1"], sample().as_bytes()).stdout;
     assert!(table.contains("(1 more endpoints, 1 records)"), "{table}");
     // The time range is that of every record counted, shown or not.
+    let early = record(
+        "2026-11-23T08:00:00.000Z",
+        "inventory",
+        "GET",
+        "/rarely",
+        None,
+        (418, 418),
+    );
+    let input = early + &sample();
     let first_line = |text: &str| text.lines().next().unwrap_or("").to_string();
-    let whole = restatus_report(&[], sample().as_bytes()).stdout;
-    assert!(first_line(&whole).contains(" to "), "{whole}");
-    assert_eq!(first_line(&table), first_line(&whole));
+    let whole = restatus_report(&[], input.as_bytes()).stdout;
+    let top = restatus_report(&["--top", "1"], input.as_bytes()).stdout;
+    assert!(
+        first_line(&whole).contains("2026-11-23T08:00:00.000Z to "),
+        "{whole}"
+    );
+    assert!(!top.contains("/rarely"), "{top}");
+    assert_eq!(first_line(&top), first_line(&whole));
 }
 
 #[test]
