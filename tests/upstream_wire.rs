@@ -349,6 +349,23 @@ async fn response_heads_of_up_to_256_fields_are_relayed() {
         "{reply}"
     );
     proxy.stop().await;
+
+    // 200 fields of 1.5 KB: a 300 KB head, over the 256 KiB limit however it arrives.
+    let mut head = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+    for i in 0..200 {
+        head.push_str(&format!("X-Pad-{i}: {}\r\n", "p".repeat(1500)));
+    }
+    head.push_str("\r\nok");
+    let upstream = serving(Box::leak(head.into_bytes().into_boxed_slice())).await;
+    let proxy = proxy_for(&upstream).await;
+    let reply = until_closed(proxy.addr, REQUEST).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 502 "),
+        "{}",
+        &reply[..reply.len().min(300)]
+    );
+    assert!(reply.contains("response head over 256 KiB"), "{reply}");
+    proxy.stop().await;
 }
 
 const BAD_CHUNK: &[u8] = b"zz\r\nmore\r\n0\r\n\r\n";

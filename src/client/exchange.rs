@@ -190,6 +190,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
     let len = match parser().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
+        // A head that arrived whole in one read is held to the same limit.
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+            return Err(SendError::Invalid("response head over 256 KiB"))
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
             return Err(SendError::Invalid("response head over 256 KiB"))
