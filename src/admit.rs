@@ -3,6 +3,7 @@
 
 use crate::body::ClientBody;
 use crate::body::{buffer_bounded, Buffered, IdleTimer, Source};
+use crate::normalize::{self, Coding};
 use crate::respond::ProxyError;
 use crate::route::Route;
 use http::header::{CONTENT_TYPE, EXPECT};
@@ -177,6 +178,7 @@ pub fn client_source(body: ClientBody, (limit, timeout): (u64, Duration)) -> Sou
 /// Returns the body to forward.
 pub async fn validate_json(
     body: ClientBody,
+    coding: Coding,
     (limit, timeout): (u64, Duration),
 ) -> Result<Source, ProxyError> {
     let bound = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -191,7 +193,16 @@ pub async fn validate_json(
         }
         Err(_) => return Err(ProxyError::BodyTimeout),
     };
-    match serde_json::from_slice::<serde::de::IgnoredAny>(&data) {
+    // A gzip body is checked decompressed (within the same limit) and forwarded as sent; a
+    // coding restatus cannot read is forwarded unchecked.
+    let plain = match coding {
+        Coding::Identity => data.clone(),
+        Coding::Gzip => normalize::gunzip_bounded(&data, bound).ok_or_else(|| {
+            ProxyError::InvalidJson("the gzip body does not decompress within the limit".into())
+        })?,
+        Coding::Other => return Ok(Source::Full(Some(data))),
+    };
+    match serde_json::from_slice::<serde::de::IgnoredAny>(&plain) {
         Ok(_) => Ok(Source::Full(Some(data))),
         Err(err) => Err(ProxyError::InvalidJson(err.to_string())),
     }

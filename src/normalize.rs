@@ -233,14 +233,14 @@ pub fn inspection_copy(raw: Bytes, headers: &HeaderMap, limit: usize) -> Option<
     }
 }
 
-enum Coding {
+pub enum Coding {
     Identity,
     Gzip,
     Other,
 }
 
-/// The response's content coding (RFC 9110 §8.4); several codings count as unreadable.
-fn coding(headers: &HeaderMap) -> Coding {
+/// A message's content coding (RFC 9110 §8.4); several codings count as unreadable.
+pub fn coding(headers: &HeaderMap) -> Coding {
     let mut values = headers.get_all(CONTENT_ENCODING).iter();
     let value = match (values.next(), values.next()) {
         (None, _) => return Coding::Identity,
@@ -255,7 +255,7 @@ fn coding(headers: &HeaderMap) -> Coding {
 }
 
 /// A decompressed copy of at most `limit` bytes; `None` if larger or not valid gzip.
-fn gunzip_bounded(bytes: &[u8], limit: usize) -> Option<Bytes> {
+pub fn gunzip_bounded(bytes: &[u8], limit: usize) -> Option<Bytes> {
     let mut out = Vec::new();
     let decoder = flate2::read::MultiGzDecoder::new(bytes);
     let read = decoder.take(limit as u64 + 1).read_to_end(&mut out).ok()?;

@@ -203,7 +203,13 @@ fn forward<'a, 'e>(
             // The check reads the body, so the client gets its 100 first.
             let (body, validated) = if admit::reads_body(route, &parts.headers, &body) {
                 // Boxed: only routes that validate JSON bodies pay for the reading state.
-                match Box::pin(admit::validate_json(body, limits)).await {
+                match Box::pin(admit::validate_json(
+                    body,
+                    normalize::coding(&parts.headers),
+                    limits,
+                ))
+                .await
+                {
                     Ok(data) => (data, true),
                     Err(err) => {
                         exchange.close = !matches!(err, ProxyError::InvalidJson(_));

@@ -483,6 +483,56 @@ async fn invalid_json_is_refused_and_valid_json_forwarded_byte_for_byte() {
     assert_eq!(reply.status, 201);
 }
 
+fn gzip(text: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(text.as_bytes()).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+/// A gzip-encoded JSON body is checked decompressed and forwarded as sent; a coding restatus
+/// cannot read is forwarded unchecked.
+#[tokio::test]
+async fn compressed_json_is_validated_decompressed() {
+    let upstream = spawn_upstream(|_| async move { json(201, "{}") }).await;
+    let proxy = spawn_proxy(&config_with(upstream.addr, "", "validate_json = true", "")).await;
+    let client = client();
+    let json_gzip = [
+        ("content-type", "application/json"),
+        ("content-encoding", "gzip"),
+    ];
+    let good = gzip(r#"{"a":1}"#);
+    let reply = send_with(
+        &client,
+        "POST",
+        &proxy.url("/items"),
+        &json_gzip,
+        good.clone(),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(upstream.requests()[0].body, good, "forwarded as sent");
+    let bad = gzip(r#"{"a":1,}"#);
+    let reply = send_with(&client, "POST", &proxy.url("/items"), &json_gzip, bad).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let reply = send_with(
+        &client,
+        "POST",
+        &proxy.url("/items"),
+        &json_gzip,
+        "not gzip",
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let brotli = [
+        ("content-type", "application/json"),
+        ("content-encoding", "br"),
+    ];
+    let reply = send_with(&client, "POST", &proxy.url("/items"), &brotli, "\x0b\x02").await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(upstream.requests().len(), 2);
+}
+
 #[tokio::test]
 async fn http2_client_with_expect_is_forwarded_without_it() {
     let upstream = spawn_upstream(|_| async move { json(200, "{}") }).await;
