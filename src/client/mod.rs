@@ -233,11 +233,35 @@ impl Connector {
         match tls.connect(name, tcp).await {
             Ok(stream) => Ok(Conn::new(Io::Tls(Box::new(stream)))),
             Err(err) => match tls_error(&err) {
-                Some(tls) => Err(ConnectError::Tls(tls.to_string())),
+                Some(tls) => Err(ConnectError::Tls(describe_tls(tls))),
                 None => Err(ConnectError::Refused(err)),
             },
         }
     }
+}
+
+/// A certificate failure in words an operator can act on; rustls prints some of them in
+/// Rust's debug notation (`Other(OtherError(CaUsedAsEndEntity))`).
+fn describe_tls(err: &rustls::Error) -> String {
+    use rustls::CertificateError as Cert;
+    let rustls::Error::InvalidCertificate(cert) = err else {
+        return err.to_string();
+    };
+    let why = match cert {
+        Cert::UnknownIssuer => "it is not signed by a CA this upstream trusts (see `ca`)",
+        Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+            "it is not valid for the name asked for (see `server_name`)"
+        }
+        Cert::Expired | Cert::ExpiredContext { .. } => "it has expired",
+        Cert::NotValidYet | Cert::NotValidYetContext { .. } => "it is not valid yet",
+        Cert::BadSignature => "its signature does not verify",
+        Cert::Revoked => "it is revoked",
+        Cert::Other(other) if other.to_string().contains("CaUsedAsEndEntity") => {
+            "it is a CA certificate used as the server's own; the server needs one issued by that CA"
+        }
+        _ => return err.to_string(),
+    };
+    format!("the upstream's certificate was refused: {why}")
 }
 
 /// The rustls error inside (possibly nested) io errors. `io::Error::source` skips the error
