@@ -1,6 +1,6 @@
 //! Process-wide log setup: text or JSON lines through tracing, level from the config or RUST_LOG.
 
-use crate::config::{Log, LogFormat};
+use crate::config::{is_log_filter, Log, LogFormat};
 use std::io::IsTerminal;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
@@ -9,9 +9,20 @@ use tracing_subscriber::EnvFilter;
 /// written to stderr by a background thread, so a request never waits on the terminal or
 /// the journal; keep the returned guard alive until exit, it flushes what is queued.
 pub fn init(log: &Log) -> WorkerGuard {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // A RUST_LOG that is not levels and directives is refused, as `log.level` would be, and
+    // said once logging works.
+    let env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let refused = env
+        .as_ref()
+        .filter(|v| !is_log_filter(&v.to_ascii_lowercase()))
+        .cloned();
+    let level = match (&env, &refused) {
+        (Some(value), None) => value.to_ascii_lowercase(),
+        _ => log.level.clone(),
+    };
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LINES_QUEUED)
         .lossy(true)
@@ -31,6 +42,9 @@ pub fn init(log: &Log) -> WorkerGuard {
     };
     if let Err(err) = result {
         eprintln!("logging already initialised: {err}");
+    }
+    if let Some(value) = refused {
+        tracing::warn!("RUST_LOG `{value}` is not a log level or filter (use error, warn, info, debug or trace); using log.level `{level}`");
     }
     guard
 }

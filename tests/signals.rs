@@ -234,3 +234,46 @@ async fn watched_config_file_reloads_on_change() {
     std::fs::remove_file(&config).ok();
     std::fs::remove_file(&sink).ok();
 }
+
+/// A RUST_LOG that is no filter (`restatus=loud`) is said, as a misspelt `log.level` is
+/// refused, instead of silently logging nothing of `restatus`.
+#[test]
+fn a_misspelt_rust_log_is_warned_about() {
+    let upstream: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let config = temp("rust-log.toml");
+    let sink = temp("rust-log.jsonl");
+    std::fs::write(&config, config_text(upstream, &sink, 201)).expect("write config");
+    let mut child = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "restatus=loud")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start restatus");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("\"listening\"")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        seen.push(
+            rx.recv_timeout(left)
+                .expect("restatus logs that it listens"),
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::remove_file(&config).ok();
+    std::fs::remove_file(&sink).ok();
+    let warning = seen
+        .iter()
+        .find(|l| l.contains("RUST_LOG `restatus=loud` is not a log level"))
+        .unwrap_or_else(|| panic!("{seen:#?}"));
+    assert!(warning.contains("\"WARN\""), "{warning}");
+}

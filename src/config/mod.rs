@@ -349,7 +349,7 @@ fn compile_log(raw: raw::RawLog, at: &Locator) -> Result<Log, ConfigError> {
             if !is_log_filter(&text) {
                 return Err(at.at(
                     level.span(),
-                    format!("`{text}` is not a log level or filter (use error, warn, info, debug or trace)"),
+                    format!("`{text}` is not a log level or filter (use off, error, warn, info, debug or trace, or target=level directives)"),
                 ));
             }
             text
@@ -366,7 +366,7 @@ const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"]
 
 /// Whether `text` is a level, or `target=level` directives with a level each. `EnvFilter`
 /// alone takes a misspelt level ("verbose") as a target's name and logs nothing at all.
-fn is_log_filter(text: &str) -> bool {
+pub fn is_log_filter(text: &str) -> bool {
     let level_of = |directive: &str| match directive.rsplit_once('=') {
         Some((_, level)) => level.trim().to_string(),
         None => directive.trim().to_string(),
