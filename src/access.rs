@@ -115,7 +115,9 @@ impl Drop for LoggedBody {
             upstream = record.upstream.as_deref().unwrap_or("-"),
             status = record.status.as_u16(),
             upstream_status = record.upstream_status.map_or(0, |s| s.as_u16()),
-            duration_ms = record.started.elapsed().as_secs_f64() * 1000.0,
+            // Whole microseconds, as the deviation record has them: `2.17` rather than
+            // `2.1697100000000002`.
+            duration_ms = record.started.elapsed().as_micros() as u64 as f64 / 1000.0,
             request_id = record.request_id.to_str().unwrap_or("-"),
             bytes = self.bytes,
             complete,

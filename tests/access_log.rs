@@ -65,5 +65,12 @@ profile = "none"
     let line = access().unwrap_or_default();
     assert!(line.contains("complete=false"), "{line}");
     assert!(line.contains("bytes=14"), "{line}");
+    // Whole microseconds: at most three decimals, never float noise.
+    let duration = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("duration_ms="))
+        .unwrap_or_else(|| panic!("{line}"));
+    let decimals = duration.split_once('.').map_or(0, |(_, d)| d.len());
+    assert!(decimals <= 3, "{line}");
     proxy.stop().await;
 }
