@@ -7,7 +7,10 @@ use crate::config::Mode;
 use crate::deviation::Action;
 use crate::rules::{is_documented, Action as RuleAction, BodyState, Facts, Rule, RuleSet, Step};
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRAILER, TRANSFER_ENCODING};
+use http::header::{
+    CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, PROXY_AUTHENTICATE, TRAILER, TRANSFER_ENCODING,
+    WWW_AUTHENTICATE,
+};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use std::io::Read;
 use std::time::Duration;
@@ -279,6 +282,15 @@ fn rewrite(
     let headers = response.headers_mut();
     if let Some(name) = original_status_header {
         headers.insert(name.clone(), status_value(original));
+    }
+    // A challenge belongs to its status (RFC 9110 §11.6.1, §11.7.1): after 401 -> 403 it
+    // would ask the client to authenticate for a request that authentication cannot fix.
+    if original != action.status {
+        match original {
+            StatusCode::UNAUTHORIZED => headers.remove(WWW_AUTHENTICATE),
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED => headers.remove(PROXY_AUTHENTICATE),
+            _ => None,
+        };
     }
     for name in &action.remove_headers {
         headers.remove(name);

@@ -1661,3 +1661,24 @@ fn a_misspelt_header_test_is_told_in_plain_words() {
     );
     assert!(!shown.contains("untagged"), "{shown}");
 }
+
+/// A 401's challenge goes with it: after 401 -> 403 the client is not asked to log in for a
+/// request that logging in cannot fix (RFC 9110 §11.6.1). An audit-mode or unchanged 401
+/// keeps it.
+#[tokio::test]
+async fn a_rewritten_401_loses_its_challenge() {
+    let (_upstream, proxy) = echo_proxy("", "").await;
+    let challenge = [("x-reply-www-authenticate", "Basic realm=\"legacy\"")];
+    let url = proxy.url("/admin?status=401");
+    let reply = send("GET", &url, &challenge, "").await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.header("www-authenticate"), None);
+
+    let (_upstream, proxy) = echo_proxy("mode = \"audit\"", "").await;
+    let reply = send("GET", &proxy.url("/admin?status=401"), &challenge, "").await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some("Basic realm=\"legacy\"")
+    );
+}
