@@ -360,6 +360,19 @@ fn settings_that_would_silently_misbehave_are_refused() {
 }
 
 #[test]
+fn a_target_with_credentials_is_refused() {
+    let text = VALID.replace("http://127.0.0.1:8082", "http://user:pw@127.0.0.1:8082");
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "targets",
+        "upstreams[0].targets",
+        "must not hold a user or password",
+    );
+}
+
+#[test]
 fn stdout_and_stderr_sinks_are_streams_in_any_case() {
     let text = format!("{VALID}\n[deviations]\nsink = \"STDOUT\"\n");
     let config = parse(&text).expect("valid");

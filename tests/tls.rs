@@ -482,6 +482,36 @@ fn tls_config_errors_name_the_file() {
 }
 
 #[test]
+fn two_certificates_for_one_host_are_refused() {
+    let pki = Pki::new("twice");
+    let (cert, key) = pki.issue("server", &["localhost"]);
+    let upstream: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let entry = |host: &str| {
+        format!(
+            "[[server.tls.certs]]\nhost = \"{host}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let tls = format!(
+        "{}{}{}",
+        cert_block(&cert, &key),
+        entry("other.test"),
+        entry("OTHER.test")
+    );
+    let err = restatus::config::Config::parse(
+        Path::new("tls.toml"),
+        &tls_server_config(upstream, &tls, ""),
+    )
+    .expect_err("one host, two certificates");
+    assert_eq!(err.key, "server.tls.certs[1].host", "{err}");
+    assert!(
+        err.to_string().contains("has a certificate already"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_https_listener_may_not_share_a_port_with_the_others() {
     let pki = Pki::new("clash");
     let (cert, key) = pki.issue("server", &["localhost"]);

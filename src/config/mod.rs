@@ -453,6 +453,10 @@ fn parse_target(text: &Spanned<String>, at: &Locator) -> Result<Target, ConfigEr
         return Err(bad("must use http:// or https://"));
     }
     let authority = uri.authority().cloned().ok_or_else(|| bad("has no host"))?;
+    // The user part would go out as the Host field, credentials and all.
+    if authority.as_str().contains('@') {
+        return Err(bad("must not hold a user or password"));
+    }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(bad("must not have a path or query"));
     }

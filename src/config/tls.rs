@@ -104,7 +104,16 @@ pub fn compile_server_tls(
     let mut by_host = Vec::with_capacity(raw.certs.len());
     for sni in &raw.certs {
         let key = key_pair(&sni.cert, &sni.key, at)?;
-        by_host.push((sni.host.get_ref().trim().to_ascii_lowercase(), key));
+        let host = sni.host.get_ref().trim().to_ascii_lowercase();
+        if by_host.iter().any(|(seen, _)| *seen == host) {
+            return Err(at.at(
+                sni.host.span(),
+                format!(
+                    "host `{host}` has a certificate already (host names are matched in any case)"
+                ),
+            ));
+        }
+        by_host.push((host, key));
     }
     let default = match (&raw.cert, &raw.key) {
         (Some(cert), Some(key)) => key_pair(cert, key, at)?,

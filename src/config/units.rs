@@ -49,12 +49,20 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
+    if number.is_empty() {
+        return Err(format!("size `{text}` does not start with a whole number"));
+    }
+    if unit.starts_with('.') {
+        return Err(format!(
+            "size `{text}` has a fraction; write it in a smaller unit (\"1536KiB\", not \"1.5MiB\")"
+        ));
+    }
     let value: u64 = number
         .parse()
-        .map_err(|_| format!("size `{text}` does not start with a whole number"))?;
+        .map_err(|_| format!("size `{text}` is out of range"))?;
     let scale: u64 = match unit.trim() {
         "" | "B" => 1,
-        "KiB" | "KB" | "K" => 1 << 10,
+        "KiB" | "KB" | "kB" | "kb" | "K" | "k" => 1 << 10,
         "MiB" | "MB" | "M" => 1 << 20,
         "GiB" | "GB" | "G" => 1 << 30,
         other => {
@@ -156,6 +164,9 @@ mod tests {
             ("100", Some(100)),
             ("12B", Some(12)),
             ("4K", Some(4096)),
+            ("64kB", Some(65_536)),
+            ("1.5MiB", None),
+            ("99999999999999999999GiB", None),
             ("2 MB", Some(2 << 20)),
             ("1G", Some(1 << 30)),
             ("3TiB", None),
