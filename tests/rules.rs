@@ -1647,6 +1647,15 @@ fn a_date_in_a_json_body_is_refused() {
         "rules[0].then.body",
         "has no JSON form",
     );
+    let rules = "[[rules]]\nname = \"a\"\nwhen = { body_json = { pointer = \"/a\", equals = 1979-05-27 } }\nthen = { status = 404 }\n";
+    let (text, err) = rule_error(rules);
+    assert_rule_error(
+        &text,
+        &err,
+        "1979",
+        "rules[0].when.body_json.equals",
+        "has no JSON form",
+    );
 }
 
 /// A misspelt header test is told in the config's terms, not serde's.

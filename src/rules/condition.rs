@@ -432,18 +432,23 @@ fn compile_body_json(raw: &RawBodyJson, at: &Locator) -> Result<BodyJson, Config
             format!("body_json pointer `{pointer}` {why} (RFC 6901)"),
         ));
     }
-    let to_json = |v: &toml::Value| {
+    // Errors point at the value they are about.
+    let to_json = |v: &toml::Value, at_value: std::ops::Range<usize>| {
         if super::has_datetime(v) {
-            return Err(at.at(span.clone(), super::DATETIME_IN_JSON));
+            return Err(at.at(at_value, super::DATETIME_IN_JSON));
         }
-        serde_json::to_value(v).map_err(|e| at.at(span.clone(), format!("body_json value: {e}")))
+        serde_json::to_value(v).map_err(|e| at.at(at_value, format!("body_json value: {e}")))
     };
     let test = match (&raw.equals, raw.exists, &raw.one_of) {
-        (Some(value), None, None) => JsonTest::Equals(to_json(value)?),
+        (Some(value), None, None) => JsonTest::Equals(to_json(value.get_ref(), value.span())?),
         (None, Some(exists), None) => JsonTest::Exists(exists),
-        (None, None, Some(values)) => {
-            JsonTest::In(values.iter().map(to_json).collect::<Result<_, _>>()?)
-        }
+        (None, None, Some(values)) => JsonTest::In(
+            values
+                .get_ref()
+                .iter()
+                .map(|v| to_json(v, values.span()))
+                .collect::<Result<_, _>>()?,
+        ),
         _ => {
             return Err(at.at(
                 span,
@@ -486,10 +491,10 @@ fn describe_header(name: &HeaderName, test: &HeaderTest) -> String {
 fn describe_body_json(raw: &RawBodyJson) -> String {
     let mut text = format!("body_json {}", raw.pointer.get_ref());
     if let Some(value) = &raw.equals {
-        text.push_str(&format!(" == {value}"));
+        text.push_str(&format!(" == {}", value.get_ref()));
     }
     if let Some(list) = &raw.one_of {
-        let values: Vec<String> = list.iter().map(|v| v.to_string()).collect();
+        let values: Vec<String> = list.get_ref().iter().map(|v| v.to_string()).collect();
         text.push_str(&format!(" in [{}]", values.join(", ")));
     }
     match raw.exists {

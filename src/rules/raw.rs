@@ -107,10 +107,10 @@ pub struct RawHeaderTest {
 #[serde(deny_unknown_fields)]
 pub struct RawBodyJson {
     pub pointer: Spanned<String>,
-    pub equals: Option<toml::Value>,
+    pub equals: Option<Spanned<toml::Value>>,
     pub exists: Option<bool>,
     #[serde(rename = "in")]
-    pub one_of: Option<Vec<toml::Value>>,
+    pub one_of: Option<Spanned<Vec<toml::Value>>>,
 }
 
 #[derive(Debug, Deserialize)]
