@@ -52,6 +52,9 @@ fn route_warnings(route: &RouteConfig) -> Vec<String> {
         if only_interim(&rule.when) {
             why.push((&rule.name, "rules never see 1xx responses".to_string()));
         }
+        if let Some(reason) = unreachable_path(rule.when.path_text.as_deref()) {
+            why.push((&rule.name, reason));
+        }
         let named = rule.routes.contains(&route.name);
         if let (true, Some(path)) = (named, &rule.when.path) {
             if !path_reachable(&route.path_prefix, path) {
@@ -78,6 +81,23 @@ fn route_warnings(route: &RouteConfig) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Why no request could have this path: matched paths never hold the query, and the proxy
+/// refuses ambiguous ones before routing.
+fn unreachable_path(path: Option<&str>) -> Option<String> {
+    let path = path?;
+    if path.contains('?') {
+        return Some(format!(
+            "its path {path} holds a `?`, but paths are matched without the query string"
+        ));
+    }
+    if path.contains(' ') || crate::admit::path_is_ambiguous(path) {
+        return Some(format!(
+            "requests for its path {path} are refused with 400 before routing (see Paths in docs/configuration.md)"
+        ));
+    }
+    None
 }
 
 /// The methods of the IANA HTTP Method Registry (RFC 9110 §16.1.1 and the WebDAV family).

@@ -84,6 +84,16 @@ routes = ["items"]
 when = { method = ["GETT", "PROPFIND"], status = 200 }
 then = { status = 404 }
 
+[[rules]]
+name = "with-query"
+when = { path = "/reports?day=1", status = 503 }
+then = { status = 500 }
+
+[[rules]]
+name = "double-slash"
+when = { path = "/reports//daily", status = 503 }
+then = { status = 500 }
+
 [[checks]]
 name = "token-required"
 routes = ["items"]
@@ -168,6 +178,16 @@ fn check_lists_rules_in_order_and_warns_about_shadowed_ones() {
     assert_eq!(
         text.matches("outside the route's path_prefix").count(),
         1,
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "route reports: rule `with-query` can never fire: its path /reports?day=1 holds a `?`"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("rule `double-slash` can never fire: requests for its path /reports//daily are refused with 400"),
         "{text}"
     );
     // Any token is a method, so a misspelt one is accepted, and said.
