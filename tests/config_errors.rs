@@ -360,6 +360,31 @@ fn settings_that_would_silently_misbehave_are_refused() {
 }
 
 #[test]
+fn type_errors_are_told_in_the_config_s_words() {
+    let text = VALID.replace(
+        r#"idle_timeout = "250ms""#,
+        "idle_timeout = \"250ms\"\nworkers = \"two\"",
+    );
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "workers",
+        "server.workers",
+        "expected a whole number",
+    );
+    let text = format!("{VALID}\n[rules]\nname = \"x\"\n");
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "[rules]",
+        "rules",
+        "write each entry as [[rules]]",
+    );
+}
+
+#[test]
 fn a_target_with_credentials_is_refused() {
     let text = VALID.replace("http://127.0.0.1:8082", "http://user:pw@127.0.0.1:8082");
     let err = error(&text);

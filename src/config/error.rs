@@ -36,6 +36,27 @@ pub struct Locator<'a> {
     pub source: &'a str,
 }
 
+/// serde's names for the types it expected, in the config's words.
+fn plain_words(message: &str) -> String {
+    let mut text = message.to_string();
+    for (rust, plain) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        text = text.replace(rust, plain);
+    }
+    if let Some(at) = text.find("expected struct Raw") {
+        let end = text[at..]
+            .find(|c: char| c == '\n' || c == ',')
+            .map_or(text.len(), |e| at + e);
+        text.replace_range(at..end, "expected a table");
+    }
+    text
+}
+
 impl Locator<'_> {
     pub fn whole_file(&self, message: impl Into<String>) -> ConfigError {
         ConfigError {
@@ -79,7 +100,16 @@ impl Locator<'_> {
                 let message = self.syntax_message(span.start);
                 self.at(span, message)
             }
-            Some(span) => self.at(span, message),
+            Some(span) => {
+                let mut err = self.at(span, plain_words(message));
+                if message.starts_with("invalid type: map, expected a sequence") {
+                    err.message += &format!(
+                        " (write each entry as [[{}]], an array of tables, not [{0}])",
+                        err.key
+                    );
+                }
+                err
+            }
             None if message.is_empty() => self.whole_file("invalid TOML"),
             None => self.whole_file(message),
         }
