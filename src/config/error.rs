@@ -50,7 +50,7 @@ fn plain_words(message: &str) -> String {
     }
     if let Some(at) = text.find("expected struct Raw") {
         let end = text[at..]
-            .find(|c: char| c == '\n' || c == ',')
+            .find(['\n', ','])
             .map_or(text.len(), |e| at + e);
         text.replace_range(at..end, "expected a table");
     }
