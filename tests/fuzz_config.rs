@@ -435,12 +435,15 @@ fn boolean(m: Mix) -> BoxedStrategy<V> {
     m.value(any::<bool>().prop_map(V::Bool), int())
 }
 
+/// Each listener's own ports, so that valid documents never ask two listeners for one port.
 const GOOD_ADDRESSES: &[&str] = &[
     "127.0.0.1:0",
     "127.0.0.1:8080",
     "[::1]:8080",
     "0.0.0.0:65535",
 ];
+const TLS_ADDRESSES: &[&str] = &["127.0.0.1:0", "127.0.0.1:8443", "[::1]:8443"];
+const ADMIN_ADDRESSES: &[&str] = &["127.0.0.1:0", "127.0.0.1:9901", "[::1]:9901"];
 const BAD_ADDRESSES: &[&str] = &[
     "127.0.0.1:65536",
     "localhost:80",
@@ -451,12 +454,16 @@ const BAD_ADDRESSES: &[&str] = &[
     "1.2.3.4:-1",
 ];
 
-fn listen(m: Mix) -> BoxedStrategy<V> {
-    let one = || m.pick(GOOD_ADDRESSES, BAD_ADDRESSES);
+fn listen(m: Mix, good: &'static [&'static str]) -> BoxedStrategy<V> {
+    let one = || m.pick(good, BAD_ADDRESSES);
+    // Distinct addresses: one address twice is refused.
+    let several = proptest::sample::subsequence(good, 2..=2)
+        .prop_map(|list| V::Array(list.iter().map(|a| V::Str(a.to_string())).collect()));
     m.value(
         prop_oneof![
             3 => one(),
-            2 => proptest::collection::vec(one(), 1..3).prop_map(V::Array),
+            1 => one().prop_map(|v| V::Array(vec![v])),
+            1 => several,
         ],
         Just(V::Array(vec![])),
     )
@@ -850,7 +857,7 @@ fn server(m: Mix) -> BoxedStrategy<Section> {
         m,
         0.4,
         vec![
-            ("listen", listen(m)),
+            ("listen", listen(m, GOOD_ADDRESSES)),
             ("workers", m.value((1i64..64).prop_map(V::Int), int())),
             ("header_timeout", duration(m)),
             ("idle_timeout", duration(m)),
@@ -866,7 +873,7 @@ fn server(m: Mix) -> BoxedStrategy<Section> {
 fn server_tls(m: Mix) -> BoxedStrategy<Section> {
     let entries = with_required(
         m,
-        vec![("listen", listen(m))],
+        vec![("listen", listen(m, TLS_ADDRESSES))],
         vec![
             ("cert", file(m)),
             ("key", file(m)),
@@ -946,7 +953,10 @@ fn deviations(m: Mix) -> BoxedStrategy<Section> {
             ("mode", m.pick(&["enforce", "audit"], &["Audit", ""])),
             (
                 "sink",
-                m.pick(&["stdout", "stderr", "missing/records.jsonl"], &[""]),
+                m.pick(
+                    &["stdout", "stderr", "records.jsonl"],
+                    &["", "missing/records.jsonl"],
+                ),
             ),
             (
                 "original_status_header",
@@ -964,7 +974,7 @@ fn admin(m: Mix) -> BoxedStrategy<Section> {
     let entries = some_of(
         m,
         0.7,
-        vec![("listen", m.pick(GOOD_ADDRESSES, BAD_ADDRESSES))],
+        vec![("listen", m.pick(ADMIN_ADDRESSES, BAD_ADDRESSES))],
     );
     section(m, "[admin]", entries)
 }
@@ -1025,8 +1035,8 @@ fn route(m: Mix) -> BoxedStrategy<Section> {
             (
                 "host",
                 m.pick(
-                    &["api.example.com", "API.example.com:8080", "[::1]"],
-                    &["", "a b"],
+                    &["api.example.com", "API.example.com.", "[::1]"],
+                    &["", "a b", "api.example.com:8080"],
                 ),
             ),
             (

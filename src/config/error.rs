@@ -49,9 +49,7 @@ fn plain_words(message: &str) -> String {
         text = text.replace(rust, plain);
     }
     if let Some(at) = text.find("expected struct Raw") {
-        let end = text[at..]
-            .find(['\n', ','])
-            .map_or(text.len(), |e| at + e);
+        let end = text[at..].find(['\n', ',']).map_or(text.len(), |e| at + e);
         text.replace_range(at..end, "expected a table");
     }
     text
