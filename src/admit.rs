@@ -63,25 +63,53 @@ pub async fn settle_unread(request: Request<ClientBody>) -> bool {
         .unwrap_or(false)
 }
 
-/// Whether the path could mean something else to the upstream than it meant to routing and
-/// rules: a dot-segment (RFC 3986 §5.2.4) raw or percent-encoded, also before a `;`
-/// parameter (`/..;/`, which servlet containers resolve); an encoded slash or backslash, or a
-/// raw backslash; an empty segment (`//`, which many servers merge); or a percent-encoded
-/// unreserved character (`%61` for `a`), which RFC 3986 §2.3 says producers should not
-/// create and every upstream decodes. Such requests are refused rather than normalized, so
-/// the path restatus routes on is byte for byte the path it forwards.
-pub fn path_is_ambiguous(path: &str) -> bool {
+/// What the admission stage needs to know of a request path, from one pass over it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathShape {
+    /// Nothing to look at: routed, checked and forwarded as it is.
+    Plain,
+    /// Has `;` parameters: routes, checks and rules see it without them.
+    Parameters,
+    /// Could mean something else to the upstream: refused with 400.
+    Ambiguous,
+}
+
+/// Sorts the path: ambiguous when it could mean something else to the upstream than it
+/// meant to routing and rules. That is a dot-segment (RFC 3986 §5.2.4) raw or
+/// percent-encoded, also before a `;` parameter (`/..;/`, which servlet containers resolve);
+/// an encoded slash or backslash, or a raw backslash; an empty segment (`//`, which many
+/// servers merge), also one made of parameters only (`/;x/`); or a percent-encoded
+/// unreserved character (`%61` for `a`), which RFC 3986 §2.3 says producers should not create
+/// and every upstream decodes. Such requests are refused rather than normalized.
+pub fn path_shape(path: &str) -> PathShape {
     // Nearly every path has none of these: decided in one pass, without allocating.
-    let mut previous = 0;
-    let suspect = path.bytes().any(|b| {
-        let hit = matches!(b, b'\\' | b'%' | b'.') || (b == b'/' && previous == b'/');
+    let (mut suspect, mut parameters, mut previous) = (false, false, 0);
+    for &b in path.as_bytes() {
+        match b {
+            b'\\' | b'%' | b'.' => suspect = true,
+            b'/' | b';' if previous == b'/' => suspect = true,
+            b';' => parameters = true,
+            _ => {}
+        }
         previous = b;
-        hit
-    });
-    if !suspect {
-        return false;
     }
-    if path.contains('\\') || path.contains("//") || has_encoded_unreserved(path) {
+    match (suspect && is_ambiguous(path), parameters) {
+        (true, _) => PathShape::Ambiguous,
+        (false, true) => PathShape::Parameters,
+        (false, false) => PathShape::Plain,
+    }
+}
+
+/// Whether `path` would be refused: see [`path_shape`].
+pub fn path_is_ambiguous(path: &str) -> bool {
+    path_shape(path) == PathShape::Ambiguous
+}
+
+fn is_ambiguous(path: &str) -> bool {
+    if path.contains('\\') || path.contains("//") || path.contains("/;") {
+        return true;
+    }
+    if has_encoded_unreserved(path) {
         return true;
     }
     let lower = path.to_ascii_lowercase();
@@ -112,11 +140,8 @@ fn has_encoded_unreserved(path: &str) -> bool {
 
 /// The path as routes, checks and rules see it: each segment's parameters (`;jsessionid=...`,
 /// RFC 3986 §3.3) removed, as Java servlet containers read it, so `/admin;x/keys` meets the
-/// rules for `/admin/keys`. `None` when the path has no `;`. The path forwarded keeps them.
-pub fn without_parameters(path: &str) -> Option<Box<str>> {
-    if !path.contains(';') {
-        return None;
-    }
+/// rules for `/admin/keys`. The path forwarded keeps them.
+pub fn without_parameters(path: &str) -> Box<str> {
     let mut out = String::with_capacity(path.len());
     for (i, segment) in path.split('/').enumerate() {
         if i > 0 {
@@ -124,7 +149,7 @@ pub fn without_parameters(path: &str) -> Option<Box<str>> {
         }
         out.push_str(segment.split(';').next().unwrap_or(""));
     }
-    Some(out.into())
+    out.into()
 }
 
 /// Most header fields a request may carry; more is answered 431 (RFC 6585 §5).
@@ -194,13 +219,13 @@ pub async fn validate_json(
         Err(_) => return Err(ProxyError::BodyTimeout),
     };
     // A gzip body is checked decompressed (within the same limit) and forwarded as sent; a
-    // coding restatus cannot read is forwarded unchecked.
+    // coding restatus cannot read is refused, or any made-up coding would turn the check off.
     let plain = match coding {
         Coding::Identity => data.clone(),
         Coding::Gzip => normalize::gunzip_bounded(&data, bound).ok_or_else(|| {
             ProxyError::InvalidJson("the gzip body does not decompress within the limit".into())
         })?,
-        Coding::Other => return Ok(Source::Full(Some(data))),
+        Coding::Other => return Err(ProxyError::UnreadableCoding),
     };
     match serde_json::from_slice::<serde::de::IgnoredAny>(&plain) {
         Ok(_) => Ok(Source::Full(Some(data))),
@@ -252,6 +277,8 @@ mod tests {
             "/inventory//admin/x",
             "/raw/..;/echo",
             "/a/.;x/b",
+            "/app/;x/admin",
+            "/;x",
         ];
         for path in ambiguous {
             assert!(path_is_ambiguous(path), "{path}");
@@ -275,12 +302,13 @@ mod tests {
 
     #[test]
     fn parameters_are_left_out_of_the_matched_path() {
-        assert_eq!(without_parameters("/items/1"), None);
+        assert_eq!(path_shape("/items/1"), PathShape::Plain);
+        assert_eq!(path_shape("/admin;x/keys"), PathShape::Parameters);
         assert_eq!(
-            without_parameters("/admin;x/keys;jsessionid=A1").as_deref(),
-            Some("/admin/keys")
+            &*without_parameters("/admin;x/keys;jsessionid=A1"),
+            "/admin/keys"
         );
-        assert_eq!(without_parameters("/a;b").as_deref(), Some("/a"));
+        assert_eq!(&*without_parameters("/a;b"), "/a");
     }
 
     #[test]

@@ -86,7 +86,13 @@ fn route_warnings(route: &RouteConfig) -> Vec<String> {
 /// Why no request could have this path: matched paths never hold the query, and the proxy
 /// refuses ambiguous ones before routing.
 fn unreachable_path(path: Option<&str>) -> Option<String> {
-    let path = path?;
+    // A regex (`re:...`) is matched against the path, not read as one.
+    let path = path.filter(|p| !p.starts_with("re:"))?;
+    if path.contains(';') {
+        return Some(format!(
+            "its path {path} holds a `;`, but paths are matched without their `;` parameters"
+        ));
+    }
     if path.contains('?') {
         return Some(format!(
             "its path {path} holds a `?`, but paths are matched without the query string"

@@ -51,7 +51,7 @@ pub async fn explain(config: &Config, query: &Query) -> Result<String, String> {
     }
     // Rules see the path without `;` parameters, as the proxy gives it to them.
     let bare = admit::without_parameters(sent);
-    let path = bare.as_deref().unwrap_or(sent);
+    let path = &*bare;
     let _ = writeln!(
         out,
         "route {} (profile {}, mode {}), upstream {}",

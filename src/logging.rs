@@ -44,7 +44,7 @@ pub fn init(log: &Log) -> WorkerGuard {
         eprintln!("logging already initialised: {err}");
     }
     if let Some(value) = refused {
-        tracing::warn!("RUST_LOG `{value}` is not a log level or filter (use error, warn, info, debug or trace); using log.level `{level}`");
+        tracing::warn!("RUST_LOG `{value}` is not a log level or filter (use off, error, warn, info, debug or trace, or target=level directives); using log.level `{level}`");
     }
     guard
 }

@@ -212,7 +212,11 @@ fn forward<'a, 'e>(
                 {
                     Ok(data) => (data, true),
                     Err(err) => {
-                        exchange.close = !matches!(err, ProxyError::InvalidJson(_));
+                        let read = matches!(
+                            err,
+                            ProxyError::InvalidJson(_) | ProxyError::UnreadableCoding
+                        );
+                        exchange.close = !read;
                         return Err(err);
                     }
                 }
@@ -259,12 +263,17 @@ fn admit<'a>(
             "CONNECT is not supported: this is a reverse proxy, it opens no tunnels",
         ));
     }
-    if admit::path_is_ambiguous(request.uri().path()) {
-        return Err(ProxyError::BadRequest(
-            "the path has dot-segments or encoded slashes; send it normalized",
-        ));
+    match admit::path_shape(request.uri().path()) {
+        admit::PathShape::Plain => {}
+        admit::PathShape::Parameters => {
+            exchange.bare_path = Some(admit::without_parameters(request.uri().path()));
+        }
+        admit::PathShape::Ambiguous => {
+            return Err(ProxyError::BadRequest(
+                "the path has dot-segments, empty segments or needless escapes; send it normalized",
+            ))
+        }
     }
-    exchange.bare_path = admit::without_parameters(request.uri().path());
     let path = exchange
         .bare_path
         .as_deref()

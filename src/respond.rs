@@ -17,6 +17,8 @@ pub enum ProxyError {
     Refused(Arc<Check>),
     /// `validate_json` is on and the JSON request body does not parse.
     InvalidJson(String),
+    /// `validate_json` is on and the body is in a content coding restatus cannot read.
+    UnreadableCoding,
     /// The declared or streamed request body is larger than `limits.request_body`.
     BodyTooLarge { limit: u64 },
     /// The request target is longer than `limits.uri`.
@@ -64,6 +66,8 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Refused(check) => check.then.status,
             ProxyError::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            // RFC 9110 §15.5.16: 415 for a content coding the server does not accept.
+            ProxyError::UnreadableCoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -84,6 +88,7 @@ impl ProxyError {
             ProxyError::NoRoute
             | ProxyError::Refused(_)
             | ProxyError::InvalidJson(_)
+            | ProxyError::UnreadableCoding
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequest(_)
             | ProxyError::BodyTimeout
@@ -99,6 +104,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::Refused(_) => "check",
             ProxyError::InvalidJson(_) => "invalid_json",
+            ProxyError::UnreadableCoding => "unreadable_coding",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::BodyTimeout => "body_timeout",
@@ -118,6 +124,9 @@ impl ProxyError {
             ProxyError::NoRoute => "no route matches this host and path".into(),
             ProxyError::Refused(check) => refusal_message(check),
             ProxyError::InvalidJson(why) => format!("request body is not valid JSON: {why}"),
+            ProxyError::UnreadableCoding => {
+                "the JSON body's Content-Encoding cannot be read to check it: send it as gzip or uncoded".into()
+            }
             ProxyError::BodyTooLarge { limit } => {
                 format!("request body is larger than the limit of {limit} bytes")
             }

@@ -90,6 +90,16 @@ when = { path = "/reports?day=1", status = 503 }
 then = { status = 500 }
 
 [[rules]]
+name = "regex-is-fine"
+when = { path_regex = '^/reports/\d+/?$', status = 503 }
+then = { status = 500 }
+
+[[rules]]
+name = "with-parameter"
+when = { path = "/reports;v=2", status = 503 }
+then = { status = 500 }
+
+[[rules]]
 name = "double-slash"
 when = { path = "/reports//daily", status = 503 }
 then = { status = 500 }
@@ -188,6 +198,14 @@ fn check_lists_rules_in_order_and_warns_about_shadowed_ones() {
     );
     assert!(
         text.contains("rule `double-slash` can never fire: requests for its path /reports//daily are refused with 400"),
+        "{text}"
+    );
+    assert!(
+        text.contains("rule `with-parameter` can never fire: its path /reports;v=2 holds a `;`"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("rule `regex-is-fine` can never fire"),
         "{text}"
     );
     // Any token is a method, so a misspelt one is accepted, and said.

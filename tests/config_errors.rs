@@ -316,6 +316,29 @@ fn settings_that_would_silently_misbehave_are_refused() {
         "has a port; write `api.example.com`",
     );
 
+    let text = VALID.replace(r#"host = "API.example.com""#, r#"host = "::1""#);
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "host =",
+        "routes[1].host",
+        "in brackets, like \"[::1]\"",
+    );
+    for prefix in ["/inventory;v=2/", "/inventory//x", "/%69nventory"] {
+        let text = VALID.replace(
+            r#"path_prefix = "/inventory/""#,
+            &format!("path_prefix = \"{prefix}\""),
+        );
+        let err = error(&text);
+        assert_error(
+            &err,
+            &text,
+            "nventory",
+            "routes[1].path_prefix",
+            "can never match",
+        );
+    }
     for name in [
         "content-length",
         "x-request-id",

@@ -490,8 +490,8 @@ fn gzip(text: &str) -> Vec<u8> {
     encoder.finish().expect("gzip")
 }
 
-/// A gzip-encoded JSON body is checked decompressed and forwarded as sent; a coding restatus
-/// cannot read is forwarded unchecked.
+/// A gzip-encoded JSON body is checked decompressed and forwarded as sent; one in a coding
+/// restatus cannot read is refused (415), so no made-up coding turns the check off.
 #[tokio::test]
 async fn compressed_json_is_validated_decompressed() {
     let upstream = spawn_upstream(|_| async move { json(201, "{}") }).await;
@@ -528,9 +528,19 @@ async fn compressed_json_is_validated_decompressed() {
         ("content-type", "application/json"),
         ("content-encoding", "br"),
     ];
-    let reply = send_with(&client, "POST", &proxy.url("/items"), &brotli, "\x0b\x02").await;
-    assert_eq!(reply.status, 201, "{}", reply.text());
-    assert_eq!(upstream.requests().len(), 2);
+    let reply = send_with(&client, "POST", &proxy.url("/items"), &brotli, "{").await;
+    assert_eq!(
+        reply.status,
+        400,
+        "415, normalized by the profile: {}",
+        reply.text()
+    );
+    assert!(
+        reply.text().contains("Content-Encoding cannot be read"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(upstream.requests().len(), 1);
 }
 
 #[tokio::test]

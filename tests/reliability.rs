@@ -1186,6 +1186,7 @@ async fn dot_segment_paths_are_refused_before_routing() {
         "/%70ublic/x",
         "/public//admin",
         "//public/admin",
+        "/public/;x/admin",
     ] {
         let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
         let got = exchange(proxy.addr, request.as_bytes()).await;

@@ -40,9 +40,9 @@ pub struct Locator<'a> {
 fn plain_words(message: &str) -> String {
     let mut text = message.to_string();
     for (rust, plain) in [
-        ("expected usize", "expected a whole number"),
-        ("expected u64", "expected a whole number"),
-        ("expected u16", "expected a whole number"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
         ("expected i64", "expected a whole number"),
         ("expected a boolean", "expected true or false"),
     ] {

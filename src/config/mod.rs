@@ -741,6 +741,12 @@ fn parse_route_host(host: &Spanned<String>, at: &Locator) -> Result<String, Conf
     if !valid {
         return Err(at.at(host.span(), format!("`{text}` is not a host name")));
     }
+    if text.matches(':').count() > 1 && !text.starts_with('[') {
+        return Err(at.at(
+            host.span(),
+            format!("host `{text}`: write an IPv6 address in brackets, like \"[::1]\""),
+        ));
+    }
     // A port is ignored in matching, so a host written with one would never match.
     let name = crate::route::host_without_port(&text);
     if name != text {
@@ -762,6 +768,13 @@ fn parse_prefix(prefix: &Spanned<String>, at: &Locator) -> Result<String, Config
             format!(
                 "path_prefix `{text}` must start with '/' and hold no query, fragment or space"
             ),
+        ));
+    }
+    // Routes see paths without `;` parameters, and ambiguous paths never reach them.
+    if text.contains(';') || crate::admit::path_is_ambiguous(text) {
+        return Err(at.at(
+            prefix.span(),
+            format!("path_prefix `{text}` can never match: requests are routed without `;` parameters, and paths with `//`, dot-segments or needless escapes are refused"),
         ));
     }
     if text.split('/').any(|seg| seg == ".." || seg == ".") {
