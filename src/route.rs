@@ -92,7 +92,10 @@ impl RouteTable {
     /// The route for a request: routes naming its host first, then routes for any host.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         // A trailing dot names the same host (RFC 1034 §3.1: an absolute name).
-        let host = host.map(|h| host_without_port(h).trim_end_matches('.'));
+        let host = host.map(|h| {
+            let name = host_without_port(h);
+            name.strip_suffix('.').unwrap_or(name)
+        });
         let host_routes = host.and_then(|host| {
             self.by_host
                 .iter()
