@@ -87,12 +87,13 @@ impl Upstream {
         if flag.load(Ordering::Relaxed) != http10 && flag.swap(http10, Ordering::Relaxed) != http10
         {
             let target = &self.config.targets[index].authority;
+            // Debug: a balancer over mixed backends would flip it on every request.
             match http10 {
                 true => {
-                    tracing::info!(upstream = %self.config.name, %target, "target answers HTTP/1.0: Expect is answered locally for it")
+                    tracing::debug!(upstream = %self.config.name, %target, "target answers HTTP/1.0: Expect is answered locally for it")
                 }
                 false => {
-                    tracing::info!(upstream = %self.config.name, %target, "target answers HTTP/1.1 again: Expect goes to it")
+                    tracing::debug!(upstream = %self.config.name, %target, "target answers HTTP/1.1 again: Expect goes to it")
                 }
             }
         }
