@@ -274,7 +274,12 @@ fn a_zero_timeout_is_refused() {
 #[test]
 fn an_admin_listener_on_the_proxy_port_is_refused() {
     let base = VALID.replace(r#"listen = "127.0.0.1:0""#, r#"listen = "127.0.0.1:8080""#);
-    for admin in ["127.0.0.1:8080", "0.0.0.0:8080", "[::]:8080"] {
+    for admin in [
+        "127.0.0.1:8080",
+        "0.0.0.0:8080",
+        "[::]:8080",
+        "[::ffff:127.0.0.1]:8080",
+    ] {
         let text = format!("{base}\n[admin]\nlisten = \"{admin}\"\n");
         let err = error(&text);
         assert_error(

@@ -249,7 +249,9 @@ fn same_socket(a: &SocketAddr, b: &SocketAddr) -> bool {
     let covers = |x: &SocketAddr, y: &SocketAddr| {
         x.ip().is_unspecified() && (x.is_ipv6() || x.is_ipv4() == y.is_ipv4())
     };
-    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+    // `[::ffff:127.0.0.1]` is 127.0.0.1 to a dual-stack socket.
+    let same_ip = a.ip().to_canonical() == b.ip().to_canonical();
+    a.port() == b.port() && a.port() != 0 && (same_ip || covers(a, b) || covers(b, a))
 }
 
 /// More worker threads than this only cost memory and start-up time.
