@@ -60,7 +60,7 @@ pub async fn explain(config: &Config, query: &Query) -> Result<String, String> {
         route.mode.as_str(),
         config.upstream(route).name
     );
-    if !serves(&route.path_prefix, path) {
+    if !crate::route::prefix_matches(&route.path_prefix, path) {
         let _ = writeln!(
             out,
             "note: this route's path_prefix {} does not cover {path}: the proxy would send it to \
@@ -111,14 +111,6 @@ pub async fn explain(config: &Config, query: &Query) -> Result<String, String> {
         }
     }
     Ok(out)
-}
-
-/// Segment-wise, as the proxy's routing matches a path_prefix.
-fn serves(prefix: &str, path: &str) -> bool {
-    prefix == "/"
-        || path
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// The first of the route's checks that refuses the request, as the proxy tries them.

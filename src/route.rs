@@ -111,17 +111,22 @@ impl RouteTable {
     }
 }
 
+/// Whether `path` lies at or below `prefix`, segment by segment (see [`Route::matches`]).
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
 impl Route {
     /// Segment-wise prefix match: `/inventory` matches `/inventory` and `/inventory/...`,
     /// not `/inventory-old`.
     pub fn matches(&self, path: &str) -> bool {
-        if self.prefix == "/" {
-            return true;
-        }
-        match path.strip_prefix(self.prefix.as_str()) {
-            Some(rest) => rest.is_empty() || rest.starts_with('/'),
-            None => false,
-        }
+        prefix_matches(&self.prefix, path)
     }
 
     /// The path and query sent upstream.
