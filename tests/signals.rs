@@ -30,14 +30,20 @@ fn start(config: &Path) -> Running {
     start_with(config, false)
 }
 
-fn start_with(config: &Path, admin: bool) -> Running {
-    let mut child = Command::new(binary())
+/// `restatus run --config CONFIG` with `env` set, its stderr piped.
+fn spawn_run(config: &Path, env: &[(&str, &str)]) -> Child {
+    Command::new(binary())
         .args(["run", "--config"])
         .arg(config)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start restatus");
+        .expect("start restatus")
+}
+
+fn start_with(config: &Path, admin: bool) -> Running {
+    let mut child = spawn_run(config, &[]);
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel();
     let (errors_tx, errors) = mpsc::channel();
@@ -243,14 +249,7 @@ fn a_misspelt_rust_log_is_warned_about() {
     let config = temp("rust-log.toml");
     let sink = temp("rust-log.jsonl");
     std::fs::write(&config, config_text(upstream, &sink, 201)).expect("write config");
-    let mut child = Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "restatus=loud")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start restatus");
+    let mut child = spawn_run(&config, &[("RUST_LOG", "restatus=loud")]);
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
