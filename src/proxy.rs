@@ -138,18 +138,18 @@ pub fn handle(
             }
         };
         // 7-8: normalize and record.
-        let produced = response.status();
+        let mut made = (source, response.status());
         if let Some(route) = exchange.route {
             if let Err(resume) = normalize_head(&proxy, route, &mut response, source, &exchange) {
                 // Boxed: only responses whose rules need the body pay for the reading state.
                 // (A helper returning `Either<Ready<_>, BoxFuture<_>>` for this and the same
                 // step in `normalize_body` cost 180 instructions more per request.)
-                let reading = normalize_body(&proxy, route, response, resume, source, &exchange);
-                response = Box::pin(reading).await;
+                let reading =
+                    normalize_body(&proxy, route, response, resume, source, &mut exchange);
+                (response, made) = Box::pin(reading).await;
             }
         }
         if let (Some(route), Some(kind)) = (exchange.route, exchange.protocol) {
-            let made = (source, produced);
             protocol_record(
                 &proxy.deviations,
                 &exchange,
@@ -479,31 +479,36 @@ fn normalize_head(
 }
 
 /// 7-8 for a response whose rules need its body, going on from candidate `resume`.
+/// Normalizes a response whose rules read its body. Returns the response and who made it,
+/// with its status before the rules: the upstream, or the proxy when the upstream's body
+/// failed while it was read.
 async fn normalize_body(
     proxy: &Proxy,
     route: &Route,
     response: Response<ResponseBody>,
     resume: usize,
     source: deviation::Source,
-    exchange: &Exchange<'_>,
-) -> Response<ResponseBody> {
+    exchange: &mut Exchange<'_>,
+) -> (Response<ResponseBody>, (deviation::Source, StatusCode)) {
+    let produced = response.status();
     let (request, settings) = facts_and_settings(proxy, route, exchange);
     let err = match normalize::normalize_body(&request, response, resume, &settings).await {
         Ok((response, outcome)) => {
             recorded(proxy, route, source, exchange, outcome);
-            return response;
+            return (response, (source, produced));
         }
         Err(InspectError::Timeout) => ProxyError::UpstreamTimeout,
         Err(InspectError::Upstream(err)) => ProxyError::body_failed(err),
     };
     // The upstream failed while its body was being inspected; nothing was sent yet, so the
     // client gets an honest proxy error, itself normalized.
+    exchange.error = Some(err.message());
     let mut response = error_response(&err, exchange, &proxy.metrics);
-    let source = deviation::Source::Proxy;
-    match normalize_head(proxy, route, &mut response, source, exchange) {
-        Ok(()) => response,
+    let made = (deviation::Source::Proxy, response.status());
+    match normalize_head(proxy, route, &mut response, made.0, exchange) {
+        Ok(()) => (response, made),
         Err(resume) => {
-            let reading = normalize_body(proxy, route, response, resume, source, exchange);
+            let reading = normalize_body(proxy, route, response, resume, made.0, exchange);
             Box::pin(reading).await
         }
     }

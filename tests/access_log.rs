@@ -41,6 +41,18 @@ name = "main"
 upstream = "backend"
 path_prefix = "/"
 profile = "none"
+
+[[routes]]
+name = "inspected"
+upstream = "backend"
+path_prefix = "/inspected"
+profile = "none"
+
+[[rules]]
+name = "error-body-is-404"
+routes = ["inspected"]
+when = {{ status = 200, body_json = {{ pointer = "/error", exists = true }} }}
+then = {{ status = 404 }}
 "#,
         upstream.addr
     ))
@@ -72,5 +84,26 @@ profile = "none"
         .unwrap_or_else(|| panic!("{line}"));
     let decimals = duration.split_once('.').map_or(0, |(_, d)| d.len());
     assert!(decimals <= 3, "{line}");
+    // The same cut body under a body rule: the proxy answers, and its line says why.
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /inspected/cut HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_to_close(&mut stream, Duration::from_secs(10)).await;
+    assert!(got.starts_with("HTTP/1.1 502"), "{got}");
+    let inspected = || {
+        let text = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
+        text.lines()
+            .find(|l| l.contains(" access ") && l.contains("path=/inspected/cut"))
+            .map(str::to_string)
+    };
+    wait_until(Duration::from_secs(10), "the second access line", || {
+        inspected().is_some()
+    })
+    .await;
+    let line = inspected().unwrap_or_default();
+    assert!(line.contains("status=502"), "{line}");
+    assert!(line.contains("error=\"upstream closed"), "{line}");
     proxy.stop().await;
 }

@@ -367,6 +367,43 @@ async fn an_over_limit_body_after_an_ignored_expect_is_recorded_as_the_proxys_an
 }
 
 #[tokio::test]
+async fn a_body_failing_under_inspection_after_an_ignored_expect_is_the_proxys_answer() {
+    // The upstream ignores Expect, then promises 100 body bytes to a body rule and sends 9.
+    let upstream = raw_upstream(|mut stream, _| async move {
+        read_until(&mut stream, "{\"n\":1}").await;
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                    Content-Length: 100\r\n\r\n{\"error\":";
+        stream.write_all(head.as_bytes()).await.expect("answer");
+    })
+    .await;
+    let rule = r#"
+[[rules]]
+name = "error-body-is-404"
+when = { status = 200, body_json = { pointer = "/error", exists = true } }
+then = { status = 404 }
+"#;
+    let config = config_with(upstream, r#"expect_timeout = "100ms""#, "", rule);
+    let proxy = spawn_proxy(&config).await;
+    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+    let head = upload_head("/items/1", 7, "");
+    client.write_all(head.as_bytes()).await.expect("head");
+    read_until(&mut client, "100 Continue\r\n\r\n").await;
+    client.write_all(br#"{"n":1}"#).await.expect("body");
+    let response = read_response(&mut client).await;
+    // The proxy's 502, normalized to the contract's 500.
+    assert!(response.starts_with("HTTP/1.1 500 "), "{response}");
+    assert!(response.contains("x-restatus-source: proxy"), "{response}");
+    let records = proxy.records();
+    let ignored = records
+        .iter()
+        .find(|r| r["kind"] == "expect_ignored")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(ignored["source"], "proxy", "{ignored}");
+    assert_eq!(ignored["upstream_status"], 502, "{ignored}");
+    assert_eq!(ignored["status"], 500, "{ignored}");
+}
+
+#[tokio::test]
 async fn http10_upstream_and_local_mode_get_no_expect() {
     let heads = Wire::default();
     let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
