@@ -45,42 +45,71 @@ pub fn report(config: &Config) -> String {
     out
 }
 
-/// Rules of `route` that can never fire there, and why.
+/// A rule or a check, as far as telling whether it can fire.
+struct Entry<'a> {
+    name: &'a str,
+    when: &'a Conditions,
+    /// Named in its own `routes = [...]` (not global): its path should suit the route.
+    named: bool,
+}
+
+/// Rules and checks of `route` that can never fire there, and why.
 fn route_warnings(route: &RouteConfig) -> Vec<String> {
+    let named = |routes: &[String]| routes.contains(&route.name);
+    let rules: Vec<Entry> = (route.rules.rules().iter())
+        .map(|r| Entry {
+            name: &r.name,
+            when: &r.when,
+            named: named(&r.routes),
+        })
+        .collect();
+    let checks: Vec<Entry> = (route.checks.iter())
+        .map(|c| Entry {
+            name: &c.name,
+            when: &c.when,
+            named: named(&c.routes),
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (what, entries) in [("rule", rules), ("check", checks)] {
+        for (name, reason) in never_fire(route, &entries) {
+            out.push(format!(
+                "route {}: {what} `{name}` can never fire: {reason}",
+                route.name
+            ));
+        }
+    }
+    out
+}
+
+/// Entries (in evaluation order) that can never fire on `route`, each with the reason.
+fn never_fire<'a>(route: &RouteConfig, entries: &[Entry<'a>]) -> Vec<(&'a str, String)> {
     let mut why = Vec::new();
-    for rule in route.rules.rules() {
-        if only_interim(&rule.when) {
-            why.push((&rule.name, "rules never see 1xx responses".to_string()));
+    for (i, entry) in entries.iter().enumerate() {
+        if only_interim(entry.when) {
+            why.push((entry.name, "rules never see 1xx responses".to_string()));
         }
-        if let Some(reason) = unreachable_path(rule.when.path_text.as_deref()) {
-            why.push((&rule.name, reason));
+        if let Some(reason) = unreachable_path(entry.when.path_text.as_deref()) {
+            why.push((entry.name, reason));
         }
-        let named = rule.routes.contains(&route.name);
-        if let (true, Some(path)) = (named, &rule.when.path) {
+        if let (true, Some(path)) = (entry.named, &entry.when.path) {
             if !path_reachable(&route.path_prefix, path) {
-                why.push((&rule.name, format!(
-                    "its path {} is outside the route's path_prefix {} (rules see the path before strip_prefix)",
-                    rule.when.path_text.as_deref().unwrap_or(""),
+                why.push((entry.name, format!(
+                    "its path {} is outside the route's path_prefix {} (paths are matched before strip_prefix)",
+                    entry.when.path_text.as_deref().unwrap_or(""),
                     route.path_prefix
                 )));
             }
         }
+        if let Some(earlier) = entries[..i].iter().find(|e| e.when.covers(entry.when)) {
+            let reason = format!(
+                "`{}` comes first and matches everything it does",
+                earlier.name
+            );
+            why.push((entry.name, reason));
+        }
     }
-    for (earlier, later) in route.rules.shadowed() {
-        let reason = format!(
-            "`{}` comes first and matches everything it does",
-            earlier.name
-        );
-        why.push((&later.name, reason));
-    }
-    why.into_iter()
-        .map(|(rule, reason)| {
-            format!(
-                "route {}: rule `{rule}` can never fire: {reason}",
-                route.name
-            )
-        })
-        .collect()
+    why
 }
 
 /// Why no request could have this path: matched paths never hold the query, and the proxy

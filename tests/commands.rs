@@ -117,6 +117,106 @@ when = { path = "/private/hidden", status = 403 }
 then = { status = 404 }
 "#;
 
+const GLOBS_AND_CHECKS: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[upstreams]]
+name = "legacy"
+targets = ["http://127.0.0.1:9"]
+
+[[routes]]
+name = "api"
+upstream = "legacy"
+path_prefix = "/api"
+profile = "none"
+
+[[rules]]
+name = "anything-under-orders"
+when = { path = "/api/orders/**", status = 500 }
+then = { status = 409 }
+
+[[rules]]
+name = "one-order"
+when = { path = "/api/orders/*/lines/*", status = 500 }
+then = { status = 400 }
+
+[[rules]]
+name = "exact-order"
+when = { path = "/api/orders/7", status = [500, 503] }
+then = { status = 400 }
+
+[[rules]]
+name = "order-eight"
+when = { path = "/api/orders/8", status = 500 }
+then = { status = 400 }
+
+[[rules]]
+name = "any-item"
+when = { path = "/api/*/items", status = 500 }
+then = { status = 404 }
+
+[[rules]]
+name = "one-item"
+when = { path = "/api/*/items/*", status = 500 }
+then = { status = 404 }
+
+[[checks]]
+name = "no-admin"
+when = { path = "/api/admin/**" }
+then = { status = 403 }
+
+[[checks]]
+name = "no-admin-keys"
+when = { path = "/api/admin/keys", method = "DELETE" }
+then = { status = 403 }
+
+[[checks]]
+name = "elsewhere"
+routes = ["api"]
+when = { path = "/internal/*" }
+then = { status = 403 }
+"#;
+
+#[test]
+fn check_sees_globs_and_checks_that_can_never_fire() {
+    let path = config_file("globs", GLOBS_AND_CHECKS);
+    let output = restatus(&["check", "--config", path.to_str().expect("path")]);
+    std::fs::remove_file(&path).ok();
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}");
+    let warning = |what: &str, name: &str, reason: &str| {
+        format!("warning: route api: {what} `{name}` can never fire: {reason}")
+    };
+    let covered = "`anything-under-orders` comes first and matches everything it does";
+    assert!(
+        text.contains(&warning("rule", "one-order", covered)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&warning("rule", "order-eight", covered)),
+        "{text}"
+    );
+    // 503 is not covered by the earlier rule's 500.
+    assert!(
+        !text.contains("rule `exact-order` can never fire"),
+        "{text}"
+    );
+    // `*/items` never matches a path one segment longer.
+    assert!(!text.contains("rule `one-item` can never fire"), "{text}");
+    let covered = "`no-admin` comes first and matches everything it does";
+    assert!(
+        text.contains(&warning("check", "no-admin-keys", covered)),
+        "{text}"
+    );
+    let outside = "its path /internal/* is outside the route's path_prefix /api";
+    assert!(
+        text.contains(&warning("check", "elsewhere", outside)),
+        "{text}"
+    );
+    assert_eq!(text.matches("can never fire").count(), 4, "{text}");
+}
+
 #[test]
 fn check_lists_rules_in_order_and_warns_about_shadowed_ones() {
     let path = config_file("check", RULES);

@@ -388,6 +388,22 @@ fn settings_that_would_silently_misbehave_are_refused() {
 }
 
 #[test]
+fn an_empty_body_json_in_list_is_refused() {
+    let rule = "[[rules]]\nname = \"never\"\n\
+                when = { status = 200, body_json = { pointer = \"/code\", in = [] } }\n\
+                then = { status = 404 }\n";
+    let text = format!("{VALID}\n{rule}");
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "in = []",
+        "rules[0].when.body_json.in",
+        "`in` is empty",
+    );
+}
+
+#[test]
 fn type_errors_are_told_in_the_config_s_words() {
     let text = VALID.replace(
         r#"idle_timeout = "250ms""#,

@@ -90,9 +90,9 @@ fn has_overflowing_status_class(source: &str) -> bool {
 /// Runs what `restatus check` and the request path do with a compiled config.
 fn exercise(config: &Config) {
     let _ = summary(config);
+    let _ = restatus::check::report(config);
     let empty = HeaderMap::new();
     for route in &config.routes {
-        let _ = route.rules.shadowed();
         for (method, path, status) in [
             (Method::GET, "/items/1", 200),
             (Method::POST, "/", 500),

@@ -89,6 +89,41 @@ impl PathMatcher {
     }
 }
 
+impl PathMatcher {
+    /// Whether every path `other` matches is also matched by `self`, so that a rule with
+    /// `other` after one with `self` can never fire. Conservative: `false` when unsure (a
+    /// regex covers only the exact paths it matches).
+    pub fn covers(&self, other: &PathMatcher) -> bool {
+        match (self, other) {
+            (_, PathMatcher::Exact(path)) => self.matches(path),
+            (PathMatcher::Glob(mine), PathMatcher::Glob(theirs)) => glob_covers(mine, theirs),
+            _ => false,
+        }
+    }
+}
+
+/// Whether glob `a` matches every path glob `b` matches, segment by segment.
+fn glob_covers(a: &[GlobSegment], b: &[GlobSegment]) -> bool {
+    match a.split_first() {
+        None => b.is_empty(),
+        // `**` takes any number of `b`'s segments, including a `**` of its own.
+        Some((GlobSegment::Rest, rest)) => (0..=b.len()).any(|skip| glob_covers(rest, &b[skip..])),
+        Some((first, rest)) => {
+            let Some((theirs, others)) = b.split_first() else {
+                return false;
+            };
+            let one = match (first, theirs) {
+                // `*` never matches an empty segment.
+                (GlobSegment::One, GlobSegment::Literal(literal)) => !literal.is_empty(),
+                (GlobSegment::One, GlobSegment::One) => true,
+                (GlobSegment::Literal(mine), GlobSegment::Literal(literal)) => mine == literal,
+                _ => false,
+            };
+            one && glob_covers(rest, others)
+        }
+    }
+}
+
 fn glob_matches(glob: &[GlobSegment], path: &str) -> bool {
     let mut parts = path.strip_prefix('/').unwrap_or(path).split('/');
     for (i, segment) in glob.iter().enumerate() {
@@ -211,7 +246,11 @@ impl Conditions {
             (Some(_), None) => false,
             (Some(mine), Some(theirs)) => theirs.iter().all(|m| mine.contains(m)),
         };
-        let path = self.path_text.is_none() || self.path_text == other.path_text;
+        let path = match (&self.path, &other.path) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(mine), Some(theirs)) => self.path_text == other.path_text || mine.covers(theirs),
+        };
         let details = self
             .detail_text
             .iter()
@@ -442,6 +481,12 @@ fn compile_body_json(raw: &RawBodyJson, at: &Locator) -> Result<BodyJson, Config
     let test = match (&raw.equals, raw.exists, &raw.one_of) {
         (Some(value), None, None) => JsonTest::Equals(to_json(value.get_ref(), value.span())?),
         (None, Some(exists), None) => JsonTest::Exists(exists),
+        (None, None, Some(values)) if values.get_ref().is_empty() => {
+            return Err(at.at(
+                values.span(),
+                "body_json `in` is empty, so the condition could never hold: list at least one value",
+            ));
+        }
         (None, None, Some(values)) => JsonTest::In(
             values
                 .get_ref()
@@ -537,6 +582,38 @@ mod tests {
         ];
         for (pattern, path, want) in cases {
             assert_eq!(glob(pattern).matches(path), want, "{pattern} vs {path}");
+        }
+    }
+
+    #[test]
+    fn glob_cover() {
+        let exact = |text: &str| PathMatcher::Exact(text.into());
+        let cases = [
+            (glob("/a/**"), glob("/a/*/b"), true),
+            (glob("/a/**"), glob("/a/**"), true),
+            (glob("/a/**"), exact("/a"), true),
+            (glob("/a/*"), glob("/a/**"), false),
+            (glob("/a/*"), glob("/a/b"), true),
+            (glob("/a/*"), glob("/a/"), false),
+            (glob("/a/*/c"), glob("/a/**/c"), false),
+            (glob("/a/**/c"), glob("/a/*/x/c"), true),
+            (glob("/a/**/c"), glob("/a/**/d"), false),
+            (glob("/a/**/c"), glob("/a/**/b/c"), true),
+            (glob("/*/items"), glob("/v1/items/*"), false),
+            (exact("/a"), glob("/a/*"), false),
+            (
+                PathMatcher::Regex(Regex::new("^/a/").expect("regex")),
+                exact("/a/b"),
+                true,
+            ),
+            (
+                PathMatcher::Regex(Regex::new("^/a/").expect("regex")),
+                glob("/a/*"),
+                false,
+            ),
+        ];
+        for (mine, theirs, want) in cases {
+            assert_eq!(mine.covers(&theirs), want, "{mine:?} covers {theirs:?}");
         }
     }
 

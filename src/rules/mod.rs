@@ -388,17 +388,6 @@ impl RuleSet {
         }
         Step::NoMatch
     }
-
-    /// Pairs (earlier, later) where the earlier rule matches everything the later one does.
-    pub fn shadowed(&self) -> Vec<(&Rule, &Rule)> {
-        let mut out = Vec::new();
-        for (i, later) in self.rules.iter().enumerate() {
-            if let Some(earlier) = self.rules[..i].iter().find(|e| e.when.covers(&later.when)) {
-                out.push((earlier.as_ref(), later.as_ref()));
-            }
-        }
-        out
-    }
 }
 
 enum Check<'r> {
