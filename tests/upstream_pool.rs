@@ -123,3 +123,96 @@ fn idle_connections_defaults_to_256() {
         restatus::config::DEFAULT_IDLE_CONNECTIONS
     );
 }
+
+/// A legacy upstream that refuses `POST /refuse` with 403 without reading its body, and keeps
+/// the connection: what is left of the body is read as the start of the next request. Every
+/// other request has its `Content-Length` body read and is answered with its request line.
+async fn body_skipping_upstream() -> (SocketAddr, Arc<Counts>, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let counts = Arc::new(Counts::default());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (shared, lines) = (counts.clone(), seen.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            shared.accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(skip_bodies(stream, lines.clone()));
+        }
+    });
+    (addr, counts, seen)
+}
+
+async fn skip_bodies(mut stream: TcpStream, seen: Arc<std::sync::Mutex<Vec<String>>>) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end + 4);
+        let line = head.lines().next().unwrap_or_default().to_string();
+        seen.lock().expect("seen").push(line.clone());
+        if line.starts_with("POST /refuse ") {
+            let reply = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n";
+            if stream.write_all(reply).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        while buf.len() < length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..length);
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{line}",
+            line.len()
+        );
+        if stream.write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_whose_request_body_may_be_unread_is_not_reused() {
+    let (upstream, counts, seen) = body_skipping_upstream().await;
+    let proxy = spawn_proxy(&pool_config(upstream, 8)).await;
+    // A body the upstream reads, and a 200: the connection is reused.
+    let reply = send("POST", &proxy.url("/ok"), &[], "{}").await;
+    assert_eq!(reply.text(), "POST /ok HTTP/1.1");
+    assert_eq!(
+        get(&proxy.url("/items/1")).await.text(),
+        "GET /items/1 HTTP/1.1"
+    );
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 1);
+    // A refusal that leaves the body unread: the body holds the start of a request, which
+    // the next request on that connection would complete.
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\nX-Junk: ";
+    let reply = send("POST", &proxy.url("/refuse"), &[], smuggled).await;
+    assert_eq!(reply.status, 403);
+    let reply = get(&proxy.url("/items/2")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "GET /items/2 HTTP/1.1");
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    let lines = seen.lock().expect("seen").clone();
+    assert!(!lines.iter().any(|l| l.contains("/smuggled")), "{lines:?}");
+    proxy.stop().await;
+}

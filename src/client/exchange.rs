@@ -93,7 +93,8 @@ pub fn send<'a>(
         .map_err(|err| (err, reused))?;
         let framing =
             Framing::of(&head, request.method == Method::HEAD).map_err(|e| (e, reused))?;
-        let keep_alive = framing.allows_reuse() && keeps_alive(&head);
+        let keep_alive =
+            framing.allows_reuse() && keeps_alive(&head) && !writer.may_be_unread(head.status);
         let body = UpstreamBody::new(conn, writer, framing, keep_alive, pool.clone());
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
@@ -312,6 +313,8 @@ pub struct Writer {
     error: Option<std::io::Error>,
     /// Body frames taken and writes made so far, for the response timeout.
     steps: u64,
+    /// The request has a body (before any of it went into the head's buffer).
+    carries_body: bool,
 }
 
 /// The request body ended before, or went past, its declared length.
@@ -340,6 +343,7 @@ impl Writer {
             RequestFraming::Length(n) if n > 0 && room_for_body(n) > 0 => body.take_whole(n),
             _ => None,
         };
+        let carries_body = !matches!(framing, RequestFraming::Length(0));
         let mut queue = Queue::default();
         queue.push(encode_head(request, field, whole.as_deref()));
         let (framing, body) = match whole {
@@ -354,7 +358,18 @@ impl Writer {
             failed: false,
             error: None,
             steps: 0,
+            carries_body,
         }
+    }
+
+    /// Whether the upstream may have left some of the request body unread, given the status
+    /// of its answer: it answered before the whole body went out, or refused the request.
+    /// A legacy server that refuses early (a 401, a redirect, a 404) often skips the body and
+    /// keeps the connection; the body would then be read as the next request on it, another
+    /// client's request appended (RFC 9110 §10.1.1 asks such a server to say whether it
+    /// closes; many never do). Such a connection is closed, not reused.
+    fn may_be_unread(&self, status: StatusCode) -> bool {
+        self.carries_body && (!self.finished() || !status.is_success())
     }
 
     /// Whether the writer has written all it has and waits for more of the client's body.
