@@ -152,6 +152,52 @@ pub fn without_parameters(path: &str) -> Box<str> {
     out.into()
 }
 
+/// Whether `host` (a `Host` field or an authority) is `host [":" port]` as RFC 9110 §7.2 and
+/// RFC 3986 §3.2.2 write it, held to what names a real host: a name of letters, digits, `-`,
+/// `.`, `_` and `~`, an IPv4 address, or an IPv6 literal in brackets; a port of at most 5
+/// digits up to 65535. Refused (RFC 9112 §3.2 asks for 400 for an invalid Host): userinfo
+/// (`u@host`, RFC 9110 §4.2.4), `/`, `?`, `#`, spaces, a comma (read as two hosts by servers
+/// that split `X-Forwarded-Host`), percent-escapes and other sub-delimiters, which routing
+/// and an upstream could read differently. Empty is valid (RFC 9110 §7.2).
+pub fn host_is_valid(host: &[u8]) -> bool {
+    let (name, port) = match host.strip_prefix(b"[") {
+        Some(literal) => {
+            let Some(end) = literal.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let address = &literal[..end];
+            let ip = address
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+            if !ip || !address.contains(&b':') {
+                return false;
+            }
+            (&b""[..], &literal[end + 1..])
+        }
+        None => match host.iter().position(|&b| b == b':') {
+            Some(colon) => (&host[..colon], &host[colon..]),
+            None => (host, &b""[..]),
+        },
+    };
+    let name_ok =
+        (name.iter()).all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    name_ok && port_is_valid(port)
+}
+
+/// `""` or `":" *DIGIT` (RFC 3986 §3.2.3), a number no larger than 65535.
+fn port_is_valid(port: &[u8]) -> bool {
+    let Some(digits) = port.strip_prefix(b":") else {
+        return port.is_empty();
+    };
+    if digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    digits
+        .iter()
+        .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'))
+        <= 65535
+}
+
 /// Most header fields a request may carry; more is answered 431 (RFC 6585 §5).
 pub const MAX_HEADER_FIELDS: usize = 100;
 
@@ -256,6 +302,47 @@ mod tests {
             assert_eq!(is_json(&headers), expected, "{value}");
         }
         assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn hosts_are_held_to_host_and_port() {
+        for host in [
+            "",
+            "api.example",
+            "API.Example.com:8080",
+            "10.0.0.7",
+            "10.0.0.7:80",
+            "[::1]",
+            "[::1]:8443",
+            "[2001:db8::7]",
+            "legacy_app.internal",
+            "a:",
+            "a:65535",
+        ] {
+            assert!(host_is_valid(host.as_bytes()), "{host:?}");
+        }
+        for host in [
+            "u@admin.example",
+            "u:p@admin.example",
+            "admin.example/x",
+            "admin.example?x",
+            "admin.example#x",
+            "admin.example,public.example",
+            "adm in.example",
+            "admin.example:80:80",
+            "admin.example:99999",
+            "admin.example:8o",
+            "admin.example:000080",
+            "adm%69n.example",
+            "admin.example;x",
+            "[::1",
+            "[::1]x",
+            "[admin]",
+            "[::1]:99999",
+            "a\tb",
+        ] {
+            assert!(!host_is_valid(host.as_bytes()), "{host:?}");
+        }
     }
 
     #[test]

@@ -257,6 +257,14 @@ fn admit<'a>(
     exchange: &mut Exchange<'a>,
 ) -> Result<&'a Route, ProxyError> {
     let host = request_host(request);
+    if host
+        .as_ref()
+        .is_some_and(|h| !admit::host_is_valid(h.as_bytes()))
+    {
+        return Err(ProxyError::BadRequest(
+            "the Host is not a valid host[:port] (no userinfo, path, comma or spaces)",
+        ));
+    }
     // A 2xx to CONNECT means a tunnel is open (RFC 9110 §9.3.6); a reverse proxy opens none.
     if request.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest(

@@ -1198,6 +1198,50 @@ async fn dot_segment_paths_are_refused_before_routing() {
     proxy.stop().await;
 }
 
+/// A Host (or absolute-form authority, or HTTP/2 `:authority`) that is not `host[:port]` is
+/// refused with 400 before routing (RFC 9112 §3.2): `u@admin.example` would miss a route
+/// for `admin.example` and its checks, and an upstream reading it as a URL would see that host.
+#[tokio::test]
+async fn invalid_hosts_are_refused_before_routing() {
+    let upstream = echo_upstream().await;
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", "", "")).await;
+    for host in [
+        "u@admin.example",
+        "admin.example/x",
+        "admin.example?x",
+        "admin.example#x",
+        "admin.example,public.example",
+        "adm in.example",
+        "admin.example:80:80",
+        "admin.example:99999",
+    ] {
+        let request = format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let got = exchange(proxy.addr, request.as_bytes()).await;
+        assert_eq!(statuses(&got), [400], "{host}: {got}");
+        assert!(got.contains("not a valid host"), "{got}");
+    }
+    let absolute = "GET http://u:p@admin.example/x HTTP/1.1\r\nHost: admin.example\r\n\
+                    Connection: close\r\n\r\n";
+    let got = exchange(proxy.addr, absolute.as_bytes()).await;
+    assert_eq!(statuses(&got), [400], "{got}");
+    let url = format!("http://u@{}/x", proxy.addr);
+    let reply = send_with(&h2_client(), "GET", &url, &[], "").await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+    for host in [
+        "api.example",
+        "API.example:8080",
+        "10.0.0.7",
+        "[::1]:8443",
+        "legacy_app",
+    ] {
+        let request = format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let got = exchange(proxy.addr, request.as_bytes()).await;
+        assert_eq!(statuses(&got), [200], "{host}: {got}");
+    }
+    proxy.stop().await;
+}
+
 /// `;` parameters (`;jsessionid=...`) are forwarded, but routes, checks and rules see the
 /// path without them, as servlet containers do: `/admin;x/keys` meets the check on
 /// `/admin/**`, and a route's prefix still matches and strips with them.
