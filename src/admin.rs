@@ -10,43 +10,70 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::fmt::Write;
 use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 /// How many of the latest records the page and `/deviations` show.
 const LATEST: usize = 50;
 
+/// Most admin connections open at once; more are closed as they arrive, so that a flood of
+/// them cannot take the file descriptors the proxy's own listener needs.
+const MAX_CONNECTIONS: usize = 128;
+/// Longest life of one admin connection; a scraper reconnects.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+
 /// Serves admin requests until `stop` turns true.
 pub async fn serve(listener: TcpListener, live: Arc<Live>, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.changed() => return,
         };
-        let Ok((stream, _)) = accepted else {
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // EMFILE and friends: back off instead of spinning on the error.
+                tracing::warn!(error = %err, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("admin listener at {MAX_CONNECTIONS} connections; closing a new one");
             continue;
         };
-        let live = live.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let live = live.clone();
-                async move { Ok::<_, Infallible>(route(&live, &request)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(serve_connection(stream, live.clone(), slot));
     }
+}
+
+/// One admin connection: a request head must arrive within the server's `header_timeout`.
+async fn serve_connection(stream: TcpStream, live: Arc<Live>, _slot: OwnedSemaphorePermit) {
+    let header_timeout = live.proxy().settings.header_timeout;
+    let service = service_fn(move |request| {
+        let live = live.clone();
+        async move { Ok::<_, Infallible>(route(&live, &request)) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
 }
 
 fn route(live: &Live, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        // RFC 9110 §15.5.6: a 405 lists the methods that are allowed.
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        let allow = HeaderValue::from_static("GET, HEAD");
+        response.headers_mut().insert(http::header::ALLOW, allow);
+        return response;
     }
     match request.uri().path() {
         "/metrics" => {

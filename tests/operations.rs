@@ -511,3 +511,70 @@ async fn reload_under_load_loses_no_request_and_mixes_no_config() {
         std::fs::remove_file(file).ok();
     }
 }
+
+/// The admin listener holds at most 128 connections and gives each `header_timeout` for a
+/// request head, so a flood of half-sent requests neither takes the file descriptors the
+/// proxy needs nor keeps the admin endpoints down for longer than that.
+#[tokio::test]
+async fn admin_connections_are_capped_and_timed_out() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = fixed_upstream(200, "{}").await;
+    let config = with_admin(upstream.addr, "").replace(
+        "shutdown_grace = \"10s\"",
+        "shutdown_grace = \"10s\"\nheader_timeout = \"500ms\"",
+    );
+    let proxy = spawn_proxy(&config).await;
+    let admin = proxy.admin.expect("admin listener");
+    let mut held = Vec::new();
+    for _ in 0..128 {
+        let mut stream = tokio::net::TcpStream::connect(admin)
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .expect("write");
+        held.push(stream);
+    }
+    // The 129th is closed unanswered; the proxy's own listener still serves.
+    let mut extra = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(read_to_close(&mut extra, Duration::from_secs(10)).await, "");
+    assert_eq!(get(&proxy.url("/x")).await.status, 200);
+    // The half-sent heads are cut off after header_timeout, and the admin answers again.
+    for stream in held.iter_mut().take(3) {
+        let got = read_to_close(stream, Duration::from_secs(10)).await;
+        assert!(!got.contains("200 OK"), "{got}");
+    }
+    let healthz = admin_url(&proxy, "/healthz");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut stream = tokio::net::TcpStream::connect(admin)
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        if read_to_close(&mut stream, Duration::from_secs(10))
+            .await
+            .starts_with("HTTP/1.1 200")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{healthz} never answered again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = send("POST", &healthz, &[], "").await;
+    assert_eq!(refused.status, 405);
+    assert_eq!(refused.header("allow"), Some("GET, HEAD"));
+    proxy.stop().await;
+}
