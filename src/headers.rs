@@ -1,8 +1,8 @@
 //! Header work on forwarded messages, as pure functions over `HeaderMap`.
 
 use http::header::{
-    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, COOKIE, TE, TRANSFER_ENCODING, UPGRADE,
-    VIA,
+    HeaderName, HeaderValue, ACCEPT_ENCODING, CONNECTION, CONTENT_LENGTH, COOKIE, TE,
+    TRANSFER_ENCODING, UPGRADE, VIA,
 };
 use http::{HeaderMap, Version};
 use std::net::IpAddr;
@@ -393,6 +393,47 @@ fn hex_into(out: &mut [u8], mut value: u64) {
     }
 }
 
+/// On a route whose rules read response bodies, the client's `Accept-Encoding` (RFC 9110
+/// §12.5.3) is narrowed to the codings restatus can inspect: `gzip` (`x-gzip`) and
+/// `identity`, with their weights; `*` becomes `gzip`. Otherwise a browser's `gzip, deflate,
+/// br, zstd` gets a `br` body no rule can read, and body rules stop firing for it. When
+/// nothing is left, `identity` is asked for. A request without the field is left alone.
+pub fn narrow_accept_encoding(headers: &mut HeaderMap) {
+    if !headers.contains_key(ACCEPT_ENCODING) {
+        return;
+    }
+    let mut kept: Vec<String> = Vec::new();
+    let values = headers.get_all(ACCEPT_ENCODING).iter();
+    for item in values
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        let item = item.trim();
+        let (coding, weight) = item.split_once(';').unwrap_or((item, ""));
+        let coding = coding.trim();
+        let weight = if weight.is_empty() {
+            String::new()
+        } else {
+            format!(";{weight}")
+        };
+        if ["gzip", "x-gzip", "identity"]
+            .iter()
+            .any(|c| coding.eq_ignore_ascii_case(c))
+        {
+            kept.push(format!("{coding}{weight}"));
+        } else if coding == "*" {
+            kept.push(format!("gzip{weight}"));
+        }
+    }
+    let value = match kept.is_empty() {
+        true => HeaderValue::from_static("identity"),
+        false => {
+            HeaderValue::from_str(&kept.join(", ")).unwrap_or(HeaderValue::from_static("identity"))
+        }
+    };
+    headers.insert(ACCEPT_ENCODING, value);
+}
+
 /// RFC 9113 §8.2.3: HTTP/2 clients may split `Cookie` into one field per cookie; before the
 /// request goes to an HTTP/1.1 upstream, which may read only the first, they are joined with
 /// `"; "` into one field.
@@ -414,6 +455,34 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_encoding_is_narrowed_to_inspectable_codings() {
+        let cases = [
+            ("gzip, deflate, br, zstd", "gzip"),
+            ("br;q=1.0, gzip;q=0.8, *;q=0.1", "gzip;q=0.8, gzip;q=0.1"),
+            ("GZIP", "GZIP"),
+            ("x-gzip, identity;q=0.5", "x-gzip, identity;q=0.5"),
+            ("br", "identity"),
+            ("*", "gzip"),
+            ("", "identity"),
+        ];
+        for (sent, forwarded) in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert(ACCEPT_ENCODING, HeaderValue::from_static(sent));
+            narrow_accept_encoding(&mut headers);
+            assert_eq!(headers[ACCEPT_ENCODING], forwarded, "{sent}");
+        }
+        let mut two = HeaderMap::new();
+        two.append(ACCEPT_ENCODING, HeaderValue::from_static("br"));
+        two.append(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        narrow_accept_encoding(&mut two);
+        assert_eq!(two.get_all(ACCEPT_ENCODING).iter().count(), 1);
+        assert_eq!(two[ACCEPT_ENCODING], "gzip");
+        let mut none = HeaderMap::new();
+        narrow_accept_encoding(&mut none);
+        assert!(none.is_empty());
+    }
 
     #[test]
     fn every_name_is_classified_at_its_place() {

@@ -360,6 +360,9 @@ fn outbound_request(
     if parts.version == Version::HTTP_2 {
         headers::join_cookies(&mut headers);
     }
+    if route.rules.needs_body() {
+        headers::narrow_accept_encoding(&mut headers);
+    }
     let present = headers::strip_hop_by_hop(&mut headers);
     let hop = headers::ThisHop {
         client: conn.peer.ip(),

@@ -1172,6 +1172,69 @@ then = { status = 404 }
     proxy.stop().await;
 }
 
+/// A browser asks for `gzip, deflate, br, zstd`. An upstream that honours it would answer in
+/// `br`, which no body rule can read; on a route with body rules the upstream is asked for
+/// what restatus can inspect, so the rule still fires. A route without body rules forwards
+/// the field as it came.
+#[tokio::test]
+async fn body_rules_keep_working_for_browsers_that_accept_br() {
+    let upstream = spawn_upstream(|seen| async move {
+        let accepted = seen
+            .headers
+            .get("accept-encoding")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = br#"{"error":{"code":"NOT_FOUND"}}"#;
+        let mut response = json(200, "");
+        // What a negotiating legacy server does: its first choice that the client accepts.
+        let coding = ["br", "gzip"].into_iter().find(|c| accepted.contains(c));
+        *response.body_mut() = match coding {
+            Some("gzip") => full(gzip(body)),
+            _ => full(Bytes::from_static(body)),
+        };
+        if let Some(coding) = coding {
+            let value = http::HeaderValue::from_static(coding);
+            response.headers_mut().insert("content-encoding", value);
+        }
+        response
+            .headers_mut()
+            .insert("x-seen-accept-encoding", accepted.parse().expect("value"));
+        response
+    })
+    .await;
+    let rules = r#"
+[[routes]]
+name = "plain"
+upstream = "backend"
+path_prefix = "/plain"
+profile = "none"
+
+[[rules]]
+name = "missing-is-404"
+routes = ["main"]
+when = { status = 200, body_json = { pointer = "/error/code", equals = "NOT_FOUND" } }
+then = { status = 404 }
+"#;
+    let proxy = spawn_proxy(&config_text(upstream.addr, r#"profile = "none""#, rules)).await;
+    let browser = [("accept-encoding", "gzip, deflate, br, zstd")];
+    let reply = send("GET", &proxy.url("/items/9"), &browser, "").await;
+    assert_eq!(reply.status, 404, "{}", reply.text());
+    assert_eq!(reply.header("x-seen-accept-encoding"), Some("gzip"));
+    assert_eq!(reply.header("content-encoding"), Some("gzip"));
+    let only_br = [("accept-encoding", "br")];
+    let reply = send("GET", &proxy.url("/items/9"), &only_br, "").await;
+    assert_eq!(reply.status, 404, "{}", reply.text());
+    assert_eq!(reply.header("x-seen-accept-encoding"), Some("identity"));
+    let reply = send("GET", &proxy.url("/plain/items/9"), &browser, "").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("x-seen-accept-encoding"),
+        Some("gzip, deflate, br, zstd")
+    );
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn gzip_bodies_are_inspected_decompressed_and_sent_as_they_came() {
     let small = gzip(br#"{"error":{"code":"NOT_FOUND"}}"#);

@@ -276,6 +276,7 @@ pub struct RuleSet {
     /// `METHOD_BUCKETS * 500` lists of candidates, for status 100..=599.
     index: Vec<Box<[Candidate]>>,
     needs_request_headers: bool,
+    needs_body: bool,
 }
 
 /// A rule that may match a method and status, with a digest of its exact path (0 when it
@@ -324,15 +325,22 @@ impl RuleSet {
             }
         }
         let needs_request_headers = rules.iter().any(|r| !r.when.request_headers.is_empty());
+        let needs_body = rules.iter().any(|r| r.when.needs_body());
         RuleSet {
             rules,
             index,
             needs_request_headers,
+            needs_body,
         }
     }
 
     pub fn rules(&self) -> &[Arc<Rule>] {
         &self.rules
+    }
+
+    /// Whether some rule reads response bodies.
+    pub fn needs_body(&self) -> bool {
+        self.needs_body
     }
 
     /// Whether evaluation will look at request headers (so they must be kept).
