@@ -179,7 +179,7 @@ fn write_trace(
         request_headers: Some(&query.request_headers),
         response_headers: &query.response_headers,
     };
-    let copy = inspected(config, query);
+    let copy = inspected(config, route, query, path);
     let body = match &copy {
         Some(bytes) => BodyState::Inspected(bytes),
         None => BodyState::NotInspected,
@@ -200,10 +200,11 @@ fn write_trace(
         .map(|line| line.rule.clone())
 }
 
-/// What the proxy would inspect of the body: nothing for HEAD or past the limit, and the
-/// decompressed bytes of a gzip body, exactly as the normalize stage does.
-fn inspected(config: &Config, query: &Query) -> Option<Bytes> {
-    if query.method == Method::HEAD {
+/// What the proxy would inspect of the body: nothing past the limit or for a HEAD (unless the
+/// route's body rules make it go upstream as GET), and the decompressed bytes of a gzip body,
+/// exactly as the normalize stage does.
+fn inspected(config: &Config, route: &RouteConfig, query: &Query, path: &str) -> Option<Bytes> {
+    if query.method == Method::HEAD && !route.rules.head_reads_body(path) {
         return None;
     }
     let body = query.body.clone().unwrap_or_default();
@@ -239,6 +240,7 @@ async fn run(
         method: &query.method,
         path,
         headers: Some(&query.request_headers),
+        head_as_get: query.method == Method::HEAD && route.rules.head_reads_body(path),
     };
     let settings = Settings {
         rules: &route.rules,

@@ -20,6 +20,8 @@ pub struct RequestFacts<'a> {
     pub method: &'a Method,
     pub path: &'a str,
     pub headers: Option<&'a HeaderMap>,
+    /// A HEAD that went upstream as GET: its response has the GET's body to inspect.
+    pub head_as_get: bool,
 }
 
 /// How the rules treated a response.
@@ -95,7 +97,7 @@ pub async fn normalize_body(
     settings: &Settings<'_>,
 ) -> Result<(Response<ResponseBody>, Option<Outcome>), InspectError> {
     let (parts, body) = response.into_parts();
-    let (body, copy) = inspect(body, request.method, &parts.headers, settings).await?;
+    let (body, copy) = inspect(body, request, &parts.headers, settings).await?;
     let mut response = Response::from_parts(parts, body);
     let state = match &copy {
         Some(bytes) => BodyState::Inspected(bytes),
@@ -170,11 +172,11 @@ fn left(settings: &Settings, status: StatusCode, inspected: bool) -> Option<Outc
 /// copy to inspect (decompressed when gzip), or `None` when the body could not be inspected.
 async fn inspect(
     body: ResponseBody,
-    method: &Method,
+    request: &RequestFacts<'_>,
     headers: &HeaderMap,
     settings: &Settings<'_>,
 ) -> Result<(ResponseBody, Option<Bytes>), InspectError> {
-    if *method == Method::HEAD {
+    if *request.method == Method::HEAD && !request.head_as_get {
         return Ok((body, None));
     }
     let (body, raw) = match body {

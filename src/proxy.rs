@@ -103,6 +103,8 @@ struct Exchange<'a> {
     protocol: Option<Kind>,
     /// Why the proxy answered itself, for the access line.
     error: Option<String>,
+    /// A HEAD sent upstream as GET for the route's body rules; the client gets no body.
+    head_as_get: bool,
 }
 
 /// Handles one request; never fails, every failure becomes a response.
@@ -127,6 +129,7 @@ pub fn handle(
             close: false,
             protocol: None,
             error: None,
+            head_as_get: false,
         };
         // 1-6: route, checks, forward, and the upstream's answer (or the proxy's own).
         let (mut response, source) = match forward(&proxy, conn, request, &mut exchange).await {
@@ -158,6 +161,10 @@ pub fn handle(
                 made,
                 response.status(),
             );
+        }
+        if exchange.head_as_get {
+            // RFC 9110 §9.3.2: the GET's status and fields, without its body.
+            *response.body_mut() = ResponseBody::Empty;
         }
         if exchange.close {
             close_connection(&mut response);
@@ -224,7 +231,14 @@ fn forward<'a, 'e>(
                 (admit::client_source(body, limits), false)
             };
             let version = parts.version;
+            exchange.head_as_get = parts.method == Method::HEAD
+                && route
+                    .rules
+                    .head_reads_body(exchange.bare_path.as_deref().unwrap_or(parts.uri.path()));
             let mut outbound = outbound_request(route, conn, parts, &exchange.request_id);
+            if exchange.head_as_get {
+                outbound.method = Method::GET;
+            }
             let held = expect::plan(&mut outbound, &body, route, version, validated);
             (outbound, body, held)
         };
@@ -461,6 +475,7 @@ fn facts_and_settings<'a>(
         method: &exchange.method,
         path: exchange.bare_path.as_deref().unwrap_or(exchange.uri.path()),
         headers: exchange.request_headers.as_ref(),
+        head_as_get: exchange.head_as_get,
     };
     let settings = Settings {
         rules: &route.rules,

@@ -1311,6 +1311,45 @@ then = { status = 202 }
     proxy.stop().await;
 }
 
+/// A HEAD that a body rule could match goes upstream as GET, so the rule sees the body a GET
+/// gets: the client gets the GET's status and length and no body (RFC 9110 §9.3.2), over
+/// HTTP/1.1 and HTTP/2. A HEAD elsewhere on the route goes as HEAD.
+#[tokio::test]
+async fn head_meets_the_body_rules_of_get() {
+    let upstream =
+        spawn_upstream(|_| async move { json(200, r#"{"error":{"code":"NOT_FOUND"}}"#) }).await;
+    let rules = r#"
+[[rules]]
+name = "missing-is-404"
+when = { method = "GET", path = "/items/*", status = 200, body_json = { pointer = "/error/code", equals = "NOT_FOUND" } }
+then = { status = 404 }
+"#;
+    let proxy = spawn_proxy(&config_text(upstream.addr, r#"profile = "none""#, rules)).await;
+    let get = send("GET", &proxy.url("/items/9"), &[], "").await;
+    assert_eq!(get.status, 404);
+    let (status_line, headers, body) = raw_exchange(proxy.addr, "HEAD", "/items/9").await;
+    assert_eq!(status_line, "HTTP/1.1 404 Not Found");
+    let length = format!("content-length: {}", get.body.len());
+    assert!(headers.contains(&length), "{headers:?}");
+    assert_eq!(body, "");
+    let reply = send_with(&h2_client(), "HEAD", &proxy.url("/items/9"), &[], "").await;
+    assert_eq!(reply.status, 404);
+    assert!(reply.body.is_empty());
+    let (status_line, _, _) = raw_exchange(proxy.addr, "HEAD", "/other").await;
+    assert_eq!(status_line, "HTTP/1.1 200 OK");
+    let methods: Vec<String> = (upstream.requests().iter())
+        .map(|r| r.method.to_string())
+        .collect();
+    assert_eq!(methods, ["GET", "GET", "GET", "HEAD"]);
+    let records = proxy.records();
+    let heads: Vec<&Value> = records.iter().filter(|r| r["method"] == "HEAD").collect();
+    assert_eq!(heads.len(), 2, "{records:?}");
+    assert!(heads
+        .iter()
+        .all(|r| r["body_inspected"] == true && r["status"] == 404));
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn head_responses_stay_bodiless_and_correctly_framed() {
     let rules = r#"
@@ -1338,10 +1377,6 @@ then = { status = 404, body = "not here" }
         "{headers:?}"
     );
     assert_eq!(body, "");
-    // A body rule cannot match a HEAD response: there is no body to look at.
-    let reply = send("HEAD", &proxy.url("/inspect"), &[], "").await;
-    assert_eq!(reply.status, 200);
-    assert!(reply.body.is_empty());
     assert!(upstream.requests().iter().all(|r| r.method == "HEAD"));
     // GET 204 -> 200 gets an explicit empty body, so the connection stays usable.
     let (status_line, headers, body) = raw_exchange(proxy.addr, "GET", "/x?status=204").await;

@@ -225,17 +225,23 @@ impl Conditions {
         !self.has_status && self.response_headers.is_empty() && !self.needs_body()
     }
 
+    /// Whether the method condition holds. `GET` also means `HEAD`, whose answer has the
+    /// same status and header fields (RFC 9110 §9.3.2), so a check on GET cannot be passed
+    /// by asking with HEAD, and a GET rewrite is the HEAD one too.
     pub fn method_matches(&self, method: &Method) -> bool {
-        self.methods
-            .as_ref()
-            .is_none_or(|list| list.contains(method))
+        self.methods.as_ref().is_none_or(|list| {
+            list.contains(method) || (method == Method::HEAD && list.contains(&Method::GET))
+        })
     }
 
     /// Whether this rule could match a request in `bucket` (indexes candidate lists).
     pub fn method_bucket_matches(&self, bucket: usize) -> bool {
+        let head = method_bucket(&Method::HEAD);
         match &self.methods {
             None => true,
-            Some(list) => list.iter().any(|m| method_bucket(m) == bucket),
+            Some(list) => list
+                .iter()
+                .any(|m| method_bucket(m) == bucket || (bucket == head && m == Method::GET)),
         }
     }
 

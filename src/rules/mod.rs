@@ -277,6 +277,7 @@ pub struct RuleSet {
     index: Vec<Box<[Candidate]>>,
     needs_request_headers: bool,
     needs_body: bool,
+    head_reads_body: bool,
 }
 
 /// A rule that may match a method and status, with a digest of its exact path (0 when it
@@ -326,11 +327,14 @@ impl RuleSet {
         }
         let needs_request_headers = rules.iter().any(|r| !r.when.request_headers.is_empty());
         let needs_body = rules.iter().any(|r| r.when.needs_body());
+        let head_reads_body =
+            (rules.iter()).any(|r| r.when.needs_body() && r.when.method_matches(&Method::HEAD));
         RuleSet {
             rules,
             index,
             needs_request_headers,
             needs_body,
+            head_reads_body,
         }
     }
 
@@ -341,6 +345,19 @@ impl RuleSet {
     /// Whether some rule reads response bodies.
     pub fn needs_body(&self) -> bool {
         self.needs_body
+    }
+
+    /// Whether a rule that reads the body can match a HEAD for `path` (a rule for GET, or
+    /// for any method): such a HEAD goes upstream as GET, so that the rule sees the body a
+    /// GET would get.
+    pub fn head_reads_body(&self, path: &str) -> bool {
+        self.head_reads_body
+            && self.rules.iter().any(|r| {
+                let when = &r.when;
+                when.needs_body()
+                    && when.method_matches(&Method::HEAD)
+                    && when.path.as_ref().is_none_or(|p| p.matches(path))
+            })
     }
 
     /// Whether evaluation will look at request headers (so they must be kept).
