@@ -270,8 +270,12 @@ impl IdleTimer {
         }
     }
 
-    /// Called when the body is pending: true once the client has been silent too long.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Called when the body is pending: true once the other side has been silent too long.
+    pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         let timeout = self.timeout;
         let sleep = self
             .sleep
@@ -280,7 +284,7 @@ impl IdleTimer {
     }
 
     /// Called when bytes arrived: the next wait starts from now.
-    fn reset(&mut self) {
+    pub fn reset(&mut self) {
         if let Some(sleep) = self.sleep.as_mut() {
             sleep
                 .as_mut()

@@ -58,6 +58,7 @@ impl ProxyError {
         match err {
             BodyError::Invalid => ProxyError::UpstreamInvalid("malformed body framing"),
             BodyError::Io(_) | BodyError::Incomplete => ProxyError::UpstreamReset,
+            BodyError::Stalled(_) => ProxyError::UpstreamTimeout,
         }
     }
 

@@ -53,6 +53,9 @@ pub enum BodyError {
     Incomplete,
     #[error("invalid chunked framing")]
     Invalid,
+    /// The upstream sent none of its body for this long (its `response_timeout`).
+    #[error("no body bytes for {0:?}")]
+    Stalled(std::time::Duration),
 }
 
 /// A connection's read side: its buffer and a way to add to it.

@@ -756,3 +756,63 @@ async fn an_interim_answer_then_a_close_is_not_retried() {
     assert_eq!(upstream.logs().len(), 1, "no second connection: no retry");
     proxy.stop().await;
 }
+
+fn config_with_response_timeout(upstream: &FaultUpstream, timeout: &str) -> String {
+    simple_config(upstream.addr, NO_PROFILE).replace(
+        r#"response_timeout = "10s""#,
+        &format!("response_timeout = {timeout:?}"),
+    )
+}
+
+/// An upstream that sends its head and part of its body, then goes silent: the proxy ends the
+/// client's response (never completing it) once `response_timeout` passes without a byte,
+/// and closes the upstream connection, instead of holding both open for good.
+#[tokio::test]
+async fn a_body_that_stalls_is_cut_at_the_response_timeout() {
+    let upstream =
+        answering_then_holding(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").await;
+    let proxy = spawn_proxy(&config_with_response_timeout(&upstream, "300ms")).await;
+    let request = Request::get(proxy.url("/"))
+        .body(full(""))
+        .expect("request");
+    let response = tokio::time::timeout(LIMIT, client().request(request))
+        .await
+        .expect("a response head in time")
+        .expect("a response head");
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(LIMIT, response.into_body().collect())
+        .await
+        .expect("the body ends at the response timeout instead of hanging");
+    assert!(
+        body.is_err(),
+        "a stalled body reached the client as complete"
+    );
+    wait_until(LIMIT, "the stalled upstream connection closed", || {
+        upstream.logs().first().is_some_and(|l| l.closed_by_peer)
+    })
+    .await;
+    proxy.stop().await;
+}
+
+/// A body that keeps coming, however slowly in all, is never cut: the response timeout is
+/// the silence allowed between two reads, not a bound on the whole body.
+#[tokio::test]
+async fn a_slow_but_steady_body_is_relayed_whole() {
+    let upstream = spawn_fault(|mut conn: FaultConn| async move {
+        if conn.read_request().await.is_some() {
+            conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n")
+                .await;
+            for _ in 0..12 {
+                // Not synchronization: the pace is the behaviour under test.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                conn.send(b"x").await;
+            }
+            conn.hold().await;
+        }
+    })
+    .await;
+    let proxy = spawn_proxy(&config_with_response_timeout(&upstream, "400ms")).await;
+    let reply = get(&proxy.url("/")).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "xxxxxxxxxxxx"));
+    proxy.stop().await;
+}

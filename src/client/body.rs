@@ -3,6 +3,7 @@
 
 use super::exchange::{Head, SendError, Writer};
 use super::{Conn, Pool};
+use crate::body::IdleTimer;
 use crate::wire::{self, BodyError, Chunk, Framing};
 use bytes::Bytes;
 use http::header::TRANSFER_ENCODING;
@@ -11,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 impl Framing {
     pub fn of(head: &Head, head_request: bool) -> Result<Framing, SendError> {
@@ -63,6 +65,10 @@ struct Live {
     framing: Framing,
     keep_alive: bool,
     pool: Arc<Pool>,
+    /// The upstream's `response_timeout`, allowed between two reads of its body.
+    idle: IdleTimer,
+    /// The writer's steps when last looked at.
+    steps: u64,
 }
 
 impl UpstreamBody {
@@ -72,14 +78,17 @@ impl UpstreamBody {
         framing: Framing,
         keep_alive: bool,
         pool: Arc<Pool>,
+        timeout: Duration,
     ) -> Self {
         let mut body = UpstreamBody {
             live: Some(Box::new(Live {
+                steps: writer.steps(),
                 conn,
                 writer,
                 framing,
                 keep_alive,
                 pool,
+                idle: IdleTimer::new(timeout),
             })),
         };
         if body.live.as_ref().is_some_and(|l| l.framing.is_over()) {
@@ -135,9 +144,15 @@ impl Body for UpstreamBody {
         let polled = live.poll_data(cx);
         match &polled {
             Poll::Ready(Some(Ok(_))) if live.framing.is_over() => this.finish(),
+            Poll::Ready(Some(Ok(_))) => live.idle.reset(),
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Err(_))) => this.live = None,
-            _ => {}
+            Poll::Pending if live.stalled(cx) => {
+                let timeout = live.idle.timeout();
+                this.live = None;
+                return Poll::Ready(Some(Err(BodyError::Stalled(timeout))));
+            }
+            Poll::Pending => {}
         }
         polled
     }
@@ -156,6 +171,18 @@ impl Body for UpstreamBody {
 }
 
 impl Live {
+    /// Whether the upstream has sent nothing for its `response_timeout`. While the request
+    /// still goes out, or waits on the client's body (which `body_timeout` bounds), the
+    /// upstream may rightly wait for it, so the clock starts again.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let steps = self.writer.steps();
+        if steps != self.steps || self.writer.waits_on_body() {
+            self.steps = steps;
+            self.idle.reset();
+        }
+        self.idle.expired(cx)
+    }
+
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         wire::poll_frame(&mut self.framing, &mut self.conn, cx)
     }

@@ -95,7 +95,7 @@ pub fn send<'a>(
             Framing::of(&head, request.method == Method::HEAD).map_err(|e| (e, reused))?;
         let keep_alive =
             framing.allows_reuse() && keeps_alive(&head) && !writer.may_be_unread(head.status);
-        let body = UpstreamBody::new(conn, writer, framing, keep_alive, pool.clone());
+        let body = UpstreamBody::new(conn, writer, framing, keep_alive, pool.clone(), timeout);
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
@@ -373,8 +373,13 @@ impl Writer {
     }
 
     /// Whether the writer has written all it has and waits for more of the client's body.
-    fn waits_on_body(&self) -> bool {
+    pub(super) fn waits_on_body(&self) -> bool {
         self.body.is_some() && self.queue.is_empty()
+    }
+
+    /// Body frames taken and writes made so far: it moves while the request goes out.
+    pub(super) fn steps(&self) -> u64 {
+        self.steps
     }
 
     /// Whether the whole request went out.
