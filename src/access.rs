@@ -33,7 +33,9 @@ pub struct LoggedBody {
     complete: bool,
     /// The body failed: it never counts as complete, whatever the inner body says after.
     failed: bool,
-    _guard: Option<RequestGuard>,
+    /// Keeps the connection counted as busy, and tells it when this response waits on the
+    /// client (for `send_timeout`).
+    guard: Option<RequestGuard>,
     _in_flight: Option<GaugeGuard>,
 }
 
@@ -46,7 +48,7 @@ impl LoggedBody {
             bytes: 0,
             complete,
             failed: false,
-            _guard: None,
+            guard: None,
             _in_flight: None,
         }
     }
@@ -59,7 +61,7 @@ impl LoggedBody {
 
     /// Keeps the connection counted as busy until this body is finished.
     pub fn with_guard(mut self, guard: RequestGuard) -> Self {
-        self._guard = Some(guard);
+        self.guard = Some(guard);
         self
     }
 }
@@ -73,11 +75,17 @@ impl Body for LoggedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, crate::client::BodyError>>> {
         let this = self.get_mut();
+        if let Some(guard) = this.guard.as_mut() {
+            guard.frame_asked();
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
+                }
+                if let Some(guard) = this.guard.as_mut().filter(|_| !this.inner.is_end_stream()) {
+                    guard.frame_taken();
                 }
             }
             Poll::Ready(None) => this.complete = true,

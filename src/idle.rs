@@ -1,6 +1,9 @@
 //! Per-connection timeouts: an idle keep-alive connection is closed after `idle_timeout`; a
-//! request head that started arriving is cut off `header_timeout` after its first byte.
+//! request head that started arriving is cut off `header_timeout` after its first byte; a
+//! connection with a response waiting to go out is closed once its client has taken none of
+//! it for `send_timeout`.
 
+use crate::server::ConnSettings;
 use futures_util::task::AtomicWaker;
 use futures_util::FutureExt;
 use std::future::Future;
@@ -21,12 +24,21 @@ pub struct Activity {
     idle_since: AtomicU64,
     /// Milliseconds since `opened` + 1 of the first byte read while idle; 0 = none yet.
     first_byte: AtomicU64,
+    /// `send_timeout` in milliseconds.
+    send_ms: u64,
+    /// Responses whose last frame the connection took and whose next it has not asked for:
+    /// the client's socket or its HTTP/2 flow-control window has no room for them.
+    waiting: AtomicUsize,
+    /// Milliseconds since `opened` + 1 when `waiting` last became non-zero, or when a
+    /// response last moved while others waited.
+    waiting_since: AtomicU64,
     /// When the watchdog next looks (same clock): a head whose header deadline falls later
     /// needs no wake-up, which spares one per request on a busy keep-alive connection.
     wake_at: AtomicU64,
-    /// Wakes the watchdog when a head starts, so that its deadline moves from the idle
-    /// timeout to the (usually much shorter) header timeout.
-    head_started: tokio::sync::Notify,
+    /// Wakes the watchdog when a deadline earlier than the one it waits for begins: a head
+    /// starts (the idle timeout gives way to the usually shorter header timeout), or a write
+    /// blocks while a request is in flight (the send timeout starts).
+    sooner: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -43,7 +55,25 @@ impl Activity {
             if now + self.header_ms > self.wake_at.load(Ordering::Relaxed) {
                 return;
             }
-            self.head_started.notify_one();
+            self.sooner.notify_one();
+        }
+    }
+
+    fn wait_started(&self) {
+        if self.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
+            let now = self.now_ms();
+            self.waiting_since.store(now, Ordering::Relaxed);
+            if now + self.send_ms < self.wake_at.load(Ordering::Relaxed) {
+                self.sooner.notify_one();
+            }
+        }
+    }
+
+    fn wait_ended(&self) {
+        // Any response moving means the client is taking bytes: the clock starts again for
+        // the others.
+        if self.waiting.fetch_sub(1, Ordering::Relaxed) > 1 {
+            self.waiting_since.store(self.now_ms(), Ordering::Relaxed);
         }
     }
 
@@ -53,6 +83,7 @@ impl Activity {
         self.first_byte.store(0, Ordering::Relaxed);
         RequestGuard {
             activity: self.clone(),
+            waiting: false,
         }
     }
 }
@@ -60,10 +91,32 @@ impl Activity {
 /// Held by a response body until it is sent or dropped.
 pub struct RequestGuard {
     activity: Arc<Activity>,
+    /// The connection took a frame of this response and has not asked for the next.
+    waiting: bool,
+}
+
+impl RequestGuard {
+    /// The connection took a frame and more are to come: until it asks for the next, the
+    /// response waits on the client.
+    pub fn frame_taken(&mut self) {
+        if !self.waiting {
+            self.waiting = true;
+            self.activity.wait_started();
+        }
+    }
+
+    /// The connection asks for the next frame: it had room for the last one.
+    pub fn frame_asked(&mut self) {
+        if self.waiting {
+            self.waiting = false;
+            self.activity.wait_ended();
+        }
+    }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        self.frame_asked();
         let activity = &self.activity;
         if activity.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             activity.first_byte.store(0, Ordering::Relaxed);
@@ -80,18 +133,21 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    pub fn new(header_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(settings: &ConnSettings) -> Self {
         Watchdog {
             activity: Arc::new(Activity {
                 opened: Instant::now(),
-                header_ms: header_timeout.as_millis() as u64,
+                header_ms: settings.header_timeout.as_millis() as u64,
+                send_ms: settings.send_timeout.as_millis() as u64,
+                waiting: AtomicUsize::new(0),
+                waiting_since: AtomicU64::new(0),
                 wake_at: AtomicU64::new(0),
                 in_flight: AtomicUsize::new(0),
                 idle_since: AtomicU64::new(1),
                 first_byte: AtomicU64::new(0),
-                head_started: tokio::sync::Notify::new(),
+                sooner: tokio::sync::Notify::new(),
             }),
-            idle_timeout,
+            idle_timeout: settings.idle_timeout,
         }
     }
 
@@ -107,7 +163,12 @@ impl Watchdog {
         loop {
             let now = activity.now_ms();
             let (deadline, reason) = if activity.in_flight.load(Ordering::Relaxed) > 0 {
-                (now + header_ms.min(idle_ms).max(1), "")
+                if activity.waiting.load(Ordering::Relaxed) > 0 {
+                    let since = activity.waiting_since.load(Ordering::Relaxed);
+                    (since + activity.send_ms, "send timeout")
+                } else {
+                    (now + header_ms.min(idle_ms).max(1), "")
+                }
             } else {
                 match activity.first_byte.load(Ordering::Relaxed) {
                     0 => (
@@ -126,7 +187,7 @@ impl Watchdog {
                 .store(now + wait.as_millis() as u64, Ordering::Relaxed);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = activity.head_started.notified() => {}
+                _ = activity.sooner.notified() => {}
             }
         }
     }

@@ -34,6 +34,7 @@ pub struct ConnSettings {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
+    pub send_timeout: Duration,
     pub shutdown_grace: Duration,
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
@@ -45,6 +46,7 @@ impl ConnSettings {
             header_timeout: config.server.header_timeout,
             idle_timeout: config.server.idle_timeout,
             body_timeout: config.server.body_timeout,
+            send_timeout: config.server.send_timeout,
             shutdown_grace: config.server.shutdown_grace,
             max_header_bytes: config.server.max_header_bytes,
             max_uri_bytes: config.limits.uri,
@@ -324,7 +326,7 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Reset + Unpin + Send + 'static,
 {
     let settings = live.proxy().settings;
-    let watchdog = Watchdog::new(settings.header_timeout, settings.idle_timeout);
+    let watchdog = Watchdog::new(&settings);
     let io = ActivityIo::new(io, watchdog.activity());
     let _open = live.metrics.connection();
     let activity = watchdog.activity();

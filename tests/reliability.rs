@@ -519,6 +519,106 @@ async fn stalled_body_is_cut_at_body_timeout_and_its_upstream_connection_dropped
     proxy.stop().await;
 }
 
+const BIG_BODY: usize = 32 << 20;
+
+/// An upstream that answers with a `BIG_BODY`-byte body, more than the sockets on the way can
+/// hold, then waits for the proxy to close the connection.
+async fn serving_a_big_body() -> support::fault::FaultUpstream {
+    spawn_fault(|mut conn: FaultConn| async move {
+        if conn.read_request().await.is_some() {
+            let mut bytes =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG_BODY}\r\n\r\n").into_bytes();
+            bytes.resize(bytes.len() + BIG_BODY, b'x');
+            conn.send(&bytes).await;
+            conn.hold().await;
+        }
+    })
+    .await
+}
+
+/// A client with a small receive buffer that asks for the big body.
+async fn asking_for_the_big_body(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    stream
+}
+
+/// A client that asks for a response and then reads none of it: once `send_timeout` passes
+/// with the proxy's writes blocked, the proxy closes the client connection and the upstream
+/// one, instead of holding both (and the upstream's response) open for good.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_at_send_timeout() {
+    let upstream = serving_a_big_body().await;
+    let server = "send_timeout = \"300ms\"";
+    let proxy = spawn_proxy(&config_for(upstream.addr, server, NO_PROFILE, "")).await;
+    let stream = asking_for_the_big_body(proxy.addr).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the upstream connection closed by the proxy",
+        || upstream.logs().first().is_some_and(|l| l.closed_by_peer),
+    )
+    .await;
+    drop(stream);
+    proxy.stop().await;
+}
+
+/// The same over HTTP/2, where a client that reads nothing keeps its flow-control window shut
+/// rather than its socket: the stream waits on the window, and the connection is closed at
+/// `send_timeout` all the same.
+#[tokio::test]
+async fn an_http2_client_that_keeps_its_window_shut_is_closed_at_send_timeout() {
+    let upstream = serving_a_big_body().await;
+    let server = "send_timeout = \"300ms\"";
+    let proxy = spawn_proxy(&config_for(upstream.addr, server, NO_PROFILE, "")).await;
+    let request = http::Request::get(proxy.url("/big"))
+        .body(full(""))
+        .expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(10), h2_client().request(request))
+        .await
+        .expect("a response head in time")
+        .expect("a response head");
+    assert_eq!(response.status(), 200);
+    // The body is held, not read: no WINDOW_UPDATE goes out for it.
+    wait_until(
+        Duration::from_secs(10),
+        "the upstream connection closed by the proxy",
+        || upstream.logs().first().is_some_and(|l| l.closed_by_peer),
+    )
+    .await;
+    drop(response);
+    proxy.stop().await;
+}
+
+/// A client that reads with pauses, each shorter than `send_timeout` but longer in all, gets
+/// the whole body: the timeout is the time a write may stay blocked, not a bound on the body.
+#[tokio::test]
+async fn a_client_that_reads_with_pauses_gets_the_whole_body() {
+    let upstream = serving_a_big_body().await;
+    let server = "send_timeout = \"500ms\"";
+    let proxy = spawn_proxy(&config_for(upstream.addr, server, NO_PROFILE, "")).await;
+    let mut stream = asking_for_the_big_body(proxy.addr).await;
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut next_pause = BIG_BODY / 4;
+    while let Ok(Ok(n @ 1..)) =
+        tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await
+    {
+        got += n;
+        if got >= next_pause {
+            // Not synchronization: the pause is the behaviour under test.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            next_pause += BIG_BODY / 4;
+        }
+    }
+    assert!(got > BIG_BODY, "only {got} bytes of head and body arrived");
+    proxy.stop().await;
+}
+
 /// Writes `bytes` without half-closing, and reads until the proxy closes (at most 10 s).
 async fn exchange_holding_open(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");

@@ -78,6 +78,8 @@ pub struct Server {
     pub idle_timeout: Duration,
     /// Longest silence allowed between two reads of a request body.
     pub body_timeout: Duration,
+    /// Longest a write to a client may wait while a response is in progress.
+    pub send_timeout: Duration,
     pub shutdown_grace: Duration,
     pub max_header_bytes: usize,
     /// Reload when the config file changes on disk.
@@ -288,6 +290,7 @@ fn compile_server(raw: raw::RawServer, at: &Locator) -> Result<Server, ConfigErr
         header_timeout: raw.header_timeout.map_or(Duration::from_secs(10), |d| d.0),
         idle_timeout: raw.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
         body_timeout: raw.body_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        send_timeout: raw.send_timeout.map_or(Duration::from_secs(60), |d| d.0),
         shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
         max_header_bytes,
         watch_config: raw.watch_config,

@@ -68,6 +68,7 @@ pub struct RawServer {
     pub header_timeout: Option<Timeout>,
     pub idle_timeout: Option<Timeout>,
     pub body_timeout: Option<Timeout>,
+    pub send_timeout: Option<Timeout>,
     pub shutdown_grace: Option<HumanDuration>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
     #[serde(default)]
