@@ -373,6 +373,50 @@ async fn hop_by_hop_request_headers_are_stripped() {
     proxy.stop().await;
 }
 
+/// A `Connection` option cannot remove a field meant for every recipient (RFC 9110 §7.6.1):
+/// `Connection: X-Forwarded-For` would strip the address a proxy in front added, and
+/// `Connection: Authorization` the credentials, before the upstream read them.
+#[tokio::test]
+async fn connection_cannot_remove_end_to_end_fields() {
+    let upstream = fixed_upstream(200, "{}").await;
+    let proxy = spawn_proxy(&simple_config(upstream.addr, "")).await;
+    let request = "GET /hop HTTP/1.1\r\n\
+        Host: hop.test\r\n\
+        Connection: close, X-Forwarded-For, x-real-ip, Authorization, Cookie, Forwarded, \
+        Content-Type, Cache-Control, Host, X-Gone\r\n\
+        X-Forwarded-For: 203.0.113.7\r\n\
+        X-Real-IP: 203.0.113.7\r\n\
+        Forwarded: for=203.0.113.7\r\n\
+        Authorization: Bearer t\r\n\
+        Cookie: a=1\r\n\
+        Content-Type: application/json\r\n\
+        Cache-Control: no-cache\r\n\
+        X-Gone: 1\r\n\
+        \r\n";
+    let answer = raw(proxy.addr, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = upstream.requests().pop().expect("upstream saw the request");
+    let xff = seen.headers["x-forwarded-for"].to_str().expect("text");
+    assert!(xff.starts_with("203.0.113.7, "), "{xff}");
+    for (name, value) in [
+        ("x-real-ip", "203.0.113.7"),
+        ("forwarded", "for=203.0.113.7"),
+        ("authorization", "Bearer t"),
+        ("cookie", "a=1"),
+        ("content-type", "application/json"),
+        ("cache-control", "no-cache"),
+        ("host", "hop.test"),
+    ] {
+        assert_eq!(
+            seen.headers.get(name).map(|v| v.as_bytes()),
+            Some(value.as_bytes()),
+            "{name}"
+        );
+    }
+    assert!(!seen.headers.contains_key("x-gone"), "{:?}", seen.headers);
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn hop_by_hop_response_headers_are_stripped() {
     let upstream = spawn_upstream(|_| async {

@@ -66,6 +66,7 @@ fn name() -> impl Strategy<Value = String> {
             "proxy-connection", "proxy-authorization", "proxy-authenticate", "x-forwarded-for",
             "X-Forwarded-For", "via", "host", "x-forwarded-host", "x-forwarded-proto",
             "x-request-id", "content-length", "accept", "cookie", "x-a", "x-b", "x-secret",
+            "authorization", "content-type", "x-real-ip", "cache-control", "forwarded",
         ][..])
         .prop_map(String::from),
         2 => "[a-z0-9!#$%&'*+.^_`|~-]{1,12}",
@@ -173,8 +174,24 @@ fn build(fields: &[(String, ValueSpec)]) -> HeaderMap {
     map
 }
 
+/// Fields for every recipient, which a `Connection` option may not remove.
+fn end_to_end(name: &str) -> bool {
+    let fixed = [
+        "host",
+        "authorization",
+        "cookie",
+        "set-cookie",
+        "cache-control",
+        "location",
+        "forwarded",
+        "x-real-ip",
+        "x-request-id",
+    ];
+    fixed.contains(&name) || name.starts_with("content-") || name.starts_with("x-forwarded-")
+}
+
 /// Every field name any `Connection` value names (RFC 9110 §7.6.1: `#connection-option`,
-/// each a token; elements that are not tokens name nothing).
+/// each a token; elements that are not tokens name nothing), less the end-to-end ones.
 fn connection_options(headers: &HeaderMap) -> HashSet<String> {
     headers
         .get_all("connection")
@@ -183,6 +200,7 @@ fn connection_options(headers: &HeaderMap) -> HashSet<String> {
         .map(|item| item.trim_ascii())
         .filter_map(|item| HeaderName::from_bytes(item).ok())
         .map(|name| name.as_str().to_string())
+        .filter(|name| !end_to_end(name))
         .collect()
 }
 
