@@ -187,6 +187,49 @@ fn is_end_to_end(name: &HeaderName) -> bool {
         || name == X_REQUEST_ID
 }
 
+/// Whether a field may be relayed in a trailer section. RFC 9110 §6.5.1: fields that frame the
+/// message, route it, authenticate, modify the request, control the response or describe the
+/// content must be known before the content, so they may not come after it; a recipient that
+/// merged them (§6.5.2) could reframe, reroute or re-authenticate a message after the proxy
+/// judged it. The fields a proxy sets on its hop go too. The rest (checksums, timings,
+/// gRPC's `grpc-status`) pass.
+pub fn trailer_allowed(name: &HeaderName) -> bool {
+    static FORBIDDEN: [&str; 27] = [
+        "age",
+        "authorization",
+        "cache-control",
+        "connection",
+        "cookie",
+        "expect",
+        "expires",
+        "forwarded",
+        "host",
+        "keep-alive",
+        "location",
+        "max-forwards",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "range",
+        "retry-after",
+        "set-cookie",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "vary",
+        "via",
+        "www-authenticate",
+        "x-real-ip",
+        "x-request-id",
+    ];
+    let text = name.as_str();
+    !(FORBIDDEN.contains(&text)
+        || ["content-", "if-", "x-forwarded-", "x-restatus-"]
+            .iter()
+            .any(|prefix| text.starts_with(prefix)))
+}
+
 /// A field named like the `close` option goes with it.
 static CLOSE: HeaderName = HeaderName::from_static("close");
 

@@ -168,6 +168,7 @@ fn poll_trailers<F: Fill>(framing: &mut Framing, src: &mut F, cx: &mut Context<'
     }
 }
 
+/// The trailer fields that may be relayed (see [`crate::headers::trailer_allowed`]).
 fn trailer_map(fields: &[httparse::Header<'_>]) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(fields.len());
     for field in fields {
@@ -175,7 +176,9 @@ fn trailer_map(fields: &[httparse::Header<'_>]) -> HeaderMap {
             HeaderName::from_bytes(field.name.as_bytes()),
             HeaderValue::from_bytes(field.value),
         ) {
-            map.append(name, value);
+            if crate::headers::trailer_allowed(&name) {
+                map.append(name, value);
+            }
         }
     }
     map
@@ -410,11 +413,14 @@ pub fn field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The last chunk with trailer fields (RFC 9112 §7.1.2).
+/// The last chunk with the trailer fields that may be relayed (RFC 9112 §7.1.2; an HTTP/2
+/// client's request trailers come here unfiltered).
 pub fn encode_trailers(trailers: &HeaderMap) -> Bytes {
     let mut out = BytesMut::from(&b"0\r\n"[..]);
     for (name, value) in trailers {
-        field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        if crate::headers::trailer_allowed(name) {
+            field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
     out.extend_from_slice(b"\r\n");
     out.freeze()

@@ -12,6 +12,7 @@
 //! (`load::c_graceful_shutdown_under_load_loses_no_accepted_request`).
 mod support;
 
+use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 use support::fault::{ok_response, spawn_fault, FaultConn, FaultUpstream};
@@ -470,6 +471,79 @@ async fn upstream_trailers_reach_the_client_in_the_chunked_trailer_section() {
     let want = [("x-checksum".to_string(), "abc".to_string())];
     assert_eq!(answer.trailers, want, "{:?}", text(&answer.raw));
     conn.assert_closed().await;
+    proxy.stop().await;
+}
+
+/// Trailer fields that must be known before the content (RFC 9110 §6.5.1: framing, routing,
+/// authentication, response controls, content format) and hop-by-hop ones are dropped from an
+/// upstream's trailer section; the rest still reach the client.
+const UNSAFE_TRAILERS: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+    5\r\nhello\r\n0\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\
+    Set-Cookie: session=stolen\r\nConnection: close\r\nKeep-Alive: 5\r\nTE: trailers\r\n\
+    Location: /elsewhere\r\nX-Checksum: abc\r\n\r\n";
+
+#[tokio::test]
+async fn trailers_that_belong_in_the_head_are_dropped() {
+    let upstream = serving(UNSAFE_TRAILERS).await;
+    let proxy = proxy_for(upstream.addr).await;
+    let mut conn = connect(proxy.addr).await;
+    conn.send(b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nConnection: TE, close\r\n\r\n")
+        .await;
+    let answer = conn.response(false).await;
+    assert_eq!(answer.text(), "hello");
+    let want = [("x-checksum".to_string(), "abc".to_string())];
+    assert_eq!(answer.trailers, want, "{:?}", text(&answer.raw));
+    conn.assert_closed().await;
+    proxy.stop().await;
+}
+
+/// The same trailers to an HTTP/2 client: before they were filtered, the connection-specific
+/// ones made the HTTP/2 layer reset the stream (RFC 9113 §8.2.2) after the whole body.
+#[tokio::test]
+async fn an_http2_client_gets_the_body_and_the_safe_trailers() {
+    let upstream = serving(UNSAFE_TRAILERS).await;
+    let proxy = proxy_for(upstream.addr).await;
+    let request = http::Request::get(proxy.url("/"))
+        .header("te", "trailers")
+        .body(full(""))
+        .expect("request");
+    let response = h2_client().request(request).await.expect("response");
+    let collected = response
+        .into_body()
+        .collect()
+        .await
+        .expect("the stream ends cleanly, not reset");
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers.len(), 1, "{trailers:?}");
+    assert_eq!(trailers["x-checksum"], "abc");
+    assert_eq!(collected.to_bytes(), "hello");
+    proxy.stop().await;
+}
+
+/// A client's request trailers lose the same fields before the upstream reads them: a
+/// `Host` or `X-Forwarded-For` after the body must not re-route or re-attribute a request
+/// the proxy has already routed.
+#[tokio::test]
+async fn request_trailers_that_belong_in_the_head_are_dropped() {
+    let upstream = spawn_fault(|mut conn: FaultConn| async move {
+        if conn.read_head().await.is_some() && conn.read_until(b"x-checksum: abc\r\n\r\n").await {
+            conn.send(&ok_response("ok")).await;
+        }
+    })
+    .await;
+    let proxy = proxy_for(upstream.addr).await;
+    let mut conn = connect(proxy.addr).await;
+    conn.send(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          3\r\nabc\r\n0\r\nHost: evil.example\r\nX-Forwarded-For: 10.0.0.1\r\n\
+          Content-Length: 3\r\nAuthorization: Bearer x\r\nX-Checksum: abc\r\n\r\n",
+    )
+    .await;
+    let answer = conn.response(false).await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "ok"));
+    let seen = upstream.all_bytes();
+    let trailer = &seen[seen.find("\r\n0\r\n").expect("last chunk")..];
+    assert_eq!(trailer, "\r\n0\r\nx-checksum: abc\r\n\r\n", "{seen:?}");
     proxy.stop().await;
 }
 

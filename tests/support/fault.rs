@@ -105,6 +105,20 @@ impl FaultConn {
         }
     }
 
+    /// Reads until the bytes received hold `needle`, taking them and all before; false once
+    /// the peer closed first.
+    pub async fn read_until(&mut self, needle: &[u8]) -> bool {
+        loop {
+            if let Some(at) = find(&self.buffered, needle) {
+                self.buffered.drain(..at + needle.len());
+                return true;
+            }
+            if !self.fill().await {
+                return false;
+            }
+        }
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes).await;
         let _ = self.stream.flush().await;
