@@ -158,7 +158,9 @@ pub fn without_parameters(path: &str) -> Box<str> {
 /// digits up to 65535. Refused (RFC 9112 §3.2 asks for 400 for an invalid Host): userinfo
 /// (`u@host`, RFC 9110 §4.2.4), `/`, `?`, `#`, spaces, a comma (read as two hosts by servers
 /// that split `X-Forwarded-Host`), percent-escapes and other sub-delimiters, which routing
-/// and an upstream could read differently. Empty is valid (RFC 9110 §7.2).
+/// and an upstream could read differently. An empty host (`Host:`, `Host: :80`) is refused
+/// too: RFC 9110 §4.2.1 has a recipient reject an `http` URI with an empty host, and every
+/// request a reverse proxy forwards is for one.
 pub fn host_is_valid(host: &[u8]) -> bool {
     let (name, port) = match host.strip_prefix(b"[") {
         Some(literal) => {
@@ -169,18 +171,16 @@ pub fn host_is_valid(host: &[u8]) -> bool {
             let ip = address
                 .iter()
                 .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
-            if !ip || !address.contains(&b':') {
-                return false;
-            }
-            (&b""[..], &literal[end + 1..])
+            return ip && address.contains(&b':') && port_is_valid(&literal[end + 1..]);
         }
         None => match host.iter().position(|&b| b == b':') {
             Some(colon) => (&host[..colon], &host[colon..]),
             None => (host, &b""[..]),
         },
     };
-    let name_ok =
-        (name.iter()).all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    let name_ok = !name.is_empty()
+        && (name.iter())
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
     name_ok && port_is_valid(port)
 }
 
@@ -307,7 +307,6 @@ mod tests {
     #[test]
     fn hosts_are_held_to_host_and_port() {
         for host in [
-            "",
             "api.example",
             "API.Example.com:8080",
             "10.0.0.7",
@@ -340,6 +339,9 @@ mod tests {
             "[admin]",
             "[::1]:99999",
             "a\tb",
+            "",
+            ":80",
+            "[]",
         ] {
             assert!(!host_is_valid(host.as_bytes()), "{host:?}");
         }

@@ -619,6 +619,27 @@ async fn nul_in_the_request_line_is_400() {
     assert_eq!(answer.values("connection"), ["close"], "{answer:?}");
 }
 
+/// A target in none of RFC 9112 §3.2's forms is 400: without a leading `/` the URI parser
+/// would read `echo` or `evil.example:80` as an authority, a host the Host field does not
+/// name. `*` is for OPTIONS only.
+#[tokio::test]
+async fn a_target_in_no_form_is_400() {
+    let heads: [&[u8]; 4] = [
+        b"DELETE echo HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET evil.example:80 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET ?x=1 HTTP/1.1\r\nHost: a\r\n\r\n",
+    ];
+    for head in heads {
+        let answer = refused(head.to_vec()).await;
+        assert!(
+            answer.head.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{}: {answer:?}",
+            String::from_utf8_lossy(head)
+        );
+    }
+}
+
 /// RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with two, is answered 400
 /// (a proxy must not guess which host was meant).
 #[tokio::test]
@@ -700,5 +721,24 @@ async fn early_413_is_read_whole_while_the_client_keeps_sending() {
         .await
         .expect("writer ends");
     assert_eq!(upstream.connections(), 0, "the upstream was contacted");
+    proxy.stop().await;
+}
+
+/// `OPTIONS *` (asterisk-form, RFC 9112 §3.2.4) asks about the server as a whole; it is
+/// forwarded as sent.
+#[tokio::test]
+async fn options_asterisk_is_forwarded_as_sent() {
+    let upstream = serving(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = proxy_for(upstream.addr).await;
+    let mut conn = connect(proxy.addr).await;
+    conn.send(b"OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await;
+    let answer = conn.response(false).await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "ok"));
+    assert!(
+        upstream.all_bytes().starts_with("OPTIONS * HTTP/1.1\r\n"),
+        "{:?}",
+        upstream.all_bytes()
+    );
     proxy.stop().await;
 }

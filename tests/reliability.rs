@@ -1314,6 +1314,8 @@ async fn invalid_hosts_are_refused_before_routing() {
         "adm in.example",
         "admin.example:80:80",
         "admin.example:99999",
+        "",
+        ":80",
     ] {
         let request = format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         let got = exchange(proxy.addr, request.as_bytes()).await;

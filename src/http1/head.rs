@@ -87,7 +87,9 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadEr
     }
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.1))
-        .map_err(|_| HeadError::Malformed("invalid request target"))?;
+        .ok()
+        .filter(|uri| has_a_form(&method, &head[target.0..target.1], uri))
+        .ok_or(HeadError::Malformed("invalid request target"))?;
     // Room for the fields the proxy adds (Via, X-Forwarded-*, the request id), so that the
     // map is not grown and rehashed on the way upstream.
     let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_FIELDS);
@@ -95,6 +97,18 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadEr
         headers.append(name, value(&head, start, end)?);
     }
     frame(method, uri, version, headers, noted).map(Some)
+}
+
+/// Whether the target has one of RFC 9112 §3.2's forms: origin-form (`/...`), absolute-form
+/// (`scheme://...`), authority-form for CONNECT, asterisk-form for OPTIONS. Anything else
+/// (`echo`, `evil.example:80` on a GET) would be read as an authority by the URI parser and
+/// could name a host the Host field does not.
+fn has_a_form(method: &Method, target: &[u8], uri: &Uri) -> bool {
+    match target.first() {
+        Some(b'/') => true,
+        Some(b'*') => target.len() == 1 && method == Method::OPTIONS,
+        _ => uri.scheme().is_some() || method == Method::CONNECT,
+    }
 }
 
 fn value(head: &Bytes, start: usize, end: usize) -> Result<HeaderValue, HeadError> {
