@@ -640,6 +640,18 @@ async fn a_target_in_no_form_is_400() {
     }
 }
 
+/// A target longer than any URI can hold (65534 bytes), in a head the parser still reads
+/// whole, is 414 URI Too Long (RFC 9110 §15.5.15), not a 400.
+#[tokio::test]
+async fn a_target_beyond_what_a_uri_holds_is_414() {
+    let request = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(70_000));
+    let answer = refused(request.into_bytes()).await;
+    assert!(
+        answer.head.starts_with("HTTP/1.1 414 URI Too Long\r\n"),
+        "{answer:?}"
+    );
+}
+
 /// RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with two, is answered 400
 /// (a proxy must not guess which host was meant).
 #[tokio::test]

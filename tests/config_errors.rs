@@ -517,3 +517,25 @@ fn an_error_in_a_multi_line_array_names_the_array() {
         "must not have a path",
     );
 }
+
+/// A request target longer than 65534 bytes cannot be held as a URI, so a `limits.uri` above
+/// it would promise what the proxy cannot do.
+#[test]
+fn a_uri_limit_beyond_what_a_uri_holds_is_refused() {
+    let with = |uri: &str| {
+        VALID.replace(
+            "request_body = \"16MiB\"",
+            &format!("request_body = \"16MiB\"\nuri = \"{uri}\""),
+        )
+    };
+    let text = with("100KiB");
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "uri = ",
+        "limits.uri",
+        "between 256B and 65534B",
+    );
+    assert!(parse(&with("65534B")).is_ok());
+}

@@ -12,6 +12,7 @@ pub use raw::{ExpectMode, HostMode, LogFormat, Mode};
 pub use tls::{key_is_exposed, ServerTls, UpstreamTls};
 pub use units::{parse_duration, parse_size};
 
+use crate::http1::MAX_TARGET;
 use crate::rules::check::{compile_check, Check};
 use crate::rules::profile::Profile;
 use crate::rules::{compile_rule, Origin, Rule, RuleSet};
@@ -489,8 +490,11 @@ fn compile_limits(raw: &raw::RawLimits, at: &Locator) -> Result<Limits, ConfigEr
     };
     let uri = match &raw.uri {
         None => 8 << 10,
-        Some(size) if !(256..=1 << 20).contains(&size.get_ref().0) => {
-            return Err(at.at(size.span(), "uri must be between 256B and 1MiB"));
+        Some(size) if !(256..=MAX_TARGET as u64).contains(&size.get_ref().0) => {
+            return Err(at.at(
+                size.span(),
+                "uri must be between 256B and 65534B (the longest target a URI holds)",
+            ));
         }
         Some(size) => size.get_ref().0 as usize,
     };

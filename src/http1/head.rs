@@ -12,6 +12,10 @@ use std::mem::MaybeUninit;
 /// normalized 431, this only stops heads far beyond that.
 const MAX_FIELDS: usize = MAX_HEADER_FIELDS * 4;
 
+/// The longest request target a URI can hold (the `http` crate's limit); `limits.uri` may
+/// not exceed it.
+pub const MAX_TARGET: usize = u16::MAX as usize - 1;
+
 /// Fields the proxy may add to a head it forwards.
 pub const ADDED_FIELDS: usize = 6;
 
@@ -35,6 +39,9 @@ pub enum HeadError {
     TooLarge,
     /// Not an HTTP/1.x request: 505.
     Version,
+    /// A request target longer than any URI can be: 414 (RFC 9110 §15.5.15). Shorter ones
+    /// over `limits.uri` get the proxy's normalized 414 instead.
+    TargetTooLong,
     Malformed(&'static str),
 }
 
@@ -43,6 +50,7 @@ impl HeadError {
         match self {
             HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             HeadError::Version => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            HeadError::TargetTooLong => StatusCode::URI_TOO_LONG,
             HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -77,6 +85,9 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadEr
         (start, start + bytes.len())
     };
     let target = span(parsed.path.unwrap_or("").as_bytes());
+    if target.1 - target.0 > MAX_TARGET {
+        return Err(HeadError::TargetTooLong);
+    }
     let mut fields = Vec::with_capacity(parsed.headers.len());
     let mut noted = Noted::default();
     for field in parsed.headers.iter() {

@@ -11,7 +11,7 @@ mod head;
 mod response;
 
 pub use body::RequestBody;
-pub use head::ADDED_FIELDS;
+pub use head::{ADDED_FIELDS, MAX_TARGET};
 
 use crate::body::{BoxError, ClientBody};
 use crate::wire::{chunk_size, encode_trailers, Fill, Framing, Queue};
