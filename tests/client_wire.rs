@@ -589,6 +589,24 @@ async fn http2_request_line_is_505_and_closes() {
     assert_eq!(answer.values("connection"), ["close"], "{answer:?}");
 }
 
+/// RFC 9110 §2.5: a higher minor version of HTTP/1 is served as HTTP/1.1, not refused.
+#[tokio::test]
+async fn http_1_2_is_served_as_http_1_1() {
+    let upstream = serving(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = proxy_for(upstream.addr).await;
+    let mut conn = connect(proxy.addr).await;
+    conn.send(b"GET /v HTTP/1.2\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await;
+    let answer = conn.response(false).await;
+    assert!(answer.head.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    assert!(
+        upstream.all_bytes().starts_with("GET /v HTTP/1.1\r\n"),
+        "{:?}",
+        upstream.all_bytes()
+    );
+    proxy.stop().await;
+}
+
 /// A head far past what the parser reads (`server::max_head`: twice `max_header_bytes` plus
 /// `limits.uri`, 72 KiB by default) is a bare 431 (RFC 6585 §5) and the connection closes.
 #[tokio::test]

@@ -300,6 +300,19 @@ async fn invalid_upstream_heads_are_502() {
             "unasked 101",
             b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n",
         ),
+        // Any coding but chunked would reach the client still applied and unannounced.
+        (
+            "gzip then chunked",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+        (
+            "chunked then gzip",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nabc",
+        ),
+        (
+            "chunked twice",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
     ];
     for (what, bytes) in cases {
         let upstream = answering_then_holding(bytes).await;

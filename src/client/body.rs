@@ -24,14 +24,18 @@ impl Framing {
         }
         let headers = &head.headers;
         if head.noted.transfer_encoding {
-            // Chunked only when it is the final coding; otherwise the close ends the body.
-            let last = wire::tokens(headers, &TRANSFER_ENCODING).last();
-            let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-            return Ok(if chunked {
-                Framing::Chunked(Chunk::Size)
-            } else {
-                Framing::Close
-            });
+            // Only `chunked`, once, is decoded. Any other coding (`gzip, chunked`) would reach
+            // the client still applied, with nothing saying so: the field is hop-by-hop and
+            // stripped. NGINX also refuses such a response.
+            let mut codings = wire::tokens(headers, &TRANSFER_ENCODING);
+            let chunked = codings
+                .next()
+                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+                && codings.next().is_none();
+            if !chunked {
+                return Err(SendError::Invalid("a transfer coding other than chunked"));
+            }
+            return Ok(Framing::Chunked(Chunk::Size));
         }
         if !head.noted.content_length() {
             return Ok(Framing::Close);

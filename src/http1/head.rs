@@ -66,6 +66,7 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadEr
         Ok(httparse::Status::Partial) if buf.len() > max_head => return Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(httparse::Error::Version) if read_as_http11(buf) => return parse(buf, max_head),
         Err(httparse::Error::Version) => return Err(HeadError::Version),
         Err(_) => return Err(HeadError::Malformed("malformed request head")),
     };
@@ -108,6 +109,25 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadEr
         headers.append(name, value(&head, start, end)?);
     }
     frame(method, uri, version, headers, noted).map(Some)
+}
+
+/// RFC 9110 §2.5: a message of a higher minor version within a major one the recipient
+/// implements (`HTTP/1.2`) is processed as the highest it conforms to. Rewrites the request
+/// line's version to `HTTP/1.1` and says whether it did.
+fn read_as_http11(buf: &mut BytesMut) -> bool {
+    let line_end = memchr::memchr(b'\n', buf).unwrap_or(buf.len());
+    let Some(at) = memchr::memmem::rfind(&buf[..line_end], b" HTTP/1.") else {
+        return false;
+    };
+    let minor = at + b" HTTP/1.".len();
+    let after = buf.get(minor + 1).copied();
+    match buf.get(minor) {
+        Some(b'2'..=b'9') if matches!(after, None | Some(b'\r' | b'\n')) => {
+            buf[minor] = b'1';
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Whether the target has one of RFC 9112 §3.2's forms: origin-form (`/...`), absolute-form
