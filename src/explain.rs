@@ -5,7 +5,7 @@ use crate::admit;
 use crate::body::ResponseBody;
 use crate::config::{Config, RouteConfig};
 use crate::deviation::{self, Kind, Record, Source};
-use crate::normalize::{self, Outcome, RequestFacts, Settings};
+use crate::normalize::{self, Asked, Outcome, RequestFacts, Settings};
 use crate::respond::ProxyError;
 use crate::rules::check::Check;
 use crate::rules::profile::Profile;
@@ -241,6 +241,7 @@ async fn run(
         path,
         headers: Some(&query.request_headers),
         head_as_get: query.method == Method::HEAD && route.rules.head_reads_body(path),
+        asked: Asked::of(&query.method, &query.request_headers),
     };
     let settings = Settings {
         rules: &route.rules,

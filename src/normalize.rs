@@ -22,6 +22,47 @@ pub struct RequestFacts<'a> {
     pub headers: Option<&'a HeaderMap>,
     /// A HEAD that went upstream as GET: its response has the GET's body to inspect.
     pub head_as_get: bool,
+    pub asked: Asked,
+}
+
+/// HTTP mechanisms the client invoked whose answers lie outside the REST contract: a `304`
+/// to a conditional GET, a `206` to a range request, a `204` to a CORS preflight. Those
+/// answers are what the client asked for, not the service deviating, so they are not
+/// recorded as `left`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Asked {
+    /// GET or HEAD with `If-None-Match` or `If-Modified-Since` (RFC 9110 §13.1.2-3).
+    conditional: bool,
+    /// GET with `Range` (RFC 9110 §14.2).
+    range: bool,
+    /// OPTIONS with `Origin` and `Access-Control-Request-Method` (Fetch standard).
+    preflight: bool,
+}
+
+impl Asked {
+    pub fn of(method: &Method, headers: &HeaderMap) -> Asked {
+        use http::header::{ACCESS_CONTROL_REQUEST_METHOD, IF_MODIFIED_SINCE, IF_NONE_MATCH};
+        use http::header::{ORIGIN, RANGE};
+        let read = method == Method::GET || method == Method::HEAD;
+        Asked {
+            conditional: read
+                && (headers.contains_key(IF_NONE_MATCH) || headers.contains_key(IF_MODIFIED_SINCE)),
+            range: method == Method::GET && headers.contains_key(RANGE),
+            preflight: method == Method::OPTIONS
+                && headers.contains_key(ORIGIN)
+                && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD),
+        }
+    }
+
+    /// Whether `status` is the answer the mechanism the client invoked defines.
+    fn answers(&self, status: StatusCode) -> bool {
+        match status {
+            StatusCode::NOT_MODIFIED => self.conditional,
+            StatusCode::PARTIAL_CONTENT => self.range,
+            StatusCode::NO_CONTENT => self.preflight,
+            _ => false,
+        }
+    }
 }
 
 /// How the rules treated a response.
@@ -77,7 +118,7 @@ pub fn normalize_head(
     let upstream_status = response.status();
     let status = upstream_status.as_u16();
     if settings.rules.candidates(request.method, status).is_empty() {
-        return Ok(left(settings, upstream_status, false));
+        return Ok(left(request, settings, upstream_status, false));
     }
     let facts = facts(request, status, response.headers());
     let matched = match settings.rules.evaluate(&facts, BodyState::Unread, 0, None) {
@@ -122,7 +163,7 @@ fn apply(
 ) -> Option<Outcome> {
     let upstream_status = response.status();
     let Some(rule) = matched else {
-        return left(settings, upstream_status, inspected);
+        return left(request, settings, upstream_status, inspected);
     };
     if rule.then.status == upstream_status {
         // A rule that keeps the status is an allowed exception, not a deviation.
@@ -158,8 +199,14 @@ fn facts<'a>(request: &RequestFacts<'a>, status: u16, headers: &'a HeaderMap) ->
     }
 }
 
-fn left(settings: &Settings, status: StatusCode, inspected: bool) -> Option<Outcome> {
-    (settings.contract && !is_documented(status.as_u16())).then_some(Outcome {
+fn left(
+    request: &RequestFacts<'_>,
+    settings: &Settings,
+    status: StatusCode,
+    inspected: bool,
+) -> Option<Outcome> {
+    let undocumented = !is_documented(status.as_u16()) && !request.asked.answers(status);
+    (settings.contract && undocumented).then_some(Outcome {
         rule: None,
         action: Action::Left,
         upstream_status: status,

@@ -9,7 +9,7 @@ use crate::deviation::{self, DeviationLog, Kind, Record};
 use crate::expect::{self, Held};
 use crate::headers::{self, RequestIds, X_REQUEST_ID};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::normalize::{self, InspectError, Outcome, RequestFacts, Settings};
+use crate::normalize::{self, Asked, InspectError, Outcome, RequestFacts, Settings};
 use crate::respond::{close_connection, Culprit, ProxyError};
 use crate::route::{Route, RouteTable};
 use crate::server::ConnSettings;
@@ -105,6 +105,8 @@ struct Exchange<'a> {
     error: Option<String>,
     /// A HEAD sent upstream as GET for the route's body rules; the client gets no body.
     head_as_get: bool,
+    /// Conditional, range and preflight requests, whose answers are not `left` records.
+    asked: Asked,
 }
 
 /// Handles one request; never fails, every failure becomes a response.
@@ -130,6 +132,7 @@ pub fn handle(
             protocol: None,
             error: None,
             head_as_get: false,
+            asked: Asked::default(),
         };
         // 1-6: route, checks, forward, and the upstream's answer (or the proxy's own).
         let (mut response, source) = match forward(&proxy, conn, request, &mut exchange).await {
@@ -316,6 +319,9 @@ fn admit<'a>(
     if admit::headers_too_large(request.headers(), proxy.settings.max_header_bytes) {
         return Err(ProxyError::HeadersTooLarge);
     }
+    if route.contract {
+        exchange.asked = Asked::of(request.method(), request.headers());
+    }
     if route.rules.needs_request_headers() {
         exchange.request_headers = Some(request.headers().clone());
     }
@@ -476,6 +482,7 @@ fn facts_and_settings<'a>(
         path: exchange.bare_path.as_deref().unwrap_or(exchange.uri.path()),
         headers: exchange.request_headers.as_ref(),
         head_as_get: exchange.head_as_get,
+        asked: exchange.asked,
     };
     let settings = Settings {
         rules: &route.rules,

@@ -767,6 +767,46 @@ async fn documented_profile_maps_every_row_of_the_table() {
     proxy.stop().await;
 }
 
+/// A 304 to a conditional GET, a 206 to a range request and a 204 to a CORS preflight are
+/// the answers the client's own HTTP mechanisms ask for, so browsers and caches do not fill
+/// the log with `left` records; the same statuses unasked still are recorded (see the
+/// profile table above).
+#[tokio::test]
+async fn answers_the_client_asked_for_are_not_recorded_as_left() {
+    let (_upstream, proxy) = echo_proxy(r#"profile = "documented""#, "").await;
+    let client = client();
+    type Asked<'a> = (&'a str, u16, &'a [(&'a str, &'a str)]);
+    let asked: [Asked; 4] = [
+        ("GET", 304, &[("if-none-match", "\"v1\"")]),
+        (
+            "HEAD",
+            304,
+            &[("if-modified-since", "Tue, 01 Dec 2026 00:00:00 GMT")],
+        ),
+        ("GET", 206, &[("range", "bytes=0-1")]),
+        (
+            "OPTIONS",
+            204,
+            &[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "PUT"),
+            ],
+        ),
+    ];
+    for (i, (method, status, headers)) in asked.iter().enumerate() {
+        let url = proxy.url(&format!("/resource?status={status}"));
+        let reply = tagged(&client, &format!("asked-{i}"), method, &url, headers, "").await;
+        assert_eq!(reply.status, *status, "{method}");
+    }
+    let unasked = proxy.url("/resource?status=304");
+    let reply = tagged(&client, "unasked", "GET", &unasked, &[], "").await;
+    assert_eq!(reply.status, 304);
+    let records = proxy.records();
+    assert_eq!(record_of(&records, "unasked")["action"], "left");
+    assert_eq!(records.len(), 1, "{records:?}");
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn proxy_errors_go_through_the_profile_with_source_proxy() {
     // Nothing listens on the first address; the second never answers.
