@@ -774,6 +774,52 @@ async fn http2_limits_are_advertised_and_an_endless_continuation_ends_the_connec
     proxy.stop().await;
 }
 
+/// Malformed HTTP/2 requests (RFC 9113 §8.2.1: an uppercase field name; §8.3: an unknown
+/// pseudo-header; §8.2.1: NUL in a value) are never forwarded (§8.1.1). The HTTP/2 layer
+/// answers PROTOCOL_ERROR: it ends the whole connection with GOAWAY where the RFC asks for a
+/// stream error, so other streams on that connection end too (see docs/reliability.md).
+#[tokio::test]
+async fn malformed_http2_requests_are_never_forwarded() {
+    let upstream = echo_upstream().await;
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, "")).await;
+    let literal = |name: &[u8], value: &[u8]| {
+        [
+            &[0x00, name.len() as u8][..],
+            name,
+            &[value.len() as u8],
+            value,
+        ]
+        .concat()
+    };
+    for field in [
+        literal(b"X-Up", b"1"),
+        literal(b":secret", b"1"),
+        literal(b"x-nul", b"a\0b"),
+    ] {
+        let (mut read, mut write, _) = h2_connect(proxy.addr).await;
+        let block = [GET_BLOCK, &field].concat();
+        write
+            .write_all(&frame(DATA_HEADERS, END_STREAM | END_HEADERS, 1, &block))
+            .await
+            .expect("headers");
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some((kind, _, payload)) = read_frame(&mut read).await {
+                match kind {
+                    RST_STREAM => return Some(u32::from_be_bytes(payload[..4].try_into().ok()?)),
+                    GOAWAY => return Some(u32::from_be_bytes(payload[4..8].try_into().ok()?)),
+                    _ => {}
+                }
+            }
+            None
+        })
+        .await
+        .expect("an answer within 10s");
+        assert_eq!(answer, Some(0x1), "PROTOCOL_ERROR for {field:?}");
+    }
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+    proxy.stop().await;
+}
+
 /// Rapid reset (CVE-2023-44487): streams opened and reset at once, thousands of them. The
 /// connection is told to go away, the upstream sees far fewer requests than were opened, and
 /// the proxy keeps serving with nothing left in flight.
