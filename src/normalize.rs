@@ -54,6 +54,14 @@ impl Asked {
         }
     }
 
+    /// Whether some request could have asked for `status` (see [`Asked::answers`]).
+    pub fn may_excuse(status: StatusCode) -> bool {
+        matches!(
+            status,
+            StatusCode::NOT_MODIFIED | StatusCode::PARTIAL_CONTENT | StatusCode::NO_CONTENT
+        )
+    }
+
     /// Whether `status` is the answer the mechanism the client invoked defines.
     fn answers(&self, status: StatusCode) -> bool {
         match status {

@@ -258,6 +258,10 @@ fn forward<'a, 'e>(
         }
         let (parts, body) = result?.into_parts();
         exchange.upstream_status = Some(parts.status);
+        // Looked at only for the few statuses it can excuse, so other answers pay nothing.
+        if route.contract && Asked::may_excuse(parts.status) {
+            exchange.asked = Asked::of(&exchange.method, &outbound.headers);
+        }
         let body = ResponseBody::upstream(body)
             .await
             .map_err(ProxyError::body_failed)?;
@@ -318,9 +322,6 @@ fn admit<'a>(
     }
     if admit::headers_too_large(request.headers(), proxy.settings.max_header_bytes) {
         return Err(ProxyError::HeadersTooLarge);
-    }
-    if route.contract {
-        exchange.asked = Asked::of(request.method(), request.headers());
     }
     if route.rules.needs_request_headers() {
         exchange.request_headers = Some(request.headers().clone());
