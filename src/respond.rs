@@ -141,7 +141,7 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout => "upstream connection timed out".into(),
             ProxyError::UpstreamTimeout => "upstream did not answer in time".into(),
             ProxyError::UpstreamReset => {
-                "upstream closed the connection before its response was complete".into()
+                "upstream closed the connection before sending a complete response".into()
             }
             ProxyError::UpstreamInvalid(why) => {
                 format!("upstream sent an invalid response: {why}")

@@ -51,7 +51,7 @@ impl Upstream {
         let pools: Vec<Arc<Pool>> = config
             .targets
             .iter()
-            .map(|_| Arc::new(Pool::new(config.idle_connections)))
+            .map(|_| Arc::new(Pool::new(config.idle_connections, config.idle_timeout)))
             .collect();
         client::start_pruning(&pools);
         Upstream {

@@ -216,3 +216,41 @@ async fn a_connection_whose_request_body_may_be_unread_is_not_reused() {
     assert!(!lines.iter().any(|l| l.contains("/smuggled")), "{lines:?}");
     proxy.stop().await;
 }
+
+/// A pooled connection idle for the upstream's `idle_timeout` is closed by the proxy, and the
+/// next request opens a new one: a request is never sent on a connection idle longer than
+/// that, which an upstream with a shorter keep-alive timeout may be closing just then.
+#[tokio::test]
+async fn a_connection_idle_for_idle_timeout_is_closed_and_not_reused() {
+    let (upstream, counts) = burst_upstream(1).await;
+    let text = pool_config(upstream, 8).replace(
+        "idle_connections = 8\n",
+        "idle_connections = 8\nidle_timeout = \"200ms\"\n",
+    );
+    let proxy = spawn_proxy(&text).await;
+    let url = proxy.url("/items");
+    assert_eq!(get(&url).await.status, 200);
+    assert_eq!(get(&url).await.status, 200);
+    assert_eq!(
+        counts.accepted.load(Ordering::SeqCst),
+        1,
+        "reused while fresh"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the idle connection closed",
+        || counts.closed_by_proxy.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    assert_eq!(get(&url).await.status, 200);
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    proxy.stop().await;
+}
+
+#[test]
+fn pooled_connections_are_kept_4s_by_default() {
+    let text = pool_config("127.0.0.1:9".parse().expect("addr"), 7);
+    let config = restatus::config::Config::parse(std::path::Path::new("pool.toml"), &text)
+        .expect("valid config");
+    assert_eq!(config.upstreams[0].idle_timeout, Duration::from_secs(4));
+}

@@ -22,9 +22,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-/// How long an idle pooled upstream connection is kept.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Read buffers start at this size and double while reads fill them, up to `MAX_READ`.
 const FIRST_READ: usize = 8 << 10;
 const MAX_READ: usize = 256 << 10;
@@ -73,6 +70,8 @@ impl Conn {
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     max: usize,
+    /// How long an idle connection is kept (the upstream's `idle_timeout`).
+    timeout: Duration,
 }
 
 struct Idle {
@@ -81,10 +80,11 @@ struct Idle {
 }
 
 impl Pool {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, timeout: Duration) -> Self {
         Pool {
             idle: Mutex::new(Vec::new()),
             max,
+            timeout,
         }
     }
 
@@ -92,7 +92,7 @@ impl Pool {
     pub fn take(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(mut entry) = idle.pop() {
-            if entry.since.elapsed() < POOL_IDLE_TIMEOUT && entry.conn.io.is_reusable() {
+            if entry.since.elapsed() < self.timeout && entry.conn.io.is_reusable() {
                 return Some(entry.conn);
             }
         }
@@ -122,9 +122,8 @@ impl Pool {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        idle.retain_mut(|entry| {
-            entry.since.elapsed() < POOL_IDLE_TIMEOUT && entry.conn.io.is_reusable()
-        });
+        let timeout = self.timeout;
+        idle.retain_mut(|entry| entry.since.elapsed() < timeout && entry.conn.io.is_reusable());
     }
 }
 
@@ -135,9 +134,12 @@ pub fn start_pruning(pools: &[Arc<Pool>]) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
+    let Some(every) = pools.iter().map(|p| p.timeout / 4).min() else {
+        return;
+    };
     let pools: Vec<Weak<Pool>> = pools.iter().map(Arc::downgrade).collect();
     runtime.spawn(async move {
-        let mut tick = tokio::time::interval(POOL_IDLE_TIMEOUT / 4);
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

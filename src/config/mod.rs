@@ -33,6 +33,12 @@ pub const DEFAULT_PATH: &str = "config/restatus.toml";
 /// Idle keep-alive connections kept per upstream target (NGINX's `keepalive` plays this part).
 pub const DEFAULT_IDLE_CONNECTIONS: usize = 256;
 
+/// How long an idle pooled upstream connection is kept by default: under the 5 s keep-alive
+/// timeout of Apache httpd, Node.js and uvicorn, so that a request is not sent on a
+/// connection such an upstream is closing at that moment (a POST on it would fail: it is
+/// not retried).
+pub const DEFAULT_POOL_IDLE: Duration = Duration::from_secs(4);
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: PathBuf,
@@ -117,6 +123,9 @@ pub struct UpstreamConfig {
     pub expect_timeout: Duration,
     /// Most idle keep-alive connections kept per target; more are closed once answered.
     pub idle_connections: usize,
+    /// How long an idle pooled connection is kept; below the upstream's own keep-alive
+    /// timeout, so that a request is not sent on a connection the upstream is closing.
+    pub idle_timeout: Duration,
     /// Set when a target is `https://`.
     pub tls: Option<UpstreamTls>,
 }
@@ -414,6 +423,7 @@ fn compile_upstreams(
             expect: raw.expect.unwrap_or_default(),
             expect_timeout: raw.expect_timeout.map_or(Duration::from_secs(1), |d| d.0),
             idle_connections: raw.idle_connections.unwrap_or(DEFAULT_IDLE_CONNECTIONS),
+            idle_timeout: raw.idle_timeout.map_or(DEFAULT_POOL_IDLE, |d| d.0),
             tls,
         }));
     }

@@ -131,6 +131,7 @@ pub struct RawUpstream {
     pub expect: Option<ExpectMode>,
     pub expect_timeout: Option<HumanDuration>,
     pub idle_connections: Option<usize>,
+    pub idle_timeout: Option<Timeout>,
     pub ca: Option<Spanned<String>>,
     pub server_name: Option<Spanned<String>>,
     pub client_cert: Option<Spanned<String>>,
