@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use std::fmt::Write;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The exchange to explain.
 pub struct Query {
@@ -248,7 +247,6 @@ async fn run(
         mode: route.mode,
         contract: route.profile != Profile::None,
         inspect_limit: config.limits.inspect_body,
-        body_timeout: Duration::from_secs(5),
         original_status_header: config.deviations.original_status_header.as_ref(),
     };
     normalize::normalize(&request, response, &settings)

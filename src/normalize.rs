@@ -13,7 +13,6 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use std::io::Read;
-use std::time::Duration;
 
 /// What the request looked like, for rules that look at it.
 pub struct RequestFacts<'a> {
@@ -90,7 +89,6 @@ pub struct Settings<'a> {
     /// recorded as `left`).
     pub contract: bool,
     pub inspect_limit: usize,
-    pub body_timeout: Duration,
     pub original_status_header: Option<&'a HeaderName>,
 }
 
@@ -98,7 +96,6 @@ pub struct Settings<'a> {
 #[derive(Debug)]
 pub enum InspectError {
     Upstream(BodyError),
-    Timeout,
 }
 
 /// Applies the rules to `response`. Returns the response to send and, when the exchange is a
@@ -254,21 +251,19 @@ async fn read_upstream(
     incoming: UpstreamBody,
     settings: &Settings<'_>,
 ) -> Result<(ResponseBody, Option<Bytes>), InspectError> {
-    let read = tokio::time::timeout(
-        settings.body_timeout,
-        buffer_bounded_after(start, incoming, settings.inspect_limit),
-    );
+    // No deadline of its own: the upstream body stops with `BodyError::Stalled` once the
+    // upstream sends nothing for its `response_timeout`, however long the whole body takes.
+    let read = buffer_bounded_after(start, incoming, settings.inspect_limit);
     Ok(match read.await {
-        Err(_) => return Err(InspectError::Timeout),
-        Ok(Err(err)) => return Err(InspectError::Upstream(err)),
-        Ok(Ok(Buffered::Complete { data, trailers })) => (
+        Err(err) => return Err(InspectError::Upstream(err)),
+        Ok(Buffered::Complete { data, trailers }) => (
             ResponseBody::Buffered {
                 data: Some(data.clone()),
                 trailers,
             },
             Some(data),
         ),
-        Ok(Ok(Buffered::TooLarge { prefix, rest })) => (
+        Ok(Buffered::TooLarge { prefix, rest }) => (
             ResponseBody::Prefixed {
                 // Nothing was read when the declared length was already too large.
                 prefix: (!prefix.is_empty()).then_some(prefix),

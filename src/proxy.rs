@@ -490,7 +490,6 @@ fn facts_and_settings<'a>(
         mode: route.mode,
         contract: route.contract,
         inspect_limit: proxy.inspect_limit,
-        body_timeout: route.upstream.config.response_timeout,
         original_status_header: proxy.original_status_header.as_ref(),
     };
     (request, settings)
@@ -531,7 +530,6 @@ async fn normalize_body(
             recorded(proxy, route, source, exchange, outcome);
             return (response, (source, produced));
         }
-        Err(InspectError::Timeout) => ProxyError::UpstreamTimeout,
         Err(InspectError::Upstream(err)) => ProxyError::body_failed(err),
     };
     // The upstream failed while its body was being inspected; nothing was sent yet, so the

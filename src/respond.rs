@@ -36,6 +36,9 @@ pub enum ProxyError {
     UpstreamConnectTimeout,
     /// The upstream did not send a response head within `response_timeout`.
     UpstreamTimeout,
+    /// The upstream stopped sending its response body for its `response_timeout`, while a
+    /// rule was reading it (so nothing had reached the client).
+    UpstreamStalled(std::time::Duration),
     /// The upstream closed or reset the connection before its response was complete (before
     /// its head, or before the client got any of its body).
     UpstreamReset,
@@ -58,7 +61,7 @@ impl ProxyError {
         match err {
             BodyError::Invalid => ProxyError::UpstreamInvalid("malformed body framing"),
             BodyError::Io(_) | BodyError::Incomplete => ProxyError::UpstreamReset,
-            BodyError::Stalled(_) => ProxyError::UpstreamTimeout,
+            BodyError::Stalled(silence) => ProxyError::UpstreamStalled(silence),
         }
     }
 
@@ -78,9 +81,9 @@ impl ProxyError {
             | ProxyError::UpstreamReset
             | ProxyError::UpstreamInvalid(_)
             | ProxyError::UpstreamTls(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ProxyError::UpstreamConnectTimeout
+            | ProxyError::UpstreamTimeout
+            | ProxyError::UpstreamStalled(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -113,7 +116,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => "headers_too_large",
             ProxyError::UpstreamConnect => "connect",
             ProxyError::UpstreamConnectTimeout => "connect_timeout",
-            ProxyError::UpstreamTimeout => "timeout",
+            ProxyError::UpstreamTimeout | ProxyError::UpstreamStalled(_) => "timeout",
             ProxyError::UpstreamReset => "reset",
             ProxyError::UpstreamInvalid(_) => "invalid_response",
             ProxyError::UpstreamTls(_) => "tls",
@@ -140,6 +143,9 @@ impl ProxyError {
             }
             ProxyError::UpstreamConnectTimeout => "upstream connection timed out".into(),
             ProxyError::UpstreamTimeout => "upstream did not answer in time".into(),
+            ProxyError::UpstreamStalled(silence) => format!(
+                "upstream stopped sending its response body for {silence:?}"
+            ),
             ProxyError::UpstreamReset => {
                 "upstream closed the connection before sending a complete response".into()
             }

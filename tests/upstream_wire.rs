@@ -829,3 +829,50 @@ async fn a_slow_but_steady_body_is_relayed_whole() {
     assert_eq!((reply.status, reply.text().as_str()), (200, "xxxxxxxxxxxx"));
     proxy.stop().await;
 }
+
+/// A body rule reads a body that takes longer in all than `response_timeout` but never goes
+/// silent that long: it is read whole and the rule fires. One that does go silent mid-body is
+/// a 504 that says so, and nothing of it reached the client.
+#[tokio::test]
+async fn a_body_rule_reads_a_slow_body_and_gives_up_only_on_silence() {
+    let upstream = spawn_fault(|mut conn: FaultConn| async move {
+        while let Some(head) = conn.read_request().await {
+            conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+                .await;
+            let pause = if head.starts_with("GET /stalls") {
+                1000
+            } else {
+                60
+            };
+            for byte in b"error-----" {
+                // Not synchronization: the pace is the behaviour under test.
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                conn.send(&[*byte]).await;
+            }
+        }
+    })
+    .await;
+    let rule = r#"
+[[rules]]
+name = "error-body-is-404"
+when = { status = 200, body_regex = "^error" }
+then = { status = 404 }
+"#;
+    let text = simple_config(upstream.addr, &format!("{NO_PROFILE}\n{rule}")).replace(
+        r#"response_timeout = "10s""#,
+        r#"response_timeout = "400ms""#,
+    );
+    let proxy = spawn_proxy(&text).await;
+    let slow = get(&proxy.url("/slow")).await;
+    assert_eq!((slow.status, slow.text().as_str()), (404, "error-----"));
+    let stalled = get(&proxy.url("/stalls")).await;
+    assert_eq!(stalled.status, 504, "{}", stalled.text());
+    assert!(
+        stalled
+            .text()
+            .contains("stopped sending its response body for 400ms"),
+        "{}",
+        stalled.text()
+    );
+    proxy.stop().await;
+}
