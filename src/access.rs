@@ -91,8 +91,11 @@ impl Body for LoggedBody {
             Poll::Ready(None) => this.complete = true,
             Poll::Ready(Some(Err(err))) => {
                 this.failed = true;
-                if let Some(record) = &this.record {
+                if let Some(record) = this.record.as_mut() {
                     tracing::warn!(request_id = ?record.request_id, error = %err, "upstream response body failed; aborting the client response");
+                    record
+                        .error
+                        .get_or_insert_with(|| format!("upstream response body failed: {err}"));
                 }
             }
             Poll::Pending => {}
@@ -115,6 +118,13 @@ impl Drop for LoggedBody {
             return;
         };
         let complete = !self.failed && (self.complete || self.inner.is_end_stream());
+        let error = match &record.error {
+            Some(error) => error.as_str(),
+            // Dropped unsent: the client went away, or its connection was closed (send
+            // timeout, shutdown).
+            None if !complete => "the connection ended before the whole response was sent",
+            None => "-",
+        };
         tracing::info!(
             target: "restatus::access",
             method = %record.method,
@@ -129,7 +139,7 @@ impl Drop for LoggedBody {
             request_id = record.request_id.to_str().unwrap_or("-"),
             bytes = self.bytes,
             complete,
-            error = record.error.as_deref().unwrap_or("-"),
+            error,
             "access"
         );
     }

@@ -77,6 +77,12 @@ then = {{ status = 404 }}
     let line = access().unwrap_or_default();
     assert!(line.contains("complete=false"), "{line}");
     assert!(line.contains("bytes=14"), "{line}");
+    assert!(
+        line.contains(
+            "error=\"upstream response body failed: connection closed before the end of the body\""
+        ),
+        "{line}"
+    );
     // Whole microseconds: at most three decimals, never float noise.
     let duration = line
         .split_whitespace()
