@@ -3,7 +3,8 @@
 
 use crate::config::{self, Config, RouteConfig};
 use crate::rules::condition::{Conditions, GlobSegment, PathMatcher};
-use crate::rules::Rule;
+use crate::rules::profile::Profile;
+use crate::rules::{Origin, Rule};
 use std::fmt::Write;
 
 /// The full `check` report for a valid config.
@@ -38,6 +39,7 @@ pub fn report(config: &Config) -> String {
         }
         warnings.extend(route_warnings(route));
         warnings.extend(method_warnings(route));
+        warnings.extend(contract_warnings(route));
     }
     for warning in &warnings {
         let _ = writeln!(out, "warning: {warning}");
@@ -194,6 +196,29 @@ fn method_warnings(route: &RouteConfig) -> Vec<String> {
         }
     }
     out
+}
+
+/// Rules on a route with a contract profile that answer with a code the contract does not
+/// define: allowed (a rule may keep an exception), but likely a mistake.
+fn contract_warnings(route: &RouteConfig) -> Vec<String> {
+    if route.profile == Profile::None {
+        return Vec::new();
+    }
+    let outside = |rule: &&std::sync::Arc<Rule>| {
+        rule.origin != Origin::Profile && !crate::rules::is_documented(rule.then.status.as_u16())
+    };
+    (route.rules.rules().iter().filter(outside))
+        .map(|rule| {
+            format!(
+                "route {}: rule `{}` answers {}, a status outside the documented contract \
+                 ({:?}); clients will see a code the contract does not define",
+                route.name,
+                rule.name,
+                rule.then.status.as_u16(),
+                crate::rules::DOCUMENTED
+            )
+        })
+        .collect()
 }
 
 /// Whether a path condition can hold for some path the route receives (`prefix` itself or

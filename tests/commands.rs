@@ -217,6 +217,59 @@ fn check_sees_globs_and_checks_that_can_never_fire() {
     assert_eq!(text.matches("can never fire").count(), 4, "{text}");
 }
 
+const OUTSIDE_THE_CONTRACT: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[upstreams]]
+name = "legacy"
+targets = ["http://127.0.0.1:9"]
+
+[[routes]]
+name = "api"
+upstream = "legacy"
+path_prefix = "/api"
+
+[[routes]]
+name = "raw"
+upstream = "legacy"
+path_prefix = "/raw"
+profile = "none"
+
+[[rules]]
+name = "invalid-is-422"
+when = { status = 400, path = "/api/**" }
+then = { status = 422 }
+
+[[rules]]
+name = "missing-is-404"
+when = { status = 410 }
+then = { status = 404 }
+"#;
+
+/// A rule that answers with a code outside the contract, on a route with the profile, is
+/// allowed but warned about; on a route without a profile the operator defines the contract.
+#[test]
+fn check_warns_about_rules_answering_outside_the_contract() {
+    let path = config_file("outside", OUTSIDE_THE_CONTRACT);
+    let output = restatus(&["check", "--config", path.to_str().expect("path")]);
+    std::fs::remove_file(&path).ok();
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "warning: route api: rule `invalid-is-422` answers 422, a status outside the \
+             documented contract"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("outside the documented contract").count(),
+        1,
+        "{text}"
+    );
+}
+
 #[test]
 fn check_lists_rules_in_order_and_warns_about_shadowed_ones() {
     let path = config_file("check", RULES);
