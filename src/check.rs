@@ -252,15 +252,38 @@ fn only_interim(when: &Conditions) -> bool {
     when.has_status && when.statuses.codes().all(|code| code < 200)
 }
 
-/// One line: name, origin, conditions and the resulting status.
+/// One line: name, origin, conditions, the resulting status and what else it changes.
 pub fn describe_rule(rule: &Rule) -> String {
     format!(
-        "{} [{}] when {} -> {}",
+        "{} [{}] when {} -> {}{}",
         rule.name,
         rule.origin.as_str(),
         describe_conditions(&rule.when),
-        rule.then.status.as_u16()
+        rule.then.status.as_u16(),
+        describe_changes(&rule.then)
     )
+}
+
+/// `then.body` and `then.headers`, when given: `, replaces the body, sets x-a, removes x-b`.
+pub fn describe_changes(then: &crate::rules::Action) -> String {
+    let mut out = String::new();
+    if then.body.is_some() {
+        out.push_str(", replaces the body");
+    }
+    let names = |list: &mut dyn Iterator<Item = &http::HeaderName>| {
+        list.map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+    };
+    if !then.remove_headers.is_empty() {
+        let _ = write!(out, ", removes {}", names(&mut then.remove_headers.iter()));
+    }
+    if !then.set_headers.is_empty() {
+        let _ = write!(
+            out,
+            ", sets {}",
+            names(&mut then.set_headers.iter().map(|(n, _)| n))
+        );
+    }
+    out
 }
 
 /// The conditions of a `when` table, as a user would read them.

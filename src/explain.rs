@@ -112,6 +112,24 @@ pub async fn explain(config: &Config, query: &Query) -> Result<String, String> {
     Ok(out)
 }
 
+/// What the rule that rewrote the status also changed (its `then.body` and `then.headers`).
+fn write_changes(out: &mut String, route: &RouteConfig, outcome: &Outcome) {
+    if outcome.action != deviation::Action::Rewrote {
+        return;
+    }
+    let rules = route.rules.rules();
+    let Some(rule) = rules
+        .iter()
+        .find(|r| Some(&*r.name) == outcome.rule.as_deref())
+    else {
+        return;
+    };
+    let changes = crate::check::describe_changes(&rule.then);
+    if let Some(changes) = changes.strip_prefix(", ") {
+        let _ = writeln!(out, "also: {changes}");
+    }
+}
+
 /// The first of the route's checks that refuses the request, as the proxy tries them.
 fn refusing_check<'a>(route: &'a RouteConfig, query: &Query, path: &str) -> Option<&'a Arc<Check>> {
     route
@@ -277,6 +295,7 @@ fn write_record(
         outcome.rule.as_deref().unwrap_or("none"),
         action_text(outcome.action)
     );
+    write_changes(out, route, &outcome);
     if let Some(header) = &config.deviations.original_status_header {
         if let Some(value) = response.headers().get(header) {
             let _ = writeln!(out, "header: {header}: {}", value.to_str().unwrap_or(""));

@@ -76,7 +76,7 @@ then = { status = 200 }
 name = "teapot"
 routes = ["items"]
 when = { status = 418 }
-then = { status = 400 }
+then = { status = 400, body = '{"error":"teapot"}', headers = { set = { "x-why" = "teapot" }, remove = ["server"] } }
 
 [[rules]]
 name = "misspelt"
@@ -287,7 +287,10 @@ fn check_lists_rules_in_order_and_warns_about_shadowed_ones() {
     assert!(reports.starts_with("(profile none, mode audit):"), "{text}");
     // The route's own rule comes first although it is the last one in the file.
     assert!(
-        items.contains("  1. teapot [route] when status 418 -> 400"),
+        items.contains(
+            "  1. teapot [route] when status 418 -> 400, replaces the body, removes server, \
+             sets x-why"
+        ),
         "{text}"
     );
     assert!(
@@ -426,6 +429,17 @@ fn explain_names_the_rule_the_status_and_the_record() {
     assert_eq!(record["body_inspected"], true);
 }
 
+/// What a rule's `then` changes besides the status is shown too.
+#[test]
+fn explain_shows_a_replaced_body_and_headers() {
+    let text = explain(&["--method", "GET", "--path", "/t", "--status", "418"]);
+    assert!(text.contains("the client gets: 400 Bad Request"), "{text}");
+    assert!(
+        text.contains("also: replaces the body, removes server, sets x-why"),
+        "{text}"
+    );
+}
+
 #[test]
 fn explain_says_why_earlier_candidates_did_not_match() {
     let text = explain(&[
@@ -440,11 +454,30 @@ fn explain_says_why_earlier_candidates_did_not_match() {
     ]);
     assert!(
         text.contains(
-            "missing-is-404 [global]: skipped: body JSON at `/error/code` does not match"
+            "missing-is-404 [global]: skipped: body JSON at `/error/code` is \"FORBIDDEN\" \
+             (a string), not \"NOT_FOUND\" (a string)"
         ),
         "{text}"
     );
     assert!(text.contains("the client gets: 200 OK"), "{text}");
+    // Not JSON at all (here, a byte-order mark in front), and nothing at the pointer.
+    let skipped = |body: &str| {
+        let text = explain(&[
+            "--method", "GET", "--path", "/items/7", "--status", "200", "--body", body,
+        ]);
+        let line = text.lines().find(|l| l.contains("missing-is-404 [global]"));
+        line.unwrap_or_default().to_string()
+    };
+    let line = skipped("\u{feff}{\"error\":{}}");
+    assert!(
+        line.contains("skipped: body is not one JSON document ("),
+        "{line}"
+    );
+    let line = skipped(r#"{"error":{}}"#);
+    assert!(
+        line.contains("skipped: body JSON has nothing at `/error/code`"),
+        "{line}"
+    );
     assert!(text.contains("record: none"), "{text}");
 
     let text = explain(&[

@@ -197,6 +197,44 @@ impl BodyJson {
             JsonTest::In(values) => found.is_some_and(|f| values.contains(&f)),
         }
     }
+
+    /// Why `document` fails the test, for `explain`: not JSON at all, nothing at the pointer,
+    /// or which value (and of which type) is there instead.
+    pub fn why_not(&self, document: &[u8]) -> String {
+        let pointer = &self.pointer;
+        if let Err(err) = serde_json::from_slice::<serde::de::IgnoredAny>(document) {
+            return format!("body is not one JSON document ({err})");
+        }
+        let Some(found) = super::json::lookup(document, &self.tokens) else {
+            return format!("body JSON has nothing at `{pointer}`");
+        };
+        let kind = json_kind(&found);
+        match &self.test {
+            JsonTest::Exists(_) => format!("body JSON has {found} ({kind}) at `{pointer}`"),
+            JsonTest::Equals(want) => format!(
+                "body JSON at `{pointer}` is {found} ({kind}), not {want} ({})",
+                json_kind(want)
+            ),
+            JsonTest::In(values) => {
+                let list: Vec<String> = values.iter().map(Value::to_string).collect();
+                format!(
+                    "body JSON at `{pointer}` is {found} ({kind}), not one of [{}]",
+                    list.join(", ")
+                )
+            }
+        }
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// Every condition of one `when` table, compiled.

@@ -396,7 +396,7 @@ impl RuleSet {
             if let Some(trace) = trace.as_deref_mut() {
                 let text = match &outcome {
                     Check::Pass => "matched".to_string(),
-                    Check::Fail(why) => format!("skipped: {}", why.describe(&rule.when)),
+                    Check::Fail(why) => format!("skipped: {}", why.describe(&rule.when, body)),
                     Check::NeedBody => "needs the response body".to_string(),
                 };
                 trace.push(TraceLine {
@@ -430,11 +430,11 @@ enum Miss<'r> {
     ResponseHeader(&'r HeaderName),
     NotInspected,
     BodyRegex(&'r str),
-    BodyJson(&'r str),
+    BodyJson(&'r condition::BodyJson),
 }
 
 impl Miss<'_> {
-    fn describe(&self, when: &Conditions) -> String {
+    fn describe(&self, when: &Conditions, body: BodyState) -> String {
         match self {
             Miss::Method => format!("method is not {:?}", when.methods.as_deref().unwrap_or(&[])),
             Miss::Path => format!(
@@ -445,7 +445,10 @@ impl Miss<'_> {
             Miss::ResponseHeader(name) => format!("response header `{name}` does not match"),
             Miss::NotInspected => "response body was not inspected".into(),
             Miss::BodyRegex(regex) => format!("body does not match /{regex}/"),
-            Miss::BodyJson(pointer) => format!("body JSON at `{pointer}` does not match"),
+            Miss::BodyJson(test) => match body {
+                BodyState::Inspected(bytes) => test.why_not(bytes),
+                _ => format!("body JSON at `{}` does not match", test.pointer),
+            },
         }
     }
 }
@@ -485,7 +488,7 @@ fn check<'r>(rule: &'r Rule, facts: &Facts, body: BodyState) -> Check<'r> {
     }
     if let Some(body_json) = &when.body_json {
         if !body_json.matches(bytes) {
-            return Check::Fail(Miss::BodyJson(&body_json.pointer));
+            return Check::Fail(Miss::BodyJson(body_json));
         }
     }
     Check::Pass
