@@ -308,7 +308,8 @@ async fn close_delimited_body_is_chunked_to_an_http11_client_and_the_connection_
 }
 
 /// An HTTP/1.0 client cannot read chunked (RFC 9112 §7.1: not sent to HTTP/1.0), so the same
-/// body runs to the close, in an HTTP/1.0 answer (RFC 9110 §6.2) that says `close`.
+/// body runs to the close, in an answer that says `close`. Its status line says HTTP/1.1, the
+/// highest version within the client's major one (RFC 9110 §2.5), as NGINX and HAProxy do.
 #[tokio::test]
 async fn close_delimited_body_runs_to_the_close_for_an_http10_client() {
     let upstream = close_delimited().await;
@@ -317,7 +318,7 @@ async fn close_delimited_body_runs_to_the_close_for_an_http10_client() {
     conn.send(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n").await;
     // No length and no chunking: `response` reads to a clean close, or fails.
     let answer = conn.response(false).await;
-    assert!(answer.head.starts_with("HTTP/1.0 200 OK\r\n"), "{answer:?}");
+    assert!(answer.head.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
     assert!(answer.values("transfer-encoding").is_empty(), "{answer:?}");
     assert!(answer.values("content-length").is_empty(), "{answer:?}");
     assert_eq!(answer.values("connection"), ["close"], "{answer:?}");
@@ -335,13 +336,14 @@ async fn http10_keep_alive_is_honoured_for_a_sized_response() {
     conn.send(b"GET /one HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
         .await;
     let first = conn.response(false).await;
-    assert!(first.head.starts_with("HTTP/1.0 200 OK\r\n"), "{first:?}");
+    assert!(first.head.starts_with("HTTP/1.1 200 OK\r\n"), "{first:?}");
     assert_eq!(first.values("connection"), ["keep-alive"], "{first:?}");
     assert_eq!(first.values("content-length"), ["5"], "{first:?}");
     assert_eq!(first.text(), "sized");
     conn.send(b"GET /two HTTP/1.0\r\nHost: a\r\n\r\n").await;
     let second = conn.response(false).await;
-    assert!(second.head.starts_with("HTTP/1.0 200 OK\r\n"), "{second:?}");
+    assert!(second.head.starts_with("HTTP/1.1 200 OK\r\n"), "{second:?}");
+    assert_eq!(second.values("connection"), ["close"], "{second:?}");
     assert_eq!(second.text(), "sized");
     conn.assert_closed().await;
     proxy.stop().await;

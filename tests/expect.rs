@@ -726,7 +726,7 @@ async fn http10_client_expect_is_ignored() {
         b"PUT /items/1 HTTP/1.0\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n{}",
     )
     .await;
-    assert!(response.starts_with("HTTP/1.0 200 "), "{response}");
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
     assert!(!response.contains("100 Continue"), "{response}");
     assert!(!upstream.requests()[0].headers.contains_key("expect"));
 }

@@ -36,7 +36,7 @@ pub fn encode(parts: &Parts, hint: &SizeHint, asked: &Asked<'_>) -> (Bytes, Out,
     let out = framing(parts, hint, asked);
     let mut head = BytesMut::with_capacity(head_size(headers) + 128 + small_body(out));
     let reason = parts.extensions.get::<ReasonPhrase>();
-    status_line(&mut head, status, reason, asked.version);
+    status_line(&mut head, status, reason);
     // Hyper's rule for framing fields: the one written is the one the body really has.
     let drop_length = !matches!(out, Out::None) || status == StatusCode::NO_CONTENT;
     // `Connection: close` and `Date` are noted on the way past, not looked up.
@@ -114,7 +114,7 @@ fn head_size(headers: &http::HeaderMap) -> usize {
 /// connection closes after it.
 pub fn refusal(status: StatusCode) -> Bytes {
     let mut head = BytesMut::with_capacity(128);
-    status_line(&mut head, status, None, Version::HTTP_11);
+    status_line(&mut head, status, None);
     field(&mut head, b"content-length", b"0");
     field(&mut head, b"connection", b"close");
     with_date(|date| field(&mut head, b"date", date));
@@ -122,18 +122,12 @@ pub fn refusal(status: StatusCode) -> Bytes {
     head.freeze()
 }
 
-/// An HTTP/1.0 request is answered as HTTP/1.0 (RFC 9110 §6.2: a server sends the highest
-/// version it supports that the client's major version allows; hyper answers likewise).
-fn status_line(
-    head: &mut BytesMut,
-    status: StatusCode,
-    reason: Option<&ReasonPhrase>,
-    version: Version,
-) {
-    head.extend_from_slice(match version {
-        Version::HTTP_10 => b"HTTP/1.0 ",
-        _ => b"HTTP/1.1 ",
-    });
+/// Every answer says HTTP/1.1, an HTTP/1.0 client's too: RFC 9110 §2.5 has a server send the
+/// highest version it conforms to within the request's major version. What an HTTP/1.0 client
+/// cannot read is kept from it all the same: no chunked framing, and `Connection` always says
+/// whether the connection stays open.
+fn status_line(head: &mut BytesMut, status: StatusCode, reason: Option<&ReasonPhrase>) {
+    head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(status.as_str().as_bytes());
     head.extend_from_slice(b" ");
     match reason {
@@ -228,7 +222,8 @@ mod tests {
         assert_eq!(out, Out::Chunked);
         let (head, out, keep) =
             head_of(&parts, SizeHint::default(), &asked(&get, Version::HTTP_10));
-        assert!(head.starts_with("HTTP/1.0 200 OK\r\n") && head.contains("connection: close"));
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.contains("connection: close"));
+        assert!(!head.contains("transfer-encoding"), "{head}");
         assert_eq!((out, keep), (Out::Close, false));
         let (head, _, keep) = head_of(
             &parts,
