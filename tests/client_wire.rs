@@ -591,6 +591,17 @@ async fn http2_request_line_is_505_and_closes() {
     assert_eq!(answer.values("connection"), ["close"], "{answer:?}");
 }
 
+/// `http/1.1` is not a version at all (RFC 9112 §2.3: the name is case-sensitive): a malformed
+/// request line, 400, as NGINX and HAProxy answer, not 505.
+#[tokio::test]
+async fn a_lowercase_version_is_400() {
+    let answer = refused(b"GET / http/1.1\r\nHost: a\r\n\r\n".to_vec()).await;
+    assert!(
+        answer.head.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer:?}"
+    );
+}
+
 /// RFC 9110 §2.5: a higher minor version of HTTP/1 is served as HTTP/1.1, not refused.
 #[tokio::test]
 async fn http_1_2_is_served_as_http_1_1() {

@@ -158,9 +158,14 @@ async fn smuggling_attempts_reach_the_upstream_only_as_well_framed_requests() {
             Refused,
         ),
         (
+            "Transfer-Encoding: Chunked, in another case",
+            format!("POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n{chunked_abc}"),
+            Pipelined("abc"),
+        ),
+        (
             "doubled Transfer-Encoding",
             format!("POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n{chunked_abc}"),
-            Pipelined("abc"),
+            Refused,
         ),
         (
             "Transfer-Encoding on HTTP/1.0",

@@ -67,7 +67,7 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadEr
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(httparse::Error::Version) if read_as_http11(buf) => return parse(buf, max_head),
-        Err(httparse::Error::Version) => return Err(HeadError::Version),
+        Err(httparse::Error::Version) => return Err(version_error(buf)),
         Err(_) => return Err(HeadError::Malformed("malformed request head")),
     };
     if len > max_head {
@@ -130,6 +130,19 @@ fn read_as_http11(buf: &mut BytesMut) -> bool {
     }
 }
 
+/// A version httparse does not take: 505 for another `HTTP/` version (RFC 9110 §15.6.6), 400
+/// for anything else, `http/1.1` included (RFC 9112 §2.3: the name is case-sensitive, so that
+/// is a malformed request line, not a version restatus lacks).
+fn version_error(buf: &[u8]) -> HeadError {
+    let line = &buf[..memchr::memchr(b'\n', buf).unwrap_or(buf.len())];
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    if version.starts_with(b"HTTP/") {
+        HeadError::Version
+    } else {
+        HeadError::Malformed("malformed request line")
+    }
+}
+
 /// Whether the target has one of RFC 9112 §3.2's forms: origin-form (`/...`), absolute-form
 /// (`scheme://...`), authority-form for CONNECT, asterisk-form for OPTIONS. Anything else
 /// (`echo`, `evil.example:80` on a GET) would be read as an authority by the URI parser and
@@ -171,7 +184,7 @@ fn frame(
             ));
         }
         if !only_chunked(&headers) {
-            // §6.3 rule 4: chunked must be the final (here: the only) coding.
+            // §6.3 rule 4: chunked must be the final (here: the only) coding, applied once.
             return Err(HeadError::Malformed("unsupported Transfer-Encoding"));
         }
         if headers.remove(CONTENT_LENGTH).is_some() {
@@ -207,9 +220,15 @@ fn frame(
 }
 
 /// Every coding listed is `chunked` (applying it twice is the same framing).
+/// Whether the codings are exactly one `chunked`: §6.1 forbids applying chunked twice, and a
+/// `chunked, chunked` body read as chunked once would leave a framing the sender did not mean
+/// (NGINX and HAProxy refuse it too; so does restatus in a response).
 fn only_chunked(headers: &HeaderMap) -> bool {
-    let mut codings = tokens(headers, &TRANSFER_ENCODING).peekable();
-    codings.peek().is_some() && codings.all(|t| t.eq_ignore_ascii_case(b"chunked"))
+    let mut codings = tokens(headers, &TRANSFER_ENCODING);
+    codings
+        .next()
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+        && codings.next().is_none()
 }
 
 #[cfg(test)]
