@@ -59,7 +59,8 @@ impl LoggedBody {
         self
     }
 
-    /// Keeps the connection counted as busy until this body is finished.
+    /// Keeps the connection counted as busy until this body is finished, and its send
+    /// timeout informed of frames waiting on the client.
     pub fn with_guard(mut self, guard: RequestGuard) -> Self {
         self.guard = Some(guard);
         self

@@ -36,8 +36,8 @@ pub struct Activity {
     /// needs no wake-up, which spares one per request on a busy keep-alive connection.
     wake_at: AtomicU64,
     /// Wakes the watchdog when a deadline earlier than the one it waits for begins: a head
-    /// starts (the idle timeout gives way to the usually shorter header timeout), or a write
-    /// blocks while a request is in flight (the send timeout starts).
+    /// starts (the idle timeout gives way to the usually shorter header timeout), or a
+    /// response starts waiting on the client (the send timeout starts).
     sooner: tokio::sync::Notify,
 }
 
