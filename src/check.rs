@@ -254,34 +254,31 @@ fn only_interim(when: &Conditions) -> bool {
 
 /// One line: name, origin, conditions, the resulting status and what else it changes.
 pub fn describe_rule(rule: &Rule) -> String {
+    let mut then = vec![rule.then.status.as_u16().to_string()];
+    then.extend(describe_changes(&rule.then));
     format!(
-        "{} [{}] when {} -> {}{}",
+        "{} [{}] when {} -> {}",
         rule.name,
         rule.origin.as_str(),
         describe_conditions(&rule.when),
-        rule.then.status.as_u16(),
-        describe_changes(&rule.then)
+        then.join(", ")
     )
 }
 
-/// `then.body` and `then.headers`, when given: `, replaces the body, sets x-a, removes x-b`.
-pub fn describe_changes(then: &crate::rules::Action) -> String {
-    let mut out = String::new();
+/// `then.body` and `then.headers`, when given: `replaces the body`, `removes x-b`, `sets x-a`.
+pub fn describe_changes(then: &crate::rules::Action) -> Vec<String> {
+    let names = |list: Vec<&str>| list.join(", ");
+    let mut out = Vec::new();
     if then.body.is_some() {
-        out.push_str(", replaces the body");
+        out.push("replaces the body".to_string());
     }
-    let names = |list: &mut dyn Iterator<Item = &http::HeaderName>| {
-        list.map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
-    };
     if !then.remove_headers.is_empty() {
-        let _ = write!(out, ", removes {}", names(&mut then.remove_headers.iter()));
+        let removed = then.remove_headers.iter().map(|n| n.as_str()).collect();
+        out.push(format!("removes {}", names(removed)));
     }
     if !then.set_headers.is_empty() {
-        let _ = write!(
-            out,
-            ", sets {}",
-            names(&mut then.set_headers.iter().map(|(n, _)| n))
-        );
+        let set = then.set_headers.iter().map(|(n, _)| n.as_str()).collect();
+        out.push(format!("sets {}", names(set)));
     }
     out
 }

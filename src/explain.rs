@@ -125,8 +125,8 @@ fn write_changes(out: &mut String, route: &RouteConfig, outcome: &Outcome) {
         return;
     };
     let changes = crate::check::describe_changes(&rule.then);
-    if let Some(changes) = changes.strip_prefix(", ") {
-        let _ = writeln!(out, "also: {changes}");
+    if !changes.is_empty() {
+        let _ = writeln!(out, "also: {}", changes.join(", "));
     }
 }
 

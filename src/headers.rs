@@ -191,43 +191,27 @@ fn is_end_to_end(name: &HeaderName) -> bool {
 /// message, route it, authenticate, modify the request, control the response or describe the
 /// content must be known before the content, so they may not come after it; a recipient that
 /// merged them (§6.5.2) could reframe, reroute or re-authenticate a message after the proxy
-/// judged it. The fields a proxy sets on its hop go too. The rest (checksums, timings,
-/// gRPC's `grpc-status`) pass.
+/// judged it. Hop-by-hop fields, the fields a proxy sets on its hop and the end-to-end ones a
+/// `Connection` option may not remove go too. The rest (checksums, timings, gRPC's
+/// `grpc-status`) pass.
 pub fn trailer_allowed(name: &HeaderName) -> bool {
-    static FORBIDDEN: [&str; 27] = [
+    static HEAD_ONLY: [&str; 9] = [
         "age",
-        "authorization",
-        "cache-control",
-        "connection",
-        "cookie",
         "expect",
         "expires",
-        "forwarded",
-        "host",
-        "keep-alive",
-        "location",
         "max-forwards",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
         "range",
         "retry-after",
-        "set-cookie",
-        "te",
         "trailer",
-        "transfer-encoding",
-        "upgrade",
         "vary",
-        "via",
         "www-authenticate",
-        "x-real-ip",
-        "x-request-id",
     ];
     let text = name.as_str();
-    !(FORBIDDEN.contains(&text)
-        || ["content-", "if-", "x-forwarded-", "x-restatus-"]
-            .iter()
-            .any(|prefix| text.starts_with(prefix)))
+    !(is_end_to_end(name)
+        || classify(text).is_some()
+        || HEAD_ONLY.contains(&text)
+        || text.starts_with("if-")
+        || text.starts_with("x-restatus-"))
 }
 
 /// A field named like the `close` option goes with it.

@@ -327,8 +327,7 @@ impl RuleSet {
         }
         let needs_request_headers = rules.iter().any(|r| !r.when.request_headers.is_empty());
         let needs_body = rules.iter().any(|r| r.when.needs_body());
-        let head_reads_body =
-            (rules.iter()).any(|r| r.when.needs_body() && r.when.method_matches(&Method::HEAD));
+        let head_reads_body = rules.iter().any(|r| reads_body_of_head(&r.when));
         RuleSet {
             rules,
             index,
@@ -353,10 +352,7 @@ impl RuleSet {
     pub fn head_reads_body(&self, path: &str) -> bool {
         self.head_reads_body
             && self.rules.iter().any(|r| {
-                let when = &r.when;
-                when.needs_body()
-                    && when.method_matches(&Method::HEAD)
-                    && when.path.as_ref().is_none_or(|p| p.matches(path))
+                reads_body_of_head(&r.when) && r.when.path.as_ref().is_none_or(|p| p.matches(path))
             })
     }
 
@@ -413,6 +409,11 @@ impl RuleSet {
         }
         Step::NoMatch
     }
+}
+
+/// A rule that reads the body and can match a HEAD.
+fn reads_body_of_head(when: &Conditions) -> bool {
+    when.needs_body() && when.method_matches(&Method::HEAD)
 }
 
 enum Check<'r> {
