@@ -826,15 +826,15 @@ def table(summary, args, markdown=False):
     return "\n".join(lines)
 
 
-def paired(runs, scenario, key="cpu_us_per_req"):
-    """Restatus's `scenario` over its scenario 1 of the same round, one ratio per round.
+def paired(runs, scenario, key="cpu_us_per_req", proxy="restatus"):
+    """`proxy`'s `scenario` over its scenario 1 of the same round, one ratio per round.
 
     A round runs both within a minute, so a drift of the machine's speed between rounds
     (large on a shared virtual machine) moves both; the median of these ratios is steadier
     than the ratio of the two medians."""
     by_round = {}
     for r in runs:
-        if r["proxy"] == "restatus" and r["scenario"] in (scenario, "1") and r.get(key):
+        if r["proxy"] == proxy and r["scenario"] in (scenario, "1") and r.get(key):
             by_round.setdefault(r["round"], {})[r["scenario"]] = r[key]
     return [v[scenario] / v["1"] for v in by_round.values() if len(v) == 2]
 
@@ -868,6 +868,14 @@ def targets(summary, args, runs=()):
             if len(ratios) > 1:
                 gaps = sorted((r - 1) * 100 for r in ratios)
                 out.append(f"{s}: CPU/req over scenario 1 round by round: median {median(gaps):+.1f}% (rounds {', '.join(f'{g:+.1f}' for g in gaps)})")
+            # The same work done by the other proxies, over their own scenario 1: how much of
+            # the gap is the request itself (a POST with a body, a 1 KiB response) rather
+            # than what restatus does with it.
+            for other in ("nginx", "haproxy"):
+                ratios = paired(runs, s, proxy=other)
+                if ratios:
+                    gap = (median(ratios) - 1) * 100
+                    out.append(f"{s}: for reference, {other}'s CPU/req over its own scenario 1: median {gap:+.1f}% round by round")
     if "2" in args.scenarios:
         a, b = get("2", "restatus", "cpu_us_per_req"), get("2r", "restatus", "cpu_us_per_req")
         if a is not None and b is not None:
