@@ -451,7 +451,7 @@ mod tests {
         assert!(!over.is_end_stream());
 
         // Held for 100-continue: it waits for the upstream.
-        let hold = Hold::new(Interim::new(true), Duration::from_secs(1));
+        let hold = Hold::new(Interim::new(true, None), Duration::from_secs(1));
         let mut held = client(b"{}", 10).held(Some(hold));
         assert_eq!(held.take_whole(2), None);
         assert!(!held.is_end_stream());

@@ -6,11 +6,12 @@
 
 use crate::body::{BoxError, Source};
 use crate::deviation::Kind;
+use crate::http1::Relay;
 use crate::route::Route;
 use crate::upstream::OutboundRequest;
 use futures_util::task::AtomicWaker;
 use http::header::EXPECT;
-use http::Version;
+use http::{HeaderMap, StatusCode, Version};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -47,16 +48,20 @@ pub enum Held {
 /// callback and the proxy.
 pub struct Interim {
     held: bool,
+    /// Where interim responses other than `100` go, when the client can take them.
+    relay: Option<Arc<Relay>>,
     state: AtomicU8,
     saw_continue: AtomicBool,
     waker: AtomicWaker,
 }
 
 impl Interim {
-    /// `held`: the request body waits for the upstream's `100`.
-    pub fn new(held: bool) -> Arc<Interim> {
+    /// `held`: the request body waits for the upstream's `100`; `relay`: where other interim
+    /// responses go (none: they are dropped).
+    pub fn new(held: bool, relay: Option<Arc<Relay>>) -> Arc<Interim> {
         Arc::new(Interim {
             held,
+            relay,
             state: AtomicU8::new(WAITING),
             saw_continue: AtomicBool::new(false),
             waker: AtomicWaker::new(),
@@ -67,9 +72,14 @@ impl Interim {
         self.held
     }
 
-    /// Called by hyper for every 1xx response the upstream sends.
-    pub fn on_informational(&self, status: http::StatusCode) {
-        if status != http::StatusCode::CONTINUE {
+    /// Called for every 1xx response the upstream sends (a `101` is refused before, as an
+    /// invalid response). A `100` is taken here, not relayed: the client gets its own when its
+    /// body is read. The others are relayed (RFC 9110 §15.2).
+    pub fn on_informational(&self, status: StatusCode, reason: Option<&[u8]>, fields: HeaderMap) {
+        if status != StatusCode::CONTINUE {
+            if let Some(relay) = &self.relay {
+                relay.push(status, reason, fields);
+            }
             return;
         }
         self.saw_continue.store(true, Ordering::Release);
@@ -196,7 +206,7 @@ pub fn plan(
         && !body.is_end_stream()
         && route.upstream.forwards_expect();
     if held {
-        outbound.interim = Interim::new(true);
+        outbound.interim = Interim::new(true, outbound.interim.relay.clone());
     } else {
         outbound.headers.remove(EXPECT);
     }
@@ -221,32 +231,32 @@ mod tests {
 
     #[test]
     fn continue_releases_and_final_reports_it() {
-        let interim = Interim::new(true);
-        interim.on_informational(http::StatusCode::CONTINUE);
+        let interim = Interim::new(true, None);
+        interim.on_informational(StatusCode::CONTINUE, None, HeaderMap::new());
         assert!(interim.saw_continue());
         assert_eq!(interim.on_final(), Held::Continued);
     }
 
     #[test]
     fn a_final_status_first_withholds_the_body() {
-        let interim = Interim::new(true);
+        let interim = Interim::new(true, None);
         assert_eq!(interim.on_final(), Held::Withheld);
         // A late 100 cannot release a withheld body.
-        interim.on_informational(http::StatusCode::CONTINUE);
+        interim.on_informational(StatusCode::CONTINUE, None, HeaderMap::new());
         assert_eq!(interim.on_final(), Held::Withheld);
     }
 
     #[test]
     fn other_interim_codes_do_not_release() {
-        let interim = Interim::new(true);
-        interim.on_informational(http::StatusCode::from_u16(103).expect("103"));
+        let interim = Interim::new(true, None);
+        interim.on_informational(StatusCode::EARLY_HINTS, None, HeaderMap::new());
         assert!(!interim.saw_continue());
         assert_eq!(interim.on_final(), Held::Withheld);
     }
 
     #[tokio::test(start_paused = true)]
     async fn silence_releases_after_the_timeout() {
-        let interim = Interim::new(true);
+        let interim = Interim::new(true, None);
         let mut hold = Hold::new(interim.clone(), Duration::from_secs(1));
         let released = std::future::poll_fn(|cx| hold.poll_release(cx)).await;
         assert!(released.is_ok());

@@ -8,6 +8,7 @@ use crate::config::{Config, HostMode};
 use crate::deviation::{self, DeviationLog, Kind, Record};
 use crate::expect::{self, Held};
 use crate::headers::{self, RequestIds, X_REQUEST_ID};
+use crate::http1::Relay;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::normalize::{self, Asked, InspectError, Outcome, RequestFacts, Settings};
 use crate::respond::{close_connection, Culprit, ProxyError};
@@ -109,12 +110,14 @@ struct Exchange<'a> {
     asked: Asked,
 }
 
-/// Handles one request; never fails, every failure becomes a response.
+/// Handles one request; never fails, every failure becomes a response. `relay`: where the
+/// upstream's interim responses go, for a client that can take them.
 #[allow(clippy::manual_async_fn)]
 pub fn handle(
     proxy: Arc<Proxy>,
     conn: Connection,
     request: Request<ClientBody>,
+    relay: Option<Arc<Relay>>,
 ) -> impl Future<Output = Result<Response<LoggedBody>, Infallible>> {
     // Not an `async fn`, for the reason given at `forward`.
     async move {
@@ -135,14 +138,15 @@ pub fn handle(
             asked: Asked::default(),
         };
         // 1-6: route, checks, forward, and the upstream's answer (or the proxy's own).
-        let (mut response, source) = match forward(&proxy, conn, request, &mut exchange).await {
-            Ok(response) => (response, deviation::Source::Upstream),
-            Err(err) => {
-                exchange.error = Some(err.message());
-                let response = error_response(&err, &exchange, &proxy.metrics);
-                (response, deviation::Source::Proxy)
-            }
-        };
+        let (mut response, source) =
+            match forward(&proxy, conn, request, relay, &mut exchange).await {
+                Ok(response) => (response, deviation::Source::Upstream),
+                Err(err) => {
+                    exchange.error = Some(err.message());
+                    let response = error_response(&err, &exchange, &proxy.metrics);
+                    (response, deviation::Source::Proxy)
+                }
+            };
         // 7-8: normalize and record.
         let mut made = (source, response.status());
         if let Some(route) = exchange.route {
@@ -193,6 +197,7 @@ fn forward<'a, 'e>(
     proxy: &'a Proxy,
     conn: Connection,
     request: Request<ClientBody>,
+    relay: Option<Arc<Relay>>,
     exchange: &'e mut Exchange<'a>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + use<'a, 'e> {
     async move {
@@ -238,7 +243,7 @@ fn forward<'a, 'e>(
                 && route
                     .rules
                     .head_reads_body(exchange.bare_path.as_deref().unwrap_or(parts.uri.path()));
-            let mut outbound = outbound_request(route, conn, parts, &exchange.request_id);
+            let mut outbound = outbound_request(route, conn, parts, &exchange.request_id, relay);
             if exchange.head_as_get {
                 outbound.method = Method::GET;
             }
@@ -367,6 +372,7 @@ fn outbound_request(
     conn: Connection,
     parts: http::request::Parts,
     request_id: &HeaderValue,
+    relay: Option<Arc<Relay>>,
 ) -> OutboundRequest {
     // RFC 9112 §3.2.2: the authority of an absolute-form target (and HTTP/2's :authority)
     // replaces any Host field; otherwise the client's Host is forwarded as it is.
@@ -408,7 +414,7 @@ fn outbound_request(
         path_and_query: route.upstream_path(&original),
         headers,
         added,
-        interim: expect::Interim::new(false),
+        interim: expect::Interim::new(false, relay),
     }
 }
 

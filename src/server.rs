@@ -4,7 +4,7 @@ use crate::access::LoggedBody;
 use crate::body::ClientBody;
 use crate::config::Config;
 use crate::deviation::DeviationLog;
-use crate::http1::{self, Ended};
+use crate::http1::{self, Ended, Relay};
 use crate::idle::{Activity, ActivityIo, Watchdog, WhenWoken};
 use crate::live::Live;
 use crate::metrics::Metrics;
@@ -335,7 +335,7 @@ async fn serve_connection<I>(
             let io = Prefixed::new(Bytes::new(), io);
             return Box::pin(serve_h2(io, conn, &live, &activity, &shared)).await;
         }
-        let handler = |request| respond(&live, &activity, conn, request);
+        let handler = |request, relay| respond(&live, &activity, conn, request, relay);
         let drain = shared.drain.clone();
         match http1::serve(io, max_head(&settings), drain, handler).await {
             Ended::Http2 { io, read } => {
@@ -366,16 +366,17 @@ fn respond(
     activity: &Arc<Activity>,
     conn: Connection,
     request: Request<ClientBody>,
+    relay: Option<Arc<Relay>>,
 ) -> Pin<Box<impl Future<Output = Response<LoggedBody>> + Send>> {
     let guard = activity.request_started();
     // Mapped rather than awaited in an `async` block, which would hold the request a second
     // time in the boxed state.
-    Box::pin(
-        proxy::handle(live.proxy(), conn, request).map(move |response| match response {
+    Box::pin(proxy::handle(live.proxy(), conn, request, relay).map(
+        move |response| match response {
             Ok(response) => response.map(|body| body.with_guard(guard)),
             Err(never) => match never {},
-        }),
-    )
+        },
+    ))
 }
 
 async fn serve_h2<I>(
@@ -390,7 +391,8 @@ async fn serve_h2<I>(
     let (live, activity) = (live.clone(), activity.clone());
     let service = service_fn(move |request: Request<Incoming>| {
         let request = request.map(ClientBody::Http2);
-        let response = respond(&live, &activity, conn, request);
+        // hyper's HTTP/2 server has no way to send an interim response other than `100`.
+        let response = respond(&live, &activity, conn, request, None);
         async move { Ok::<_, Infallible>(response.await) }
     });
     let served = shared.h2.serve_connection(TokioIo::new(io), service);

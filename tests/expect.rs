@@ -163,6 +163,45 @@ async fn upstream_100_is_relayed_then_the_final_status() {
     assert_eq!(upstream.requests()[0].body, &br#"{"name":"a"} "#[..]);
 }
 
+/// An upstream's 103 before its 100 reaches the client first; the client's own 100 follows
+/// when the body is wanted, and the two interim heads never run into each other.
+#[tokio::test]
+async fn early_hints_before_the_upstreams_100_reach_the_client_in_order() {
+    let wire = Wire::default();
+    let upstream = raw_upstream_with(wire.clone(), |mut stream, wire| async move {
+        read_until(&mut stream, "\r\n\r\n").await;
+        let hints = "HTTP/1.1 103 Early Hints\r\nLink: </terms>; rel=preload\r\n\r\n";
+        stream.write_all(hints.as_bytes()).await.expect("103");
+        stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .expect("100");
+        wire.push(read_until(&mut stream, "}").await);
+        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{\"id\":7}";
+        stream.write_all(answer.as_bytes()).await.expect("answer");
+    })
+    .await;
+    let proxy = spawn_proxy(&simple_config(upstream, "")).await;
+    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+    client
+        .write_all(upload_head("/items", 12, "").as_bytes())
+        .await
+        .expect("head");
+    let interim = read_until(&mut client, "100 Continue\r\n\r\n").await;
+    assert!(
+        interim.starts_with("HTTP/1.1 103 Early Hints\r\nlink: </terms>; rel=preload\r\n"),
+        "{interim}"
+    );
+    let heads: Vec<&str> = interim.split_terminator("\r\n\r\n").collect();
+    assert_eq!(heads.len(), 2, "{interim}");
+    assert_eq!(heads[1], "HTTP/1.1 100 Continue", "{interim}");
+    client.write_all(br#"{"name":"a"}"#).await.expect("body");
+    let response = read_response(&mut client).await;
+    assert!(response.starts_with("HTTP/1.1 201 "), "{response}");
+    assert!(response.ends_with("{\"id\":7}"), "{response}");
+    assert!(wire.all().ends_with(r#"{"name":"a"}"#), "{}", wire.all());
+}
+
 #[tokio::test]
 async fn early_final_status_is_normalized_without_100_and_closes() {
     // The upstream rejects from the head alone (a legacy 401) without asking for the body.

@@ -547,6 +547,137 @@ async fn custom_reason_phrase_is_relayed() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Interim responses (RFC 9110 §15.2: a proxy forwards 1xx responses it did not ask for)
+
+const EARLY_HINTS: &[u8] = b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\
+Connection: x-hop\r\nX-Hop: 1\r\n\r\n";
+
+/// An upstream that sends a 103 and a 102, then its final answer only once `go` is notified.
+async fn hinting(go: Arc<Notify>) -> FaultUpstream {
+    spawn_fault(move |mut conn: FaultConn| {
+        let go = go.clone();
+        async move {
+            if conn.read_request().await.is_some() {
+                conn.send(EARLY_HINTS).await;
+                conn.send(b"HTTP/1.1 102 Still Working\r\n\r\n").await;
+                go.notified().await;
+                conn.send(&ok_response("done")).await;
+            }
+        }
+    })
+    .await
+}
+
+/// The 103 and 102 reach an HTTP/1.1 client while the upstream is still working, with their
+/// own fields (less the hop-by-hop ones) and reason, and the final answer follows them.
+#[tokio::test]
+async fn interim_responses_reach_an_http11_client_before_the_final_one() {
+    let go = Arc::new(Notify::new());
+    let upstream = hinting(go.clone()).await;
+    let proxy = proxy_for(&upstream).await;
+    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+    let request = b"GET /page HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    client.write_all(request).await.expect("write");
+    let (hints, mut rest) = read_head(&mut client).await;
+    assert!(hints.starts_with("HTTP/1.1 103 Early Hints\r\n"), "{hints}");
+    assert!(
+        hints.contains("link: </app.css>; rel=preload\r\n"),
+        "{hints}"
+    );
+    assert!(hints.contains("via: 1.1 restatus\r\n"), "{hints}");
+    assert!(
+        !hints.contains("x-hop") && !hints.contains("connection"),
+        "{hints}"
+    );
+    while !String::from_utf8_lossy(&rest).contains("\r\n\r\n") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(LIMIT, client.read(&mut buf))
+            .await
+            .expect("the 102 arrives before the final answer is sent")
+            .expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&rest));
+        rest.extend_from_slice(&buf[..n]);
+    }
+    let processing = String::from_utf8_lossy(&rest).into_owned();
+    assert!(
+        processing.starts_with("HTTP/1.1 102 Still Working\r\n"),
+        "{processing}"
+    );
+    go.notify_one();
+    let mut final_answer = Vec::new();
+    tokio::time::timeout(LIMIT, client.read_to_end(&mut final_answer))
+        .await
+        .expect("the final answer arrives")
+        .expect("read");
+    let final_answer = String::from_utf8_lossy(&final_answer);
+    assert!(
+        final_answer.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{final_answer}"
+    );
+    assert!(final_answer.ends_with("\r\n\r\ndone"), "{final_answer}");
+    proxy.stop().await;
+}
+
+/// RFC 9110 §15.2: no 1xx goes to an HTTP/1.0 client, and none over HTTP/2, which this
+/// server cannot send; both get the final answer alone.
+#[tokio::test]
+async fn http10_and_http2_clients_get_the_final_answer_alone() {
+    let upstream = serving(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone",
+    )
+    .await;
+    let proxy = proxy_for(&upstream).await;
+    let text = until_closed(proxy.addr, b"GET / HTTP/1.0\r\nHost: a\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(!text.contains("103"), "{text}");
+    let reply = send_with(&h2_client(), "GET", &proxy.url("/"), &[], String::new()).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "done"));
+    proxy.stop().await;
+}
+
+/// Interim responses are relayed per request: more than the limit are dropped, and the next
+/// request on the connection is relayed its own again.
+#[tokio::test]
+async fn at_most_sixteen_interim_responses_are_relayed_per_request() {
+    let upstream = spawn_fault(|mut conn: FaultConn| async move {
+        while conn.read_request().await.is_some() {
+            for _ in 0..20 {
+                conn.send(b"HTTP/1.1 102 Processing\r\n\r\n").await;
+            }
+            conn.send(&ok_response("done")).await;
+        }
+    })
+    .await;
+    let proxy = proxy_for(&upstream).await;
+    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+    for _ in 0..2 {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).ends_with("\r\n\r\ndone") {
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(LIMIT, client.read(&mut buf))
+                .await
+                .expect("the answer arrives")
+                .expect("read");
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&seen);
+        assert_eq!(
+            text.matches("HTTP/1.1 102 Processing\r\n").count(),
+            16,
+            "{text}"
+        );
+        assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 1, "{text}");
+    }
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Pool staleness
 
 /// The first connection answers once (without `Connection: close`) and then closes; later

@@ -143,7 +143,8 @@ fn poll_head(
         if !conn.buf.is_empty() {
             if let Some(head) = parse_head(&mut conn.buf)? {
                 if head.status.is_informational() {
-                    interim.on_informational(head.status);
+                    let reason = head.reason.as_ref().map(|r| r.as_bytes());
+                    interim.on_informational(head.status, reason, head.headers);
                     continue;
                 }
                 return Poll::Ready(Ok(head));

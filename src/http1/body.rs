@@ -200,6 +200,12 @@ impl Pump {
         self.framing.is_over()
     }
 
+    /// Whether a `100 Continue` is partly written: nothing else may be written until it is
+    /// whole.
+    pub fn continue_started(&self) -> bool {
+        matches!(self.interim, Interim::Due(sent) if sent > 0)
+    }
+
     /// Called before the final response goes out: a `100 Continue` not started by now is
     /// not sent; one partly written is finished first.
     pub fn poll_before_final<I>(

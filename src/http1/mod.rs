@@ -8,22 +8,26 @@
 
 mod body;
 mod head;
+mod interim;
 mod response;
 
 pub use body::RequestBody;
 pub use head::{ADDED_FIELDS, MAX_TARGET};
+pub use interim::Relay;
 
 use crate::body::{BoxError, ClientBody};
 use crate::wire::{chunk_size, encode_trailers, Fill, Framing, Queue};
 use body::Pump;
 use bytes::{Bytes, BytesMut};
 use head::{Head, HeadError};
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use http_body::Body;
+use interim::Writing;
 use response::{Asked, Out};
 use std::future::{poll_fn, Future};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -67,7 +71,8 @@ pub enum Ended<I> {
 
 /// Serves HTTP/1.1 requests on `io` with `handler` until the client is done, an answer says
 /// close, or `stop` turns true (between requests; a request in progress is answered first,
-/// with `Connection: close`). `max_head`: the largest request head read.
+/// with `Connection: close`). `max_head`: the largest request head read. The handler gets
+/// the connection's relay for the upstream's interim responses with each HTTP/1.1 request.
 pub async fn serve<I, S, F, B>(
     io: I,
     max_head: usize,
@@ -76,11 +81,12 @@ pub async fn serve<I, S, F, B>(
 ) -> Ended<I>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: FnMut(Request<ClientBody>) -> F,
+    S: FnMut(Request<ClientBody>, Option<Arc<Relay>>) -> F,
     F: Future<Output = Response<B>> + Unpin,
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
+    let mut relay: Option<Arc<Relay>> = None;
     let mut wire = Wire {
         io,
         buf: BytesMut::new(),
@@ -109,8 +115,12 @@ where
             }
             Ok(Read::Eof) | Err(_) => return Ended::Closed,
         };
+        // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client. Made on the first request, so that a
+        // connection that never sends one holds none.
+        let relay = (head.version == Version::HTTP_11)
+            .then(|| relay.get_or_insert_with(Arc::default).clone());
         // Boxed: an idle connection does not hold room for a request's state.
-        match Box::pin(exchange(&mut wire, head, &mut handler, &stop)).await {
+        match Box::pin(exchange(&mut wire, head, &mut handler, &stop, relay)).await {
             Next::Request => {}
             Next::Close => return Ended::Closed,
             Next::Abort => return Ended::Aborted(wire.io),
@@ -138,10 +148,11 @@ fn exchange<'w, I, S, F, B>(
     head: Head,
     handler: &mut S,
     stop: &'w watch::Receiver<bool>,
+    relay: Option<Arc<Relay>>,
 ) -> impl Future<Output = Next> + use<'w, I, S, F, B>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: FnMut(Request<ClientBody>) -> F,
+    S: FnMut(Request<ClientBody>, Option<Arc<Relay>>) -> F,
     F: Future<Output = Response<B>> + Unpin,
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -168,11 +179,24 @@ where
     *request.uri_mut() = head.uri;
     *request.version_mut() = head.version;
     *request.headers_mut() = head.headers;
-    let mut answer = handler(request);
+    let mut answer = handler(request, relay.clone());
     async move {
+        let mut writing = Writing::default();
         let response = poll_fn(|cx| loop {
             if let Poll::Ready(response) = Pin::new(&mut answer).poll(cx) {
-                return Poll::Ready(response);
+                return Poll::Ready(Ok(response));
+            }
+            if let Some(relay) = &relay {
+                let may_start = pump.as_ref().is_none_or(|p| !p.continue_started());
+                if let Poll::Ready(Err(err)) =
+                    writing.poll_write(relay, &mut wire.io, may_start, cx)
+                {
+                    return Poll::Ready(Err(err));
+                }
+                if writing.is_partial() {
+                    // The pump's `100 Continue` must not land inside the interim head.
+                    return Poll::Pending;
+                }
             }
             if !pump.as_mut().is_some_and(|pump| pump.drive(wire, cx)) {
                 return Poll::Pending;
@@ -180,6 +204,24 @@ where
         })
         .await;
         drop(answer);
+        let Ok(response) = response else {
+            return Next::Abort;
+        };
+        if let Some(relay) = &relay {
+            if relay.is_pending() || writing.is_partial() {
+                // What the upstream sent before its final response goes out before it.
+                let written = poll_fn(|cx| {
+                    if let Some(pump) = pump.as_mut() {
+                        ready!(pump.poll_before_final(wire, cx))?;
+                    }
+                    writing.poll_write(relay, &mut wire.io, true, cx)
+                });
+                if written.await.is_err() {
+                    return Next::Abort;
+                }
+            }
+            relay.finish();
+        }
         let asked = Asked {
             method: &method,
             version,
