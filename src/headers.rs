@@ -61,6 +61,7 @@ fn strip(headers: &mut HeaderMap, own: Option<&str>) -> Present {
             Some(Kind::ForwardedProto) => present.forwarded_proto = true,
             Some(Kind::ForwardedHost) => present.forwarded_host = true,
             Some(Kind::RequestId) => present.request_id = true,
+            Some(Kind::AllowOrigin) => present.allow_origin = true,
             Some(Kind::Source) => mine |= own.is_some(),
             None => mine |= own.is_some_and(|own| own == name.as_str()),
         }
@@ -92,6 +93,8 @@ pub struct Present {
     pub forwarded_proto: bool,
     pub forwarded_host: bool,
     pub request_id: bool,
+    /// `Access-Control-Allow-Origin`: the service lets a page read this response.
+    pub allow_origin: bool,
 }
 
 /// What a field name is to [`strip_hop_by_hop`].
@@ -108,6 +111,7 @@ enum Kind {
     RequestId,
     /// `X-Restatus-Source`.
     Source,
+    AllowOrigin,
 }
 
 /// Classifies a (lowercase) field name by its length first: most names are none of these,
@@ -129,6 +133,7 @@ fn classify(name: &str) -> Option<Kind> {
         17 => (Kind::HopByHop(TRANSFER_ENCODING_AT), "transfer-encoding"),
         18 => (Kind::HopByHop(6), "proxy-authenticate"),
         19 => (Kind::HopByHop(5), "proxy-authorization"),
+        27 => (Kind::AllowOrigin, "access-control-allow-origin"),
         _ => return None,
     };
     (name == known).then_some(kind)

@@ -10,6 +10,7 @@ pub mod body;
 pub mod check;
 pub mod client;
 pub mod config;
+pub mod cors;
 pub mod demo;
 pub mod deviation;
 pub mod expect;

@@ -15,7 +15,7 @@ use crate::respond::{close_connection, Culprit, ProxyError};
 use crate::route::{Route, RouteTable};
 use crate::server::ConnSettings;
 use crate::upstream::{OutboundRequest, Upstream};
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{CONTENT_LENGTH, HOST, ORIGIN};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use std::borrow::Cow;
@@ -31,6 +31,8 @@ pub struct Proxy {
     pub request_body_limit: u64,
     pub inspect_limit: usize,
     pub original_status_header: Option<HeaderName>,
+    /// Which pages may read the proxy's own answers.
+    pub cors: crate::cors::Cors,
     pub access_log: bool,
     pub ids: Arc<RequestIds>,
     pub deviations: Arc<DeviationLog>,
@@ -77,6 +79,7 @@ impl Proxy {
             request_body_limit: config.limits.request_body,
             inspect_limit: config.limits.inspect_body,
             original_status_header: config.deviations.original_status_header.clone(),
+            cors: config.cors.clone(),
             access_log: config.log.access,
             // Kept across reloads, so ids stay unique for the whole process.
             ids: previous.map_or_else(|| Arc::new(RequestIds::new()), |p| p.ids.clone()),
@@ -108,6 +111,8 @@ struct Exchange<'a> {
     head_as_get: bool,
     /// Conditional, range and preflight requests, whose answers are not `left` records.
     asked: Asked,
+    /// The request's `Origin`, kept only when `[cors]` lets pages read the proxy's answers.
+    origin: Option<HeaderValue>,
 }
 
 /// Handles one request; never fails, every failure becomes a response. `relay`: where the
@@ -136,6 +141,11 @@ pub fn handle(
             error: None,
             head_as_get: false,
             asked: Asked::default(),
+            origin: proxy
+                .cors
+                .is_on()
+                .then(|| request.headers().get(ORIGIN).cloned())
+                .flatten(),
         };
         // 1-6: route, checks, forward, and the upstream's answer (or the proxy's own).
         let (mut response, source) =
@@ -158,6 +168,13 @@ pub fn handle(
                     normalize_body(&proxy, route, response, resume, source, &mut exchange);
                 (response, made) = Box::pin(reading).await;
             }
+        }
+        if made.0 == deviation::Source::Proxy {
+            let (origin, own) = (
+                exchange.origin.as_ref(),
+                proxy.original_status_header.as_ref(),
+            );
+            proxy.cors.own_answer(response.headers_mut(), origin, own);
         }
         if let (Some(route), Some(kind)) = (exchange.route, exchange.protocol) {
             protocol_record(
@@ -431,6 +448,9 @@ fn client_response(
         parts.headers.remove(CONTENT_LENGTH);
     }
     headers::append_via(&mut parts.headers, parts.version, present.via);
+    if present.allow_origin {
+        crate::cors::expose_own_fields(&mut parts.headers, original_status);
+    }
     // The client leg speaks its own version; hyper would echo an HTTP/1.0 upstream's.
     parts.version = Version::HTTP_11;
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());

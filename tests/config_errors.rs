@@ -539,3 +539,43 @@ fn a_uri_limit_beyond_what_a_uri_holds_is_refused() {
     );
     assert!(parse(&with("65534B")).is_ok());
 }
+
+#[test]
+fn cors_origins_must_be_origins_and_credentials_need_named_ones() {
+    let text = format!("{VALID}\n[cors]\nallow_origins = [\"https://app.example.com/\"]\n");
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "allow_origins",
+        "cors.allow_origins",
+        "an origin has no path; write \"https://app.example.com\"",
+    );
+
+    let text = format!("{VALID}\n[cors]\nallow_origins = [\"*\"]\nallow_credentials = true\n");
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "allow_credentials",
+        "cors.allow_credentials",
+        "needs the pages named in allow_origins",
+    );
+
+    let text = format!("{VALID}\n[cors]\nallow_origin = [\"*\"]\n");
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "allow_origin =",
+        "cors.allow_origin",
+        "expected `allow_origins`",
+    );
+
+    let text = format!(
+        "{VALID}\n[cors]\nallow_origins = [\"https://App.example.com\", \"*\"]\nallow_credentials = false\n"
+    );
+    let cors = parse(&text).expect("valid").cors;
+    assert_eq!(cors.origins, ["https://app.example.com"]);
+    assert!(cors.any && !cors.credentials);
+}

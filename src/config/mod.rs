@@ -12,6 +12,7 @@ pub use raw::{ExpectMode, HostMode, LogFormat, Mode};
 pub use tls::{key_is_exposed, ServerTls, UpstreamTls};
 pub use units::{parse_duration, parse_size};
 
+pub use crate::cors::Cors;
 use crate::http1::MAX_TARGET;
 use crate::rules::check::{compile_check, Check};
 use crate::rules::profile::Profile;
@@ -54,6 +55,7 @@ pub struct Config {
     pub checks: Vec<Arc<Check>>,
     /// The admin listener; `None` when the `[admin]` table is absent.
     pub admin: Option<Admin>,
+    pub cors: Cors,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +194,7 @@ fn compile(raw: RawConfig, at: &Locator) -> Result<Config, ConfigError> {
     let log = compile_log(raw.log, at)?;
     let limits = compile_limits(&raw.limits, at)?;
     let deviations = compile_deviations(&raw.deviations, at)?;
+    let cors = compile_cors(&raw.cors, at)?;
     let upstreams = compile_upstreams(raw.upstreams, at)?;
     let rules = compile_rules(&raw.rules, &raw.routes, at)?;
     let checks = compile_checks(&raw.checks, &raw.routes, at)?;
@@ -213,7 +216,32 @@ fn compile(raw: RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         rules,
         checks,
         admin,
+        cors,
     })
+}
+
+/// `[cors]`: each origin as a browser sends it, or `"*"`; credentials only for origins named.
+fn compile_cors(raw: &raw::RawCors, at: &Locator) -> Result<Cors, ConfigError> {
+    let mut cors = Cors::default();
+    for origin in &raw.allow_origins {
+        if origin.get_ref() == "*" {
+            cors.any = true;
+            continue;
+        }
+        let parsed =
+            crate::cors::parse_origin(origin.get_ref()).map_err(|why| at.at(origin.span(), why))?;
+        cors.origins.push(parsed);
+    }
+    if let Some(credentials) = &raw.allow_credentials {
+        cors.credentials = *credentials.get_ref();
+        if cors.credentials && cors.any {
+            return Err(at.at(
+                credentials.span(),
+                "allow_credentials = true needs the pages named in allow_origins: with \"*\" any site could read answers to its visitors' requests",
+            ));
+        }
+    }
+    Ok(cors)
 }
 
 /// `[admin]` listens on loopback port 9901 unless told otherwise.

@@ -26,6 +26,17 @@ pub struct RawConfig {
     #[serde(default)]
     pub checks: Vec<crate::rules::raw::RawCheck>,
     pub admin: Option<Spanned<RawAdmin>>,
+    #[serde(default)]
+    pub cors: RawCors,
+}
+
+/// `[cors]`: which pages may read the answers restatus makes itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    #[serde(default)]
+    pub allow_origins: Vec<Spanned<String>>,
+    pub allow_credentials: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
