@@ -93,7 +93,9 @@ impl Body for LoggedBody {
             Poll::Ready(Some(Err(err))) => {
                 this.failed = true;
                 if let Some(record) = this.record.as_mut() {
-                    tracing::warn!(request_id = ?record.request_id, error = %err, "upstream response body failed; aborting the client response");
+                    // The id as text, as the access line writes it, so the two join.
+                    let request_id = record.request_id.to_str().unwrap_or("-");
+                    tracing::warn!(request_id, error = %err, "upstream response body failed; aborting the client response");
                     record
                         .error
                         .get_or_insert_with(|| format!("upstream response body failed: {err}"));

@@ -15,7 +15,10 @@ use tokio::net::TcpStream;
 async fn a_body_cut_short_is_logged_as_incomplete() {
     let logs = SharedSink::default();
     let writer = logs.clone();
+    // JSON, as `[log] format` is by default.
     tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
         .with_max_level(tracing::Level::INFO)
         .with_ansi(false)
         .with_writer(move || writer.clone())
@@ -67,7 +70,7 @@ then = {{ status = 404 }}
     let access = || {
         let text = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
         text.lines()
-            .find(|l| l.contains(" access ") && l.contains("path=/cut"))
+            .find(|l| l.contains("\"path\":\"/cut\""))
             .map(str::to_string)
     };
     wait_until(Duration::from_secs(10), "the access line", || {
@@ -75,21 +78,33 @@ then = {{ status = 404 }}
     })
     .await;
     let line = access().unwrap_or_default();
-    assert!(line.contains("complete=false"), "{line}");
-    assert!(line.contains("bytes=14"), "{line}");
+    assert!(line.contains("\"complete\":false"), "{line}");
+    assert!(line.contains("\"bytes\":14"), "{line}");
     assert!(
         line.contains(
-            "error=\"upstream response body failed: connection closed before the end of the body\""
+            "\"error\":\"upstream response body failed: connection closed before the end of the body\""
         ),
         "{line}"
     );
     // Whole microseconds: at most three decimals, never float noise.
     let duration = line
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("duration_ms="))
+        .split(',')
+        .find_map(|field| field.strip_prefix("\"duration_ms\":"))
         .unwrap_or_else(|| panic!("{line}"));
     let decimals = duration.split_once('.').map_or(0, |(_, d)| d.len());
     assert!(decimals <= 3, "{line}");
+    // The warning about the cut body names the request as the access line does, so the two
+    // can be joined.
+    let id = line
+        .split(',')
+        .find(|field| field.starts_with("\"request_id\":"))
+        .unwrap_or_else(|| panic!("{line}"));
+    let text = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
+    let warning = text
+        .lines()
+        .find(|l| l.contains("aborting the client response"))
+        .unwrap_or_else(|| panic!("no warning in {text}"));
+    assert!(warning.split(',').any(|f| f == id), "{id} in {warning}");
     // The same cut body under a body rule: the proxy answers, and its line says why.
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
     stream
@@ -101,7 +116,7 @@ then = {{ status = 404 }}
     let inspected = || {
         let text = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
         text.lines()
-            .find(|l| l.contains(" access ") && l.contains("path=/inspected/cut"))
+            .find(|l| l.contains("\"path\":\"/inspected/cut\""))
             .map(str::to_string)
     };
     wait_until(Duration::from_secs(10), "the second access line", || {
@@ -109,7 +124,7 @@ then = {{ status = 404 }}
     })
     .await;
     let line = inspected().unwrap_or_default();
-    assert!(line.contains("status=502"), "{line}");
-    assert!(line.contains("error=\"upstream closed"), "{line}");
+    assert!(line.contains("\"status\":502"), "{line}");
+    assert!(line.contains("\"error\":\"upstream closed"), "{line}");
     proxy.stop().await;
 }
