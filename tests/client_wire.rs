@@ -767,6 +767,72 @@ async fn early_413_is_read_whole_while_the_client_keeps_sending() {
     proxy.stop().await;
 }
 
+/// The upstream answers a large upload early, with a large body, without reading the upload.
+/// The client keeps uploading while it reads: it still gets the whole answer and a clean
+/// close, however much it sends meanwhile (a reset would destroy what it had not read yet).
+#[tokio::test]
+async fn an_early_upstream_answer_is_read_whole_while_the_client_keeps_uploading() {
+    const ANSWER: usize = 256 << 10;
+    let upstream = spawn_fault(|mut conn: FaultConn| async move {
+        if conn.read_head().await.is_some() {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {ANSWER}\r\n\r\n");
+            conn.send(head.as_bytes()).await;
+            conn.send(&vec![b'a'; ANSWER]).await;
+            conn.hold().await;
+        }
+    })
+    .await;
+    let proxy = proxy_for(upstream.addr).await;
+    let size = 16 << 20;
+    let head = format!("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\n\r\n");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    // A small window, like a client on a slower path: the answer waits in the proxy's
+    // socket while the upload goes on.
+    socket.set_recv_buffer_size(16 << 10).expect("SO_RCVBUF");
+    let stream = socket.connect(proxy.addr).await.expect("connect");
+    let (read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        write.write_all(head.as_bytes()).await?;
+        for _ in 0..size / (64 << 10) {
+            write.write_all(&[b'x'; 64 << 10]).await?;
+        }
+        Ok::<_, std::io::Error>(write)
+    });
+    // Read in small steps, as a client busy uploading does: the proxy has sent the whole
+    // answer long before this has read it.
+    let mut read = read;
+    let mut got = Vec::new();
+    let ended = loop {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(LIMIT, read.read(&mut buf)).await {
+            Err(_) => break "no close in time".to_string(),
+            Ok(Ok(0)) => break "closed".to_string(),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(err)) => break err.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |p| p + 4);
+    assert!(
+        got.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{}",
+        text(&got[..head_end])
+    );
+    assert_eq!(
+        got.len() - head_end,
+        ANSWER,
+        "the whole answer, then: {ended}"
+    );
+    assert_eq!(ended, "closed");
+    let _ = tokio::time::timeout(LIMIT, writer)
+        .await
+        .expect("writer ends");
+    proxy.stop().await;
+}
+
 /// `OPTIONS *` (asterisk-form, RFC 9112 §3.2.4) asks about the server as a whole; it is
 /// forwarded as sent.
 #[tokio::test]

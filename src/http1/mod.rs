@@ -44,10 +44,12 @@ const MAX_READ: usize = 32 << 10;
 /// Response bytes queued for the socket before the body is asked for more.
 const MAX_QUEUED: usize = 256 << 10;
 /// After the last response on a connection, what the client still sends is read and dropped
-/// for this long (or this much), so that the kernel does not answer it with a reset that
-/// could destroy the response before the client read it.
+/// until it closes, or is silent for `LINGER`, or for `LINGER_MAX` at most (RFC 9112 §9.6,
+/// closing in stages): closed with unread bytes, the socket would answer them with a reset,
+/// which destroys what of the response the client has not read yet. No byte limit: a client
+/// that uploads while it slowly reads an early answer would lose its end past any such limit.
 const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 1 << 20;
+const LINGER_MAX: Duration = Duration::from_secs(10);
 
 /// A connection's socket and what was read from it but not yet used.
 pub struct Wire<I> {
@@ -304,17 +306,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Wire<I> {
         // Read into the connection's buffer, not the stack: this future is part of every
         // connection's state.
         let linger = async {
-            let mut dropped = 0;
-            while dropped < LINGER_BYTES {
+            loop {
                 self.buf.clear();
-                self.buf.reserve(4096);
-                match self.io.read_buf(&mut self.buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => dropped += n,
+                self.buf.reserve(16 << 10);
+                match tokio::time::timeout(LINGER, self.io.read_buf(&mut self.buf)).await {
+                    Ok(Ok(0) | Err(_)) | Err(_) => return,
+                    Ok(Ok(_)) => {}
                 }
             }
         };
-        let _ = tokio::time::timeout(LINGER, linger).await;
+        let _ = tokio::time::timeout(LINGER_MAX, linger).await;
     }
 }
 
