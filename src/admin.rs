@@ -1,7 +1,7 @@
 //! The admin listener: Prometheus metrics, health and readiness, recent deviations as JSON,
 //! and a small self-refreshing HTML page for people.
 
-use crate::deviation::{Counts, Record};
+use crate::deviation::{Counts, Record, PROXY_MADE};
 use crate::live::Live;
 use crate::report::html::escape;
 use bytes::Bytes;
@@ -191,26 +191,46 @@ fn rule_label(rule: &str) -> &str {
     }
 }
 
+/// A row of the status matrix: what the upstream said, and whether restatus said it instead
+/// (the service never saw the request, or never answered it).
+type Row = (bool, u16);
+
 /// Rows are what the upstream said, columns what the client got; a cell counts the records.
+/// The statuses restatus made itself come last, marked, so that nobody reads them as the
+/// service's.
 fn status_matrix(html: &mut String, pairs: &BTreeMap<String, u64>) {
-    let cells: BTreeMap<(u16, u16), u64> = pairs
+    let cells: BTreeMap<(Row, u16), u64> = pairs
         .iter()
         .filter_map(|(pair, n)| {
+            let (by_proxy, pair) = match pair.strip_prefix(PROXY_MADE) {
+                Some(pair) => (true, pair),
+                None => (false, pair.as_str()),
+            };
             let (upstream, status) = pair.split_once("->")?;
-            Some(((upstream.parse().ok()?, status.parse().ok()?), *n))
+            Some((
+                ((by_proxy, upstream.parse().ok()?), status.parse().ok()?),
+                *n,
+            ))
         })
         .collect();
-    let rows: BTreeSet<u16> = cells.keys().map(|(upstream, _)| *upstream).collect();
+    let rows: BTreeSet<Row> = cells.keys().map(|(row, _)| *row).collect();
     let columns: BTreeSet<u16> = cells.keys().map(|(_, status)| *status).collect();
     html.push_str("<table class=matrix><tr><th>upstream ↓ · final →</th>");
     for status in &columns {
         let _ = write!(html, "<th class=n>{status}</th>");
     }
     html.push_str("</tr>");
-    for upstream in &rows {
-        let _ = write!(html, "<tr><th>{upstream}</th>");
+    for row in &rows {
+        match row {
+            (false, upstream) => {
+                let _ = write!(html, "<tr><th>{upstream}</th>");
+            }
+            (true, made) => {
+                let _ = write!(html, "<tr><th>{made} made by restatus</th>");
+            }
+        }
         for status in &columns {
-            match cells.get(&(*upstream, *status)) {
+            match cells.get(&(*row, *status)) {
                 Some(n) => {
                     let _ = write!(html, "<td class=n>{n}</td>");
                 }
@@ -264,7 +284,28 @@ th{color:#5a6270;font-weight:600}.n{text-align:right;font-variant-numeric:tabula
 
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::{escape, status_matrix};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn statuses_restatus_made_are_rows_of_their_own() {
+        let pairs = BTreeMap::from([
+            ("200->201".to_string(), 3),
+            ("proxy 502->500".to_string(), 2),
+            ("502->500".to_string(), 1),
+        ]);
+        let mut html = String::new();
+        status_matrix(&mut html, &pairs);
+        let rows: Vec<&str> = html.split("<tr>").skip(2).collect();
+        assert_eq!(rows.len(), 3, "{html}");
+        assert!(rows[0].starts_with("<th>200</th>"), "{html}");
+        assert!(rows[1].starts_with("<th>502</th>"), "{html}");
+        assert!(
+            rows[2].starts_with("<th>502 made by restatus</th>"),
+            "{html}"
+        );
+        assert!(rows[2].contains("<td class=n>2</td>"), "{html}");
+    }
 
     #[test]
     fn html_is_escaped() {

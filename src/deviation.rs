@@ -177,6 +177,8 @@ pub struct Labels {
     pub kind: Kind,
     pub upstream_status: u16,
     pub status: u16,
+    /// Who made `upstream_status`: the service, or restatus itself (a 502, a check's 403).
+    pub source: Source,
 }
 
 impl Labels {
@@ -188,6 +190,7 @@ impl Labels {
             kind: record.kind,
             upstream_status: record.upstream_status,
             status: record.status,
+            source: record.source,
         }
     }
 
@@ -195,6 +198,7 @@ impl Labels {
     fn matches(&self, record: &Record) -> bool {
         self.upstream_status == record.upstream_status
             && self.status == record.status
+            && self.source == record.source
             && self.action == record.action
             && self.kind == record.kind
             && *self.route == *record.route
@@ -230,7 +234,6 @@ struct Batch {
 /// deviations has a handful of shapes, so a line is mostly copied rather than made.
 struct Tally {
     labels: Labels,
-    source: Source,
     method: Method,
     upstream: Box<str>,
     body_inspected: bool,
@@ -247,7 +250,6 @@ impl Tally {
         line::tail(&mut tail, record);
         Tally {
             labels: Labels::of(record),
-            source: record.source,
             method: record.method.clone(),
             upstream: Box::from(&*record.upstream),
             body_inspected: record.body_inspected,
@@ -260,7 +262,6 @@ impl Tally {
     /// Whether `record`'s line shares this text.
     fn matches(&self, record: &Record) -> bool {
         self.labels.matches(record)
-            && self.source == record.source
             && self.body_inspected == record.body_inspected
             && self.method == record.method
             && *self.upstream == *record.upstream
@@ -421,7 +422,8 @@ pub struct Counts {
     /// record no rule made under its kind in parentheses, like `(expect_ignored)`.
     pub by_rule: BTreeMap<String, BTreeMap<String, u64>>,
     /// route -> `upstream->final` status pair -> records, of status records only: a
-    /// protocol record's statuses say nothing about the code.
+    /// protocol record's statuses say nothing about the code. A pair whose first status the
+    /// proxy made itself (a 502 for a dead service, a check's 403) starts with `proxy `.
     pub by_status: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
@@ -440,9 +442,19 @@ impl Counts {
         }
         let mut pair = [0u8; 12];
         let pair = status_pair(labels.upstream_status, labels.status, &mut pair);
-        bump(&mut self.by_status, &labels.route, pair, count);
+        match labels.source {
+            Source::Upstream => bump(&mut self.by_status, &labels.route, pair, count),
+            // The service never saw these: its owners must not read them as its own.
+            Source::Proxy => {
+                let pair = format!("{PROXY_MADE}{pair}");
+                bump(&mut self.by_status, &labels.route, &pair, count);
+            }
+        }
     }
 }
+
+/// Marks a status pair in `Counts::by_status` whose first status restatus made itself.
+pub const PROXY_MADE: &str = "proxy ";
 
 /// `"200->201"`, written without formatting (statuses are three digits).
 fn status_pair(from: u16, to: u16, out: &mut [u8; 12]) -> &str {
@@ -819,6 +831,7 @@ mod tests {
         assert_eq!(line("route4", 201).as_deref(), Some("2"), "{text}");
         assert_eq!(line("route34", 201).as_deref(), Some("1"), "{text}");
         assert_eq!(line("route0", 404).as_deref(), Some("1"), "{text}");
+        assert!(text.contains("source=\"upstream\""), "{text}");
         let counts = log.counts();
         assert_eq!(counts.by_status["route0"]["200->201"], 3);
         assert_eq!(counts.by_status["route0"]["200->404"], 1);
@@ -854,7 +867,12 @@ mod tests {
             .map(|r| serde_json::to_string(r).expect("serializes") + "\n")
             .collect();
         assert_eq!(written, want);
-        assert_eq!(log.counts().by_status["app"]["200->201"], 6);
+        let counts = log.counts();
+        assert_eq!(counts.by_status["app"]["200->201"], 5);
+        assert_eq!(
+            counts.by_status["app"]["proxy 200->201"], 1,
+            "the proxy's own apart"
+        );
     }
 
     #[test]

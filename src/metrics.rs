@@ -34,6 +34,7 @@ struct DeviationLabels {
     status: u16,
     action: String,
     kind: String,
+    source: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -202,6 +203,7 @@ impl Metrics {
             status: labels.status,
             action: labels.action.as_str().to_string(),
             kind: labels.kind.as_str().to_string(),
+            source: labels.source.as_str().to_string(),
         };
         self.deviations.get_or_create(&labels).inc_by(count);
     }

@@ -77,14 +77,14 @@ then = { status = 404 }
         |labels: &str| sample(&metrics, &format!("restatus_deviations_total{{{labels}}}"));
     assert_eq!(
         deviations(
-            r#"route="main",rule="documented/create-is-201",upstream_status="200",status="201",action="rewrote",kind="status""#
+            r#"route="main",rule="documented/create-is-201",upstream_status="200",status="201",action="rewrote",kind="status",source="upstream""#
         ),
         Some(2.0),
         "{metrics}"
     );
     assert_eq!(
         deviations(
-            r#"route="main",rule="missing-is-404",upstream_status="200",status="404",action="rewrote",kind="status""#
+            r#"route="main",rule="missing-is-404",upstream_status="200",status="404",action="rewrote",kind="status",source="upstream""#
         ),
         Some(1.0)
     );

@@ -736,3 +736,51 @@ fn bad_arguments_exit_2_with_a_clear_error() {
         missing_file.stderr
     );
 }
+
+/// A 502 restatus made for a dead service and a 502 the service sent are told apart in every
+/// format: the service's owners must not chase statuses their service never produced.
+#[test]
+fn statuses_restatus_made_are_marked_apart_from_the_services() {
+    let served = record(
+        "2026-11-24T10:00:00.000Z",
+        "billing",
+        "GET",
+        "/invoices",
+        Some("documented/server-error-is-500"),
+        (502, 500),
+    );
+    let made = served
+        .replace("\"source\":\"upstream\"", "\"source\":\"proxy\"")
+        .replace("10:00:00", "10:05:00");
+    assert_ne!(served, made);
+    let input = [served.clone(), made.clone(), made].concat();
+    let report = restatus_report(&["--format", "json"], input.as_bytes()).json();
+    let groups = endpoint(&report, "billing", "GET /invoices")["deviations"]
+        .as_array()
+        .expect("groups")
+        .clone();
+    let mut seen: Vec<(String, u64)> = groups
+        .iter()
+        .map(|g| {
+            (
+                g["source"].as_str().unwrap_or("?").to_string(),
+                g["records"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [("proxy".to_string(), 2), ("upstream".to_string(), 1)]
+    );
+    let table = report_table(&input);
+    assert!(table.contains(" proxy 502->500 "), "{table}");
+    assert!(table.contains(" 502->500 "), "{table}");
+    let markdown = restatus_report(&["--format", "markdown"], input.as_bytes()).stdout;
+    assert!(markdown.contains("| proxy 502 → 500 |"), "{markdown}");
+    // Records written before restatus wrote `source` count as the service's.
+    let old = served.replace(",\"source\":\"upstream\"", "");
+    assert!(!old.contains("source"), "{old}");
+    let table = report_table(&old);
+    assert!(!table.contains("proxy"), "{table}");
+}

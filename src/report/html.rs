@@ -70,10 +70,9 @@ fn endpoint_rows(html: &mut String, endpoint: &Endpoint) {
     for group in &endpoint.groups {
         let _ = write!(
             html,
-            "<tr><td class=\"rule\">{}</td><td>{} → {}</td><td class=\"n\">{}</td><td class=\"n\">{:.1}%</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td class=\"rule\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{:.1}%</td><td>{}</td><td>{}</td></tr>",
             escape(&group.label()),
-            group.upstream_status,
-            group.status,
+            group.statuses(" → "),
             group.tally.count,
             group.share(endpoint),
             time::format(group.tally.first),

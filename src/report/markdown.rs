@@ -71,10 +71,9 @@ fn route_table(route: &RouteReport, out: &mut impl Write) -> std::io::Result<()>
         for group in &endpoint.groups {
             writeln!(
                 out,
-                "| | {} | {} → {} | {} | {:.1}% | {} | {} |",
+                "| | {} | {} | {} | {:.1}% | {} | {} |",
                 text(&group.label()),
-                group.upstream_status,
-                group.status,
+                group.statuses(" → "),
                 group.tally.count,
                 group.share(endpoint),
                 time::format(group.tally.first),

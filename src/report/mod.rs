@@ -102,10 +102,19 @@ pub struct Group {
     pub kind: String,
     pub upstream_status: u16,
     pub status: u16,
+    /// restatus made `upstream_status` itself (a 502 for a dead service, a check's 403): the
+    /// service never saw the request, or never answered it.
+    pub by_proxy: bool,
     pub tally: Tally,
 }
 
 impl Group {
+    /// `200 → 404`, or `proxy 502 → 500` for a status restatus made, joined by `arrow`.
+    pub fn statuses(&self, arrow: &str) -> String {
+        let by = if self.by_proxy { "proxy " } else { "" };
+        format!("{by}{}{arrow}{}", self.upstream_status, self.status)
+    }
+
     /// The rule's name, or what the record was when no rule made it.
     pub fn label(&self) -> String {
         match (&self.rule, self.kind.as_str()) {
@@ -135,9 +144,11 @@ impl Endpoint {
     fn add(&mut self, record: &Line, ts: i64) {
         self.tally.add(ts);
         let rule = record.rule.as_deref();
+        let by_proxy = record.source == "proxy";
         let found = self.groups.iter_mut().find(|g| {
             g.upstream_status == record.upstream_status
                 && g.status == record.status
+                && g.by_proxy == by_proxy
                 && g.rule.as_deref() == rule
                 && g.kind == record.kind
         });
@@ -151,6 +162,7 @@ impl Endpoint {
                     kind: record.kind.to_string(),
                     upstream_status: record.upstream_status,
                     status: record.status,
+                    by_proxy,
                     tally,
                 });
             }
@@ -222,6 +234,12 @@ struct Line<'a> {
     path: Cow<'a, str>,
     upstream_status: u16,
     status: u16,
+    #[serde(borrow, default = "upstream_source")]
+    source: Cow<'a, str>,
+}
+
+fn upstream_source() -> Cow<'static, str> {
+    Cow::Borrowed("upstream")
 }
 
 fn status_kind() -> Cow<'static, str> {

@@ -73,7 +73,7 @@ fn route_table(route: &RouteReport) -> String {
         for group in &endpoint.groups {
             rows.push(vec![
                 format!("  {}", printable(&group.label())),
-                format!("{}->{}", group.upstream_status, group.status),
+                group.statuses("->"),
                 group.tally.count.to_string(),
                 format!("{:.1}%", group.share(endpoint)),
                 time::format(group.tally.first),
