@@ -51,7 +51,11 @@ impl Upstream {
         let pools: Vec<Arc<Pool>> = config
             .targets
             .iter()
-            .map(|_| Arc::new(Pool::new(config.idle_connections, config.idle_timeout)))
+            .map(|target| {
+                let name = format!("{} ({})", config.name, target.authority);
+                let (max, idle) = (config.idle_connections, config.idle_timeout);
+                Arc::new(Pool::new(max, idle, config.reuse_after_body, name))
+            })
             .collect();
         client::start_pruning(&pools);
         Upstream {

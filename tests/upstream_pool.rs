@@ -124,9 +124,10 @@ fn idle_connections_defaults_to_256() {
     );
 }
 
-/// A legacy upstream that refuses `POST /refuse` with 403 without reading its body, and keeps
-/// the connection: what is left of the body is read as the start of the next request. Every
-/// other request has its `Content-Length` body read and is answered with its request line.
+/// A legacy upstream that refuses `POST /refuse` with 403, and accepts `POST /ignore` with 200,
+/// without reading either body, and keeps the connection: what is left of the body is read as
+/// the start of the next request. Every other request has its `Content-Length` body read and
+/// is answered with its request line; `answered LINE` is noted once that answer is written.
 async fn body_skipping_upstream() -> (SocketAddr, Arc<Counts>, Arc<std::sync::Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -157,8 +158,12 @@ async fn skip_bodies(mut stream: TcpStream, seen: Arc<std::sync::Mutex<Vec<Strin
         buf.drain(..end + 4);
         let line = head.lines().next().unwrap_or_default().to_string();
         seen.lock().expect("seen").push(line.clone());
-        if line.starts_with("POST /refuse ") {
-            let reply = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n";
+        if line.starts_with("POST /refuse ") || line.starts_with("POST /ignore ") {
+            let reply: &[u8] = if line.starts_with("POST /refuse ") {
+                b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nignored"
+            };
             if stream.write_all(reply).await.is_err() {
                 return;
             }
@@ -188,6 +193,7 @@ async fn skip_bodies(mut stream: TcpStream, seen: Arc<std::sync::Mutex<Vec<Strin
         if stream.write_all(reply.as_bytes()).await.is_err() {
             return;
         }
+        seen.lock().expect("seen").push(format!("answered {line}"));
     }
 }
 
@@ -214,6 +220,86 @@ async fn a_connection_whose_request_body_may_be_unread_is_not_reused() {
     assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
     let lines = seen.lock().expect("seen").clone();
     assert!(!lines.iter().any(|l| l.contains("/smuggled")), "{lines:?}");
+    proxy.stop().await;
+}
+
+/// A 2xx from an upstream that did not read the body (CL.0): the body, a whole request, is
+/// answered as one on the pooled connection. That answer never reaches another client, and
+/// from then on no connection of the target is reused after a request with a body.
+#[tokio::test]
+async fn an_answer_to_a_body_read_as_a_request_stops_reuse_after_bodies() {
+    let (upstream, counts, seen) = body_skipping_upstream().await;
+    let proxy = spawn_proxy(&pool_config(upstream, 8)).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let reply = send("POST", &proxy.url("/ignore"), &[], smuggled).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "ignored"));
+    let answered = || {
+        let lines = seen.lock().expect("seen");
+        lines.iter().any(|l| l == "answered GET /smuggled HTTP/1.1")
+    };
+    wait_until(Duration::from_secs(10), "the smuggled answer", answered).await;
+    let reply = get(&proxy.url("/items/2")).await;
+    assert_eq!(
+        reply.text(),
+        "GET /items/2 HTTP/1.1",
+        "another client's answer"
+    );
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    // A body the upstream reads, and a 200: its connection is closed all the same now.
+    let reply = send("POST", &proxy.url("/ok"), &[], "{}").await;
+    assert_eq!(reply.text(), "POST /ok HTTP/1.1");
+    assert_eq!(
+        get(&proxy.url("/items/3")).await.text(),
+        "GET /items/3 HTTP/1.1"
+    );
+    assert_eq!(
+        counts.accepted.load(Ordering::SeqCst),
+        3,
+        "reused after a body"
+    );
+    // Requests without a body still share connections.
+    assert_eq!(
+        get(&proxy.url("/items/4")).await.text(),
+        "GET /items/4 HTTP/1.1"
+    );
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 3);
+    proxy.stop().await;
+}
+
+/// `reuse_after_body = false`: a connection that carried a body is never pooled, so a body
+/// an upstream leaves unread cannot be answered to anyone, however late the answer comes.
+#[tokio::test]
+async fn reuse_after_body_false_never_pools_a_connection_that_carried_a_body() {
+    let (upstream, counts, _) = body_skipping_upstream().await;
+    let config = pool_config(upstream, 8).replace(
+        "idle_connections = 8",
+        "idle_connections = 8\nreuse_after_body = false",
+    );
+    let proxy = spawn_proxy(&config).await;
+    assert_eq!(
+        get(&proxy.url("/items/1")).await.text(),
+        "GET /items/1 HTTP/1.1"
+    );
+    assert_eq!(
+        get(&proxy.url("/items/2")).await.text(),
+        "GET /items/2 HTTP/1.1"
+    );
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 1);
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let reply = send("POST", &proxy.url("/ignore"), &[], smuggled).await;
+    assert_eq!(reply.text(), "ignored");
+    assert_eq!(
+        get(&proxy.url("/items/3")).await.text(),
+        "GET /items/3 HTTP/1.1"
+    );
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    let reply = send("POST", &proxy.url("/ok"), &[], "{}").await;
+    assert_eq!(reply.text(), "POST /ok HTTP/1.1");
+    assert_eq!(
+        get(&proxy.url("/items/4")).await.text(),
+        "GET /items/4 HTTP/1.1"
+    );
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 3);
     proxy.stop().await;
 }
 

@@ -116,14 +116,17 @@ impl UpstreamBody {
             return;
         };
         let Live {
-            conn,
+            mut conn,
             writer,
             keep_alive,
             pool,
             ..
         } = *live;
         // Bytes past the end of the body are not a response anyone asked for.
-        if keep_alive && writer.finished() && conn.buf.is_empty() {
+        if keep_alive && writer.finished() && !conn.buf.is_empty() {
+            pool.unasked(writer.carries_body());
+        } else if keep_alive && writer.finished() {
+            conn.carried_body = writer.carries_body();
             pool.put(conn);
         }
     }

@@ -93,8 +93,8 @@ pub fn send<'a>(
         .map_err(|err| (err, reused))?;
         let framing =
             Framing::of(&head, request.method == Method::HEAD).map_err(|e| (e, reused))?;
-        let keep_alive =
-            framing.allows_reuse() && keeps_alive(&head) && !writer.may_be_unread(head.status);
+        let unread = writer.may_be_unread(head.status, pool.reuses_after_body());
+        let keep_alive = framing.allows_reuse() && keeps_alive(&head) && !unread;
         let body = UpstreamBody::new(conn, writer, framing, keep_alive, pool.clone(), timeout);
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
@@ -368,9 +368,15 @@ impl Writer {
     /// A legacy server that refuses early (a 401, a redirect, a 404) often skips the body and
     /// keeps the connection; the body would then be read as the next request on it, another
     /// client's request appended (RFC 9110 §10.1.1 asks such a server to say whether it
-    /// closes; many never do). Such a connection is closed, not reused.
-    fn may_be_unread(&self, status: StatusCode) -> bool {
-        self.carries_body && (!self.finished() || !status.is_success())
+    /// closes; many never do). Such a connection is closed, not reused. `trusted`: the
+    /// target is trusted to read the bodies of the requests it answers with a 2xx.
+    fn may_be_unread(&self, status: StatusCode, trusted: bool) -> bool {
+        self.carries_body && (!trusted || !self.finished() || !status.is_success())
+    }
+
+    /// Whether the request carried a body.
+    pub(super) fn carries_body(&self) -> bool {
+        self.carries_body
     }
 
     /// Whether the writer has written all it has and waits for more of the client's body.

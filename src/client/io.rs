@@ -22,17 +22,30 @@ impl Io {
 
     /// Whether an idle connection can take another request: the upstream has not closed it
     /// and sent nothing unasked. Costs a syscall only when the socket was signalled readable.
-    pub fn is_reusable(&mut self) -> bool {
+    pub fn idle_state(&mut self) -> IdleState {
         let mut cx = Context::from_waker(Waker::noop());
         if self.tcp().poll_read_ready(&mut cx).is_pending() {
-            return true;
+            return IdleState::Usable;
         }
         let mut probe = [0u8; 1];
         let mut buf = ReadBuf::new(&mut probe);
-        // Pending: the readiness was stale and nothing is there. Anything else (EOF, bytes
-        // nobody asked for, an error) makes the connection unusable.
-        Pin::new(self).poll_read(&mut cx, &mut buf).is_pending()
+        // Pending: the readiness was stale and nothing is there.
+        match Pin::new(self).poll_read(&mut cx, &mut buf) {
+            Poll::Pending => IdleState::Usable,
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => IdleState::Unasked,
+            Poll::Ready(_) => IdleState::Closed,
+        }
     }
+}
+
+/// What an idle connection is found to be when looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleState {
+    Usable,
+    /// The upstream closed it, or it failed.
+    Closed,
+    /// The upstream sent bytes nobody asked for: an answer to a request nobody sent.
+    Unasked,
 }
 
 impl AsyncRead for Io {

@@ -14,9 +14,10 @@ pub use exchange::{send, Outgoing, SendError};
 use crate::config::Target;
 use bytes::BytesMut;
 use http::uri::Scheme;
-use io::Io;
+use io::{IdleState, Io};
 use rustls::pki_types::ServerName;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -36,6 +37,8 @@ pub struct Conn {
     /// The connection served a request before: a failure before any response byte may mean
     /// the upstream closed it while it sat idle.
     reused: bool,
+    /// Its last request carried a body.
+    carried_body: bool,
 }
 
 impl Conn {
@@ -45,6 +48,7 @@ impl Conn {
             buf: BytesMut::new(),
             next_read: FIRST_READ,
             reused: false,
+            carried_body: false,
         }
     }
 
@@ -72,6 +76,12 @@ pub struct Pool {
     max: usize,
     /// How long an idle connection is kept (the upstream's `idle_timeout`).
     timeout: Duration,
+    /// A connection that carried a request body may be reused (the upstream's
+    /// `reuse_after_body`). Turned off for good when the target answers a request nobody
+    /// sent on such a connection: it left a body unread and read it as a request.
+    reuse_after_body: AtomicBool,
+    /// The target's name, for the warning when `reuse_after_body` is turned off.
+    name: String,
 }
 
 struct Idle {
@@ -80,11 +90,14 @@ struct Idle {
 }
 
 impl Pool {
-    pub fn new(max: usize, timeout: Duration) -> Self {
+    /// `name` names the upstream and target in logs.
+    pub fn new(max: usize, timeout: Duration, reuse_after_body: bool, name: String) -> Self {
         Pool {
             idle: Mutex::new(Vec::new()),
             max,
             timeout,
+            reuse_after_body: AtomicBool::new(reuse_after_body),
+            name,
         }
     }
 
@@ -92,11 +105,38 @@ impl Pool {
     pub fn take(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(mut entry) = idle.pop() {
-            if entry.since.elapsed() < self.timeout && entry.conn.io.is_reusable() {
+            if entry.since.elapsed() < self.timeout && self.usable(&mut entry.conn) {
                 return Some(entry.conn);
             }
         }
         None
+    }
+
+    /// Whether a connection that carried a request body may be reused.
+    pub fn reuses_after_body(&self) -> bool {
+        self.reuse_after_body.load(Ordering::Relaxed)
+    }
+
+    /// Whether an idle connection can take a request.
+    fn usable(&self, conn: &mut Conn) -> bool {
+        match conn.io.idle_state() {
+            IdleState::Usable => true,
+            IdleState::Closed => false,
+            IdleState::Unasked => {
+                self.unasked(conn.carried_body);
+                false
+            }
+        }
+    }
+
+    /// The target sent bytes nobody asked for on a connection after its response. After a
+    /// request with a body they are an answer to that body read as a request (a CL.0
+    /// desync): had the next request gone out first, its client would have got that answer.
+    /// From then on no connection of this target is reused after a request with a body.
+    fn unasked(&self, carried_body: bool) {
+        if carried_body && self.reuse_after_body.swap(false, Ordering::Relaxed) {
+            tracing::warn!(upstream = %self.name, "the upstream answered a request nobody sent after a request with a body: it may leave bodies unread and read them as requests; connections that carry a body are no longer reused (set reuse_after_body = false to start that way)");
+        }
     }
 
     /// Keeps `conn` for the next request, unless `max` connections are idle already.
@@ -123,7 +163,7 @@ impl Pool {
             return;
         };
         let timeout = self.timeout;
-        idle.retain_mut(|entry| entry.since.elapsed() < timeout && entry.conn.io.is_reusable());
+        idle.retain_mut(|entry| entry.since.elapsed() < timeout && self.usable(&mut entry.conn));
     }
 }
 

@@ -128,6 +128,8 @@ pub struct UpstreamConfig {
     /// How long an idle pooled connection is kept; below the upstream's own keep-alive
     /// timeout, so that a request is not sent on a connection the upstream is closing.
     pub idle_timeout: Duration,
+    /// A connection that carried a request body answered with a 2xx may be pooled.
+    pub reuse_after_body: bool,
     /// Set when a target is `https://`.
     pub tls: Option<UpstreamTls>,
 }
@@ -452,6 +454,7 @@ fn compile_upstreams(
             expect_timeout: raw.expect_timeout.map_or(Duration::from_secs(1), |d| d.0),
             idle_connections: raw.idle_connections.unwrap_or(DEFAULT_IDLE_CONNECTIONS),
             idle_timeout: raw.idle_timeout.map_or(DEFAULT_POOL_IDLE, |d| d.0),
+            reuse_after_body: raw.reuse_after_body.unwrap_or(true),
             tls,
         }));
     }

@@ -143,6 +143,7 @@ pub struct RawUpstream {
     pub expect_timeout: Option<HumanDuration>,
     pub idle_connections: Option<usize>,
     pub idle_timeout: Option<Timeout>,
+    pub reuse_after_body: Option<bool>,
     pub ca: Option<Spanned<String>>,
     pub server_name: Option<Spanned<String>>,
     pub client_cert: Option<Spanned<String>>,
