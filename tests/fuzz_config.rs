@@ -37,10 +37,6 @@ const SAMPLE: &str = include_str!("../config/restatus.toml");
 
 /// Parses `source` and checks the error contract; on success exercises the compiled config.
 fn check(source: &str) -> Result<(), TestCaseError> {
-    if has_overflowing_status_class(source) {
-        // Known bug, see `regression_status_class_overflow`: the parser panics on these.
-        return Ok(());
-    }
     match Config::parse(Path::new("fuzz.toml"), source) {
         Err(err) => {
             let lines = source.lines().count();
@@ -63,28 +59,6 @@ fn check(source: &str) -> Result<(), TestCaseError> {
         Ok(config) => exercise(&config),
     }
     Ok(())
-}
-
-/// Whether `source` holds a status class like `"92233720368547759xx"`: a number that fits an
-/// `i64` but not once multiplied by 100.
-fn has_overflowing_status_class(source: &str) -> bool {
-    let bytes = source.as_bytes();
-    (2..=bytes.len()).any(|end| {
-        if !bytes[..end].ends_with(b"xx") && !bytes[..end].ends_with(b"XX") {
-            return false;
-        }
-        let digits_end = end - 2;
-        let mut start = digits_end;
-        while start > 0 && bytes[start - 1].is_ascii_digit() {
-            start -= 1;
-        }
-        if start > 0 && matches!(bytes[start - 1], b'-' | b'+') {
-            start -= 1;
-        }
-        source[start..digits_end]
-            .parse::<i64>()
-            .is_ok_and(|n| n.checked_mul(100).is_none())
-    })
 }
 
 /// Runs what `restatus check` and the request path do with a compiled config.
