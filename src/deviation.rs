@@ -80,6 +80,9 @@ pub enum Kind {
     /// The upstream sent `100 Continue` to a request that did not ask for it.
     #[serde(rename = "unsolicited_100")]
     Unsolicited100,
+    /// The upstream answered `417 Expectation Failed` to `Expect: 100-continue`; the request
+    /// was sent again without it (RFC 9110 §10.1.1).
+    ExpectRefused,
 }
 
 impl Kind {
@@ -88,6 +91,7 @@ impl Kind {
             Kind::Status => "status",
             Kind::ExpectIgnored => "expect_ignored",
             Kind::Unsolicited100 => "unsolicited_100",
+            Kind::ExpectRefused => "expect_refused",
         }
     }
 }
@@ -435,6 +439,7 @@ impl Counts {
             (None, Kind::Status) => "-",
             (None, Kind::ExpectIgnored) => "(expect_ignored)",
             (None, Kind::Unsolicited100) => "(unsolicited_100)",
+            (None, Kind::ExpectRefused) => "(expect_refused)",
         };
         bump(&mut self.by_rule, &labels.route, rule, count);
         if labels.kind != Kind::Status {

@@ -52,6 +52,8 @@ pub struct Interim {
     relay: Option<Arc<Relay>>,
     state: AtomicU8,
     saw_continue: AtomicBool,
+    /// The upstream answered 417 to the held request, which went again without `Expect`.
+    refused: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -64,6 +66,7 @@ impl Interim {
             relay,
             state: AtomicU8::new(WAITING),
             saw_continue: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         })
     }
@@ -94,6 +97,18 @@ impl Interim {
         if self.transition(WAITING, RELEASED_LOCALLY) {
             self.waker.wake();
         }
+    }
+
+    /// Whether a held body still waits for the upstream's `100`: none of it went out.
+    pub fn is_waiting(&self) -> bool {
+        self.held && self.state.load(Ordering::Acquire) == WAITING
+    }
+
+    /// The upstream refused the expectation with 417 while the body waited: the request goes
+    /// again without `Expect`, and the client gets the proxy's own `100` as its body is read.
+    pub fn refused(&self) {
+        self.refused.store(true, Ordering::Release);
+        self.release_locally();
     }
 
     /// Whether the upstream sent a `100` at all.
@@ -216,6 +231,9 @@ pub fn plan(
 /// The upstream's 100-continue misbehaviour, if any: ignoring a forwarded `Expect` (it never
 /// sent `100` and the body went after `expect_timeout`), or a `100` nobody asked for.
 pub fn deviation(interim: &Interim, held: bool) -> Option<Kind> {
+    if held && interim.refused.load(Ordering::Acquire) {
+        return Some(Kind::ExpectRefused);
+    }
     if held {
         let ignored =
             interim.state.load(Ordering::Acquire) == RELEASED_BY_TIMER && !interim.saw_continue();

@@ -2,7 +2,9 @@
 //! mapping of every way a request to it can fail onto a [`ProxyError`].
 
 use crate::body::{BodyTimeout, BodyTooLarge, ForwardBody, Source};
-use crate::client::{self, ConnectError, Connector, Outgoing, Pool, SendError, UpstreamBody};
+use crate::client::{
+    self, ConnectError, Connector, Outgoing, Pool, SendError, Unsent, UpstreamBody,
+};
 use crate::config::{ExpectMode, HostMode, UpstreamConfig};
 use crate::expect::{BodyWithheld, Hold, Interim};
 use crate::headers::Added;
@@ -25,6 +27,8 @@ pub struct Upstream {
     next: AtomicUsize,
     /// Per target: its latest response was HTTP/1.0, so it cannot take part in 100-continue.
     http10: Vec<AtomicBool>,
+    /// Per target: it refused `Expect: 100-continue` with 417, so restatus answers it itself.
+    refuses_expect: Vec<AtomicBool>,
 }
 
 /// The head of a request that goes upstream, already rewritten by the proxy. The caller
@@ -61,6 +65,11 @@ impl Upstream {
         Upstream {
             name: config.name.as_str().into(),
             http10: config
+                .targets
+                .iter()
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            refuses_expect: config
                 .targets
                 .iter()
                 .map(|_| AtomicBool::new(false))
@@ -104,9 +113,12 @@ impl Upstream {
     }
 
     /// RFC 9110 §10.1.1: a proxy that believes, from past interaction, that the next hop
-    /// speaks only HTTP/1.0 may answer `100` itself; the body then flows without waiting.
+    /// speaks only HTTP/1.0 (or refuses the expectation) may answer `100` itself; the body
+    /// then flows without waiting.
     fn answer_expect_locally(&self, index: usize, outbound: &mut OutboundRequest) {
-        if outbound.interim.is_held() && self.http10[index].load(Ordering::Relaxed) {
+        let local = self.http10[index].load(Ordering::Relaxed)
+            || self.refuses_expect[index].load(Ordering::Relaxed);
+        if outbound.interim.is_held() && local {
             outbound.headers.remove(EXPECT);
             outbound.interim.release_locally();
         }
@@ -192,11 +204,54 @@ impl Upstream {
                             .map(|response| (index, response))
                             .map_err(|(err, _)| self.send_error(err))
                     }
+                    Err((SendError::ExpectRefused(Unsent(body)), _)) => {
+                        // Boxed: a second send's state, for a rare legacy answer.
+                        Box::pin(self.without_expect(index, outbound, *body)).await
+                    }
                     Err((err, _)) => Err(self.send_error(err)),
                 };
             }
             Err(ProxyError::UpstreamConnect)
         }
+    }
+
+    /// RFC 9110 §10.1.1: a client (restatus, here) that gets a 417 to a request with
+    /// `100-continue` should repeat it without the expectation. Its body was held, so none of
+    /// it went out; the client gets restatus's own `100` as the body is read, and the target
+    /// gets no `Expect` from now on.
+    async fn without_expect(
+        &self,
+        index: usize,
+        outbound: &mut OutboundRequest,
+        body: ForwardBody,
+    ) -> Result<(usize, Response<UpstreamBody>), ProxyError> {
+        let target = &self.config.targets[index];
+        if !self.refuses_expect[index].swap(true, Ordering::Relaxed) {
+            tracing::info!(upstream = %self.config.name, target = %target.authority, "target answered 417 to Expect: 100-continue; the request goes again without it, and restatus answers Expect for this target from now on");
+        }
+        outbound.headers.remove(EXPECT);
+        outbound.interim.refused();
+        let pool = &self.pools[index];
+        let conn = match pool.take() {
+            Some(conn) => conn,
+            None => self
+                .connector
+                .connect(target)
+                .await
+                .map_err(connect_error)?,
+        };
+        let request = Outgoing {
+            method: &outbound.method,
+            path: &outbound.path_and_query,
+            headers: &outbound.headers,
+            added: &outbound.added,
+            host: &target.host_header,
+        };
+        let timeout = self.config.response_timeout;
+        client::send(conn, &request, body, &outbound.interim, pool, timeout)
+            .await
+            .map(|response| (index, response))
+            .map_err(|(err, _)| self.send_error(err))
     }
 
     fn send_error(&self, err: SendError) -> ProxyError {
@@ -206,6 +261,11 @@ impl Upstream {
             SendError::Invalid(why) => ProxyError::UpstreamInvalid(why),
             SendError::Body(err) => body_error(&*err),
             SendError::Timeout => ProxyError::UpstreamTimeout,
+            // Only a request still holding its body for `100` can get it, and the one sent
+            // again has no `Expect`.
+            SendError::ExpectRefused(_) => {
+                ProxyError::UpstreamInvalid("417 to a request without Expect")
+            }
         }
     }
 }

@@ -369,6 +369,57 @@ async fn upstream_ignoring_expect_gets_the_body_after_the_timeout() {
     );
 }
 
+/// A legacy upstream that answers 417 to `Expect: 100-continue` (and closes), and serves the
+/// same request without it. RFC 9110 §10.1.1: restatus, which still holds the body, sends the
+/// request again without `Expect`; the client gets the service's answer, not a 417 turned
+/// into 400, and the target gets no `Expect` from then on.
+#[tokio::test]
+async fn a_417_to_expect_is_answered_by_sending_the_request_again_without_it() {
+    let wire = Wire::default();
+    let upstream = raw_upstream_with(wire.clone(), |mut stream, wire| async move {
+        let head = read_until(&mut stream, "\r\n\r\n").await;
+        wire.push(head.clone());
+        if head.to_ascii_lowercase().contains("expect: 100-continue") {
+            let refusal =
+                "HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+            stream.write_all(refusal.as_bytes()).await.expect("417");
+            return;
+        }
+        read_until(&mut stream, "}").await;
+        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\n{\"id\":7}";
+        stream.write_all(answer.as_bytes()).await.expect("answer");
+    })
+    .await;
+    let proxy = spawn_proxy(&simple_config(upstream, "")).await;
+    for path in ["/items", "/items/again"] {
+        let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+        client
+            .write_all(upload_head(path, 12, "").as_bytes())
+            .await
+            .expect("head");
+        let interim = read_until(&mut client, "\r\n\r\n").await;
+        assert!(
+            interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+            "{interim}"
+        );
+        client.write_all(br#"{"name":"a"}"#).await.expect("body");
+        let response = read_response(&mut client).await;
+        assert!(response.starts_with("HTTP/1.1 201 "), "{path}: {response}");
+        assert!(response.ends_with("{\"id\":7}"), "{response}");
+    }
+    let seen = wire.all().to_ascii_lowercase();
+    assert_eq!(seen.matches("expect: 100-continue").count(), 1, "{seen}");
+    assert_eq!(seen.matches("post /items").count(), 3, "{seen}");
+    let records = proxy.records();
+    let refused: Vec<_> = records
+        .iter()
+        .filter(|r| r["kind"] == "expect_refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{records:?}");
+    assert_eq!(refused[0]["path"], "/items", "{records:?}");
+    assert_eq!(refused[0]["upstream_status"], 200, "{records:?}");
+}
+
 #[tokio::test]
 async fn an_over_limit_body_after_an_ignored_expect_is_recorded_as_the_proxys_answer() {
     // The upstream never sends 100 and never answers; the chunked body, sent after the

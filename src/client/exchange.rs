@@ -45,6 +45,15 @@ pub struct Outgoing<'a> {
     pub host: &'a HeaderValue,
 }
 
+/// A request body none of which went out (boxed: every `SendError` would carry its room).
+pub struct Unsent(pub Box<ForwardBody>);
+
+impl std::fmt::Debug for Unsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Unsent(..)")
+    }
+}
+
 /// Why a request got no response head.
 #[derive(Debug)]
 pub enum SendError {
@@ -57,6 +66,9 @@ pub enum SendError {
     Invalid(&'static str),
     /// The request body failed (the client's body, its limits or timeouts).
     Body(BoxError),
+    /// The upstream answered `417 Expectation Failed` while the body waited for its `100`:
+    /// the body, none of it sent, comes back to be sent again without `Expect`.
+    ExpectRefused(Unsent),
     /// No response head within the response timeout of the request's last byte, or the
     /// upstream took none of the request for that long.
     Timeout,
@@ -91,6 +103,11 @@ pub fn send<'a>(
         })
         .await
         .map_err(|err| (err, reused))?;
+        if head.status == StatusCode::EXPECTATION_FAILED && interim.is_waiting() {
+            if let Some(body) = writer.body.take() {
+                return Err((SendError::ExpectRefused(Unsent(Box::new(body))), reused));
+            }
+        }
         let framing =
             Framing::of(&head, request.method == Method::HEAD).map_err(|e| (e, reused))?;
         let unread = writer.may_be_unread(head.status, pool.reuses_after_body());
