@@ -228,15 +228,17 @@ pub fn plan(
     held
 }
 
-/// The upstream's 100-continue misbehaviour, if any: ignoring a forwarded `Expect` (it never
-/// sent `100` and the body went after `expect_timeout`), or a `100` nobody asked for.
+/// The upstream's 100-continue misbehaviour, if any: ignoring a forwarded `Expect` (no `100`
+/// before the body went after `expect_timeout`), refusing it with 417, or a `100` nobody
+/// asked for.
 pub fn deviation(interim: &Interim, held: bool) -> Option<Kind> {
     if held && interim.refused.load(Ordering::Acquire) {
         return Some(Kind::ExpectRefused);
     }
     if held {
-        let ignored =
-            interim.state.load(Ordering::Acquire) == RELEASED_BY_TIMER && !interim.saw_continue();
+        // Released by the timer: whatever `100` came, it came after the body had gone (a
+        // service that reads the body first and answers `100` late ignored the expectation).
+        let ignored = interim.state.load(Ordering::Acquire) == RELEASED_BY_TIMER;
         ignored.then_some(Kind::ExpectIgnored)
     } else {
         interim.saw_continue().then_some(Kind::Unsolicited100)

@@ -420,6 +420,35 @@ async fn a_417_to_expect_is_answered_by_sending_the_request_again_without_it() {
     assert_eq!(refused[0]["upstream_status"], 200, "{records:?}");
 }
 
+/// An upstream that reads the body first and only then sends `100` (and a final answer)
+/// ignored the expectation all the same: the client waited `expect_timeout` for nothing.
+#[tokio::test]
+async fn a_100_after_the_body_still_records_the_expectation_ignored() {
+    let upstream = raw_upstream(|mut stream, _| async move {
+        read_until(&mut stream, "{\"n\":1}").await;
+        let late = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        stream.write_all(late.as_bytes()).await.expect("answer");
+    })
+    .await;
+    let config = config_with(upstream, r#"expect_timeout = "200ms""#, "", "");
+    let proxy = spawn_proxy(&config).await;
+    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+    client
+        .write_all(upload_head("/items/1", 7, "").as_bytes())
+        .await
+        .expect("head");
+    let interim = read_until(&mut client, "\r\n\r\n").await;
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+    client.write_all(br#"{"n":1}"#).await.expect("body");
+    let response = read_response(&mut client).await;
+    assert!(response.starts_with("HTTP/1.1 201 "), "{response}");
+    let records = proxy.records();
+    assert!(
+        records.iter().any(|r| r["kind"] == "expect_ignored"),
+        "{records:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_over_limit_body_after_an_ignored_expect_is_recorded_as_the_proxys_answer() {
     // The upstream never sends 100 and never answers; the chunked body, sent after the
