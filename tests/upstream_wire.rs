@@ -546,6 +546,23 @@ async fn custom_reason_phrase_is_relayed() {
     proxy.stop().await;
 }
 
+/// A reason phrase with bytes above 0x7F (obs-text, RFC 9112 §4: here UTF-8) is relayed as
+/// sent, as NGINX and HAProxy relay it.
+#[tokio::test]
+async fn a_reason_phrase_with_obs_text_is_relayed_as_sent() {
+    let upstream =
+        serving("HTTP/1.1 200 \u{e9}t\u{e9} OK\r\nContent-Length: 2\r\n\r\nok".as_bytes()).await;
+    let proxy = proxy_for(&upstream).await;
+    let text = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let status_line = text.lines().next().unwrap_or_default();
+    assert_eq!(status_line, "HTTP/1.1 200 \u{e9}t\u{e9} OK", "{text}");
+    proxy.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Interim responses (RFC 9110 §15.2: a proxy forwards 1xx responses it did not ask for)
 

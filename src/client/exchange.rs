@@ -202,6 +202,15 @@ fn parser() -> httparse::ParserConfig {
     config
 }
 
+/// The reason phrase of the status line at the start of `head`, as its bytes, if it has one:
+/// what follows `HTTP/1.1 200 ` up to the line's end.
+fn raw_reason(head: &[u8]) -> Option<&[u8]> {
+    let line = &head[..memchr::memchr(b'\n', head)?];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let reason = line.get(b"HTTP/1.1 200 ".len()..)?;
+    (!reason.is_empty()).then_some(reason)
+}
+
 /// Parses a response head at the start of `buf`, taking its bytes; `None` until it is whole.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
     // Left uninitialised: httparse writes the slots it uses, and filling 256 empty ones on
@@ -232,10 +241,14 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
     let canonical = StatusCode::from_u16(code)
         .ok()
         .and_then(|s| s.canonical_reason());
-    let reason = parsed
-        .reason
-        .filter(|r| Some(*r) != canonical)
-        .map(|r| r.as_bytes().to_vec());
+    let reason = match parsed.reason {
+        // httparse gives an empty reason for one with obs-text (RFC 9112 §4 allows bytes
+        // 0x80-0xFF): it is read from the status line itself, and relayed as sent.
+        Some("") => raw_reason(&buf[..len]).map(<[u8]>::to_vec),
+        reason => reason
+            .filter(|r| Some(*r) != canonical)
+            .map(|r| r.as_bytes().to_vec()),
+    };
     // Names now; values as offsets, to share the head's bytes once it is split off.
     let base = buf.as_ptr() as usize;
     // Sized for every field at once: collected through a filter, the vector would start
