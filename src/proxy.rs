@@ -111,8 +111,9 @@ struct Exchange<'a> {
     head_as_get: bool,
     /// Conditional, range and preflight requests, whose answers are not `left` records.
     asked: Asked,
-    /// The request's `Origin`, kept only when `[cors]` lets pages read the proxy's answers.
-    origin: Option<HeaderValue>,
+    /// The request's `Origin`, kept only when `[cors]` lets pages read the proxy's answers
+    /// (boxed: every request's state would carry its room).
+    origin: Option<Box<HeaderValue>>,
 }
 
 /// Handles one request; never fails, every failure becomes a response. `relay`: where the
@@ -144,7 +145,7 @@ pub fn handle(
             origin: proxy
                 .cors
                 .is_on()
-                .then(|| request.headers().get(ORIGIN).cloned())
+                .then(|| request.headers().get(ORIGIN).cloned().map(Box::new))
                 .flatten(),
         };
         // 1-6: route, checks, forward, and the upstream's answer (or the proxy's own).
@@ -171,7 +172,7 @@ pub fn handle(
         }
         if made.0 == deviation::Source::Proxy {
             let (origin, own) = (
-                exchange.origin.as_ref(),
+                exchange.origin.as_deref(),
                 proxy.original_status_header.as_ref(),
             );
             proxy.cors.own_answer(response.headers_mut(), origin, own);

@@ -9,7 +9,7 @@
 //! head. A request with no interim response pays one atomic load per poll.
 
 use crate::headers;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode, Version};
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -23,19 +23,27 @@ use tokio::io::AsyncWrite;
 pub const MAX_RELAYED: usize = 16;
 
 /// A connection's interim responses waiting for the socket. One per HTTP/1.1 connection,
-/// handed to each of its requests (never to an HTTP/1.0 one: RFC 9110 §15.2).
+/// handed to each of its requests (never to an HTTP/1.0 one: RFC 9110 §15.2). What is being
+/// written is kept here too, so that a request's state carries nothing for interim responses.
 #[derive(Default)]
 pub struct Relay {
-    heads: Mutex<VecDeque<Bytes>>,
-    /// Heads queued and not yet taken.
+    state: Mutex<State>,
+    /// Heads queued and not yet written and flushed.
     pending: AtomicUsize,
     /// Heads queued for the request being answered.
     relayed: AtomicUsize,
 }
 
+#[derive(Default)]
+struct State {
+    heads: VecDeque<Bytes>,
+    /// Bytes of the first head already written.
+    written: usize,
+}
+
 impl Relay {
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Bytes>> {
-        self.heads
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -44,86 +52,67 @@ impl Relay {
     /// `100` nor `101`). Hop-by-hop fields are removed and `Via` added, as on a final
     /// response (RFC 9110 §7.6).
     pub fn push(&self, status: StatusCode, reason: Option<&[u8]>, mut fields: HeaderMap) {
-        let mut heads = self.lock();
+        let mut state = self.lock();
         if self.relayed.load(Ordering::Relaxed) == MAX_RELAYED {
             tracing::debug!(%status, "interim response dropped: {MAX_RELAYED} relayed already");
             return;
         }
         let present = headers::strip_response(&mut fields, None);
         headers::append_via(&mut fields, Version::HTTP_11, present.via);
-        heads.push_back(encode(status, reason, &fields));
+        state.heads.push_back(encode(status, reason, &fields));
         self.relayed.fetch_add(1, Ordering::Relaxed);
         self.pending.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The next head to write, if one is queued.
-    fn next(&self) -> Option<Bytes> {
-        if self.pending.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
-        let head = self.lock().pop_front();
-        if head.is_some() {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
-        }
-        head
-    }
-
-    /// Whether a head waits to be written.
+    /// Whether a head waits to be written (or flushed).
     pub fn is_pending(&self) -> bool {
         self.pending.load(Ordering::Relaxed) != 0
     }
 
-    /// The request's final response went out: the next request starts with none relayed.
-    pub fn finish(&self) {
-        if self.relayed.load(Ordering::Relaxed) != 0 {
-            self.lock().clear();
-            self.pending.store(0, Ordering::Relaxed);
-            self.relayed.store(0, Ordering::Relaxed);
-        }
-    }
-}
-
-/// The interim head being written to the client: the bytes still to go.
-#[derive(Default)]
-pub struct Writing {
-    left: Bytes,
-    unflushed: bool,
-}
-
-impl Writing {
     /// Whether a head is partly written: nothing else may be written until it is whole.
     pub fn is_partial(&self) -> bool {
-        !self.left.is_empty()
+        self.is_pending() && self.lock().written > 0
     }
 
     /// Writes the queued heads while the socket takes them, then flushes them, so that the
     /// client has them before the final response is ready. `may_start`: no other interim
     /// head (a `100 Continue`) is partly written. Ready once nothing is left to write.
     pub fn poll_write<W: AsyncWrite + Unpin>(
-        &mut self,
-        relay: &Relay,
+        &self,
         io: &mut W,
         may_start: bool,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<()>> {
-        loop {
-            if self.left.is_empty() {
-                match relay.next().filter(|_| may_start) {
-                    Some(head) => self.left = head,
-                    None => break,
-                }
+        let mut state = self.lock();
+        let State { heads, written } = &mut *state;
+        while let Some(head) = heads.front() {
+            if *written == 0 && !may_start {
+                return Poll::Ready(Ok(()));
             }
-            match ready!(Pin::new(&mut *io).poll_write(cx, &self.left))? {
-                0 => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
-                n => self.left.advance(n),
+            let n = ready!(Pin::new(&mut *io).poll_write(cx, &head[*written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
-            self.unflushed = true;
+            *written += n;
+            if *written == head.len() {
+                heads.pop_front();
+                *written = 0;
+            }
         }
-        if self.unflushed {
-            ready!(Pin::new(io).poll_flush(cx))?;
-            self.unflushed = false;
-        }
+        ready!(Pin::new(io).poll_flush(cx))?;
+        self.pending.store(0, Ordering::Relaxed);
         Poll::Ready(Ok(()))
+    }
+
+    /// The request's final response went out: the next request starts with none relayed.
+    pub fn finish(&self) {
+        if self.relayed.load(Ordering::Relaxed) != 0 {
+            let mut state = self.lock();
+            state.heads.clear();
+            state.written = 0;
+            self.pending.store(0, Ordering::Relaxed);
+            self.relayed.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -160,10 +149,17 @@ mod tests {
         map
     }
 
+    /// What the relay writes, split into its heads.
     fn drain(relay: &Relay) -> Vec<String> {
-        std::iter::from_fn(|| relay.next())
-            .map(|head| String::from_utf8_lossy(&head).into_owned())
-            .collect()
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut heads = Vec::new();
+        let mut out = Vec::new();
+        let written = relay.poll_write(&mut out, true, &mut cx);
+        assert!(matches!(written, Poll::Ready(Ok(()))), "{written:?}");
+        assert!(!relay.is_pending());
+        let text = String::from_utf8_lossy(&out).into_owned();
+        heads.extend(text.split_inclusive("\r\n\r\n").map(str::to_string));
+        heads
     }
 
     #[test]

@@ -22,7 +22,6 @@ use bytes::{Bytes, BytesMut};
 use head::{Head, HeadError};
 use http::{Request, Response, Version};
 use http_body::Body;
-use interim::Writing;
 use response::{Asked, Out};
 use std::future::{poll_fn, Future};
 use std::mem::MaybeUninit;
@@ -183,19 +182,15 @@ where
     *request.headers_mut() = head.headers;
     let mut answer = handler(request, relay.clone());
     async move {
-        let mut writing = Writing::default();
         let response = poll_fn(|cx| loop {
             if let Poll::Ready(response) = Pin::new(&mut answer).poll(cx) {
-                return Poll::Ready(Ok(response));
+                return Poll::Ready(response);
             }
-            if let Some(relay) = &relay {
+            if let Some(relay) = relay.as_ref().filter(|relay| relay.is_pending()) {
                 let may_start = pump.as_ref().is_none_or(|p| !p.continue_started());
-                if let Poll::Ready(Err(err)) =
-                    writing.poll_write(relay, &mut wire.io, may_start, cx)
-                {
-                    return Poll::Ready(Err(err));
-                }
-                if writing.is_partial() {
+                // A failed write fails the final response's too, which aborts the connection.
+                let _ = relay.poll_write(&mut wire.io, may_start, cx);
+                if relay.is_partial() {
                     // The pump's `100 Continue` must not land inside the interim head.
                     return Poll::Pending;
                 }
@@ -206,17 +201,14 @@ where
         })
         .await;
         drop(answer);
-        let Ok(response) = response else {
-            return Next::Abort;
-        };
         if let Some(relay) = &relay {
-            if relay.is_pending() || writing.is_partial() {
+            if relay.is_pending() {
                 // What the upstream sent before its final response goes out before it.
                 let written = poll_fn(|cx| {
                     if let Some(pump) = pump.as_mut() {
                         ready!(pump.poll_before_final(wire, cx))?;
                     }
-                    writing.poll_write(relay, &mut wire.io, true, cx)
+                    relay.poll_write(&mut wire.io, true, cx)
                 });
                 if written.await.is_err() {
                     return Next::Abort;
