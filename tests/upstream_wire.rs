@@ -694,6 +694,34 @@ async fn at_most_sixteen_interim_responses_are_relayed_per_request() {
     proxy.stop().await;
 }
 
+/// An upstream that floods interim responses and never answers still meets the response
+/// timeout: a 504, not a request that runs, parsing, for as long as the flood lasts. The
+/// upstream writes from a thread of its own, so the proxy's socket never runs dry.
+#[tokio::test]
+async fn a_flood_of_interim_responses_ends_at_the_response_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut head = [0u8; 4096];
+        let _ = stream.read(&mut head);
+        let flood = b"HTTP/1.1 102 Processing\r\n\r\n".repeat(40_000);
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(30) && stream.write_all(&flood).is_ok() {}
+    });
+    let config = simple_config(addr, NO_PROFILE)
+        .replace("response_timeout = \"10s\"", "response_timeout = \"300ms\"");
+    let proxy = spawn_proxy(&config).await;
+    let reply = tokio::time::timeout(LIMIT, get(&proxy.url("/slow")))
+        .await
+        .expect("answered long before the flood ends");
+    assert_eq!(reply.status, 504, "{reply:?}");
+    proxy.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pool staleness
 

@@ -147,6 +147,10 @@ fn poll_timeout(
     Poll::Ready(Err(SendError::Timeout))
 }
 
+/// Interim heads read in one poll before the exchange yields, so that an upstream flooding
+/// them still meets the response timeout, which is looked at only between polls.
+const INTERIM_PER_POLL: usize = 16;
+
 /// `answered`: any byte of a response (an interim one included) has arrived.
 fn poll_head(
     conn: &mut Conn,
@@ -155,6 +159,7 @@ fn poll_head(
     answered: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Head, SendError>> {
+    let mut interims = 0;
     loop {
         writer.drive(&mut conn.io, cx).map_err(SendError::Body)?;
         if !conn.buf.is_empty() {
@@ -162,6 +167,11 @@ fn poll_head(
                 if head.status.is_informational() {
                     let reason = head.reason.as_ref().map(|r| r.as_bytes());
                     interim.on_informational(head.status, reason, head.headers);
+                    interims += 1;
+                    if interims == INTERIM_PER_POLL {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                     continue;
                 }
                 return Poll::Ready(Ok(head));
