@@ -46,6 +46,15 @@ impl Cors {
         origin: Option<&HeaderValue>,
         own: Option<&HeaderName>,
     ) {
+        if !self.is_on() {
+            return;
+        }
+        // An answer that names the page depends on `Origin`: every answer says so, allowed or
+        // not, so that a cache never gives one page's answer to another (Fetch, "CORS
+        // protocol and HTTP caches").
+        if !self.any || self.credentials {
+            headers.append(VARY, HeaderValue::from_static("origin"));
+        }
         let Some(origin) = origin.filter(|origin| self.allows(origin)) else {
             return;
         };
@@ -55,9 +64,6 @@ impl Cors {
                 headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, any);
             } else {
                 headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-                // Caches must not give one page's answer to another (Fetch, "CORS protocol
-                // and HTTP caches").
-                headers.append(VARY, HeaderValue::from_static("origin"));
             }
             if self.credentials {
                 let yes = HeaderValue::from_static("true");
@@ -97,29 +103,63 @@ fn expose(headers: &mut HeaderMap, names: &[&HeaderName], own: Option<&HeaderNam
     }
 }
 
-/// Checks an entry of `[cors] allow_origins`; returns it lowercase. An origin is a scheme,
-/// `://` and a host with an optional port, exactly as a browser sends it in `Origin`.
+/// Checks an entry of `[cors] allow_origins`; returns it lowercase. An origin is written
+/// exactly as a browser sends it in `Origin` (the HTML standard's serialization): `http` or
+/// `https`, `://`, an ASCII host (an internationalized name in its `xn--` form, an IPv6
+/// address in brackets) and a port only when it is not the scheme's default, in plain digits.
+/// Anything else could never equal what a browser sends, and would silently allow nothing.
 pub fn parse_origin(text: &str) -> Result<String, String> {
-    let fix = |hint: &str| Err(format!("`{text}` is not an origin: {hint}"));
+    let fail = |hint: &str| Err(format!("`{text}` is not an origin: {hint}"));
     let Some((scheme, rest)) = text.split_once("://") else {
-        return fix("write it as a browser sends it, like \"https://app.example.com\"");
+        return fail("write it as a browser sends it, like \"https://app.example.com\"");
     };
-    if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") {
-        return fix("its scheme must be http or https");
-    }
-    if rest.is_empty() {
-        return fix("it has no host");
-    }
-    if rest.contains(['/', '?', '#']) {
-        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        return fix(&format!(
-            "an origin has no path; write \"{scheme}://{host}\""
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return fail("its scheme must be http or https"),
+    };
+    if let Some(at) = rest.find(['/', '?', '#']) {
+        return fail(&format!(
+            "an origin has no path; write \"{scheme}://{}\"",
+            &rest[..at]
         ));
     }
-    if rest.contains(['*', '@', ' ', ',']) || HeaderValue::from_str(text).is_err() {
-        return fix("its host holds a character no origin has (use \"*\" alone for any page)");
+    let (host, port) = split_port(rest);
+    if host.is_empty() {
+        return fail("it has no host");
+    }
+    if !host.is_ascii() {
+        return fail("browsers send a non-ASCII host in its xn-- form (punycode)");
+    }
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.');
+    if !bracketed && !host.chars().all(plain) {
+        return fail("its host holds a character no origin has (use \"*\" alone for any page)");
+    }
+    if let Some(port) = port {
+        let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+        if !digits || port.starts_with('0') || port.parse::<u16>().is_err() {
+            return fail("its port must be a number from 1 to 65535, without leading zeros");
+        }
+        if port == default_port {
+            return fail(&format!(
+                "browsers leave out the default port; write \"{scheme}://{host}\""
+            ));
+        }
     }
     Ok(text.to_ascii_lowercase())
+}
+
+/// `host[:port]` split at the port's colon (an IPv6 host keeps the colons in its brackets).
+fn split_port(authority: &str) -> (&str, Option<&str>) {
+    let after_host = authority.rfind(']').map_or(0, |end| end + 1);
+    match authority[after_host..].find(':') {
+        Some(at) => (
+            &authority[..after_host + at],
+            Some(&authority[after_host + at + 1..]),
+        ),
+        None => (authority, None),
+    }
 }
 
 #[cfg(test)]
@@ -169,13 +209,17 @@ mod tests {
     }
 
     #[test]
-    fn other_pages_and_requests_without_origin_get_nothing() {
+    fn other_pages_and_requests_without_origin_get_only_vary() {
         let cors = listed(&["https://app.example.com"], false);
         for asked in [Some(origin("https://evil.example")), None] {
             let mut headers = HeaderMap::new();
             cors.own_answer(&mut headers, asked.as_ref(), None);
-            assert!(headers.is_empty(), "{asked:?}: {headers:?}");
+            assert_eq!(get(&headers, "vary"), ["origin"], "{asked:?}");
+            assert_eq!(headers.len(), 1, "{asked:?}: {headers:?}");
         }
+        let mut headers = HeaderMap::new();
+        Cors::default().own_answer(&mut headers, Some(&origin("https://app.example.com")), None);
+        assert!(headers.is_empty(), "without [cors]: {headers:?}");
     }
 
     #[test]
@@ -228,14 +272,21 @@ mod tests {
 
     #[test]
     fn origins_are_checked_as_browsers_send_them() {
-        assert_eq!(
-            parse_origin("https://App.Example.com:8443").as_deref(),
-            Ok("https://app.example.com:8443")
-        );
-        assert_eq!(
-            parse_origin("http://localhost:3000").as_deref(),
-            Ok("http://localhost:3000")
-        );
+        let accepted = [
+            (
+                "https://App.Example.com:8443",
+                "https://app.example.com:8443",
+            ),
+            ("http://localhost:3000", "http://localhost:3000"),
+            ("http://[::1]:8080", "http://[::1]:8080"),
+            (
+                "https://xn--bcher-kva.example",
+                "https://xn--bcher-kva.example",
+            ),
+        ];
+        for (text, want) in accepted {
+            assert_eq!(parse_origin(text).as_deref(), Ok(want), "{text}");
+        }
         let refused = [
             ("app.example.com", "like \"https://app.example.com\""),
             (
@@ -246,6 +297,14 @@ mod tests {
             ("ftp://files.example.com", "http or https"),
             ("https://", "no host"),
             ("https://*.example.com", "use \"*\" alone"),
+            ("http://x:80", "write \"http://x\""),
+            ("https://x:443", "leave out the default port"),
+            ("http://x:", "from 1 to 65535"),
+            ("http://x:0", "from 1 to 65535"),
+            ("http://x:99999", "from 1 to 65535"),
+            ("http://x:0080", "without leading zeros"),
+            ("https://b\u{fc}cher.example", "xn--"),
+            ("https://user@x", "no origin has"),
         ];
         for (text, hint) in refused {
             let err = parse_origin(text).expect_err(text);

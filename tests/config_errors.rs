@@ -572,10 +572,20 @@ fn cors_origins_must_be_origins_and_credentials_need_named_ones() {
         "expected `allow_origins`",
     );
 
+    let text = format!("{VALID}\n[cors]\nallow_origins = [\"https://App.example.com\", \"*\"]\n");
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "allow_origins",
+        "cors.allow_origins",
+        "list it alone",
+    );
+
     let text = format!(
-        "{VALID}\n[cors]\nallow_origins = [\"https://App.example.com\", \"*\"]\nallow_credentials = false\n"
+        "{VALID}\n[cors]\nallow_origins = [\"https://App.example.com\"]\nallow_credentials = true\n"
     );
     let cors = parse(&text).expect("valid").cors;
     assert_eq!(cors.origins, ["https://app.example.com"]);
-    assert!(cors.any && !cors.credentials);
+    assert!(!cors.any && cors.credentials);
 }

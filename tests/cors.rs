@@ -55,7 +55,8 @@ fn assert_readable_by(reply: &Reply, origin: &str) {
 }
 
 /// A page the config allows can read a 500 for a dead upstream, a check's 403 and a 404 for
-/// a path no route serves; another page, or a request without `Origin`, gets no CORS field.
+/// a path no route serves; another page, or a request without `Origin`, gets no CORS field
+/// but `Vary: Origin`.
 #[tokio::test]
 async fn an_allowed_page_can_read_the_proxys_own_answers() {
     let mut config = simple_config(dead_address().await, r#"path_prefix = "/api""#);
@@ -82,6 +83,8 @@ async fn an_allowed_page_can_read_the_proxys_own_answers() {
             .filter(|name| name.as_str().starts_with("access-control-"))
             .collect();
         assert!(cors.is_empty(), "{origin:?}: {reply:?}");
+        // The answer depends on `Origin` all the same: a cache must not reuse it for the app.
+        assert_eq!(reply.header("vary"), Some("origin"), "{origin:?}: {reply:?}");
     }
     proxy.stop().await;
 }

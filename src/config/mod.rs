@@ -230,6 +230,12 @@ fn compile_cors(raw: &raw::RawCors, at: &Locator) -> Result<Cors, ConfigError> {
             cors.any = true;
             continue;
         }
+        if raw.allow_origins.iter().any(|o| o.get_ref() == "*") {
+            return Err(at.at(
+                origin.span(),
+                "\"*\" already allows every page: list it alone, or name the pages without it",
+            ));
+        }
         let parsed =
             crate::cors::parse_origin(origin.get_ref()).map_err(|why| at.at(origin.span(), why))?;
         cors.origins.push(parsed);
