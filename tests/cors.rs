@@ -84,7 +84,11 @@ async fn an_allowed_page_can_read_the_proxys_own_answers() {
             .collect();
         assert!(cors.is_empty(), "{origin:?}: {reply:?}");
         // The answer depends on `Origin` all the same: a cache must not reuse it for the app.
-        assert_eq!(reply.header("vary"), Some("origin"), "{origin:?}: {reply:?}");
+        assert_eq!(
+            reply.header("vary"),
+            Some("origin"),
+            "{origin:?}: {reply:?}"
+        );
     }
     proxy.stop().await;
 }

@@ -96,30 +96,40 @@ where
     let mut first = true;
     loop {
         let idle = wire.buf.is_empty();
-        let read = tokio::select! {
-            biased;
-            read = poll_fn(|cx| wire.poll_head(cx, max_head, first)) => read,
-            _ = stop.wait_for(|stopping| *stopping), if idle => return Ended::Closed,
+        // In a block of its own, as is the version below: a local that was read, or borrowed,
+        // keeps its room in the connection's state for as long as it is in scope, here across
+        // the whole exchange.
+        let head = {
+            let read = tokio::select! {
+                biased;
+                read = poll_fn(|cx| wire.poll_head(cx, max_head, first)) => read,
+                _ = stop.wait_for(|stopping| *stopping), if idle => return Ended::Closed,
+            };
+            match read {
+                Ok(Read::Head(head)) => head,
+                Ok(Read::Http2) => {
+                    let read = wire.buf.split().freeze();
+                    return Ended::Http2 { io: wire.io, read };
+                }
+                Ok(Read::Refused(err)) => {
+                    tracing::debug!(?err, "refused a request head");
+                    let _ = wire.io.write_all(&response::refusal(err.status())).await;
+                    // Boxed, like the close after a response: an idle connection's state
+                    // would carry the linger's timers.
+                    Box::pin(wire.close()).await;
+                    return Ended::Closed;
+                }
+                Ok(Read::Eof) | Err(_) => return Ended::Closed,
+            }
         };
         first = false;
-        let head = match read {
-            Ok(Read::Head(head)) => head,
-            Ok(Read::Http2) => {
-                let read = wire.buf.split().freeze();
-                return Ended::Http2 { io: wire.io, read };
-            }
-            Ok(Read::Refused(err)) => {
-                tracing::debug!(?err, "refused a request head");
-                let _ = wire.io.write_all(&response::refusal(err.status())).await;
-                wire.close().await;
-                return Ended::Closed;
-            }
-            Ok(Read::Eof) | Err(_) => return Ended::Closed,
-        };
         // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client. Made on the first request, so that a
         // connection that never sends one holds none.
-        let relay = (head.version == Version::HTTP_11)
-            .then(|| relay.get_or_insert_with(Arc::default).clone());
+        let http11 = {
+            let version = head.version;
+            version == Version::HTTP_11
+        };
+        let relay = http11.then(|| relay.get_or_insert_with(Arc::default).clone());
         // Boxed: an idle connection does not hold room for a request's state.
         match Box::pin(exchange(&mut wire, head, &mut handler, &stop, relay)).await {
             Next::Request => {}
@@ -182,8 +192,25 @@ where
     *request.headers_mut() = head.headers;
     let mut answer = handler(request, relay.clone());
     async move {
+        // The final response, held (rarely) while interim heads still go out ahead of it.
+        let mut held: Option<Box<Response<B>>> = None;
+        let mut failed = false;
         let response = poll_fn(|cx| loop {
-            if let Poll::Ready(response) = Pin::new(&mut answer).poll(cx) {
+            let ready = match held.take() {
+                Some(response) => Poll::Ready(*response),
+                None => Pin::new(&mut answer).poll(cx),
+            };
+            if let Poll::Ready(response) = ready {
+                // What the upstream sent before its final response goes out before it.
+                if relay.as_ref().is_some_and(|relay| relay.is_pending()) {
+                    match poll_interim_before_final(relay.as_deref(), &mut pump, wire, cx) {
+                        Poll::Pending => {
+                            held = Some(Box::new(response));
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(written) => failed = written.is_err(),
+                    }
+                }
                 return Poll::Ready(response);
             }
             if let Some(relay) = relay.as_ref().filter(|relay| relay.is_pending()) {
@@ -201,19 +228,10 @@ where
         })
         .await;
         drop(answer);
+        if failed {
+            return Next::Abort;
+        }
         if let Some(relay) = &relay {
-            if relay.is_pending() {
-                // What the upstream sent before its final response goes out before it.
-                let written = poll_fn(|cx| {
-                    if let Some(pump) = pump.as_mut() {
-                        ready!(pump.poll_before_final(wire, cx))?;
-                    }
-                    relay.poll_write(&mut wire.io, true, cx)
-                });
-                if written.await.is_err() {
-                    return Next::Abort;
-                }
-            }
             relay.finish();
         }
         let asked = Asked {
@@ -240,6 +258,26 @@ where
         Box::pin(wire.close()).await;
         Next::Close
     }
+}
+
+/// Writes the interim heads still queued for the request (after a `100 Continue` already
+/// begun), so that they precede its final response.
+fn poll_interim_before_final<I>(
+    relay: Option<&Relay>,
+    pump: &mut Option<Pump>,
+    wire: &mut Wire<I>,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<()>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(relay) = relay else {
+        return Poll::Ready(Ok(()));
+    };
+    if let Some(pump) = pump.as_mut() {
+        ready!(pump.poll_before_final(wire, cx))?;
+    }
+    relay.poll_write(&mut wire.io, true, cx)
 }
 
 // Moved once per request; boxing the head would cost an allocation each time.
