@@ -5,7 +5,7 @@ use crate::body::{BodyTimeout, BodyTooLarge, ForwardBody, Source};
 use crate::client::{
     self, ConnectError, Connector, Outgoing, Pool, SendError, Unsent, UpstreamBody,
 };
-use crate::config::{ExpectMode, HostMode, UpstreamConfig};
+use crate::config::{ExpectMode, HostMode, Target, UpstreamConfig};
 use crate::expect::{BodyWithheld, Hold, Interim};
 use crate::headers::Added;
 use crate::respond::ProxyError;
@@ -42,6 +42,19 @@ pub struct OutboundRequest {
     pub added: Added,
     /// Interim responses of this request; a held body waits on it.
     pub interim: Arc<Interim>,
+}
+
+impl OutboundRequest {
+    /// The head as it goes to `target`.
+    fn outgoing<'a>(&'a self, target: &'a Target) -> Outgoing<'a> {
+        Outgoing {
+            method: &self.method,
+            path: &self.path_and_query,
+            headers: &self.headers,
+            added: &self.added,
+            host: &target.host_header,
+        }
+    }
 }
 
 impl Upstream {
@@ -178,13 +191,7 @@ impl Upstream {
                     },
                 };
                 self.answer_expect_locally(index, outbound);
-                let request = Outgoing {
-                    method: &outbound.method,
-                    path: &outbound.path_and_query,
-                    headers: &outbound.headers,
-                    added: &outbound.added,
-                    host: &target.host_header,
-                };
+                let request = outbound.outgoing(target);
                 let interim = &outbound.interim;
                 return match client::send(conn, &request, body, interim, pool, timeout).await {
                     Ok(response) => Ok((index, response)),
@@ -240,13 +247,7 @@ impl Upstream {
                 .await
                 .map_err(connect_error)?,
         };
-        let request = Outgoing {
-            method: &outbound.method,
-            path: &outbound.path_and_query,
-            headers: &outbound.headers,
-            added: &outbound.added,
-            host: &target.host_header,
-        };
+        let request = outbound.outgoing(target);
         let timeout = self.config.response_timeout;
         client::send(conn, &request, body, &outbound.interim, pool, timeout)
             .await

@@ -542,45 +542,37 @@ fn a_uri_limit_beyond_what_a_uri_holds_is_refused() {
 
 #[test]
 fn cors_origins_must_be_origins_and_credentials_need_named_ones() {
-    let text = format!("{VALID}\n[cors]\nallow_origins = [\"https://app.example.com/\"]\n");
-    let err = error(&text);
-    assert_error(
-        &err,
-        &text,
-        "allow_origins",
-        "cors.allow_origins",
-        "an origin has no path; write \"https://app.example.com\"",
-    );
-
-    let text = format!("{VALID}\n[cors]\nallow_origins = [\"*\"]\nallow_credentials = true\n");
-    let err = error(&text);
-    assert_error(
-        &err,
-        &text,
-        "allow_credentials",
-        "cors.allow_credentials",
-        "needs the pages named in allow_origins",
-    );
-
-    let text = format!("{VALID}\n[cors]\nallow_origin = [\"*\"]\n");
-    let err = error(&text);
-    assert_error(
-        &err,
-        &text,
-        "allow_origin =",
-        "cors.allow_origin",
-        "expected `allow_origins`",
-    );
-
-    let text = format!("{VALID}\n[cors]\nallow_origins = [\"https://App.example.com\", \"*\"]\n");
-    let err = error(&text);
-    assert_error(
-        &err,
-        &text,
-        "allow_origins",
-        "cors.allow_origins",
-        "list it alone",
-    );
+    // (the [cors] table, the line the error points at, its key, what it says)
+    let cases = [
+        (
+            "allow_origins = [\"https://app.example.com/\"]",
+            "allow_origins",
+            "cors.allow_origins",
+            "an origin has no path; write \"https://app.example.com\"",
+        ),
+        (
+            "allow_origins = [\"*\"]\nallow_credentials = true",
+            "allow_credentials",
+            "cors.allow_credentials",
+            "needs the pages named in allow_origins",
+        ),
+        (
+            "allow_origin = [\"*\"]",
+            "allow_origin =",
+            "cors.allow_origin",
+            "expected `allow_origins`",
+        ),
+        (
+            "allow_origins = [\"https://App.example.com\", \"*\"]",
+            "allow_origins",
+            "cors.allow_origins",
+            "list it alone",
+        ),
+    ];
+    for (table, needle, key, message) in cases {
+        let text = format!("{VALID}\n[cors]\n{table}\n");
+        assert_error(&error(&text), &text, needle, key, message);
+    }
 
     let text = format!(
         "{VALID}\n[cors]\nallow_origins = [\"https://App.example.com\"]\nallow_credentials = true\n"
