@@ -331,6 +331,24 @@ path_prefix = "/api"
     assert!(upstream.requests().is_empty());
 }
 
+/// POSTs `{"n":1}` to `/items/1` with `Expect: 100-continue` through a proxy whose
+/// `expect_timeout` is 200 ms, checks the client's `100` and its 201, and returns the records.
+async fn upload_after_the_timeout(upstream: SocketAddr) -> Vec<serde_json::Value> {
+    let config = config_with(upstream, r#"expect_timeout = "200ms""#, "", "");
+    let proxy = spawn_proxy(&config).await;
+    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+    client
+        .write_all(upload_head("/items/1", 7, "").as_bytes())
+        .await
+        .expect("head");
+    let interim = read_until(&mut client, "\r\n\r\n").await;
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+    client.write_all(br#"{"n":1}"#).await.expect("body");
+    let response = read_response(&mut client).await;
+    assert!(response.starts_with("HTTP/1.1 201 "), "{response}");
+    proxy.records()
+}
+
 #[tokio::test]
 async fn upstream_ignoring_expect_gets_the_body_after_the_timeout() {
     // A legacy upstream that waits for the body without ever sending 100.
@@ -343,24 +361,7 @@ async fn upstream_ignoring_expect_gets_the_body_after_the_timeout() {
             .expect("answer");
     })
     .await;
-    let proxy = spawn_proxy(&config_with(
-        upstream,
-        r#"expect_timeout = "200ms""#,
-        "",
-        "",
-    ))
-    .await;
-    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
-    client
-        .write_all(upload_head("/items/1", 7, "").as_bytes())
-        .await
-        .expect("head");
-    let interim = read_until(&mut client, "\r\n\r\n").await;
-    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
-    client.write_all(br#"{"n":1}"#).await.expect("body");
-    let response = read_response(&mut client).await;
-    assert!(response.starts_with("HTTP/1.1 201 "), "{response}");
-    let records = proxy.records();
+    let records = upload_after_the_timeout(upstream).await;
     assert!(
         records
             .iter()
@@ -430,19 +431,7 @@ async fn a_100_after_the_body_still_records_the_expectation_ignored() {
         stream.write_all(late.as_bytes()).await.expect("answer");
     })
     .await;
-    let config = config_with(upstream, r#"expect_timeout = "200ms""#, "", "");
-    let proxy = spawn_proxy(&config).await;
-    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
-    client
-        .write_all(upload_head("/items/1", 7, "").as_bytes())
-        .await
-        .expect("head");
-    let interim = read_until(&mut client, "\r\n\r\n").await;
-    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
-    client.write_all(br#"{"n":1}"#).await.expect("body");
-    let response = read_response(&mut client).await;
-    assert!(response.starts_with("HTTP/1.1 201 "), "{response}");
-    let records = proxy.records();
+    let records = upload_after_the_timeout(upstream).await;
     assert!(
         records.iter().any(|r| r["kind"] == "expect_ignored"),
         "{records:?}"
