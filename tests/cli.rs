@@ -84,6 +84,31 @@ fn check_accepts_a_valid_config_and_summarizes_it() {
     }
 }
 
+/// `check` says which pages may read restatus's own answers, and which upstreams never reuse
+/// a connection after a body: both change what clients see.
+#[test]
+fn check_summarizes_cors_and_reuse_after_body() {
+    let text = VALID.replace(
+        "targets = [\"http://127.0.0.1:8081\"]",
+        "targets = [\"http://127.0.0.1:8081\"]\nreuse_after_body = false",
+    )
+        + "\n[cors]\nallow_origins = [\"https://app.example.com\"]\nallow_credentials = true\n";
+    assert!(text.contains("reuse_after_body = false"), "{text}");
+    let config = TempConfig::new("cors", &text);
+    let output = check(config.path());
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}{}", stderr(&output));
+    let wanted =
+        "cors: restatus's own answers readable by https://app.example.com, with credentials";
+    assert!(out.contains(wanted), "{out}");
+    assert!(out.contains(", no reuse after a body)"), "{out}");
+    let plain = stdout(&check(TempConfig::new("plain", VALID).path()));
+    assert!(
+        !plain.contains("cors:") && !plain.contains("no reuse"),
+        "{plain}"
+    );
+}
+
 #[test]
 fn check_refuses_an_invalid_config_naming_file_and_line() {
     let text = VALID.replace("upstream = \"inventory\"", "upstream = \"inventroy\"");

@@ -860,6 +860,22 @@ pub fn summary(config: &Config) -> String {
     if let Some(admin) = &config.admin {
         let _ = writeln!(out, "admin: {}", admin.listen);
     }
+    if config.cors.is_on() {
+        let mut pages = config.cors.origins.clone();
+        if config.cors.any {
+            pages.push("any page".to_string());
+        }
+        let credentials = if config.cors.credentials {
+            ", with credentials"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "cors: restatus's own answers readable by {}{credentials}",
+            pages.join(", ")
+        );
+    }
     let _ = writeln!(out, "upstreams:");
     for upstream in &config.upstreams {
         let targets: Vec<String> = upstream
@@ -869,11 +885,16 @@ pub fn summary(config: &Config) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "  {}: {} (connect {:?}, response {:?})",
+            "  {}: {} (connect {:?}, response {:?}{})",
             upstream.name,
             targets.join(", "),
             upstream.connect_timeout,
-            upstream.response_timeout
+            upstream.response_timeout,
+            if upstream.reuse_after_body {
+                ""
+            } else {
+                ", no reuse after a body"
+            }
         );
     }
     let _ = writeln!(out, "routes:");
