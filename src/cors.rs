@@ -83,19 +83,23 @@ pub fn expose_own_fields(headers: &mut HeaderMap, own: Option<&HeaderName>) {
 
 /// Appends to `Access-Control-Expose-Headers` the names of `names` and `own` it lacks.
 fn expose(headers: &mut HeaderMap, names: &[&HeaderName], own: Option<&HeaderName>) {
-    let listed: Vec<&[u8]> = crate::wire::tokens(headers, &ACCESS_CONTROL_EXPOSE_HEADERS).collect();
-    let missing = names
+    let listed = |name: &HeaderName| {
+        crate::wire::tokens(headers, &ACCESS_CONTROL_EXPOSE_HEADERS)
+            .any(|token| token.eq_ignore_ascii_case(name.as_ref()))
+    };
+    let mut value = String::new();
+    for name in names
         .iter()
         .copied()
         .chain(own)
-        .filter(|name| !listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_ref())));
-    let mut value = String::new();
-    for name in missing {
+        .filter(|name| !listed(name))
+    {
         if !value.is_empty() {
             value.push_str(", ");
         }
         value.push_str(name.as_str());
     }
+    // Names are tokens, so the value is always valid; an empty one says nothing.
     if let Ok(value) = HeaderValue::from_str(&value) {
         if !value.is_empty() {
             headers.append(ACCESS_CONTROL_EXPOSE_HEADERS, value);

@@ -80,12 +80,12 @@ impl Upstream {
             http10: config
                 .targets
                 .iter()
-                .map(|_| AtomicBool::new(false))
+                .map(|_| AtomicBool::default())
                 .collect(),
             refuses_expect: config
                 .targets
                 .iter()
-                .map(|_| AtomicBool::new(false))
+                .map(|_| AtomicBool::default())
                 .collect(),
             config,
             connector,

@@ -122,12 +122,15 @@ impl UpstreamBody {
             pool,
             ..
         } = *live;
+        if !keep_alive || !writer.finished() {
+            return;
+        }
         // Bytes past the end of the body are not a response anyone asked for.
-        if keep_alive && writer.finished() && !conn.buf.is_empty() {
-            pool.unasked(writer.carries_body());
-        } else if keep_alive && writer.finished() {
+        if conn.buf.is_empty() {
             conn.carried_body = writer.carries_body();
             pool.put(conn);
+        } else {
+            pool.unasked(writer.carries_body());
         }
     }
 }

@@ -224,18 +224,19 @@ fn compile(raw: RawConfig, at: &Locator) -> Result<Config, ConfigError> {
 
 /// `[cors]`: each origin as a browser sends it, or `"*"`; credentials only for origins named.
 fn compile_cors(raw: &raw::RawCors, at: &Locator) -> Result<Cors, ConfigError> {
-    let mut cors = Cors::default();
-    for origin in &raw.allow_origins {
-        if origin.get_ref() == "*" {
-            cors.any = true;
-            continue;
-        }
-        if raw.allow_origins.iter().any(|o| o.get_ref() == "*") {
-            return Err(at.at(
-                origin.span(),
-                "\"*\" already allows every page: list it alone, or name the pages without it",
-            ));
-        }
+    let (any, named): (Vec<_>, Vec<_>) =
+        raw.allow_origins.iter().partition(|o| *o.get_ref() == "*");
+    let mut cors = Cors {
+        any: !any.is_empty(),
+        ..Cors::default()
+    };
+    if let Some(origin) = named.first().filter(|_| cors.any) {
+        return Err(at.at(
+            origin.span(),
+            "\"*\" already allows every page: list it alone, or name the pages without it",
+        ));
+    }
+    for origin in named {
         let parsed =
             crate::cors::parse_origin(origin.get_ref()).map_err(|why| at.at(origin.span(), why))?;
         cors.origins.push(parsed);
