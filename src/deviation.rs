@@ -83,6 +83,9 @@ pub enum Kind {
     /// The upstream answered `417 Expectation Failed` to `Expect: 100-continue`; the request
     /// was sent again without it (RFC 9110 §10.1.1).
     ExpectRefused,
+    /// The upstream's response head had field lines that are not valid HTTP; they were not
+    /// relayed (RFC 9110 §5.1, §5.5).
+    InvalidHeader,
 }
 
 impl Kind {
@@ -92,6 +95,7 @@ impl Kind {
             Kind::ExpectIgnored => "expect_ignored",
             Kind::Unsolicited100 => "unsolicited_100",
             Kind::ExpectRefused => "expect_refused",
+            Kind::InvalidHeader => "invalid_header",
         }
     }
 }
@@ -440,6 +444,7 @@ impl Counts {
             (None, Kind::ExpectIgnored) => "(expect_ignored)",
             (None, Kind::Unsolicited100) => "(unsolicited_100)",
             (None, Kind::ExpectRefused) => "(expect_refused)",
+            (None, Kind::InvalidHeader) => "(invalid_header)",
         };
         bump(&mut self.by_rule, &labels.route, rule, count);
         if labels.kind != Kind::Status {

@@ -4,6 +4,7 @@ use crate::access::{AccessRecord, LoggedBody};
 use crate::admit;
 use crate::body::ClientBody;
 use crate::body::ResponseBody;
+use crate::client::DroppedLines;
 use crate::config::{Config, HostMode};
 use crate::deviation::{self, DeviationLog, Kind, Record};
 use crate::expect::{self, Held};
@@ -105,6 +106,8 @@ struct Exchange<'a> {
     close: bool,
     /// A 100-continue protocol deviation of the upstream, recorded beside any status deviation.
     protocol: Option<Kind>,
+    /// The upstream's response head had field lines that were not relayed.
+    invalid_header: bool,
     /// Why the proxy answered itself, for the access line.
     error: Option<String>,
     /// A HEAD sent upstream as GET for the route's body rules; the client gets no body.
@@ -139,6 +142,7 @@ pub fn handle(
             upstream_status: None,
             close: false,
             protocol: None,
+            invalid_header: false,
             error: None,
             head_as_get: false,
             asked: Asked::default(),
@@ -177,15 +181,12 @@ pub fn handle(
             );
             proxy.cors.own_answer(response.headers_mut(), origin, own);
         }
-        if let (Some(route), Some(kind)) = (exchange.route, exchange.protocol) {
-            protocol_record(
-                &proxy.deviations,
-                &exchange,
-                route,
-                kind,
-                made,
-                response.status(),
-            );
+        if let Some(route) = exchange.route {
+            let invalid = exchange.invalid_header.then_some(Kind::InvalidHeader);
+            for kind in [exchange.protocol, invalid].into_iter().flatten() {
+                let status = response.status();
+                protocol_record(&proxy.deviations, &exchange, route, kind, made, status);
+            }
         }
         if exchange.head_as_get {
             // RFC 9110 §9.3.2: the GET's status and fields, without its body.
@@ -279,8 +280,12 @@ fn forward<'a, 'e>(
             // The client was never asked for its body; it may still be sending some of it.
             exchange.close = true;
         }
-        let (parts, body) = result?.into_parts();
+        let (mut parts, body) = result?.into_parts();
         exchange.upstream_status = Some(parts.status);
+        if let Some(dropped) = parts.extensions.remove::<DroppedLines>() {
+            exchange.invalid_header = true;
+            dropped_lines_warning(exchange, route, &dropped);
+        }
         // Looked at only for the few statuses it can excuse, so other answers pay nothing.
         if route.contract && Asked::may_excuse(parts.status) {
             exchange.asked = Asked::of(&exchange.method, &outbound.headers);
@@ -291,6 +296,17 @@ fn forward<'a, 'e>(
         let own = proxy.original_status_header.as_ref();
         Ok(client_response(parts, body, &exchange.request_id, own))
     }
+}
+
+/// The record says that lines were dropped; the log says which, by number only, since a
+/// line may hold a secret.
+fn dropped_lines_warning(exchange: &Exchange, route: &Route, dropped: &DroppedLines) {
+    tracing::warn!(
+        request_id = exchange.request_id.to_str().unwrap_or("-"),
+        route = &*route.name,
+        upstream = route.upstream.name(),
+        "upstream response head has field lines that are not valid HTTP (lines {dropped}, the status line being 1); they were not relayed"
+    );
 }
 
 /// Routes the request and applies the header-level decisions: the route's checks and the

@@ -531,6 +531,49 @@ async fn folded_header_reaches_the_client_unfolded() {
     proxy.stop().await;
 }
 
+/// Field lines that are not valid HTTP (no colon, a space in the name) are not relayed, the
+/// valid ones around them are, and the service's owners get an `invalid_header` record.
+#[tokio::test]
+async fn invalid_header_lines_are_dropped_and_recorded() {
+    let upstream = serving(
+        b"HTTP/1.1 200 OK\r\nX-Before: 1\r\nnot a field\r\nBad Name: 2\r\nX-After: 3\r\n\
+          Content-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let proxy = proxy_for(&upstream).await;
+    let text = raw(
+        proxy.addr,
+        b"GET /things HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    let lower = text.to_ascii_lowercase();
+    assert!(
+        lower.contains("x-before: 1\r\n") && lower.contains("x-after: 3\r\n"),
+        "{text}"
+    );
+    assert!(
+        !lower.contains("not a field") && !lower.contains("bad name"),
+        "{text}"
+    );
+    let records = proxy.records();
+    let invalid: Vec<_> = records
+        .iter()
+        .filter(|r| r["kind"] == "invalid_header")
+        .collect();
+    assert_eq!(invalid.len(), 1, "{records:?}");
+    assert_eq!(invalid[0]["path"], "/things");
+    assert_eq!(invalid[0]["status"], 200);
+    // A well-formed head writes no record.
+    let upstream = serving(b"HTTP/1.1 200 OK\r\nX-Fine: 1\r\nContent-Length: 2\r\n\r\nok").await;
+    let clean = proxy_for(&upstream).await;
+    assert_eq!(get(&clean.url("/")).await.status, 200);
+    assert!(clean.records().is_empty(), "{:?}", clean.records());
+    clean.stop().await;
+    proxy.stop().await;
+}
+
 /// A status the proxy does not rewrite keeps the upstream's own reason phrase.
 #[tokio::test]
 async fn custom_reason_phrase_is_relayed() {

@@ -120,6 +120,9 @@ pub fn send<'a>(
         if let Some(reason) = head.reason {
             response.extensions_mut().insert(reason);
         }
+        if let Some(dropped) = head.dropped {
+            response.extensions_mut().insert(dropped);
+        }
         Ok(response)
     }
 }
@@ -199,6 +202,25 @@ pub struct Head {
     pub headers: HeaderMap,
     pub reason: Option<ReasonPhrase>,
     pub noted: Noted,
+    /// Field lines that are not relayed, because they are not valid HTTP.
+    pub dropped: Option<DroppedLines>,
+}
+
+/// The field lines of an upstream's response head that were not relayed: lines that are not
+/// `name: value` with a token name (RFC 9110 §5.1), or whose value holds control characters
+/// (§5.5). Left on the response as an extension, so that the proxy can record them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DroppedLines(pub Vec<usize>);
+
+impl std::fmt::Display for DroppedLines {
+    /// `"3, 5"`: the lines' numbers, the status line being line 1.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (at, line) in self.0.iter().enumerate() {
+            let comma = if at == 0 { "" } else { ", " };
+            write!(f, "{comma}{line}")?;
+        }
+        Ok(())
+    }
 }
 
 fn parser() -> httparse::ParserConfig {
@@ -270,6 +292,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
             fields.push((name, start, start + field.value.len()));
         }
     }
+    // A line per field, the status line and the blank one: more lines mean folded values or
+    // lines httparse skipped as invalid, told apart below.
+    let listed = parsed.headers.len();
+    let skipped = memchr::memchr_iter(b'\n', &buf[..len]).count() > listed + 2;
     let head = buf.split_to(len).freeze();
     let status = status_of(code)?;
     let reason = reason.and_then(|r| ReasonPhrase::try_from(r).ok());
@@ -277,10 +303,14 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
     // Date), so that the map is not grown and rehashed.
     let mut headers = HeaderMap::with_capacity(fields.len() + crate::http1::ADDED_FIELDS);
     let mut noted = Noted::default();
+    let mut suspect = skipped || fields.len() < listed;
     for (name, start, end) in fields {
-        if let Some(value) = header_value(&head, start, end) {
-            noted.note(&name, value.as_bytes());
-            headers.append(name, value);
+        match header_value(&head, start, end) {
+            Some(value) => {
+                noted.note(&name, value.as_bytes());
+                headers.append(name, value);
+            }
+            None => suspect = true,
         }
     }
     if noted.transfer_encoding && noted.content_length() {
@@ -296,7 +326,47 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
         headers,
         reason,
         noted,
+        // Rare, so worked out again from the head's bytes only when a line may be missing.
+        dropped: suspect.then(|| dropped_lines(&head)).flatten(),
     }))
+}
+
+/// The field lines of a whole response `head` that [`parse_head`] does not relay, if any.
+fn dropped_lines(head: &Bytes) -> Option<DroppedLines> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    parser().parse_response(&mut parsed, head).ok()?;
+    let base = head.as_ptr() as usize;
+    // Where each relayed field's value starts: a line holding none of them was dropped.
+    let kept: Vec<usize> = parsed
+        .headers
+        .iter()
+        .map(|field| {
+            let start = field.value.as_ptr() as usize - base;
+            (field, start)
+        })
+        .filter(|(field, start)| {
+            field_name(field.name.as_bytes()).is_ok()
+                && header_value(head, *start, start + field.value.len()).is_some()
+        })
+        .map(|(_, start)| start)
+        .collect();
+    let mut lines = Vec::new();
+    let mut at = memchr::memchr(b'\n', head).map_or(head.len(), |i| i + 1);
+    let mut number = 1;
+    while at < head.len() {
+        let end = memchr::memchr(b'\n', &head[at..]).map_or(head.len(), |i| at + i + 1);
+        number += 1;
+        let line = &head[at..end];
+        let blank = matches!(line, b"\r\n" | b"\n");
+        // An obs-fold continues the field above it (RFC 9112 §5.2).
+        let folded = matches!(line.first(), Some(b' ' | b'\t'));
+        if !blank && !folded && !kept.iter().any(|k| (at..end).contains(k)) {
+            lines.push(number);
+        }
+        at = end;
+    }
+    (!lines.is_empty()).then_some(DroppedLines(lines))
 }
 
 fn status_of(code: u16) -> Result<StatusCode, SendError> {
@@ -593,4 +663,38 @@ fn encode_head(request: &Outgoing<'_>, length: Option<Option<u64>>, body: Option
         out.extend_from_slice(body);
     }
     out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(head: &[u8]) -> Head {
+        let mut buf = BytesMut::from(head);
+        parse_head(&mut buf).expect("valid").expect("whole")
+    }
+
+    #[test]
+    fn invalid_field_lines_are_dropped_and_numbered() {
+        let head = parsed(
+            b"HTTP/1.1 200 OK\r\nA: 1\r\nno colon here\r\nB: 2\r\nBad Name: 3\r\n\
+              C: bell\x07\r\nD:\r\n\r\n",
+        );
+        let names: Vec<&str> = head.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["a", "b", "d"]);
+        assert_eq!(head.dropped, Some(DroppedLines(vec![3, 5, 6])));
+        assert_eq!(
+            head.dropped.map(|d| d.to_string()).as_deref(),
+            Some("3, 5, 6")
+        );
+    }
+
+    #[test]
+    fn folded_and_empty_values_are_not_dropped_lines() {
+        let head = parsed(b"HTTP/1.1 200 OK\r\nA: 1\r\n  more\r\n\tand more\r\nE:\r\nB: 2\n\n");
+        assert_eq!(head.headers.len(), 3);
+        assert_eq!(head.dropped, None);
+        let head = parsed(b"HTTP/1.1 200 OK\r\nA: 1\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(head.dropped, None);
+    }
 }

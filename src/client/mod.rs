@@ -9,7 +9,7 @@ mod io;
 
 pub use crate::wire::BodyError;
 pub use body::UpstreamBody;
-pub use exchange::{send, Outgoing, SendError, Unsent};
+pub use exchange::{send, DroppedLines, Outgoing, SendError, Unsent};
 
 use crate::config::Target;
 use bytes::BytesMut;
