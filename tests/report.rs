@@ -653,6 +653,64 @@ fn compare_tells_appeared_worse_improved_and_disappeared() {
     assert!(html.contains("<td class=\"improved\">improved</td><td>inventory</td><td>GET /items/{id}</td><td class=\"n\">3</td><td class=\"n\">1</td>"), "{html}");
 }
 
+/// A service that went from not answering (restatus's own 502, normalized to 500) to
+/// answering wrongly has as many records as before, but the comparison does not call it
+/// unchanged: the statuses restatus made and the service's are counted apart.
+#[test]
+fn compare_counts_statuses_restatus_made_apart_from_the_services() {
+    let made = |ts: &str| {
+        record(ts, "orders", "GET", "/orders/1", None, (502, 500))
+            .replace("\"source\":\"upstream\"", "\"source\":\"proxy\"")
+    };
+    let old = [made("2026-11-17T10:00:00Z"), made("2026-11-17T10:00:01Z")].concat();
+    let wrong = |ts: &str| {
+        record(
+            ts,
+            "orders",
+            "GET",
+            "/orders/1",
+            Some("missing"),
+            (200, 404),
+        )
+    };
+    let new = [wrong("2026-11-24T10:00:00Z"), wrong("2026-11-24T10:00:01Z")].concat();
+    assert!(old.contains("\"source\":\"proxy\""), "{old}");
+    let old = Temp::new("old-made.jsonl", old.as_bytes());
+    let new = Temp::new("new-wrong.jsonl", new.as_bytes());
+    let run = restatus_report(
+        &["--format", "json", "--compare", old.arg(), new.arg()],
+        b"",
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let comparison = &run.json()["comparison"];
+    assert_eq!(comparison["unchanged"], 0, "{comparison}");
+    let changes: Vec<(&str, &str, u64, u64)> = comparison["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap_or(""),
+                c["source"].as_str().unwrap_or(""),
+                c["before"].as_u64().unwrap_or(99),
+                c["after"].as_u64().unwrap_or(99),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("appeared", "upstream", 0, 2),
+            ("disappeared", "proxy", 2, 0)
+        ]
+    );
+    let table = restatus_report(&["--compare", old.arg(), new.arg()], b"").stdout;
+    assert!(
+        table.contains("GET /orders/{id} (statuses made by restatus)"),
+        "{table}"
+    );
+}
+
 #[test]
 fn split_compares_the_records_before_and_after_a_time() {
     let run = restatus_report(

@@ -39,12 +39,15 @@ impl Verdict {
     }
 }
 
-/// One endpoint whose record count changed.
+/// One endpoint whose record count changed: of the service's statuses, or of those restatus
+/// made itself (`by_proxy`), counted apart so that a service that went from not answering to
+/// answering wrongly does not read as unchanged.
 #[derive(Debug, Clone)]
 pub struct Change {
     pub route: String,
     pub method: String,
     pub template: String,
+    pub by_proxy: bool,
     pub before: u64,
     pub after: u64,
     pub verdict: Verdict,
@@ -52,7 +55,27 @@ pub struct Change {
 
 impl Change {
     pub fn name(&self) -> String {
-        format!("{} {}", self.method, self.template)
+        let by = if self.by_proxy {
+            " (statuses made by restatus)"
+        } else {
+            ""
+        };
+        format!("{} {}{by}", self.method, self.template)
+    }
+}
+
+/// (route, method, template, made by restatus) -> (records before, records after)
+type Counts<'a> = BTreeMap<(&'a str, &'a str, &'a str, bool), (u64, u64)>;
+
+/// Adds `window`'s records to `counts`, in the first slot of each pair or the second.
+fn count<'a>(counts: &mut Counts<'a>, window: &'a Window, after: bool) {
+    for e in window.endpoints() {
+        for g in &e.groups {
+            let slot = counts
+                .entry((&e.route, &e.method, &e.template, g.by_proxy))
+                .or_default();
+            *(if after { &mut slot.1 } else { &mut slot.0 }) += g.tally.count;
+        }
     }
 }
 
@@ -72,40 +95,35 @@ pub struct Comparison {
 
 impl Comparison {
     pub fn new(before: &Window, after: &Window, labels: (String, String)) -> Comparison {
-        // (route, method, template) -> (before, after)
-        let mut counts: BTreeMap<(&str, &str, &str), (u64, u64)> = BTreeMap::new();
-        for e in before.endpoints() {
-            counts
-                .entry((&e.route, &e.method, &e.template))
-                .or_default()
-                .0 += e.tally.count;
-        }
-        for e in after.endpoints() {
-            counts
-                .entry((&e.route, &e.method, &e.template))
-                .or_default()
-                .1 += e.tally.count;
-        }
-        let mut unchanged = 0;
+        let mut counts = Counts::new();
+        count(&mut counts, before, false);
+        count(&mut counts, after, true);
+        // Endpoints, and whether any of their counts changed.
+        let mut endpoints: BTreeMap<(&str, &str, &str), bool> = BTreeMap::new();
         let mut changes = Vec::new();
-        for ((route, method, template), (b, a)) in counts {
-            match Verdict::of(b, a) {
-                Some(verdict) => changes.push(Change {
+        for ((route, method, template, by_proxy), (b, a)) in counts {
+            let verdict = Verdict::of(b, a);
+            *endpoints.entry((route, method, template)).or_default() |= verdict.is_some();
+            if let Some(verdict) = verdict {
+                changes.push(Change {
                     route: route.to_string(),
                     method: method.to_string(),
                     template: template.to_string(),
+                    by_proxy,
                     before: b,
                     after: a,
                     verdict,
-                }),
-                None => unchanged += 1,
+                });
             }
         }
+        let unchanged = endpoints.values().filter(|changed| !**changed).count();
         changes.sort_by(|x, y| {
             x.verdict
                 .cmp(&y.verdict)
                 .then_with(|| y.before.abs_diff(y.after).cmp(&x.before.abs_diff(x.after)))
-                .then_with(|| (&x.route, &x.template).cmp(&(&y.route, &y.template)))
+                .then_with(|| {
+                    (&x.route, &x.template, x.by_proxy).cmp(&(&y.route, &y.template, y.by_proxy))
+                })
         });
         Comparison {
             before_label: labels.0,

@@ -67,6 +67,7 @@ fn comparison(comparison: &Comparison) -> Value {
                 "route": c.route,
                 "method": c.method,
                 "path": c.template,
+                "source": if c.by_proxy { "proxy" } else { "upstream" },
                 "before": c.before,
                 "after": c.after,
                 "change": c.verdict.as_str(),
