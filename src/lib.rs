@@ -20,6 +20,7 @@ pub mod http1;
 pub mod idle;
 pub mod live;
 pub mod logging;
+pub mod max_forwards;
 pub mod metrics;
 pub mod normalize;
 pub mod proxy;

@@ -10,6 +10,7 @@ use crate::deviation::{self, DeviationLog, Kind, Record};
 use crate::expect::{self, Held};
 use crate::headers::{self, RequestIds, X_REQUEST_ID};
 use crate::http1::Relay;
+use crate::max_forwards::{self, Hops};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::normalize::{self, Asked, InspectError, Outcome, RequestFacts, Settings};
 use crate::respond::{close_connection, Culprit, ProxyError};
@@ -374,6 +375,9 @@ fn admit<'a>(
         return Err(ProxyError::Refused(check.clone()));
     }
     check_declared_length(request, proxy.request_body_limit)?;
+    if max_forwards::hops(method, headers) == Hops::Last {
+        return Err(ProxyError::LastHop(max_forwards::echo(request)));
+    }
     Ok(route)
 }
 
@@ -424,6 +428,7 @@ fn outbound_request(
     if route.rules.needs_body() {
         headers::narrow_accept_encoding(&mut headers);
     }
+    max_forwards::forward(max_forwards::hops(&parts.method, &headers), &mut headers);
     let present = headers::strip_hop_by_hop(&mut headers);
     let hop = headers::ThisHop {
         client: conn.peer.ip(),

@@ -2,8 +2,10 @@
 
 use crate::body::ResponseBody;
 use crate::headers::{X_REQUEST_ID, X_RESTATUS_SOURCE};
+use crate::max_forwards;
 use crate::rules::check::Check;
 use crate::wire::BodyError;
+use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use std::sync::Arc;
@@ -46,6 +48,10 @@ pub enum ProxyError {
     UpstreamInvalid(&'static str),
     /// The TLS handshake with the upstream failed (its certificate did not verify, ...).
     UpstreamTls(String),
+    /// A TRACE or OPTIONS request with `Max-Forwards: 0`: restatus answers it as the final
+    /// recipient (RFC 9110 §7.6.2), with a TRACE's echo. Not a failure, but answered the same
+    /// way: by restatus, without the upstream.
+    LastHop(Option<Bytes>),
 }
 
 /// Which side a failure came from, for logs and metrics.
@@ -68,6 +74,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::LastHop(_) => StatusCode::OK,
             ProxyError::Refused(check) => check.then.status,
             ProxyError::InvalidJson(_) => StatusCode::BAD_REQUEST,
             // RFC 9110 §15.5.16: 415 for a content coding the server does not accept.
@@ -97,7 +104,8 @@ impl ProxyError {
             | ProxyError::BadRequest(_)
             | ProxyError::BodyTimeout
             | ProxyError::UriTooLong
-            | ProxyError::HeadersTooLarge => Culprit::Client,
+            | ProxyError::HeadersTooLarge
+            | ProxyError::LastHop(_) => Culprit::Client,
             _ => Culprit::Upstream,
         }
     }
@@ -120,6 +128,7 @@ impl ProxyError {
             ProxyError::UpstreamReset => "reset",
             ProxyError::UpstreamInvalid(_) => "invalid_response",
             ProxyError::UpstreamTls(_) => "tls",
+            ProxyError::LastHop(_) => "max_forwards",
         }
     }
 
@@ -153,12 +162,20 @@ impl ProxyError {
                 format!("upstream sent an invalid response: {why}")
             }
             ProxyError::UpstreamTls(why) => format!("TLS with the upstream failed: {why}"),
+            ProxyError::LastHop(_) => {
+                "Max-Forwards is 0: answered by restatus, not forwarded (RFC 9110 §7.6.2)".into()
+            }
         }
     }
 
     pub fn response(&self, request_id: &HeaderValue) -> Response<ResponseBody> {
         match self {
             ProxyError::Refused(check) => check_response(check, request_id),
+            ProxyError::LastHop(echo) => {
+                let mut response = proxy_response(StatusCode::OK, "", request_id);
+                max_forwards::answer(echo.as_ref(), &mut response);
+                response
+            }
             _ => proxy_response(self.status(), &self.message(), request_id),
         }
     }

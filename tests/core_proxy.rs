@@ -521,6 +521,53 @@ async fn request_id_is_made_when_the_client_sends_none() {
     proxy.stop().await;
 }
 
+/// RFC 9110 §7.6.2: a TRACE or OPTIONS with `Max-Forwards: 0` is answered by the proxy as the
+/// final recipient (a TRACE with its request echoed, credentials left out); a larger value is
+/// forwarded less one; other methods pass the field through untouched.
+#[tokio::test]
+async fn max_forwards_is_counted_down_and_zero_is_answered_here() {
+    let upstream = fixed_upstream(200, r#"{"ok":true}"#).await;
+    let proxy = spawn_proxy(&simple_config(upstream.addr, "")).await;
+    let url = proxy.url("/items?x=1");
+    let options = send("OPTIONS", &url, &[("max-forwards", "0")], "").await;
+    assert_eq!(options.status, 200);
+    assert_eq!(options.header("x-restatus-source"), Some("proxy"));
+    assert_eq!(options.header("content-length"), Some("0"));
+    assert!(options.body.is_empty(), "{}", options.text());
+    let secret = [("max-forwards", "0"), ("authorization", "Bearer s3cret")];
+    let trace = send("TRACE", &url, &secret, "").await;
+    assert_eq!(trace.status, 200);
+    assert_eq!(trace.header("content-type"), Some("message/http"));
+    let echo = trace.text();
+    assert!(echo.starts_with("TRACE /items?x=1 HTTP/1.1\r\n"), "{echo}");
+    assert!(echo.contains("max-forwards: 0\r\n"), "{echo}");
+    assert!(!echo.contains("s3cret"), "{echo}");
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+
+    let forwarded = send("OPTIONS", &url, &[("max-forwards", "3")], "").await;
+    assert_eq!(forwarded.status, 200);
+    let get = send("GET", &url, &[("max-forwards", "0")], "").await;
+    assert_eq!(get.status, 200);
+    let seen: Vec<(String, Option<String>)> = upstream
+        .requests()
+        .iter()
+        .map(|r| {
+            let hops = r.headers.get("max-forwards");
+            (
+                r.method.to_string(),
+                hops.map(|v| v.to_str().unwrap_or("?").to_string()),
+            )
+        })
+        .collect();
+    let want = [("OPTIONS", Some("2")), ("GET", Some("0"))];
+    let want: Vec<_> = want
+        .iter()
+        .map(|(m, h)| (m.to_string(), h.map(str::to_string)))
+        .collect();
+    assert_eq!(seen, want);
+    proxy.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP/2 clients
 
