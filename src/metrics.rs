@@ -44,6 +44,13 @@ struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnsweredLabels {
+    route: String,
+    reason: String,
+    check: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
 }
@@ -64,6 +71,7 @@ pub struct Metrics {
     upstream_duration: HistogramFamily,
     deviations: Family<DeviationLabels, Counter>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    answered: Family<AnsweredLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     in_flight: Gauge,
     open_connections: Gauge,
@@ -87,6 +95,7 @@ impl Metrics {
             upstream_duration: Family::new_with_constructor(latency_histogram),
             deviations: Family::default(),
             upstream_errors: Family::default(),
+            answered: Family::default(),
             reloads: Family::default(),
             in_flight: Gauge::default(),
             open_connections: Gauge::default(),
@@ -134,6 +143,11 @@ impl Metrics {
             "upstream_errors",
             "Failed upstream requests by upstream and kind",
             self.upstream_errors.clone(),
+        );
+        registry.register(
+            "answered_by_proxy",
+            "Requests restatus answered itself without the upstream, by route, reason and check",
+            self.answered.clone(),
         );
         registry.register(
             "config_reloads",
@@ -214,6 +228,17 @@ impl Metrics {
             kind: kind.to_string(),
         };
         self.upstream_errors.get_or_create(&labels).inc();
+    }
+
+    /// A request restatus answered itself for the client's sake (no route, a check's refusal,
+    /// a limit, `Max-Forwards: 0`); `check` names the check that refused it.
+    pub fn answered(&self, route: &str, reason: &str, check: Option<&str>) {
+        let labels = AnsweredLabels {
+            route: route.to_string(),
+            reason: reason.to_string(),
+            check: check.unwrap_or("").to_string(),
+        };
+        self.answered.get_or_create(&labels).inc();
     }
 
     pub fn reload(&self, ok: bool) {

@@ -500,6 +500,11 @@ fn error_response(
             )
         }
         Culprit::Client => {
+            let check = match err {
+                ProxyError::Refused(check) => Some(&*check.name),
+                _ => None,
+            };
+            metrics.answered(route, err.kind(), check);
             tracing::debug!(
                 request_id,
                 route,

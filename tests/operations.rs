@@ -132,6 +132,39 @@ async fn upstream_errors_are_counted_by_kind() {
     );
 }
 
+/// A check's refusal writes no deviation record (403 is documented), so the metrics count
+/// what restatus answered itself, per check.
+#[tokio::test]
+async fn requests_restatus_answered_itself_are_counted_by_reason_and_check() {
+    let upstream = fixed_upstream(200, r#"{"ok":true}"#).await;
+    let check = r#"
+[[checks]]
+name = "token-required"
+when = { path = "/private/**", request_header = { "x-token" = { present = false } } }
+then = { status = 403 }
+"#;
+    let proxy = spawn_proxy(&with_admin(upstream.addr, check)).await;
+    for _ in 0..2 {
+        assert_eq!(get(&proxy.url("/private/a")).await.status, 403);
+    }
+    let hops = [("max-forwards", "0")];
+    assert_eq!(
+        send("OPTIONS", &proxy.url("/a"), &hops, "").await.status,
+        200
+    );
+    assert_eq!(get(&proxy.url("/open")).await.status, 200);
+    let metrics = get(&admin_url(&proxy, "/metrics")).await.text();
+    let series = |reason: &str, check: &str| {
+        let line = format!(
+            r#"restatus_answered_by_proxy_total{{route="main",reason="{reason}",check="{check}"}}"#
+        );
+        sample(&metrics, &line)
+    };
+    assert_eq!(series("check", "token-required"), Some(2.0), "{metrics}");
+    assert_eq!(series("max_forwards", ""), Some(1.0), "{metrics}");
+    assert_eq!(upstream.requests().len(), 1);
+}
+
 /// A TCP upstream that reads the request head, then behaves as `after_head` says.
 async fn raw_upstream(after_head: &'static [u8], close: bool) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
