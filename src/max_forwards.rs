@@ -19,11 +19,18 @@ pub enum Hops {
     Forward(u64),
 }
 
-/// Reads `Max-Forwards` for `method`. Only the cheap method test runs on other requests.
+/// Reads `Max-Forwards` for `method`. Inlined, so that other requests pay only the method
+/// test.
+#[inline(always)]
 pub fn hops(method: &Method, headers: &HeaderMap) -> Hops {
     if *method != Method::OPTIONS && *method != Method::TRACE {
         return Hops::Untouched;
     }
+    counted(headers)
+}
+
+#[cold]
+fn counted(headers: &HeaderMap) -> Hops {
     let mut values = headers.get_all(MAX_FORWARDS).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         return Hops::Untouched;

@@ -223,15 +223,30 @@ impl std::fmt::Display for DroppedLines {
     }
 }
 
-fn parser() -> httparse::ParserConfig {
-    // The leniencies a legacy service needs, as hyper's client allows them; folded lines are
-    // unfolded below (RFC 9112 §5.2).
+/// The leniencies a legacy service needs, as hyper's client allows them; folded lines are
+/// unfolded below (RFC 9112 §5.2). `skip_invalid`: lines that are not valid fields are
+/// skipped instead of failing the head.
+fn parser(skip_invalid: bool) -> httparse::ParserConfig {
     let mut config = httparse::ParserConfig::default();
     config
         .allow_obsolete_multiline_headers_in_responses(true)
         .allow_spaces_after_header_name_in_responses(true)
-        .ignore_invalid_headers_in_responses(true);
+        .ignore_invalid_headers_in_responses(skip_invalid);
     config
+}
+
+type Slots<'b> = [MaybeUninit<httparse::Header<'b>>];
+
+/// Parses a response head into `slots`; `skip_invalid` as for [`parser`].
+fn parse_into<'h, 'b>(
+    buf: &'b [u8],
+    slots: &'h mut Slots<'b>,
+    skip_invalid: bool,
+) -> Result<(httparse::Response<'h, 'b>, httparse::Status<usize>), httparse::Error> {
+    let mut parsed = httparse::Response::new(&mut []);
+    let status =
+        parser(skip_invalid).parse_response_with_uninit_headers(&mut parsed, buf, slots)?;
+    Ok((parsed, status))
 }
 
 /// The reason phrase of the status line at the start of `head`, as its bytes, if it has one:
@@ -248,17 +263,23 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
     // Left uninitialised: httparse writes the slots it uses, and filling 256 empty ones on
     // every response would cost more than the parse.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut []);
-    let len = match parser().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
+    // Strict first, so that a valid head (nearly all of them) is parsed once and needs no
+    // check for skipped lines; a head that fails is parsed again skipping invalid lines.
+    let (result, skipped) = match parse_into(buf, &mut slots, false) {
+        Err(httparse::Error::TooManyHeaders) => (Err(httparse::Error::TooManyHeaders), false),
+        Err(_) => (parse_into(buf, &mut slots, true), true),
+        ok => (ok, false),
+    };
+    let (parsed, len) = match result {
         // A head that arrived whole in one read is held to the same limit.
-        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+        Ok((_, httparse::Status::Complete(len))) if len > MAX_HEAD => {
             return Err(SendError::Invalid("response head over 256 KiB"))
         }
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+        Ok((parsed, httparse::Status::Complete(len))) => (parsed, len),
+        Ok((_, httparse::Status::Partial)) if buf.len() > MAX_HEAD => {
             return Err(SendError::Invalid("response head over 256 KiB"))
         }
-        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok((_, httparse::Status::Partial)) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
             return Err(SendError::Invalid("more than 256 header fields"))
         }
@@ -292,10 +313,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
             fields.push((name, start, start + field.value.len()));
         }
     }
-    // A line per field, the status line and the blank one: more lines mean folded values or
-    // lines httparse skipped as invalid, told apart below.
     let listed = parsed.headers.len();
-    let skipped = memchr::memchr_iter(b'\n', &buf[..len]).count() > listed + 2;
     let head = buf.split_to(len).freeze();
     let status = status_of(code)?;
     let reason = reason.and_then(|r| ReasonPhrase::try_from(r).ok());
@@ -335,7 +353,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
 fn dropped_lines(head: &Bytes) -> Option<DroppedLines> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut slots);
-    parser().parse_response(&mut parsed, head).ok()?;
+    parser(true).parse_response(&mut parsed, head).ok()?;
     let base = head.as_ptr() as usize;
     // Where each relayed field's value starts: a line holding none of them was dropped.
     let kept: Vec<usize> = parsed
@@ -383,6 +401,8 @@ fn status_of(code: u16) -> Result<StatusCode, SendError> {
 }
 
 /// A field value sharing the head's bytes; an obs-folded value is unfolded into spaces.
+/// Inlined: it runs for every field of every response.
+#[inline(always)]
 fn header_value(head: &Bytes, start: usize, end: usize) -> Option<HeaderValue> {
     let raw = &head[start..end];
     // A fold is CR LF then SP or HTAB; httparse allows no CR without its LF in a value.
