@@ -9,10 +9,13 @@ use crate::config::{ExpectMode, HostMode, Target, UpstreamConfig};
 use crate::expect::{BodyWithheld, Hold, Interim};
 use crate::headers::Added;
 use crate::respond::ProxyError;
+use bytes::BytesMut;
 use futures_util::FutureExt;
 use http::header::{EXPECT, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Response, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -165,7 +168,7 @@ impl Upstream {
             .interim
             .is_held()
             .then(|| Hold::new(outbound.interim.clone(), self.config.expect_timeout));
-        let body = ForwardBody::new(body).held(hold);
+        let mut body = ForwardBody::new(body).held(hold);
         let timeout = self.config.response_timeout;
         async move {
             let targets = &self.config.targets;
@@ -175,6 +178,11 @@ impl Upstream {
                 let target = &targets[index];
                 if self.config.host == HostMode::Target {
                     outbound.headers.insert(HOST, target.host_header.clone());
+                }
+                self.answer_expect_locally(index, outbound);
+                // Read before a connection is taken, so that no pooled one idles meanwhile.
+                if self.http10[index].load(Ordering::Relaxed) {
+                    body = Box::pin(with_length(body)).await?;
                 }
                 let pool = &self.pools[index];
                 let conn = match pool.take() {
@@ -190,7 +198,6 @@ impl Upstream {
                         Err(err) => return Err(connect_error(err)),
                     },
                 };
-                self.answer_expect_locally(index, outbound);
                 let request = outbound.outgoing(target);
                 let interim = &outbound.interim;
                 return match client::send(conn, &request, body, interim, pool, timeout).await {
@@ -269,6 +276,24 @@ impl Upstream {
             }
         }
     }
+}
+
+/// RFC 9112 §6.1: a request may not go chunked to a server not known to read HTTP/1.1; one
+/// that last answered HTTP/1.0 would read no body at all. A body of unknown length (chunked
+/// from the client, an HTTP/2 upload without `content-length`) is read whole, within
+/// `limits.request_body` and `server.body_timeout`, and sent with a `Content-Length`; its
+/// trailers, which HTTP/1.0 cannot carry, are dropped.
+async fn with_length(mut body: ForwardBody) -> Result<ForwardBody, ProxyError> {
+    if body.is_end_stream() || body.size_hint().exact().is_some() {
+        return Ok(body);
+    }
+    let mut data = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(chunk) = frame.map_err(|err| body_error(&*err))?.into_data() {
+            data.extend_from_slice(&chunk);
+        }
+    }
+    Ok(ForwardBody::new(Source::Full(Some(data.freeze()))))
 }
 
 /// A safe method (RFC 9110 §9.2.1) with no body: it may be sent again.

@@ -574,6 +574,30 @@ async fn invalid_header_lines_are_dropped_and_recorded() {
     proxy.stop().await;
 }
 
+/// RFC 9112 §6.1: once a target has answered HTTP/1.0, a body of unknown length (chunked
+/// from the client) goes to it whole with a `Content-Length`, not chunked, which an HTTP/1.0
+/// server would read as no body at all.
+#[tokio::test]
+async fn a_chunked_body_goes_with_a_length_to_a_target_that_speaks_http10() {
+    let upstream = serving(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = proxy_for(&upstream).await;
+    assert_eq!(get(&proxy.url("/learn")).await.status, 200);
+    let text = raw(
+        proxy.addr,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
+          Connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    let seen = upstream.all_bytes();
+    let post = &seen[seen.find("POST /upload").expect("the POST went upstream")..];
+    let lower = post.to_ascii_lowercase();
+    assert!(lower.contains("content-length: 11\r\n"), "{post}");
+    assert!(!lower.contains("transfer-encoding"), "{post}");
+    assert!(post.ends_with("\r\n\r\nhello world"), "{post}");
+    proxy.stop().await;
+}
+
 /// A status the proxy does not rewrite keeps the upstream's own reason phrase.
 #[tokio::test]
 async fn custom_reason_phrase_is_relayed() {
