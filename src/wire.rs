@@ -63,6 +63,11 @@ pub trait Fill {
     fn buffer(&mut self) -> &mut BytesMut;
     /// Reads more bytes into the buffer; `Ok(0)` is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>>;
+    /// A trailer section that is not valid fields is dropped whole instead of failing the
+    /// body (an upstream's, whose body before it is complete).
+    fn skips_invalid_trailers(&self) -> bool {
+        false
+    }
 }
 
 type Polled = Poll<Option<Result<Frame<Bytes>, BodyError>>>;
@@ -146,6 +151,7 @@ fn poll_chunked<F: Fill>(framing: &mut Framing, src: &mut F, cx: &mut Context<'_
 }
 
 fn poll_trailers<F: Fill>(framing: &mut Framing, src: &mut F, cx: &mut Context<'_>) -> Polled {
+    let skips = src.skips_invalid_trailers();
     let buf = src.buffer();
     if buf.len() >= 2 && buf.starts_with(b"\r\n") {
         buf.advance(2);
@@ -164,7 +170,29 @@ fn poll_trailers<F: Fill>(framing: &mut Framing, src: &mut F, cx: &mut Context<'
             ready!(fill(src, cx, false))?;
             Poll::Ready(None)
         }
+        Err(httparse::Error::TooManyHeaders) => Poll::Ready(Some(Err(BodyError::Invalid))),
+        Err(_) if skips => skip_trailers(framing, src, cx),
         _ => Poll::Ready(Some(Err(BodyError::Invalid))),
+    }
+}
+
+/// Drops a trailer section that is not valid fields. Trailers are optional metadata a
+/// recipient may discard (RFC 9110 §6.5.1), and the section still ends at its first empty
+/// line (RFC 9112 §7.1.2), so the body before it is relayed complete.
+fn skip_trailers<F: Fill>(framing: &mut Framing, src: &mut F, cx: &mut Context<'_>) -> Polled {
+    let buf = src.buffer();
+    match memchr::memmem::find(buf, b"\r\n\r\n") {
+        Some(at) => {
+            buf.advance(at + 4);
+            *framing = Framing::Done;
+            tracing::debug!("dropped an upstream trailer section that is not valid fields");
+            Poll::Ready(None)
+        }
+        None if buf.len() <= MAX_TRAILERS => {
+            ready!(fill(src, cx, false))?;
+            Poll::Ready(None)
+        }
+        None => Poll::Ready(Some(Err(BodyError::Invalid))),
     }
 }
 

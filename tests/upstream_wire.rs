@@ -574,6 +574,53 @@ async fn invalid_header_lines_are_dropped_and_recorded() {
     proxy.stop().await;
 }
 
+/// A dropped line that names `Content-Length` or `Transfer-Encoding` would leave the body's
+/// framing to a guess (RFC 9112 §6.3): the response is refused as invalid, at once.
+#[tokio::test]
+async fn an_invalid_framing_line_is_a_502_not_a_dropped_line() {
+    let heads: [&'static [u8]; 2] = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\x01\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\x01\r\n\r\nhello",
+    ];
+    for head in heads {
+        let upstream = serving(head).await;
+        let proxy = proxy_for(&upstream).await;
+        let reply = tokio::time::timeout(LIMIT, get(&proxy.url("/")))
+            .await
+            .expect("answered at once");
+        assert_eq!(reply.status, 502, "{}", reply.text());
+        assert!(
+            reply.text().contains("Content-Length or Transfer-Encoding"),
+            "{}",
+            reply.text()
+        );
+        proxy.stop().await;
+    }
+}
+
+/// A trailer section that is not valid fields is dropped; the body before it is complete and
+/// reaches the client whole, with its last chunk.
+#[tokio::test]
+async fn an_invalid_trailer_section_is_dropped_and_the_body_ends_normally() {
+    let upstream = serving(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n\
+          0\r\nBad Trailer\r\nX-Sum: 1\r\n\r\n",
+    )
+    .await;
+    let proxy = proxy_for(&upstream).await;
+    let text = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("5\r\nhello\r\n0\r\n\r\n"), "{text}");
+    // The upstream connection stays usable: the next request is answered on it.
+    assert_eq!(get(&proxy.url("/again")).await.text(), "hello");
+    assert_eq!(upstream.connections(), 1);
+    proxy.stop().await;
+}
+
 /// RFC 9112 §6.1: once a target has answered HTTP/1.0, a body of unknown length (chunked
 /// from the client) goes to it whole with a `Content-Length`, not chunked, which an HTTP/1.0
 /// server would read as no body at all.

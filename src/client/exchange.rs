@@ -338,22 +338,29 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
             "both Transfer-Encoding and Content-Length",
         ));
     }
+    // Rare, so worked out again from the head's bytes only when a line may be missing.
+    let dropped = match suspect {
+        true => dropped_lines(&head)?,
+        false => None,
+    };
     Ok(Some(Head {
         status,
         version,
         headers,
         reason,
         noted,
-        // Rare, so worked out again from the head's bytes only when a line may be missing.
-        dropped: suspect.then(|| dropped_lines(&head)).flatten(),
+        dropped,
     }))
 }
 
-/// The field lines of a whole response `head` that [`parse_head`] does not relay, if any.
-fn dropped_lines(head: &Bytes) -> Option<DroppedLines> {
+/// The field lines of a whole response `head` that [`parse_head`] does not relay, if any; an
+/// error if one of them names a framing field.
+fn dropped_lines(head: &Bytes) -> Result<Option<DroppedLines>, SendError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut slots);
-    parser(true).parse_response(&mut parsed, head).ok()?;
+    if parser(true).parse_response(&mut parsed, head).is_err() {
+        return Ok(None);
+    }
     let base = head.as_ptr() as usize;
     // Where each relayed field's value starts: a line holding none of them was dropped.
     let kept: Vec<usize> = parsed
@@ -380,11 +387,24 @@ fn dropped_lines(head: &Bytes) -> Option<DroppedLines> {
         // An obs-fold continues the field above it (RFC 9112 §5.2).
         let folded = matches!(line.first(), Some(b' ' | b'\t'));
         if !blank && !folded && !kept.iter().any(|k| (at..end).contains(k)) {
+            if frames(line) {
+                return Err(SendError::Invalid(
+                    "a Content-Length or Transfer-Encoding line that is not valid HTTP",
+                ));
+            }
             lines.push(number);
         }
         at = end;
     }
-    (!lines.is_empty()).then_some(DroppedLines(lines))
+    Ok((!lines.is_empty()).then_some(DroppedLines(lines)))
+}
+
+/// Whether a field line names `Content-Length` or `Transfer-Encoding`: dropped, the body's
+/// framing would be guessed (RFC 9112 §6.3), so such a head is refused instead.
+fn frames(line: &[u8]) -> bool {
+    let name = &line[..memchr::memchr(b':', line).unwrap_or(line.len())];
+    let name = name.trim_ascii();
+    name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding")
 }
 
 fn status_of(code: u16) -> Result<StatusCode, SendError> {
@@ -707,6 +727,21 @@ mod tests {
             head.dropped.map(|d| d.to_string()).as_deref(),
             Some("3, 5, 6")
         );
+    }
+
+    #[test]
+    fn an_invalid_framing_line_fails_the_head() {
+        for head in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\x01\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\x01\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length : 5\x7f\r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(head);
+            assert!(
+                matches!(parse_head(&mut buf), Err(SendError::Invalid(_))),
+                "{head:?}"
+            );
+        }
     }
 
     #[test]

@@ -324,4 +324,8 @@ impl crate::wire::Fill for Conn {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         Conn::poll_fill(self, cx)
     }
+
+    fn skips_invalid_trailers(&self) -> bool {
+        true
+    }
 }
