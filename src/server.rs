@@ -314,6 +314,14 @@ impl Reset for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
+/// A request head the HTTP/1 parser refused (smuggling attempts and broken clients among
+/// them): the client got a bare status; operators get a log line and a count.
+fn refused_head(live: &Live, peer: std::net::SocketAddr, err: &http1::HeadError) {
+    live.metrics.answered("-", err.kind(), None);
+    let status = err.status().as_u16();
+    tracing::info!(%peer, status, "refused a request head: {}", err.reason());
+}
+
 /// Serves one connection, HTTP/1.1 or (negotiated by ALPN, or by its preface) HTTP/2, until
 /// it ends or its watchdog closes it.
 async fn serve_connection<I>(
@@ -345,6 +353,7 @@ async fn serve_connection<I>(
                 Box::pin(serve_h2(io, conn, &live, &activity, &shared)).await;
             }
             Ended::Aborted(io) => io.get_ref().reset_on_close(),
+            Ended::Refused(err) => refused_head(&live, conn.peer, &err),
             Ended::Closed => {}
         }
     };

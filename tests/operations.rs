@@ -165,6 +165,28 @@ then = { status = 403 }
     assert_eq!(upstream.requests().len(), 1);
 }
 
+/// A request head the HTTP/1 parser refuses (two different `Content-Length`s, a smuggling
+/// attempt) gets a bare 400, and is counted for operators.
+#[tokio::test]
+async fn request_heads_the_parser_refuses_are_counted() {
+    let upstream = fixed_upstream(200, r#"{"ok":true}"#).await;
+    let proxy = spawn_proxy(&with_admin(upstream.addr, "")).await;
+    let smuggle =
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd";
+    let text = raw(proxy.addr, smuggle).await;
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    let series =
+        r#"restatus_answered_by_proxy_total{route="-",reason="malformed_request",check=""}"#;
+    let mut metrics = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sample(&metrics, series) != Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::task::yield_now().await;
+        metrics = get(&admin_url(&proxy, "/metrics")).await.text();
+    }
+    assert!(upstream.requests().is_empty());
+}
+
 /// A TCP upstream that reads the request head, then behaves as `after_head` says.
 async fn raw_upstream(after_head: &'static [u8], close: bool) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -54,6 +54,26 @@ impl HeadError {
             HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
         }
     }
+
+    /// A short machine-friendly kind, for metrics labels (beside `ProxyError::kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HeadError::TooLarge => "headers_too_large",
+            HeadError::Version => "http_version",
+            HeadError::TargetTooLong => "uri_too_long",
+            HeadError::Malformed(_) => "malformed_request",
+        }
+    }
+
+    /// What was wrong, for the log.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HeadError::TooLarge => "the request head is too large",
+            HeadError::Version => "not an HTTP/1.x request",
+            HeadError::TargetTooLong => "the request target is too long",
+            HeadError::Malformed(why) => why,
+        }
+    }
 }
 
 /// Parses a request head at the start of `buf`, taking its bytes; `None` until it is whole.

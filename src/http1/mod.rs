@@ -12,14 +12,14 @@ mod interim;
 mod response;
 
 pub use body::RequestBody;
-pub use head::{ADDED_FIELDS, MAX_TARGET};
+pub use head::{HeadError, ADDED_FIELDS, MAX_TARGET};
 pub use interim::Relay;
 
 use crate::body::{BoxError, ClientBody};
 use crate::wire::{chunk_size, encode_trailers, Fill, Framing, Queue};
 use body::Pump;
 use bytes::{Bytes, BytesMut};
-use head::{Head, HeadError};
+use head::Head;
 use http::{Request, Response, Version};
 use http_body::Body;
 use response::{Asked, Out};
@@ -60,6 +60,9 @@ pub struct Wire<I> {
 /// How the connection ended.
 pub enum Ended<I> {
     Closed,
+    /// A request head was refused with a bare status (see [`HeadError`]), then the
+    /// connection closed.
+    Refused(HeadError),
     /// A response was cut short (its body failed): the caller should reset the connection,
     /// so that a client reading to the close (HTTP/1.0, no length) cannot take it as whole.
     Aborted(I),
@@ -112,12 +115,11 @@ where
                     return Ended::Http2 { io: wire.io, read };
                 }
                 Ok(Read::Refused(err)) => {
-                    tracing::debug!(?err, "refused a request head");
                     let _ = wire.io.write_all(&response::refusal(err.status())).await;
                     // Boxed, like the close after a response: an idle connection's state
                     // would carry the linger's timers.
                     Box::pin(wire.close()).await;
-                    return Ended::Closed;
+                    return Ended::Refused(err);
                 }
                 Ok(Read::Eof) | Err(_) => return Ended::Closed,
             }
