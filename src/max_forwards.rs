@@ -4,7 +4,7 @@
 
 use crate::body::ResponseBody;
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, MAX_FORWARDS};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, MAX_FORWARDS};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 
 /// What a TRACE or OPTIONS request's `Max-Forwards` asks of this hop.
@@ -40,13 +40,11 @@ fn counted(headers: &HeaderMap) -> Hops {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return Hops::Untouched;
     }
-    match std::str::from_utf8(digits)
-        .ok()
-        .and_then(|d| d.parse::<u64>().ok())
-    {
-        Some(0) => Hops::Last,
-        Some(n) => Hops::Forward(n - 1),
-        None => Hops::Untouched,
+    // Digits only, so parsing fails only past u64::MAX: such a count is as good as endless.
+    match std::str::from_utf8(digits).map(|d| d.parse::<u64>().unwrap_or(u64::MAX)) {
+        Ok(0) => Hops::Last,
+        Ok(n) => Hops::Forward(n - 1),
+        Err(_) => Hops::Untouched,
     }
 }
 
@@ -57,11 +55,30 @@ pub fn forward(hops: Hops, headers: &mut HeaderMap) {
     }
 }
 
-/// Fields a TRACE echo leaves out, since they may hold credentials (RFC 9110 §9.3.8: the
-/// final recipient excludes fields that might contain sensitive data).
-fn is_sensitive(name: &str) -> bool {
-    const WORDS: [&str; 5] = ["auth", "cookie", "token", "secret", "key"];
-    WORDS.iter().any(|word| name.contains(word))
+/// Fields whose values a TRACE echo shows; the others are echoed by name with their value
+/// left out, since any of them may carry a credential (RFC 9110 §9.3.8: the final recipient
+/// excludes fields that might contain sensitive data).
+fn shows_value(name: &str) -> bool {
+    const SHOWN: [&str; 17] = [
+        "accept",
+        "accept-charset",
+        "accept-encoding",
+        "accept-language",
+        "cache-control",
+        "content-length",
+        "content-type",
+        "forwarded",
+        "host",
+        "max-forwards",
+        "pragma",
+        "user-agent",
+        "via",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-request-id",
+    ];
+    SHOWN.contains(&name)
 }
 
 /// What this hop answers as the final recipient: a TRACE gets its request head back as
@@ -78,10 +95,18 @@ pub fn echo<B>(request: &Request<B>) -> Option<Bytes> {
         _ => "HTTP/1.1",
     };
     echo.put_slice(format!("TRACE {target} {version}\r\n").as_bytes());
-    for (name, value) in request.headers() {
-        if !is_sensitive(name.as_str()) {
-            crate::wire::field(&mut echo, name.as_str().as_bytes(), value.as_bytes());
-        }
+    let headers = request.headers();
+    // An HTTP/2 request names its host in `:authority`, not in a field.
+    if let (Some(authority), false) = (request.uri().authority(), headers.contains_key(HOST)) {
+        crate::wire::field(&mut echo, b"host", authority.as_str().as_bytes());
+    }
+    for (name, value) in headers {
+        let name = name.as_str();
+        let value = match shows_value(name) {
+            true => value.as_bytes(),
+            false => b"(left out)",
+        };
+        crate::wire::field(&mut echo, name.as_bytes(), value);
     }
     echo.put_slice(b"\r\n");
     Some(echo.freeze())
@@ -125,26 +150,25 @@ mod tests {
 
     #[test]
     fn values_that_are_not_one_number_pass_untouched() {
-        for bad in [
-            &["-1"][..],
-            &["1x"],
-            &[""],
-            &["1", "2"],
-            &["99999999999999999999999"],
-        ] {
+        for bad in [&["-1"][..], &["1x"], &[""], &["1", "2"]] {
             assert_eq!(
                 hops(&Method::OPTIONS, &headers(bad)),
                 Hops::Untouched,
                 "{bad:?}"
             );
         }
+        let endless = headers(&["99999999999999999999999"]);
+        assert_eq!(
+            hops(&Method::OPTIONS, &endless),
+            Hops::Forward(u64::MAX - 1)
+        );
         let mut forwarded = headers(&["7"]);
         forward(hops(&Method::OPTIONS, &forwarded), &mut forwarded);
         assert_eq!(forwarded[MAX_FORWARDS], "6");
     }
 
     #[test]
-    fn a_trace_echo_leaves_credentials_out() {
+    fn a_trace_echo_leaves_the_values_of_unknown_fields_out() {
         let request = Request::builder()
             .method(Method::TRACE)
             .uri("/a?b=1")
@@ -158,7 +182,8 @@ mod tests {
         let echo = String::from_utf8(echo(&request).expect("echo").to_vec()).expect("text");
         assert_eq!(
             echo,
-            "TRACE /a?b=1 HTTP/1.1\r\nhost: svc\r\nmax-forwards: 0\r\n\r\n"
+            "TRACE /a?b=1 HTTP/1.1\r\nhost: svc\r\nauthorization: (left out)\r\n\
+             cookie: (left out)\r\nx-api-key: (left out)\r\nmax-forwards: 0\r\n\r\n"
         );
     }
 }
