@@ -4,7 +4,7 @@ use crate::access::{AccessRecord, LoggedBody};
 use crate::admit;
 use crate::body::ClientBody;
 use crate::body::ResponseBody;
-use crate::client::DroppedLines;
+use crate::client::{DroppedLines, Owner};
 use crate::config::{Config, HostMode};
 use crate::deviation::{self, DeviationLog, Kind, Record};
 use crate::expect::{self, Held};
@@ -48,10 +48,12 @@ pub struct Proxy {
 }
 
 /// What the listener knows about the connection a request came in on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Connection {
     pub peer: SocketAddr,
     pub https: bool,
+    /// Stands for this client connection while it lasts (see `reuse_after_body`).
+    pub owner: Arc<Owner>,
 }
 
 impl Proxy {
@@ -454,6 +456,7 @@ fn outbound_request(
         headers,
         added,
         interim: expect::Interim::new(false, relay),
+        owner: conn.owner,
     }
 }
 

@@ -249,6 +249,7 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptContext) {
                 let conn = Connection {
                     peer,
                     https: ctx.tls,
+                    owner: Arc::default(),
                 };
                 let (live, shared) = (ctx.live.clone(), ctx.shared.clone());
                 if ctx.tls {
@@ -341,16 +342,16 @@ async fn serve_connection<I>(
     let served = async {
         if h2 {
             let io = Prefixed::new(Bytes::new(), io);
-            return Box::pin(serve_h2(io, conn, &live, &activity, &shared)).await;
+            return Box::pin(serve_h2(io, conn.clone(), &live, &activity, &shared)).await;
         }
-        let handler = |request, relay| respond(&live, &activity, conn, request, relay);
+        let handler = |request, relay| respond(&live, &activity, conn.clone(), request, relay);
         let drain = shared.drain.clone();
         match http1::serve(io, max_head(&settings), drain, handler).await {
             Ended::Http2 { io, read } => {
                 // Boxed, like the HTTP/2 branch above: an HTTP/1.1 connection does not carry
                 // room for an HTTP/2 connection's state.
                 let io = Prefixed::new(read, io);
-                Box::pin(serve_h2(io, conn, &live, &activity, &shared)).await;
+                Box::pin(serve_h2(io, conn.clone(), &live, &activity, &shared)).await;
             }
             Ended::Aborted(io) => io.get_ref().reset_on_close(),
             Ended::Refused(err) => refused_head(&live, conn.peer, &err),
@@ -397,11 +398,11 @@ async fn serve_h2<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (live, activity) = (live.clone(), activity.clone());
+    let (live, activity, peer) = (live.clone(), activity.clone(), conn.peer);
     let service = service_fn(move |request: Request<Incoming>| {
         let request = request.map(ClientBody::Http2);
         // hyper's HTTP/2 server has no way to send an interim response other than `100`.
-        let response = respond(&live, &activity, conn, request, None);
+        let response = respond(&live, &activity, conn.clone(), request, None);
         async move { Ok::<_, Infallible>(response.await) }
     });
     let served = shared.h2.serve_connection(TokioIo::new(io), service);
@@ -422,7 +423,7 @@ async fn serve_h2<I>(
         }
     };
     if let Err(err) = result {
-        tracing::debug!(peer = %conn.peer, error = %err, "connection ended with an error");
+        tracing::debug!(%peer, error = %err, "connection ended with an error");
     }
 }
 

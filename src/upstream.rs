@@ -3,7 +3,7 @@
 
 use crate::body::{BodyTimeout, BodyTooLarge, ForwardBody, Source};
 use crate::client::{
-    self, ConnectError, Connector, Outgoing, Pool, SendError, Unsent, UpstreamBody,
+    self, Conn, ConnectError, Connector, Outgoing, Owner, Pool, SendError, Unsent, UpstreamBody,
 };
 use crate::config::{ExpectMode, HostMode, Target, UpstreamConfig};
 use crate::expect::{BodyWithheld, Hold, Interim};
@@ -45,6 +45,8 @@ pub struct OutboundRequest {
     pub added: Added,
     /// Interim responses of this request; a held body waits on it.
     pub interim: Arc<Interim>,
+    /// The client connection the request came on (see `reuse_after_body`).
+    pub owner: Arc<Owner>,
 }
 
 impl OutboundRequest {
@@ -185,7 +187,7 @@ impl Upstream {
                     body = Box::pin(with_length(body)).await?;
                 }
                 let pool = &self.pools[index];
-                let conn = match pool.take() {
+                let mut conn = match pool.take(&outbound.owner) {
                     Some(conn) => conn,
                     // Boxed: the connect and TLS handshake state is large, and most requests find
                     // a pooled connection.
@@ -198,6 +200,7 @@ impl Upstream {
                         Err(err) => return Err(connect_error(err)),
                     },
                 };
+                keep_for_client(pool, &mut conn, &body, &outbound.owner);
                 let request = outbound.outgoing(target);
                 let interim = &outbound.interim;
                 return match client::send(conn, &request, body, interim, pool, timeout).await {
@@ -246,7 +249,7 @@ impl Upstream {
         outbound.headers.remove(EXPECT);
         outbound.interim.refused();
         let pool = &self.pools[index];
-        let conn = match pool.take() {
+        let mut conn = match pool.take(&outbound.owner) {
             Some(conn) => conn,
             None => self
                 .connector
@@ -254,6 +257,7 @@ impl Upstream {
                 .await
                 .map_err(connect_error)?,
         };
+        keep_for_client(pool, &mut conn, &body, &outbound.owner);
         let request = outbound.outgoing(target);
         let timeout = self.config.response_timeout;
         client::send(conn, &request, body, &outbound.interim, pool, timeout)
@@ -275,6 +279,15 @@ impl Upstream {
                 ProxyError::UpstreamInvalid("417 to a request without Expect")
             }
         }
+    }
+}
+
+/// Under `reuse_after_body = "same_client"`, a connection that carries a body goes back to
+/// the pool for its client connection alone: should the service leave the body unread and
+/// answer it as a request, only that client can get the answer.
+fn keep_for_client(pool: &Pool, conn: &mut Conn, body: &ForwardBody, owner: &Arc<Owner>) {
+    if pool.keeps_for_client() && !body.is_end_stream() {
+        conn.keep_for(owner);
     }
 }
 

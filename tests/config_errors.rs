@@ -581,3 +581,39 @@ fn cors_origins_must_be_origins_and_credentials_need_named_ones() {
     assert_eq!(cors.origins, ["https://app.example.com"]);
     assert!(!cors.any && cors.credentials);
 }
+
+#[test]
+fn reuse_after_body_takes_true_false_or_same_client() {
+    use restatus::config::ReuseAfterBody;
+    let with = |value: &str| {
+        VALID.replace(
+            "response_timeout = \"1.5s\"",
+            &format!("response_timeout = \"1.5s\"\nreuse_after_body = {value}"),
+        )
+    };
+    let cases = [
+        ("true", ReuseAfterBody::Any),
+        ("false", ReuseAfterBody::Never),
+        ("\"same_client\"", ReuseAfterBody::SameClient),
+    ];
+    for (value, want) in cases {
+        let config = parse(&with(value)).expect("valid config");
+        assert_eq!(config.upstreams[0].reuse_after_body, want, "{value}");
+    }
+    let config = parse(VALID).expect("valid config");
+    assert_eq!(
+        config.upstreams[0].reuse_after_body,
+        ReuseAfterBody::SameClient
+    );
+    for bad in ["\"sometimes\"", "1"] {
+        let text = with(bad);
+        let err = error(&text);
+        assert_error(
+            &err,
+            &text,
+            "reuse_after_body",
+            "upstreams[0].reuse_after_body",
+            "expected true, false or \"same_client\"",
+        );
+    }
+}

@@ -137,19 +137,31 @@ async fn body_skipping_upstream() -> (SocketAddr, Arc<Counts>, Arc<std::sync::Mu
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             shared.accepted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(skip_bodies(stream, lines.clone()));
+            tokio::spawn(skip_bodies(stream, lines.clone(), shared.clone()));
         }
     });
     (addr, counts, seen)
 }
 
-async fn skip_bodies(mut stream: TcpStream, seen: Arc<std::sync::Mutex<Vec<String>>>) {
+async fn skip_bodies(
+    mut stream: TcpStream,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    counts: Arc<Counts>,
+) {
     let mut buf = Vec::new();
+    // After `POST /late`: the next head (the body, read as a request) is answered only once
+    // another request is in, so that its answer comes after that request went out.
+    let mut late = false;
     loop {
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        let heads = buf.windows(4).filter(|w| *w == b"\r\n\r\n").count();
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n");
+        let Some(end) = end.filter(|_| !late || heads >= 2) else {
             let mut chunk = [0u8; 4096];
             match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    counts.closed_by_proxy.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
             continue;
@@ -158,7 +170,8 @@ async fn skip_bodies(mut stream: TcpStream, seen: Arc<std::sync::Mutex<Vec<Strin
         buf.drain(..end + 4);
         let line = head.lines().next().unwrap_or_default().to_string();
         seen.lock().expect("seen").push(line.clone());
-        if line.starts_with("POST /refuse ") || line.starts_with("POST /ignore ") {
+        late = line.starts_with("POST /late ");
+        if line.starts_with("POST /refuse ") || line.starts_with("POST /ignore ") || late {
             let reply: &[u8] = if line.starts_with("POST /refuse ") {
                 b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n"
             } else {
@@ -200,7 +213,7 @@ async fn skip_bodies(mut stream: TcpStream, seen: Arc<std::sync::Mutex<Vec<Strin
 #[tokio::test]
 async fn a_connection_whose_request_body_may_be_unread_is_not_reused() {
     let (upstream, counts, seen) = body_skipping_upstream().await;
-    let proxy = spawn_proxy(&pool_config(upstream, 8)).await;
+    let proxy = spawn_proxy(&any_client_config(upstream)).await;
     // A body the upstream reads, and a 200: the connection is reused.
     let reply = send("POST", &proxy.url("/ok"), &[], "{}").await;
     assert_eq!(reply.text(), "POST /ok HTTP/1.1");
@@ -223,13 +236,92 @@ async fn a_connection_whose_request_body_may_be_unread_is_not_reused() {
     proxy.stop().await;
 }
 
+/// `reuse_after_body = true`: a connection that carried a body may go to any client.
+fn any_client_config(upstream: SocketAddr) -> String {
+    pool_config(upstream, 8).replace(
+        "idle_connections = 8",
+        "idle_connections = 8\nreuse_after_body = true",
+    )
+}
+
+/// By default (`reuse_after_body = "same_client"`) a connection that carried a body is kept
+/// for the client connection that sent it: that client's next requests reuse it, no other
+/// client's request goes on it, and it is closed once that client is gone.
+#[tokio::test]
+async fn a_connection_that_carried_a_body_is_kept_for_its_client() {
+    let (upstream, counts, _) = body_skipping_upstream().await;
+    let proxy = spawn_proxy(&pool_config(upstream, 8)).await;
+    let a = client();
+    let reply = send_with(&a, "POST", &proxy.url("/ok"), &[], "{}").await;
+    assert_eq!(reply.text(), "POST /ok HTTP/1.1");
+    let reply = send_with(&a, "GET", &proxy.url("/items/1"), &[], "").await;
+    assert_eq!(reply.text(), "GET /items/1 HTTP/1.1");
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 1, "the same client");
+    // Another client gets a connection of its own, which is shared: a third reuses it.
+    assert_eq!(
+        get(&proxy.url("/items/2")).await.text(),
+        "GET /items/2 HTTP/1.1"
+    );
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2, "another client");
+    assert_eq!(
+        get(&proxy.url("/items/3")).await.text(),
+        "GET /items/3 HTTP/1.1"
+    );
+    assert_eq!(
+        counts.accepted.load(Ordering::SeqCst),
+        2,
+        "a shared connection"
+    );
+    // The first client goes away: the connection kept for it is closed.
+    drop(a);
+    wait_until(
+        Duration::from_secs(10),
+        "the kept connection closed",
+        || counts.closed_by_proxy.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    proxy.stop().await;
+}
+
+/// A 2xx from an upstream that did not read the body (CL.0) and answers the hidden request
+/// late, after the next request went out on the connection: by default that connection is
+/// kept for the client that sent the body, so no other client can get the answer (with
+/// `reuse_after_body = true` the next client would, and no warning would tell).
+#[tokio::test]
+async fn a_late_answer_to_a_body_read_as_a_request_reaches_no_other_client() {
+    let (upstream, _, seen) = body_skipping_upstream().await;
+    let proxy = spawn_proxy(&pool_config(upstream, 8)).await;
+    let a = client();
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let reply = send_with(&a, "POST", &proxy.url("/late"), &[], smuggled).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "ignored"));
+    for n in 2..6 {
+        let path = format!("/items/{n}");
+        let reply = get(&proxy.url(&path)).await;
+        assert_eq!(
+            reply.text(),
+            format!("GET {path} HTTP/1.1"),
+            "another client"
+        );
+    }
+    // The client that sent the body meets the answer to it, one behind.
+    let reply = send_with(&a, "GET", &proxy.url("/items/9"), &[], "").await;
+    assert_eq!(reply.text(), "GET /smuggled HTTP/1.1");
+    let lines = seen.lock().expect("seen").clone();
+    assert!(
+        lines.contains(&"GET /smuggled HTTP/1.1".to_string()),
+        "{lines:?}"
+    );
+    proxy.stop().await;
+}
+
 /// A 2xx from an upstream that did not read the body (CL.0): the body, a whole request, is
 /// answered as one on the pooled connection. That answer never reaches another client, and
 /// from then on no connection of the target is reused after a request with a body.
 #[tokio::test]
 async fn an_answer_to_a_body_read_as_a_request_stops_reuse_after_bodies() {
     let (upstream, counts, seen) = body_skipping_upstream().await;
-    let proxy = spawn_proxy(&pool_config(upstream, 8)).await;
+    let proxy = spawn_proxy(&any_client_config(upstream)).await;
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
     let reply = send("POST", &proxy.url("/ignore"), &[], smuggled).await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "ignored"));

@@ -11,7 +11,7 @@ pub use crate::wire::BodyError;
 pub use body::UpstreamBody;
 pub use exchange::{send, DroppedLines, Outgoing, SendError, Unsent};
 
-use crate::config::Target;
+use crate::config::{ReuseAfterBody, Target};
 use bytes::BytesMut;
 use http::uri::Scheme;
 use io::{IdleState, Io};
@@ -39,7 +39,15 @@ pub struct Conn {
     reused: bool,
     /// Its last request carried a body.
     carried_body: bool,
+    /// The client connection it is kept for, once it carried a body under
+    /// `reuse_after_body = "same_client"`; no other client's request goes on it.
+    owner: Option<Weak<Owner>>,
 }
+
+/// Stands for one client connection, which holds it while it lasts; a connection kept for
+/// that client holds a `Weak` to it, so that it is closed once the client is gone.
+#[derive(Debug, Default)]
+pub struct Owner;
 
 impl Conn {
     fn new(io: Io) -> Self {
@@ -49,7 +57,28 @@ impl Conn {
             next_read: FIRST_READ,
             reused: false,
             carried_body: false,
+            owner: None,
         }
+    }
+
+    /// Keeps the connection for `owner`'s requests alone from now on.
+    pub fn keep_for(&mut self, owner: &Arc<Owner>) {
+        if self.owner.is_none() {
+            self.owner = Some(Arc::downgrade(owner));
+        }
+    }
+
+    fn owned_by(&self, owner: &Arc<Owner>) -> bool {
+        self.owner
+            .as_ref()
+            .is_some_and(|kept| std::ptr::eq(kept.as_ptr(), Arc::as_ptr(owner)))
+    }
+
+    /// Kept for a client connection that is gone: no request can use it any more.
+    fn orphaned(&self) -> bool {
+        self.owner
+            .as_ref()
+            .is_some_and(|kept| kept.strong_count() == 0)
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` is the end of the stream.
@@ -70,16 +99,32 @@ impl Conn {
     }
 }
 
-/// The idle connections of one target, most recently used last.
+/// The idle connections of one target, most recently used last: those any request may take,
+/// and those kept for one client connection.
+#[derive(Default)]
+struct Lists {
+    shared: Vec<Idle>,
+    kept: Vec<Idle>,
+}
+
+impl Lists {
+    fn len(&self) -> usize {
+        self.shared.len() + self.kept.len()
+    }
+}
+
 pub struct Pool {
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<Lists>,
     max: usize,
     /// How long an idle connection is kept (the upstream's `idle_timeout`).
     timeout: Duration,
     /// A connection that carried a request body may be reused (the upstream's
-    /// `reuse_after_body`). Turned off for good when the target answers a request nobody
-    /// sent on such a connection: it left a body unread and read it as a request.
+    /// `reuse_after_body` is not `false`). Turned off for good when the target answers a
+    /// request nobody sent on such a connection: it left a body unread and read it as a
+    /// request.
     reuse_after_body: AtomicBool,
+    /// Such a connection is kept for the client connection whose request it carried.
+    same_client: bool,
     /// The target's name, for the warning when `reuse_after_body` is turned off.
     name: String,
 }
@@ -91,21 +136,29 @@ struct Idle {
 
 impl Pool {
     /// `name` names the upstream and target in logs.
-    pub fn new(max: usize, timeout: Duration, reuse_after_body: bool, name: String) -> Self {
+    pub fn new(max: usize, timeout: Duration, reuse: ReuseAfterBody, name: String) -> Self {
         Pool {
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Lists::default()),
             max,
             timeout,
-            reuse_after_body: AtomicBool::new(reuse_after_body),
+            reuse_after_body: AtomicBool::new(reuse != ReuseAfterBody::Never),
+            same_client: reuse == ReuseAfterBody::SameClient,
             name,
         }
     }
 
-    /// The most recently used idle connection that is still open.
-    pub fn take(&self) -> Option<Conn> {
+    /// The most recently used idle connection that is still open: one kept for `owner` if
+    /// there is one, else a shared one.
+    pub fn take(&self, owner: &Arc<Owner>) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some(mut entry) = idle.pop() {
-            if entry.since.elapsed() < self.timeout && self.usable(&mut entry.conn) {
+        while let Some(at) = idle.kept.iter().rposition(|e| e.conn.owned_by(owner)) {
+            let mut entry = idle.kept.swap_remove(at);
+            if self.fresh(&mut entry) {
+                return Some(entry.conn);
+            }
+        }
+        while let Some(mut entry) = idle.shared.pop() {
+            if self.fresh(&mut entry) {
                 return Some(entry.conn);
             }
         }
@@ -115,6 +168,16 @@ impl Pool {
     /// Whether a connection that carried a request body may be reused.
     pub fn reuses_after_body(&self) -> bool {
         self.reuse_after_body.load(Ordering::Relaxed)
+    }
+
+    /// Whether a connection with a request body is kept for its client connection alone.
+    pub fn keeps_for_client(&self) -> bool {
+        self.same_client
+    }
+
+    /// Whether an idle connection has not been idle too long and can take a request.
+    fn fresh(&self, entry: &mut Idle) -> bool {
+        entry.since.elapsed() < self.timeout && self.usable(&mut entry.conn)
     }
 
     /// Whether an idle connection can take a request.
@@ -139,7 +202,8 @@ impl Pool {
         }
     }
 
-    /// Keeps `conn` for the next request, unless `max` connections are idle already.
+    /// Keeps `conn` for the next request (for its client connection alone if it is kept for
+    /// one), unless `max` connections are idle already.
     fn put(&self, mut conn: Conn) {
         conn.reused = true;
         if conn.buf.capacity() > KEPT_BUFFER {
@@ -149,21 +213,31 @@ impl Pool {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
+        if idle.len() >= self.max {
+            // Room taken by connections kept for clients that are gone is given back first.
+            idle.kept.retain(|entry| !entry.conn.orphaned());
+        }
         if idle.len() < self.max {
-            idle.push(Idle {
+            let list = match conn.owner {
+                Some(_) => &mut idle.kept,
+                None => &mut idle.shared,
+            };
+            list.push(Idle {
                 conn,
                 since: Instant::now(),
             });
         }
     }
 
-    /// Closes the connections idle too long or closed by the upstream.
+    /// Closes the connections idle too long, closed by the upstream, or kept for a client
+    /// connection that is gone.
     fn prune(&self) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        let timeout = self.timeout;
-        idle.retain_mut(|entry| entry.since.elapsed() < timeout && self.usable(&mut entry.conn));
+        let Lists { shared, kept } = &mut *idle;
+        shared.retain_mut(|entry| self.fresh(entry));
+        kept.retain_mut(|entry| !entry.conn.orphaned() && self.fresh(entry));
     }
 }
 

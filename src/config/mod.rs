@@ -8,7 +8,7 @@ mod tls;
 mod units;
 
 pub use error::{ConfigError, Locator};
-pub use raw::{ExpectMode, HostMode, LogFormat, Mode};
+pub use raw::{ExpectMode, HostMode, LogFormat, Mode, ReuseAfterBody};
 pub use tls::{key_is_exposed, ServerTls, UpstreamTls};
 pub use units::{parse_duration, parse_size};
 
@@ -128,8 +128,8 @@ pub struct UpstreamConfig {
     /// How long an idle pooled connection is kept; below the upstream's own keep-alive
     /// timeout, so that a request is not sent on a connection the upstream is closing.
     pub idle_timeout: Duration,
-    /// A connection that carried a request body answered with a 2xx may be pooled.
-    pub reuse_after_body: bool,
+    /// Who may reuse a connection that carried a request body answered with a 2xx.
+    pub reuse_after_body: ReuseAfterBody,
     /// Set when a target is `https://`.
     pub tls: Option<UpstreamTls>,
 }
@@ -461,7 +461,7 @@ fn compile_upstreams(
             expect_timeout: raw.expect_timeout.map_or(Duration::from_secs(1), |d| d.0),
             idle_connections: raw.idle_connections.unwrap_or(DEFAULT_IDLE_CONNECTIONS),
             idle_timeout: raw.idle_timeout.map_or(DEFAULT_POOL_IDLE, |d| d.0),
-            reuse_after_body: raw.reuse_after_body.unwrap_or(true),
+            reuse_after_body: raw.reuse_after_body.unwrap_or_default(),
             tls,
         }));
     }
@@ -891,10 +891,10 @@ pub fn summary(config: &Config) -> String {
             targets.join(", "),
             upstream.connect_timeout,
             upstream.response_timeout,
-            if upstream.reuse_after_body {
-                ""
-            } else {
-                ", no reuse after a body"
+            match upstream.reuse_after_body {
+                ReuseAfterBody::SameClient => "",
+                ReuseAfterBody::Any => ", reuse after a body by any client",
+                ReuseAfterBody::Never => ", no reuse after a body",
             }
         );
     }

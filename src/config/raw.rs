@@ -143,7 +143,7 @@ pub struct RawUpstream {
     pub expect_timeout: Option<HumanDuration>,
     pub idle_connections: Option<usize>,
     pub idle_timeout: Option<Timeout>,
-    pub reuse_after_body: Option<bool>,
+    pub reuse_after_body: Option<ReuseAfterBody>,
     pub ca: Option<Spanned<String>>,
     pub server_name: Option<Spanned<String>>,
     pub client_cert: Option<Spanned<String>>,
@@ -159,6 +159,45 @@ pub enum ExpectMode {
     Forward,
     /// Strip `Expect`; the proxy itself answers `100` once its checks pass.
     Local,
+}
+
+/// Who may reuse an upstream connection whose request carried a body (`reuse_after_body`).
+/// A service that answers without reading a body reads it as the next request on the
+/// connection (a CL.0 desync); the answer to it goes to whoever sends next on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReuseAfterBody {
+    /// `true`: any request, from any client.
+    Any,
+    /// `"same_client"`: only requests from the client connection whose request it carried.
+    #[default]
+    SameClient,
+    /// `false`: no one; the connection is closed after its answer.
+    Never,
+}
+
+impl<'de> Deserialize<'de> for ReuseAfterBody {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Choice;
+        impl Visitor<'_> for Choice {
+            type Value = ReuseAfterBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or \"same_client\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, any: bool) -> Result<Self::Value, E> {
+                Ok(match any {
+                    true => ReuseAfterBody::Any,
+                    false => ReuseAfterBody::Never,
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                match text {
+                    "same_client" => Ok(ReuseAfterBody::SameClient),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(text), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(Choice)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
