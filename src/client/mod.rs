@@ -17,7 +17,7 @@ use http::uri::Scheme;
 use io::{IdleState, Io};
 use rustls::pki_types::ServerName;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -44,10 +44,66 @@ pub struct Conn {
     owner: Option<Weak<Owner>>,
 }
 
-/// Stands for one client connection, which holds it while it lasts; a connection kept for
-/// that client holds a `Weak` to it, so that it is closed once the client is gone.
-#[derive(Debug, Default)]
-pub struct Owner;
+/// Stands for one client connection, which holds it while it lasts. The upstream
+/// connections kept for that client (`reuse_after_body = "same_client"`) are idle here, not
+/// in their pools, so that only its requests find them and they close when it goes.
+#[derive(Default)]
+pub struct Owner {
+    kept: Mutex<Vec<Kept>>,
+    /// Whether `kept` may hold any: most clients never have one, and pay no lock.
+    any: AtomicBool,
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Owner")
+    }
+}
+
+/// An idle connection kept for a client, and the pool (its `id`) of its target.
+struct Kept {
+    pool: u64,
+    idle: Idle,
+}
+
+/// Connections kept for one client connection at most; a client that needs more at once
+/// (concurrent HTTP/2 streams) opens them, and the extra ones are closed after use.
+const KEPT_PER_CLIENT: usize = 4;
+
+impl Owner {
+    /// The most recently kept connection of `pool` that is still fresh.
+    fn take(&self, pool: &Pool) -> Option<Conn> {
+        if !self.any.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut kept = self.kept.lock().ok()?;
+        while let Some(at) = kept.iter().rposition(|k| k.pool == pool.id) {
+            let mut entry = kept.remove(at).idle;
+            if pool.fresh(&mut entry) {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    fn keep(&self, pool: &Pool, conn: Conn) {
+        let Ok(mut kept) = self.kept.lock() else {
+            return;
+        };
+        if kept.len() == KEPT_PER_CLIENT {
+            kept.remove(0);
+        }
+        let idle = Idle {
+            conn,
+            since: Instant::now(),
+        };
+        kept.push(Kept {
+            pool: pool.id,
+            idle,
+        });
+        self.any.store(true, Ordering::Relaxed);
+    }
+}
 
 impl Conn {
     fn new(io: Io) -> Self {
@@ -68,19 +124,6 @@ impl Conn {
         }
     }
 
-    fn owned_by(&self, owner: &Arc<Owner>) -> bool {
-        self.owner
-            .as_ref()
-            .is_some_and(|kept| std::ptr::eq(kept.as_ptr(), Arc::as_ptr(owner)))
-    }
-
-    /// Kept for a client connection that is gone: no request can use it any more.
-    fn orphaned(&self) -> bool {
-        self.owner
-            .as_ref()
-            .is_some_and(|kept| kept.strong_count() == 0)
-    }
-
     /// Reads more bytes into the buffer; `Ok(0)` is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < self.next_read / 2 {
@@ -99,22 +142,12 @@ impl Conn {
     }
 }
 
-/// The idle connections of one target, most recently used last: those any request may take,
-/// and those kept for one client connection.
-#[derive(Default)]
-struct Lists {
-    shared: Vec<Idle>,
-    kept: Vec<Idle>,
-}
-
-impl Lists {
-    fn len(&self) -> usize {
-        self.shared.len() + self.kept.len()
-    }
-}
-
+/// The idle connections of one target, most recently used last (but for those kept for a
+/// client connection, which wait with it: see [`Owner`]).
 pub struct Pool {
-    idle: Mutex<Lists>,
+    /// Tells the pool apart from every other, past ones included (a reload replaces pools).
+    id: u64,
+    idle: Mutex<Vec<Idle>>,
     max: usize,
     /// How long an idle connection is kept (the upstream's `idle_timeout`).
     timeout: Duration,
@@ -129,6 +162,8 @@ pub struct Pool {
     name: String,
 }
 
+static NEXT_POOL: AtomicU64 = AtomicU64::new(0);
+
 struct Idle {
     conn: Conn,
     since: Instant,
@@ -138,7 +173,8 @@ impl Pool {
     /// `name` names the upstream and target in logs.
     pub fn new(max: usize, timeout: Duration, reuse: ReuseAfterBody, name: String) -> Self {
         Pool {
-            idle: Mutex::new(Lists::default()),
+            id: NEXT_POOL.fetch_add(1, Ordering::Relaxed),
+            idle: Mutex::new(Vec::new()),
             max,
             timeout,
             reuse_after_body: AtomicBool::new(reuse != ReuseAfterBody::Never),
@@ -149,15 +185,12 @@ impl Pool {
 
     /// The most recently used idle connection that is still open: one kept for `owner` if
     /// there is one, else a shared one.
-    pub fn take(&self, owner: &Arc<Owner>) -> Option<Conn> {
-        let mut idle = self.idle.lock().ok()?;
-        while let Some(at) = idle.kept.iter().rposition(|e| e.conn.owned_by(owner)) {
-            let mut entry = idle.kept.swap_remove(at);
-            if self.fresh(&mut entry) {
-                return Some(entry.conn);
-            }
+    pub fn take(&self, owner: &Owner) -> Option<Conn> {
+        if let Some(conn) = owner.take(self) {
+            return Some(conn);
         }
-        while let Some(mut entry) = idle.shared.pop() {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(mut entry) = idle.pop() {
             if self.fresh(&mut entry) {
                 return Some(entry.conn);
             }
@@ -202,42 +235,38 @@ impl Pool {
         }
     }
 
-    /// Keeps `conn` for the next request (for its client connection alone if it is kept for
-    /// one), unless `max` connections are idle already.
+    /// Keeps `conn` for the next request (with its client connection if it is kept for one),
+    /// unless `max` connections are idle already.
     fn put(&self, mut conn: Conn) {
         conn.reused = true;
         if conn.buf.capacity() > KEPT_BUFFER {
             conn.buf = BytesMut::new();
             conn.next_read = FIRST_READ;
         }
+        if let Some(owner) = &conn.owner {
+            // Closed with the connection if its client connection is gone.
+            if let Some(owner) = owner.upgrade() {
+                owner.keep(self, conn);
+            }
+            return;
+        }
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        if idle.len() >= self.max {
-            // Room taken by connections kept for clients that are gone is given back first.
-            idle.kept.retain(|entry| !entry.conn.orphaned());
-        }
         if idle.len() < self.max {
-            let list = match conn.owner {
-                Some(_) => &mut idle.kept,
-                None => &mut idle.shared,
-            };
-            list.push(Idle {
+            idle.push(Idle {
                 conn,
                 since: Instant::now(),
             });
         }
     }
 
-    /// Closes the connections idle too long, closed by the upstream, or kept for a client
-    /// connection that is gone.
+    /// Closes the connections idle too long or closed by the upstream.
     fn prune(&self) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        let Lists { shared, kept } = &mut *idle;
-        shared.retain_mut(|entry| self.fresh(entry));
-        kept.retain_mut(|entry| !entry.conn.orphaned() && self.fresh(entry));
+        idle.retain_mut(|entry| self.fresh(entry));
     }
 }
 
