@@ -32,7 +32,7 @@ const MAX_HEADERS: usize = 256;
 /// Largest response head; a longer one is invalid.
 const MAX_HEAD: usize = 256 << 10;
 /// Bytes of request body queued for the socket before the body is asked for more.
-const MAX_QUEUED: usize = 256 << 10;
+const MAX_QUEUED: usize = 64 << 10;
 
 /// The head of a request to send, borrowed from the proxy's rewritten request.
 pub struct Outgoing<'a> {

@@ -40,8 +40,9 @@ const FIRST_READ: usize = 8 << 10;
 /// 1.32-1.46 against 1.01-1.05 GB/s, and a third less CPU): the upstream is written while
 /// the next read is still small, and the buffers stay in the allocator's reused pages.
 const MAX_READ: usize = 32 << 10;
-/// Response bytes queued for the socket before the body is asked for more.
-const MAX_QUEUED: usize = 256 << 10;
+/// Response bytes queued for the socket before the body is asked for more: what a client
+/// that reads slowly holds besides the upstream's read ahead.
+const MAX_QUEUED: usize = 64 << 10;
 /// After the last response on a connection, what the client still sends is read and dropped
 /// until it closes, or is silent for `LINGER`, or for `LINGER_MAX` at most (RFC 9112 §9.6,
 /// closing in stages): closed with unread bytes, the socket would answer them with a reset,
