@@ -71,6 +71,7 @@ pub struct Metrics {
     upstream_duration: HistogramFamily,
     deviations: Family<DeviationLabels, Counter>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    not_inspected: Family<RouteLabels, Counter>,
     answered: Family<AnsweredLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     in_flight: Gauge,
@@ -95,6 +96,7 @@ impl Metrics {
             upstream_duration: Family::new_with_constructor(latency_histogram),
             deviations: Family::default(),
             upstream_errors: Family::default(),
+            not_inspected: Family::default(),
             answered: Family::default(),
             reloads: Family::default(),
             in_flight: Gauge::default(),
@@ -143,6 +145,11 @@ impl Metrics {
             "upstream_errors",
             "Failed upstream requests by upstream and kind",
             self.upstream_errors.clone(),
+        );
+        registry.register(
+            "bodies_not_inspected",
+            "Responses a body rule wanted to read but could not (over limits.inspect_body, or in a coding restatus cannot read), by route",
+            self.not_inspected.clone(),
         );
         registry.register(
             "answered_by_proxy",
@@ -204,6 +211,7 @@ impl Metrics {
             by_method_class: (0..METHOD_SLOTS * 5).map(|_| OnceLock::new()).collect(),
             duration: self.request_duration.get_or_create(&labels).clone(),
             upstream_duration: self.upstream_duration.get_or_create(&labels).clone(),
+            not_inspected: self.not_inspected.get_or_create(&labels).clone(),
         }
     }
 
@@ -301,6 +309,7 @@ pub struct RouteMetrics {
     by_method_class: Box<[OnceLock<Counter>]>,
     duration: Histogram,
     upstream_duration: Histogram,
+    not_inspected: Counter,
 }
 
 impl RouteMetrics {
@@ -323,5 +332,10 @@ impl RouteMetrics {
 
     pub fn upstream(&self, elapsed: Duration) {
         self.upstream_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// A response whose body a rule wanted but could not read.
+    pub fn body_not_inspected(&self) {
+        self.not_inspected.inc();
     }
 }

@@ -107,7 +107,11 @@ pub async fn normalize(
 ) -> Result<(Response<ResponseBody>, Option<Outcome>), InspectError> {
     match normalize_head(request, &mut response, settings) {
         Ok(outcome) => Ok((response, outcome)),
-        Err(resume) => normalize_body(request, response, resume, settings).await,
+        Err(resume) => {
+            let (response, outcome, _) =
+                normalize_body(request, response, resume, settings).await?;
+            Ok((response, outcome))
+        }
     }
 }
 
@@ -135,13 +139,14 @@ pub fn normalize_head(
 }
 
 /// The rest of [`normalize`] for a response whose rules need its body: reads it (up to the
-/// inspect limit) and evaluates on from candidate `resume`, the one that asked.
+/// inspect limit) and evaluates on from candidate `resume`, the one that asked. Also says
+/// whether the body could be inspected.
 pub async fn normalize_body(
     request: &RequestFacts<'_>,
     response: Response<ResponseBody>,
     resume: usize,
     settings: &Settings<'_>,
-) -> Result<(Response<ResponseBody>, Option<Outcome>), InspectError> {
+) -> Result<(Response<ResponseBody>, Option<Outcome>, bool), InspectError> {
     let (parts, body) = response.into_parts();
     let (body, copy) = inspect(body, request, &parts.headers, settings).await?;
     let mut response = Response::from_parts(parts, body);
@@ -155,7 +160,7 @@ pub async fn normalize_body(
         _ => None,
     };
     let outcome = apply(matched, &mut response, copy.is_some(), request, settings);
-    Ok((response, outcome))
+    Ok((response, outcome, copy.is_some()))
 }
 
 /// What the rule that matched (if any) makes of the response, and what to record.

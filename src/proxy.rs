@@ -582,7 +582,12 @@ async fn normalize_body(
     let produced = response.status();
     let (request, settings) = facts_and_settings(proxy, route, exchange);
     let err = match normalize::normalize_body(&request, response, resume, &settings).await {
-        Ok((response, outcome)) => {
+        Ok((response, outcome, inspected)) => {
+            // A HEAD answered as such has no body to read: nothing was missed.
+            let bodiless = exchange.method == Method::HEAD && !exchange.head_as_get;
+            if !inspected && !bodiless {
+                route.metrics.body_not_inspected();
+            }
             recorded(proxy, route, source, exchange, outcome);
             return (response, (source, produced));
         }

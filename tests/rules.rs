@@ -1109,8 +1109,8 @@ async fn a_body_over_inspect_body_streams_through_intact() {
         }
     })
     .await;
-    let rules = BIG_BODY_RULES;
-    let proxy = spawn_proxy(&config_text(upstream.addr, r#"profile = "none""#, rules)).await;
+    let rules = format!("{BIG_BODY_RULES}\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let proxy = spawn_proxy(&config_text(upstream.addr, r#"profile = "none""#, &rules)).await;
     let client = client();
     for id in ["sized", "chunked"] {
         let url = proxy.url(&format!("/big?{id}"));
@@ -1131,6 +1131,13 @@ async fn a_body_over_inspect_body_streams_through_intact() {
         assert_eq!(record["rule"], rule, "{id}");
         assert_eq!(record["body_inspected"], inspected, "{id}");
     }
+    // The two bodies the rule could not read are counted, so that a rule that never gets
+    // to look shows even where no record is written.
+    let admin = proxy.admin.expect("admin listener");
+    let metrics = get(&format!("http://{admin}/metrics")).await.text();
+    let series = r#"restatus_bodies_not_inspected_total{route="main"} "#;
+    let line = metrics.lines().find(|l| l.starts_with(series));
+    assert_eq!(line, Some(&*format!("{series}2")), "{metrics}");
     proxy.stop().await;
 }
 
