@@ -653,6 +653,7 @@ fn demo_tour_shows_each_deviation_put_right_and_exits() {
         ["200", "201", "documented/create-is-201"]
     );
     assert_eq!(row("GET /items/42 "), ["200", "404", "missing-item-is-404"]);
+    assert_eq!(row("PUT /items/42 "), ["200", "404", "missing-item-is-404"]);
     assert_eq!(
         row("GET /admin/stats "),
         ["401", "403", "documented/bad-token-is-403"]

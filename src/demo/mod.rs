@@ -185,6 +185,7 @@ fn steps() -> Vec<Step> {
         step(Method::POST, "/items", r#"{"name":"widget"}"#),
         step(Method::GET, "/items/1", ""),
         step(Method::GET, "/items/42", ""),
+        step(Method::PUT, "/items/42", r#"{"name":"gadget"}"#),
         step(Method::PUT, "/items/1", r#"{"title":"no name"}"#),
         step(Method::DELETE, "/items/1", ""),
         step(Method::GET, "/items/1", ""),
