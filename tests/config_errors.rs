@@ -595,6 +595,8 @@ fn reuse_after_body_takes_true_false_or_same_client() {
         ("true", ReuseAfterBody::Any),
         ("false", ReuseAfterBody::Never),
         ("\"same_client\"", ReuseAfterBody::SameClient),
+        ("\"Same_Client\"", ReuseAfterBody::SameClient),
+        ("\"false\"", ReuseAfterBody::Never),
     ];
     for (value, want) in cases {
         let config = parse(&with(value)).expect("valid config");

@@ -190,8 +190,11 @@ impl<'de> Deserialize<'de> for ReuseAfterBody {
                 })
             }
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
-                match text {
+                // In any case, like the other named values.
+                match text.to_ascii_lowercase().as_str() {
                     "same_client" => Ok(ReuseAfterBody::SameClient),
+                    "true" => Ok(ReuseAfterBody::Any),
+                    "false" => Ok(ReuseAfterBody::Never),
                     _ => Err(E::invalid_value(serde::de::Unexpected::Str(text), &self)),
                 }
             }
