@@ -411,14 +411,10 @@ async fn a_417_to_expect_is_answered_by_sending_the_request_again_without_it() {
     let seen = wire.all().to_ascii_lowercase();
     assert_eq!(seen.matches("expect: 100-continue").count(), 1, "{seen}");
     assert_eq!(seen.matches("post /items").count(), 3, "{seen}");
-    let records = proxy.records();
-    let refused: Vec<_> = records
-        .iter()
-        .filter(|r| r["kind"] == "expect_refused")
-        .collect();
-    assert_eq!(refused.len(), 1, "{records:?}");
-    assert_eq!(refused[0]["path"], "/items", "{records:?}");
-    assert_eq!(refused[0]["upstream_status"], 200, "{records:?}");
+    let refused = proxy.records_of_kind("expect_refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["path"], "/items", "{refused:?}");
+    assert_eq!(refused[0]["upstream_status"], 200, "{refused:?}");
 }
 
 /// An upstream that reads the body first and only then sends `100` (and a final answer)

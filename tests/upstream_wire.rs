@@ -27,6 +27,13 @@ async fn proxy_for(upstream: &FaultUpstream) -> TestProxy {
     spawn_proxy(&simple_config(upstream.addr, NO_PROFILE)).await
 }
 
+/// The proxy's own 502, saying `why`.
+fn assert_bad_gateway(reply: &Reply, why: &str) {
+    let text = reply.text();
+    assert_eq!(reply.status, 502, "{text}");
+    assert!(text.contains(why), "{text}");
+}
+
 /// An upstream that answers every request on every connection with `bytes`.
 async fn serving(bytes: &'static [u8]) -> FaultUpstream {
     spawn_fault(move |mut conn: FaultConn| async move {
@@ -504,12 +511,7 @@ async fn chunked_body_malformed_under_inspection_is_an_invalid_response() {
             .await;
     let proxy = spawn_proxy(&simple_config(upstream.addr, MISSING_RULE)).await;
     let reply = get(&proxy.url("/item")).await;
-    assert_eq!(reply.status, 502, "{}", reply.text());
-    assert!(
-        reply.text().contains("invalid response"),
-        "{}",
-        reply.text()
-    );
+    assert_bad_gateway(&reply, "invalid response");
     proxy.stop().await;
 }
 
@@ -557,12 +559,8 @@ async fn invalid_header_lines_are_dropped_and_recorded() {
         !lower.contains("not a field") && !lower.contains("bad name"),
         "{text}"
     );
-    let records = proxy.records();
-    let invalid: Vec<_> = records
-        .iter()
-        .filter(|r| r["kind"] == "invalid_header")
-        .collect();
-    assert_eq!(invalid.len(), 1, "{records:?}");
+    let invalid = proxy.records_of_kind("invalid_header");
+    assert_eq!(invalid.len(), 1, "{invalid:?}");
     assert_eq!(invalid[0]["path"], "/things");
     assert_eq!(invalid[0]["status"], 200);
     // A well-formed head writes no record.
@@ -588,12 +586,7 @@ async fn an_invalid_framing_line_is_a_502_not_a_dropped_line() {
         let reply = tokio::time::timeout(LIMIT, get(&proxy.url("/")))
             .await
             .expect("answered at once");
-        assert_eq!(reply.status, 502, "{}", reply.text());
-        assert!(
-            reply.text().contains("Content-Length or Transfer-Encoding"),
-            "{}",
-            reply.text()
-        );
+        assert_bad_gateway(&reply, "Content-Length or Transfer-Encoding");
         proxy.stop().await;
     }
 }

@@ -207,6 +207,13 @@ impl TestProxy {
             .collect()
     }
 
+    /// The deviation records written so far whose `kind` is `kind`.
+    pub fn records_of_kind(&self, kind: &str) -> Vec<serde_json::Value> {
+        let mut records = self.records();
+        records.retain(|r| r["kind"] == kind);
+        records
+    }
+
     /// Starts a graceful shutdown and returns the task serving until it completes.
     pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
         if let Some(tx) = self.shutdown.take() {
