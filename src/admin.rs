@@ -77,6 +77,11 @@ fn route(live: &Live, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match request.uri().path() {
         "/metrics" => {
+            let proxy = live.proxy();
+            let capped = proxy.upstreams.iter();
+            let capped = capped.filter(|u| u.config.max_connections.is_some());
+            live.metrics
+                .set_queued(capped.map(|u| (u.name(), u.queued())));
             let body = live.metrics.encode(live.deviations.dropped());
             with_type(
                 StatusCode::OK,

@@ -44,6 +44,11 @@ struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AnsweredLabels {
     route: String,
     reason: String,
@@ -71,6 +76,7 @@ pub struct Metrics {
     upstream_duration: HistogramFamily,
     deviations: Family<DeviationLabels, Counter>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    queued: Family<UpstreamLabels, Gauge>,
     not_inspected: Family<RouteLabels, Counter>,
     answered: Family<AnsweredLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
@@ -96,6 +102,7 @@ impl Metrics {
             upstream_duration: Family::new_with_constructor(latency_histogram),
             deviations: Family::default(),
             upstream_errors: Family::default(),
+            queued: Family::default(),
             not_inspected: Family::default(),
             answered: Family::default(),
             reloads: Family::default(),
@@ -145,6 +152,11 @@ impl Metrics {
             "upstream_errors",
             "Failed upstream requests by upstream and kind",
             self.upstream_errors.clone(),
+        );
+        registry.register(
+            "upstream_queued_requests",
+            "Requests waiting for a connection to an upstream with max_connections",
+            self.queued.clone(),
         );
         registry.register(
             "bodies_not_inspected",
@@ -236,6 +248,18 @@ impl Metrics {
             kind: kind.to_string(),
         };
         self.upstream_errors.get_or_create(&labels).inc();
+    }
+
+    /// Sets the requests waiting for a connection, per upstream with `max_connections`;
+    /// upstreams not given (gone with a reload) are dropped.
+    pub fn set_queued<'a>(&self, upstreams: impl Iterator<Item = (&'a str, usize)>) {
+        self.queued.clear();
+        for (upstream, waiting) in upstreams {
+            let labels = UpstreamLabels {
+                upstream: upstream.to_string(),
+            };
+            self.queued.get_or_create(&labels).set(waiting as i64);
+        }
     }
 
     /// A request restatus answered itself for the client's sake (no route, a check's refusal,

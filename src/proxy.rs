@@ -30,6 +30,8 @@ use std::time::Instant;
 /// Everything the request path needs, compiled once from a [`Config`].
 pub struct Proxy {
     pub routes: RouteTable,
+    /// Every upstream of the config, in file order.
+    pub upstreams: Vec<Arc<Upstream>>,
     pub request_body_limit: u64,
     pub inspect_limit: usize,
     pub original_status_header: Option<HeaderName>,
@@ -76,6 +78,7 @@ impl Proxy {
             .collect();
         Proxy {
             routes: RouteTable::build(config, &upstreams, &metrics),
+            upstreams,
             unrouted: metrics.route("-"),
             settings: ConnSettings::from_config(config),
             tls: config.server.tls.as_ref().map(|t| t.config.clone()),

@@ -48,6 +48,11 @@ pub enum ProxyError {
     UpstreamInvalid(&'static str),
     /// The TLS handshake with the upstream failed (its certificate did not verify, ...).
     UpstreamTls(String),
+    /// The target had its `max_connections` open and none came free within `queue_timeout`.
+    UpstreamBusy {
+        max: usize,
+        waited: std::time::Duration,
+    },
     /// A TRACE or OPTIONS request with `Max-Forwards: 0`: restatus answers it as the final
     /// recipient (RFC 9110 §7.6.2), with a TRACE's echo. Not a failure, but answered the same
     /// way: by restatus, without the upstream.
@@ -91,6 +96,7 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout
             | ProxyError::UpstreamTimeout
             | ProxyError::UpstreamStalled(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -128,6 +134,7 @@ impl ProxyError {
             ProxyError::UpstreamReset => "reset",
             ProxyError::UpstreamInvalid(_) => "invalid_response",
             ProxyError::UpstreamTls(_) => "tls",
+            ProxyError::UpstreamBusy { .. } => "queue_timeout",
             ProxyError::LastHop(_) => "max_forwards",
         }
     }
@@ -162,6 +169,9 @@ impl ProxyError {
                 format!("upstream sent an invalid response: {why}")
             }
             ProxyError::UpstreamTls(why) => format!("TLS with the upstream failed: {why}"),
+            ProxyError::UpstreamBusy { max, waited } => format!(
+                "upstream has its max_connections ({max}) busy, and none came free within {waited:?}"
+            ),
             ProxyError::LastHop(_) => {
                 "Max-Forwards is 0: answered by restatus, not forwarded (RFC 9110 §7.6.2)".into()
             }
@@ -252,6 +262,13 @@ mod tests {
             (ProxyError::UpstreamInvalid("x"), 502),
             (ProxyError::UpstreamTimeout, 504),
             (ProxyError::UpstreamConnectTimeout, 504),
+            (
+                ProxyError::UpstreamBusy {
+                    max: 1,
+                    waited: std::time::Duration::ZERO,
+                },
+                503,
+            ),
         ];
         for (err, code) in cases {
             assert_eq!(err.status().as_u16(), code, "{err:?}");

@@ -75,8 +75,7 @@ impl Upstream {
             .iter()
             .map(|target| {
                 let name = format!("{} ({})", config.name, target.authority);
-                let (max, idle) = (config.idle_connections, config.idle_timeout);
-                Arc::new(Pool::new(max, idle, config.reuse_after_body, name))
+                Arc::new(Pool::new(&config, name))
             })
             .collect();
         client::start_pruning(&pools);
@@ -101,6 +100,11 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Requests waiting for a connection to one of its targets (`max_connections`).
+    pub fn queued(&self) -> usize {
+        self.pools.iter().map(|pool| pool.waiting()).sum()
     }
 
     /// Whether `Expect: 100-continue` may go upstream; a target that last answered HTTP/1.0
@@ -191,7 +195,7 @@ impl Upstream {
                     Some(conn) => conn,
                     // Boxed: the connect and TLS handshake state is large, and most requests find
                     // a pooled connection.
-                    None => match Box::pin(self.connector.connect(target)).await {
+                    None => match Box::pin(pool.connect(&self.connector, target)).await {
                         Ok(conn) => conn,
                         Err(ConnectError::Refused(err)) if tried + 1 < targets.len() => {
                             tracing::debug!(upstream = %self.config.name, target = %target.authority, error = %err, "connect refused, trying next target");
@@ -213,7 +217,7 @@ impl Upstream {
                         tracing::debug!(upstream = %self.config.name, "connection closed before the response head; retrying the idempotent request once");
                         // Boxed like the first connect: every request's future would otherwise
                         // carry room for it.
-                        let conn = Box::pin(self.connector.connect(target))
+                        let conn = Box::pin(pool.connect(&self.connector, target))
                             .await
                             .map_err(connect_error)?;
                         client::send(conn, &request, ForwardBody::empty(), interim, pool, timeout)
@@ -251,9 +255,8 @@ impl Upstream {
         let pool = &self.pools[index];
         let mut conn = match pool.take(&outbound.owner) {
             Some(conn) => conn,
-            None => self
-                .connector
-                .connect(target)
+            None => pool
+                .connect(&self.connector, target)
                 .await
                 .map_err(connect_error)?,
         };
@@ -330,6 +333,7 @@ fn connect_error(err: ConnectError) -> ProxyError {
         ConnectError::Refused(_) => ProxyError::UpstreamConnect,
         ConnectError::Timeout => ProxyError::UpstreamConnectTimeout,
         ConnectError::Tls(message) => ProxyError::UpstreamTls(message),
+        ConnectError::Busy { max, waited } => ProxyError::UpstreamBusy { max, waited },
     }
 }
 

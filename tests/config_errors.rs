@@ -619,3 +619,33 @@ fn reuse_after_body_takes_true_false_or_same_client() {
         );
     }
 }
+
+#[test]
+fn max_connections_is_at_least_one_and_queue_timeout_a_duration() {
+    let with = |value: &str| {
+        VALID.replace(
+            "response_timeout = \"1.5s\"",
+            &format!("response_timeout = \"1.5s\"\n{value}"),
+        )
+    };
+    let config = parse(VALID).expect("valid config");
+    assert_eq!(config.upstreams[0].max_connections, None);
+    assert_eq!(
+        config.upstreams[0].queue_timeout,
+        restatus::config::DEFAULT_QUEUE_WAIT
+    );
+    let config = parse(&with("max_connections = 8\nqueue_timeout = \"0s\"")).expect("valid");
+    assert_eq!(config.upstreams[0].max_connections, Some(8));
+    assert_eq!(config.upstreams[0].queue_timeout, Duration::ZERO);
+    let cases = [
+        ("max_connections = 0", "max_connections", "at least 1"),
+        ("max_connections = -2", "max_connections", "invalid value"),
+        ("queue_timeout = \"soon\"", "queue_timeout", "soon"),
+    ];
+    for (line, key, message) in cases {
+        let text = with(line);
+        let err = error(&text);
+        let key_path = format!("upstreams[0].{key}");
+        assert_error(&err, &text, line, &key_path, message);
+    }
+}

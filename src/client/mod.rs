@@ -6,15 +6,17 @@
 mod body;
 mod exchange;
 mod io;
+mod limit;
 
 pub use crate::wire::BodyError;
 pub use body::UpstreamBody;
 pub use exchange::{send, DroppedLines, Outgoing, SendError, Unsent};
 
-use crate::config::{ReuseAfterBody, Target};
+use crate::config::{ReuseAfterBody, Target, UpstreamConfig};
 use bytes::BytesMut;
 use http::uri::Scheme;
 use io::{IdleState, Io};
+use limit::{Limit, Room, Slot};
 use rustls::pki_types::ServerName;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,6 +46,8 @@ pub struct Conn {
     /// The client connection it is kept for, once it carried a body under
     /// `reuse_after_body = "same_client"`; no other client's request goes on it.
     owner: Option<Weak<Owner>>,
+    /// Counts it against its target's `max_connections` while it is open.
+    slot: Option<Slot>,
 }
 
 /// Stands for one client connection, which holds it while it lasts. The upstream
@@ -78,32 +82,47 @@ impl Owner {
         if !self.any.load(Ordering::Relaxed) {
             return None;
         }
+        // Before the lock: connections close after it is released (see `limit`).
+        let mut stale = Vec::new();
         let mut kept = self.kept.lock().ok()?;
         while let Some(at) = kept.iter().rposition(|k| k.pool == pool.id) {
             let mut entry = kept.remove(at).idle;
             if pool.fresh(&mut entry) {
                 return Some(entry.conn);
             }
+            stale.push(entry);
         }
         None
     }
 
+    /// The least recently kept connection of `pool`, taken away to be closed.
+    fn give_up(&self, pool: &Pool) -> Option<Conn> {
+        let mut kept = self.kept.lock().ok()?;
+        let at = kept.iter().position(|k| k.pool == pool.id)?;
+        Some(kept.remove(at).idle.conn)
+    }
+
     fn keep(&self, pool: &Pool, conn: Conn) {
-        let Ok(mut kept) = self.kept.lock() else {
-            return;
-        };
-        if kept.len() == KEPT_PER_CLIENT {
-            kept.remove(0);
-        }
         let idle = Idle {
             conn,
             since: Instant::now(),
         };
-        kept.push(Kept {
+        // Closed here, after the lock is released (see `limit`).
+        drop(self.push(Kept {
             pool: pool.id,
             idle,
-        });
+        }));
+    }
+
+    /// Adds a kept connection; returns the oldest one if it made one too many.
+    fn push(&self, entry: Kept) -> Option<Kept> {
+        let Ok(mut kept) = self.kept.lock() else {
+            return Some(entry);
+        };
+        let evicted = (kept.len() == KEPT_PER_CLIENT).then(|| kept.remove(0));
+        kept.push(entry);
         self.any.store(true, Ordering::Relaxed);
+        evicted
     }
 }
 
@@ -116,6 +135,7 @@ impl Conn {
             reused: false,
             carried_body: false,
             owner: None,
+            slot: None,
         }
     }
 
@@ -162,6 +182,8 @@ pub struct Pool {
     same_client: bool,
     /// The target's name, for the warning when `reuse_after_body` is turned off.
     name: String,
+    /// The target's `max_connections`, if it has one.
+    limit: Option<Arc<Limit>>,
 }
 
 static NEXT_POOL: AtomicU64 = AtomicU64::new(0);
@@ -173,15 +195,19 @@ struct Idle {
 
 impl Pool {
     /// `name` names the upstream and target in logs.
-    pub fn new(max: usize, timeout: Duration, reuse: ReuseAfterBody, name: String) -> Self {
+    pub fn new(config: &UpstreamConfig, name: String) -> Self {
+        let reuse = config.reuse_after_body;
         Pool {
             id: NEXT_POOL.fetch_add(1, Ordering::Relaxed),
             idle: Mutex::new(Vec::new()),
-            max,
-            timeout,
+            max: config.idle_connections,
+            timeout: config.idle_timeout,
             reuse_after_body: AtomicBool::new(reuse != ReuseAfterBody::Never),
             same_client: reuse == ReuseAfterBody::SameClient,
             name,
+            limit: config
+                .max_connections
+                .map(|max| Limit::new(max, config.queue_timeout)),
         }
     }
 
@@ -191,13 +217,47 @@ impl Pool {
         if let Some(conn) = owner.take(self) {
             return Some(conn);
         }
+        // Before the lock: connections close after it is released (see `limit`).
+        let mut stale = Vec::new();
+        self.take_shared(&mut stale)
+    }
+
+    /// The most recently used shared idle connection that is still open; the ones found
+    /// closed or idle too long go to `stale`.
+    fn take_shared(&self, stale: &mut Vec<Idle>) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(mut entry) = idle.pop() {
             if self.fresh(&mut entry) {
                 return Some(entry.conn);
             }
+            stale.push(entry);
         }
         None
+    }
+
+    /// A new connection to `target`; under `max_connections`, once it is this request's
+    /// turn (which may bring an idle connection instead).
+    pub async fn connect(
+        &self,
+        connector: &Connector,
+        target: &Target,
+    ) -> Result<Conn, ConnectError> {
+        let Some(limit) = &self.limit else {
+            return connector.connect(target).await;
+        };
+        match limit.room(self).await? {
+            Room::Idle(conn) => Ok(conn),
+            Room::New(slot) => {
+                let mut conn = connector.connect(target).await?;
+                conn.slot = Some(slot);
+                Ok(conn)
+            }
+        }
+    }
+
+    /// Requests waiting for a connection under `max_connections`.
+    pub fn waiting(&self) -> usize {
+        self.limit.as_ref().map_or(0, |limit| limit.waiting())
     }
 
     /// Whether a connection that carried a request body may be reused.
@@ -238,37 +298,69 @@ impl Pool {
     }
 
     /// Keeps `conn` for the next request (with its client connection if it is kept for one),
-    /// unless `max` connections are idle already.
+    /// unless `max` connections are idle already. Under `max_connections` it goes to the
+    /// oldest waiting request instead, if there is one.
     fn put(&self, mut conn: Conn) {
         conn.reused = true;
         if conn.buf.capacity() > KEPT_BUFFER {
             conn.buf = BytesMut::new();
             conn.next_read = FIRST_READ;
         }
-        if let Some(owner) = &conn.owner {
-            // Closed with the connection if its client connection is gone.
-            if let Some(owner) = owner.upgrade() {
-                owner.keep(self, conn);
-            }
+        if let Some(owner) = conn.owner.take() {
+            self.keep_for_owner(owner, conn);
             return;
         }
-        let Ok(mut idle) = self.idle.lock() else {
+        let Some(limit) = &self.limit else {
+            drop(self.add_idle(conn));
             return;
         };
-        if idle.len() < self.max {
-            idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+        drop(limit.offer(conn, |conn| self.add_idle(conn)));
+    }
+
+    /// Keeps a connection with the client connection it is kept for; closed if that client
+    /// is gone, or if a request waits for its slot under `max_connections`.
+    fn keep_for_owner(&self, owner: Weak<Owner>, mut conn: Conn) {
+        let Some(alive) = owner.upgrade() else {
+            return;
+        };
+        if let Some(limit) = &self.limit {
+            if limit.has_waiters() {
+                return;
+            }
+            limit.add_keeper(&owner);
         }
+        conn.owner = Some(owner);
+        alive.keep(self, conn);
+    }
+
+    /// Adds `conn` to the idle connections; returns it if `max` are idle already.
+    fn add_idle(&self, conn: Conn) -> Option<Conn> {
+        let Ok(mut idle) = self.idle.lock() else {
+            return Some(conn);
+        };
+        if idle.len() >= self.max {
+            return Some(conn);
+        }
+        idle.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+        None
     }
 
     /// Closes the connections idle too long or closed by the upstream.
     fn prune(&self) {
+        // Before the lock: connections close after it is released (see `limit`).
+        let mut stale = Vec::new();
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        idle.retain_mut(|entry| self.fresh(entry));
+        for mut entry in std::mem::take(&mut *idle) {
+            match self.fresh(&mut entry) {
+                true => idle.push(entry),
+                false => stale.push(entry),
+            }
+        }
     }
 }
 
@@ -306,6 +398,11 @@ pub enum ConnectError {
     Refused(std::io::Error),
     Timeout,
     Tls(String),
+    /// `max` connections were open and none came free in `waited` (`max_connections`).
+    Busy {
+        max: usize,
+        waited: Duration,
+    },
 }
 
 /// Makes new connections to the targets of one upstream.

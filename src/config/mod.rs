@@ -39,6 +39,8 @@ pub const DEFAULT_IDLE_CONNECTIONS: usize = 256;
 /// connection such an upstream is closing at that moment (a POST on it would fail: it is
 /// not retried).
 pub const DEFAULT_POOL_IDLE: Duration = Duration::from_secs(4);
+/// How long a request waits for a connection under `max_connections`, by default.
+pub const DEFAULT_QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -130,6 +132,10 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     /// Who may reuse a connection that carried a request body answered with a 2xx.
     pub reuse_after_body: ReuseAfterBody,
+    /// Most connections open to each target at once; further requests wait their turn.
+    pub max_connections: Option<usize>,
+    /// How long a request waits for a connection under `max_connections`.
+    pub queue_timeout: Duration,
     /// Set when a target is `https://`.
     pub tls: Option<UpstreamTls>,
 }
@@ -462,10 +468,27 @@ fn compile_upstreams(
             idle_connections: raw.idle_connections.unwrap_or(DEFAULT_IDLE_CONNECTIONS),
             idle_timeout: raw.idle_timeout.map_or(DEFAULT_POOL_IDLE, |d| d.0),
             reuse_after_body: raw.reuse_after_body.unwrap_or_default(),
+            max_connections: max_connections(raw.max_connections.as_ref(), at)?,
+            queue_timeout: raw.queue_timeout.map_or(DEFAULT_QUEUE_WAIT, |d| d.0),
             tls,
         }));
     }
     Ok(out)
+}
+
+/// `max_connections`: at least one, or no request could ever be sent.
+fn max_connections(
+    raw: Option<&Spanned<usize>>,
+    at: &Locator,
+) -> Result<Option<usize>, ConfigError> {
+    match raw {
+        Some(max) if *max.get_ref() == 0 => Err(at.at(
+            max.span(),
+            "max_connections must be at least 1 (leave it out for no cap)",
+        )),
+        Some(max) => Ok(Some(*max.get_ref())),
+        None => Ok(None),
+    }
 }
 
 fn check_name(
@@ -886,11 +909,18 @@ pub fn summary(config: &Config) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "  {}: {} (connect {:?}, response {:?}{})",
+            "  {}: {} (connect {:?}, response {:?}{}{})",
             upstream.name,
             targets.join(", "),
             upstream.connect_timeout,
             upstream.response_timeout,
+            match upstream.max_connections {
+                Some(max) => format!(
+                    ", at most {max} connections per target, queue {:?}",
+                    upstream.queue_timeout
+                ),
+                None => String::new(),
+            },
             match upstream.reuse_after_body {
                 ReuseAfterBody::SameClient => "",
                 ReuseAfterBody::Any => ", reuse after a body by any client",

@@ -144,6 +144,8 @@ pub struct RawUpstream {
     pub idle_connections: Option<usize>,
     pub idle_timeout: Option<Timeout>,
     pub reuse_after_body: Option<ReuseAfterBody>,
+    pub max_connections: Option<Spanned<usize>>,
+    pub queue_timeout: Option<HumanDuration>,
     pub ca: Option<Spanned<String>>,
     pub server_name: Option<Spanned<String>>,
     pub client_cert: Option<Spanned<String>>,

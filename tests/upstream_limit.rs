@@ -1,0 +1,259 @@
+//! `max_connections`: at most that many connections open to a target; further requests wait
+//! in turn for one, up to `queue_timeout`, then get a 503.
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What an upstream saw of its connections and requests.
+#[derive(Default)]
+struct Counts {
+    accepted: AtomicUsize,
+    closed: AtomicUsize,
+    requests: AtomicUsize,
+}
+
+/// An upstream that reads each request (head and `Content-Length` body) and answers it with
+/// 200 once `open` is true.
+async fn gated_upstream(open: bool) -> (SocketAddr, Arc<Counts>, watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let counts = Arc::new(Counts::default());
+    let (gate, _) = watch::channel(open);
+    let (shared, opened) = (counts.clone(), gate.subscribe());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            shared.accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(answer_when_open(stream, shared.clone(), opened.clone()));
+        }
+    });
+    (addr, counts, gate)
+}
+
+async fn answer_when_open(
+    mut stream: TcpStream,
+    counts: Arc<Counts>,
+    mut open: watch::Receiver<bool>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    counts.closed.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        while buf.len() < end + 4 + length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..end + 4 + length);
+        counts.requests.fetch_add(1, Ordering::SeqCst);
+        let _ = open.wait_for(|open| *open).await;
+        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        if stream.write_all(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn capped_config(upstream: SocketAddr, max: usize, queue_timeout: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "10s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[upstreams]]
+name = "backend"
+targets = ["http://{upstream}"]
+max_connections = {max}
+queue_timeout = "{queue_timeout}"
+
+[[routes]]
+name = "main"
+upstream = "backend"
+path_prefix = "/"
+profile = "none"
+"#
+    )
+}
+
+/// The value of the series whose line starts with `series`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+async fn metric(proxy: &TestProxy, series: &str) -> Option<f64> {
+    let admin = proxy.admin.expect("admin listener");
+    let metrics = get(&format!("http://{admin}/metrics")).await.text();
+    sample(&metrics, series)
+}
+
+#[tokio::test]
+async fn max_connections_caps_the_connections_and_queues_the_rest() {
+    let (upstream, counts, gate) = gated_upstream(false).await;
+    let proxy = spawn_proxy(&capped_config(upstream, 2, "30s")).await;
+    let url = proxy.url("/items");
+    let requests: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    // Two requests hold the two connections; the other four wait their turn.
+    let queued = r#"restatus_upstream_queued_requests{upstream="backend"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&proxy, queued).await != Some(4.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "four requests never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(counts.requests.load(Ordering::SeqCst), 2);
+    gate.send_replace(true);
+    for request in requests {
+        let reply = request.await.expect("request task");
+        assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+    }
+    // The waiting requests went on the two connections as they came back.
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(counts.requests.load(Ordering::SeqCst), 6);
+    assert_eq!(metric(&proxy, queued).await, Some(0.0));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_that_waits_past_queue_timeout_gets_a_503() {
+    let (upstream, counts, gate) = gated_upstream(false).await;
+    let proxy = spawn_proxy(&capped_config(upstream, 1, "200ms")).await;
+    let url = proxy.url("/items");
+    let first = tokio::spawn(async move { get(&url).await });
+    wait_until(
+        Duration::from_secs(10),
+        "the first request upstream",
+        || counts.requests.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    let reply = get(&proxy.url("/items/2")).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("x-restatus-source"), Some("proxy"));
+    let error = reply.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("max_connections (1)"), "{error}");
+    let failures = r#"restatus_upstream_errors_total{upstream="backend",kind="queue_timeout"}"#;
+    assert_eq!(metric(&proxy, failures).await, Some(1.0));
+    gate.send_replace(true);
+    let reply = first.await.expect("first request");
+    assert_eq!(reply.status, 200);
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 1);
+    proxy.stop().await;
+}
+
+/// Under `reuse_after_body = "same_client"` (the default) a connection that carried a body
+/// stays with its client connection; while that client is quiet, a request that would
+/// otherwise wait for a slot closes it and takes its slot.
+#[tokio::test]
+async fn a_connection_kept_for_a_quiet_client_gives_its_slot_to_a_waiting_request() {
+    let (upstream, counts, _gate) = gated_upstream(true).await;
+    let proxy = spawn_proxy(&capped_config(upstream, 1, "5s")).await;
+    let quiet = client();
+    let reply = send_with(&quiet, "POST", &proxy.url("/items"), &[], "{}").await;
+    assert_eq!(reply.status, 200);
+    let reply = get(&proxy.url("/items/1")).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    wait_until(
+        Duration::from_secs(10),
+        "the kept connection closed",
+        || counts.closed.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    // The quiet client still gets answers: on a connection of its own again.
+    let reply = send_with(&quiet, "POST", &proxy.url("/items"), &[], "{}").await;
+    assert_eq!(reply.status, 200);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_queue_timeout_is_a_500_under_the_documented_profile() {
+    let (upstream, counts, gate) = gated_upstream(false).await;
+    let text = capped_config(upstream, 1, "100ms").replace("profile = \"none\"", "");
+    let proxy = spawn_proxy(&text).await;
+    let url = proxy.url("/items");
+    let first = tokio::spawn(async move { get(&url).await });
+    wait_until(
+        Duration::from_secs(10),
+        "the first request upstream",
+        || counts.requests.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    let reply = get(&proxy.url("/items/2")).await;
+    assert_eq!(reply.status, 500);
+    gate.send_replace(true);
+    assert_eq!(first.await.expect("first request").status, 200);
+    let records = proxy.records();
+    let busy = records
+        .iter()
+        .find(|r| r["upstream_status"] == 503 && r["status"] == 500);
+    assert!(busy.is_some(), "{records:?}");
+    proxy.stop().await;
+}
+
+/// Many clients at once, HTTP/1.1 and HTTP/2, POSTs (whose connections are kept for their
+/// client) among GETs, through three connections: every request is answered and none is
+/// left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_requests_all_get_through_a_small_cap() {
+    let (upstream, counts, _gate) = gated_upstream(true).await;
+    let proxy = spawn_proxy(&capped_config(upstream, 3, "20s")).await;
+    let clients: Vec<TestClient> = (0..8)
+        .map(|n| if n % 2 == 0 { client() } else { h2_client() })
+        .collect();
+    let requests = (0..400).map(|n| {
+        let (client, url) = (clients[n % 8].clone(), proxy.url(&format!("/items/{n}")));
+        tokio::spawn(async move {
+            match n % 3 {
+                0 => send_with(&client, "POST", &url, &[], "{\"n\":1}").await,
+                _ => send_with(&client, "GET", &url, &[], "").await,
+            }
+        })
+    });
+    for reply in futures_util::future::join_all(requests).await {
+        assert_eq!(reply.expect("request task").status, 200);
+    }
+    assert_eq!(counts.requests.load(Ordering::SeqCst), 400);
+    assert_eq!(proxy.live.proxy().upstreams[0].queued(), 0);
+    proxy.stop().await;
+}
