@@ -87,10 +87,10 @@ fn check_accepts_a_valid_config_and_summarizes_it() {
 /// `check` says which pages may read restatus's own answers, and which upstreams never reuse
 /// a connection after a body: both change what clients see.
 #[test]
-fn check_summarizes_cors_and_reuse_after_body() {
+fn check_summarizes_cors_reuse_after_body_and_max_connections() {
     let text = VALID.replace(
         "targets = [\"http://127.0.0.1:8081\"]",
-        "targets = [\"http://127.0.0.1:8081\"]\nreuse_after_body = false",
+        "targets = [\"http://127.0.0.1:8081\"]\nreuse_after_body = false\nmax_connections = 32",
     )
         + "\n[cors]\nallow_origins = [\"https://app.example.com\"]\nallow_credentials = true\n";
     assert!(text.contains("reuse_after_body = false"), "{text}");
@@ -102,9 +102,11 @@ fn check_summarizes_cors_and_reuse_after_body() {
         "cors: restatus's own answers readable by https://app.example.com, with credentials";
     assert!(out.contains(wanted), "{out}");
     assert!(out.contains(", no reuse after a body)"), "{out}");
+    let capped = ", at most 32 connections per target, queue 10s";
+    assert!(out.contains(capped), "{out}");
     let plain = stdout(&check(TempConfig::new("plain", VALID).path()));
     assert!(
-        !plain.contains("cors:") && !plain.contains("no reuse"),
+        !plain.contains("cors:") && !plain.contains("no reuse") && !plain.contains("at most"),
         "{plain}"
     );
 }
