@@ -86,6 +86,9 @@ pub enum Kind {
     /// The upstream's response head had field lines that are not valid HTTP; they were not
     /// relayed (RFC 9110 §5.1, §5.5).
     InvalidHeader,
+    /// The upstream's response had both `Transfer-Encoding` and `Content-Length`; the body
+    /// was read as chunked and the length dropped (RFC 9112 §6.3).
+    ConflictingFraming,
 }
 
 impl Kind {
@@ -96,6 +99,7 @@ impl Kind {
             Kind::Unsolicited100 => "unsolicited_100",
             Kind::ExpectRefused => "expect_refused",
             Kind::InvalidHeader => "invalid_header",
+            Kind::ConflictingFraming => "conflicting_framing",
         }
     }
 }
@@ -445,6 +449,7 @@ impl Counts {
             (None, Kind::Unsolicited100) => "(unsolicited_100)",
             (None, Kind::ExpectRefused) => "(expect_refused)",
             (None, Kind::InvalidHeader) => "(invalid_header)",
+            (None, Kind::ConflictingFraming) => "(conflicting_framing)",
         };
         bump(&mut self.by_rule, &labels.route, rule, count);
         if labels.kind != Kind::Status {

@@ -4,7 +4,7 @@ use crate::access::{AccessRecord, LoggedBody};
 use crate::admit;
 use crate::body::ClientBody;
 use crate::body::ResponseBody;
-use crate::client::{DroppedLines, Owner};
+use crate::client::{DroppedLines, FramedTwice, Owner};
 use crate::config::{Config, HostMode};
 use crate::deviation::{self, DeviationLog, Kind, Record};
 use crate::expect::{self, Held};
@@ -114,6 +114,8 @@ struct Exchange<'a> {
     protocol: Option<Kind>,
     /// The upstream's response head had field lines that were not relayed.
     invalid_header: bool,
+    /// The upstream's response had both `Transfer-Encoding` and `Content-Length`.
+    framed_twice: bool,
     /// Why the proxy answered itself, for the access line.
     error: Option<String>,
     /// A HEAD sent upstream as GET for the route's body rules; the client gets no body.
@@ -149,6 +151,7 @@ pub fn handle(
             close: false,
             protocol: None,
             invalid_header: false,
+            framed_twice: false,
             error: None,
             head_as_get: false,
             asked: Asked::default(),
@@ -189,7 +192,8 @@ pub fn handle(
         }
         if let Some(route) = exchange.route {
             let invalid = exchange.invalid_header.then_some(Kind::InvalidHeader);
-            for kind in [exchange.protocol, invalid].into_iter().flatten() {
+            let framing = exchange.framed_twice.then_some(Kind::ConflictingFraming);
+            for kind in [exchange.protocol, invalid, framing].into_iter().flatten() {
                 let status = response.status();
                 protocol_record(&proxy.deviations, &exchange, route, kind, made, status);
             }
@@ -292,6 +296,15 @@ fn forward<'a, 'e>(
             exchange.invalid_header = true;
             dropped_lines_warning(exchange, route, &dropped);
         }
+        if parts.extensions.remove::<FramedTwice>().is_some() {
+            exchange.framed_twice = true;
+            tracing::warn!(
+                request_id = exchange.request_id.to_str().unwrap_or("-"),
+                route = &*route.name,
+                upstream = route.upstream.name(),
+                "upstream response has both Transfer-Encoding and Content-Length: its body was read as chunked and the length dropped (RFC 9112 §6.3); the connection is not reused"
+            );
+        }
         // Looked at only for the few statuses it can excuse, so other answers pay nothing.
         if route.contract && Asked::may_excuse(parts.status) {
             exchange.asked = Asked::of(&exchange.method, &outbound.headers);
@@ -311,7 +324,7 @@ fn dropped_lines_warning(exchange: &Exchange, route: &Route, dropped: &DroppedLi
         request_id = exchange.request_id.to_str().unwrap_or("-"),
         route = &*route.name,
         upstream = route.upstream.name(),
-        "upstream response head has field lines that are not valid HTTP (lines {dropped}, the status line being 1); they were not relayed"
+        "upstream response head has lines that are not valid HTTP (lines {dropped}, the status line being 1); they were not relayed (a status line keeps its code and gets the standard reason phrase)"
     );
 }
 

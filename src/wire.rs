@@ -63,9 +63,11 @@ pub trait Fill {
     fn buffer(&mut self) -> &mut BytesMut;
     /// Reads more bytes into the buffer; `Ok(0)` is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>>;
-    /// A trailer section that is not valid fields is dropped whole instead of failing the
-    /// body (an upstream's, whose body before it is complete).
-    fn skips_invalid_trailers(&self) -> bool {
+    /// The body is an upstream's, read leniently, as a legacy service needs: its chunked
+    /// framing may end lines with a bare LF (RFC 9112 §2.2 lets a recipient accept one), and
+    /// a trailer section that is not valid fields is dropped whole instead of failing the
+    /// body before it, which is complete. A client's body is held to CRLF.
+    fn lenient(&self) -> bool {
         false
     }
 }
@@ -106,9 +108,10 @@ fn poll_chunked<F: Fill>(framing: &mut Framing, src: &mut F, cx: &mut Context<'_
     let Framing::Chunked(state) = framing else {
         return Poll::Ready(None);
     };
+    let lenient = src.lenient();
     let buf = src.buffer();
     match state {
-        Chunk::Size => match size_line(buf)? {
+        Chunk::Size => match size_line(buf, lenient)? {
             Some((used, size)) => {
                 buf.advance(used);
                 *state = if size == 0 {
@@ -135,26 +138,37 @@ fn poll_chunked<F: Fill>(framing: &mut Framing, src: &mut F, cx: &mut Context<'_
             }
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        Chunk::DataEnd => {
-            if buf.len() < 2 {
-                ready!(fill(src, cx, false))?;
-            } else if &buf[..2] == b"\r\n" {
-                buf.advance(2);
+        Chunk::DataEnd => match line_end(buf, lenient) {
+            Some(0) => return Poll::Ready(Some(Err(BodyError::Invalid))),
+            Some(used) => {
+                buf.advance(used);
                 *state = Chunk::Size;
-            } else {
-                return Poll::Ready(Some(Err(BodyError::Invalid)));
             }
-        }
+            None => {
+                ready!(fill(src, cx, false))?;
+            }
+        },
         Chunk::Trailers => return poll_trailers(framing, src, cx),
     }
     Poll::Ready(None)
 }
 
+/// The line end at the start of `buf`: its length (CRLF, or a bare LF when `lenient`), `0`
+/// if something else is there, `None` until enough is buffered to tell.
+fn line_end(buf: &[u8], lenient: bool) -> Option<usize> {
+    match buf {
+        [b'\r', b'\n', ..] => Some(2),
+        [b'\n', ..] if lenient => Some(1),
+        [] | [b'\r'] => None,
+        _ => Some(0),
+    }
+}
+
 fn poll_trailers<F: Fill>(framing: &mut Framing, src: &mut F, cx: &mut Context<'_>) -> Polled {
-    let skips = src.skips_invalid_trailers();
+    let lenient = src.lenient();
     let buf = src.buffer();
-    if buf.len() >= 2 && buf.starts_with(b"\r\n") {
-        buf.advance(2);
+    if let Some(used @ 1..) = line_end(buf, lenient) {
+        buf.advance(used);
         *framing = Framing::Done;
         return Poll::Ready(None);
     }
@@ -171,7 +185,7 @@ fn poll_trailers<F: Fill>(framing: &mut Framing, src: &mut F, cx: &mut Context<'
             Poll::Ready(None)
         }
         Err(httparse::Error::TooManyHeaders) => Poll::Ready(Some(Err(BodyError::Invalid))),
-        Err(_) if skips => skip_trailers(framing, src, cx),
+        Err(_) if lenient => skip_trailers(framing, src, cx),
         _ => Poll::Ready(Some(Err(BodyError::Invalid))),
     }
 }
@@ -181,9 +195,13 @@ fn poll_trailers<F: Fill>(framing: &mut Framing, src: &mut F, cx: &mut Context<'
 /// line (RFC 9112 §7.1.2), so the body before it is relayed complete.
 fn skip_trailers<F: Fill>(framing: &mut Framing, src: &mut F, cx: &mut Context<'_>) -> Polled {
     let buf = src.buffer();
-    match memchr::memmem::find(buf, b"\r\n\r\n") {
+    // The first empty line: two line ends in a row, each CRLF or a bare LF.
+    let end = memchr::memmem::find_iter(buf, b"\n")
+        .find(|&at| line_end(&buf[at + 1..], true).is_some_and(|used| used > 0));
+    match end {
         Some(at) => {
-            buf.advance(at + 4);
+            let used = line_end(&buf[at + 1..], true).unwrap_or(1);
+            buf.advance(at + 1 + used);
             *framing = Framing::Done;
             tracing::debug!("dropped an upstream trailer section that is not valid fields");
             Poll::Ready(None)
@@ -232,13 +250,24 @@ fn fill<F: Fill>(
     }
 }
 
-/// A whole chunk-size line at the start of `buf`: its length with CRLF, and the size.
-/// Extensions after `;` are ignored (RFC 9112 §7.1.1); a bare LF is refused.
-fn size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, BodyError> {
+/// A whole chunk-size line at the start of `buf`: its length with its line end, and the
+/// size. Extensions after `;` are ignored (RFC 9112 §7.1.1); a bare LF is refused unless
+/// `lenient`. Leading zeros do not count toward the 15 digits a size may have.
+fn size_line(buf: &[u8], lenient: bool) -> Result<Option<(usize, u64)>, BodyError> {
     let Some(end) = buf.iter().position(|b| *b == b'\n') else {
         return Ok(None);
     };
-    let line = buf[..end].strip_suffix(b"\r").ok_or(BodyError::Invalid)?;
+    let line = match buf[..end].strip_suffix(b"\r") {
+        Some(line) => line,
+        None if lenient => &buf[..end],
+        None => return Err(BodyError::Invalid),
+    };
+    let zeros = line.iter().take_while(|b| **b == b'0').count();
+    let line = match zeros {
+        0 => line,
+        // One zero is kept: `000` is the last chunk.
+        _ => &line[zeros - 1..],
+    };
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 || digits > 15 {
         return Err(BodyError::Invalid);
@@ -376,6 +405,12 @@ impl Noted {
 
     pub fn content_length(&self) -> bool {
         self.lengths > 0
+    }
+
+    /// The `Content-Length` fields were removed.
+    pub fn forget_lengths(&mut self) {
+        self.lengths = 0;
+        self.length = None;
     }
 
     /// The head's `Content-Length` as [`content_length`] reads it. One field of plain digits,
@@ -627,15 +662,31 @@ mod tests {
 
     #[test]
     fn chunk_size_lines() {
-        assert_eq!(size_line(b"1a\r\nrest").ok().flatten(), Some((4, 26)));
-        assert_eq!(size_line(b"0;ext=1\r\n").ok().flatten(), Some((9, 0)));
-        assert_eq!(size_line(b"5 ;x\r\n").ok().flatten(), Some((6, 5)));
-        assert!(size_line(b"5").is_ok_and(|r| r.is_none()));
-        assert!(size_line(b"5\n").is_err(), "bare LF");
-        assert!(size_line(b"\r\n").is_err(), "no digits");
-        assert!(size_line(b"-5\r\n").is_err());
-        assert!(size_line(b"5x\r\n").is_err());
-        assert!(size_line(b"1000000000000000\r\n").is_err(), "overflow");
+        let strict = |line: &[u8]| size_line(line, false);
+        assert_eq!(strict(b"1a\r\nrest").ok().flatten(), Some((4, 26)));
+        assert_eq!(strict(b"0;ext=1\r\n").ok().flatten(), Some((9, 0)));
+        assert_eq!(strict(b"5 ;x\r\n").ok().flatten(), Some((6, 5)));
+        assert!(strict(b"5").is_ok_and(|r| r.is_none()));
+        assert!(strict(b"5\n").is_err(), "bare LF");
+        assert!(strict(b"\r\n").is_err(), "no digits");
+        assert!(strict(b"-5\r\n").is_err());
+        assert!(strict(b"5x\r\n").is_err());
+        assert!(strict(b"1000000000000000\r\n").is_err(), "overflow");
+        let zeros = b"00000000000000000005\r\n";
+        assert_eq!(strict(zeros).ok().flatten(), Some((zeros.len(), 5)));
+        assert_eq!(strict(b"0000\r\n").ok().flatten(), Some((6, 0)));
+        assert!(strict(b"0001000000000000000\r\n").is_err(), "overflow");
+    }
+
+    #[test]
+    fn an_upstreams_chunk_lines_may_end_with_a_bare_lf() {
+        assert_eq!(size_line(b"5\nhello", true).ok().flatten(), Some((2, 5)));
+        assert_eq!(size_line(b"5\r\n", true).ok().flatten(), Some((3, 5)));
+        assert_eq!(line_end(b"\nx", true), Some(1));
+        assert_eq!(line_end(b"\nx", false), Some(0));
+        assert_eq!(line_end(b"\r\n", false), Some(2));
+        assert_eq!(line_end(b"\r", true), None);
+        assert_eq!(line_end(b"x", true), Some(0));
     }
 
     #[test]

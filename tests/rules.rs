@@ -858,19 +858,22 @@ path_prefix = "/silent"
     proxy.stop().await;
 }
 
+/// RFC 9110 §15: a code from 600 to 999 is invalid and to be taken as a 5xx, so the
+/// profile's server-error rule makes it a 500; the service's body is kept.
 #[tokio::test]
-async fn a_status_beyond_599_is_an_invalid_response() {
+async fn a_status_beyond_599_is_taken_as_a_5xx() {
     let upstream =
         canned_upstream(b"HTTP/1.1 600 Beyond\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
             .await;
     let proxy = spawn_proxy(&config_text(upstream, "", "")).await;
     let reply = get(&proxy.url("/x")).await;
-    assert_eq!(reply.status, 500);
-    assert_eq!(reply.header("x-restatus-source"), Some("proxy"));
+    assert_eq!((reply.status, reply.text().as_str()), (500, "ok"));
+    assert_eq!(reply.header("x-restatus-original-status"), Some("600"));
     let records = proxy.records();
     assert_eq!(records.len(), 1, "{records:?}");
-    assert_eq!(records[0]["source"], "proxy");
-    assert_eq!(records[0]["upstream_status"], 502);
+    assert_eq!(records[0]["source"], "upstream");
+    assert_eq!(records[0]["upstream_status"], 600);
+    assert_eq!(records[0]["rule"], "documented/server-error-is-500");
     proxy.stop().await;
 }
 

@@ -300,8 +300,8 @@ async fn invalid_upstream_heads_are_502() {
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef",
         ),
         (
-            "status above 599",
-            b"HTTP/1.1 600 Too Far\r\nContent-Length: 0\r\n\r\n",
+            "status below 100",
+            b"HTTP/1.1 099 Too Low\r\nContent-Length: 0\r\n\r\n",
         ),
         (
             "unasked 101",
@@ -569,6 +569,92 @@ async fn invalid_header_lines_are_dropped_and_recorded() {
     assert_eq!(get(&clean.url("/")).await.status, 200);
     assert!(clean.records().is_empty(), "{:?}", clean.records());
     clean.stop().await;
+    proxy.stop().await;
+}
+
+/// Status lines hand-written servers send: two spaces after the version (relayed, as NGINX
+/// and HAProxy do), and a control character in the reason phrase (the status is kept, with
+/// its standard reason phrase, and recorded).
+#[tokio::test]
+async fn odd_status_lines_of_legacy_servers_are_relayed() {
+    let upstream = serving(b"HTTP/1.1  201  Made It\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = proxy_for(&upstream).await;
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let text = raw(proxy.addr, request).await;
+    assert!(text.starts_with("HTTP/1.1 201 Made It\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    proxy.stop().await;
+    let upstream = serving(b"HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = proxy_for(&upstream).await;
+    let text = raw(proxy.addr, request).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    let invalid = proxy.records_of_kind("invalid_header");
+    assert_eq!(invalid.len(), 1, "{invalid:?}");
+    proxy.stop().await;
+}
+
+/// RFC 9110 §15: a code from 600 to 999 is invalid and to be taken as a 5xx. Without a
+/// profile it is relayed, as NGINX and HAProxy do; the documented profile makes it a 500.
+#[tokio::test]
+async fn a_status_above_599_is_relayed_and_read_as_a_5xx() {
+    let upstream = serving(b"HTTP/1.1 600 Whatever\r\nContent-Length: 2\r\n\r\nno").await;
+    let proxy = proxy_for(&upstream).await;
+    let reply = get(&proxy.url("/")).await;
+    assert_eq!((reply.status, reply.text().as_str()), (600, "no"));
+    proxy.stop().await;
+    let proxy = spawn_proxy(&simple_config(upstream.addr, "")).await;
+    let reply = get(&proxy.url("/")).await;
+    assert_eq!(reply.status, 500);
+    let records = proxy.records_of_kind("status");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["upstream_status"], 600);
+    assert_eq!(records[0]["rule"], "documented/server-error-is-500");
+    proxy.stop().await;
+}
+
+/// Chunked framing with bare LF line ends, as some hand-written servers send it (RFC 9112
+/// §2.2 lets a recipient accept them), and a chunk size with more leading zeros than
+/// digits: the body is relayed whole and the connection reused.
+#[tokio::test]
+async fn chunked_framing_with_bare_lf_and_leading_zeros_is_read() {
+    let bodies: [&'static [u8]; 2] = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n6\r\n world\n0\n\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+          00000000000000005\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 1\n\n",
+    ];
+    for bytes in bodies {
+        let upstream = serving(bytes).await;
+        let proxy = proxy_for(&upstream).await;
+        for path in ["/one", "/two"] {
+            let reply = get(&proxy.url(path)).await;
+            assert_eq!((reply.status, reply.text().as_str()), (200, "hello world"));
+        }
+        assert_eq!(upstream.connections(), 1, "the connection was not reused");
+        proxy.stop().await;
+    }
+}
+
+/// RFC 9112 §6.3 (3): with both `Transfer-Encoding` and `Content-Length`, chunked framing
+/// wins and the length is removed before the response goes on, as HAProxy does. It hints at
+/// response splitting, so the connection is closed and the service's owners get a record.
+#[tokio::test]
+async fn a_length_beside_chunked_is_dropped_and_recorded() {
+    let upstream = serving(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxy = proxy_for(&upstream).await;
+    for path in ["/one", "/two"] {
+        let reply = get(&proxy.url(path)).await;
+        assert_eq!((reply.status, reply.text().as_str()), (200, "hello"));
+        assert_ne!(reply.header("content-length"), Some("3"));
+    }
+    assert_eq!(upstream.connections(), 2, "a connection was reused");
+    let records = proxy.records_of_kind("conflicting_framing");
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["upstream_status"], 200);
     proxy.stop().await;
 }
 

@@ -26,7 +26,7 @@ impl Framing {
         if head.noted.transfer_encoding {
             // Only `chunked`, once, is decoded. Any other coding (`gzip, chunked`) would reach
             // the client still applied, with nothing saying so: the field is hop-by-hop and
-            // stripped. NGINX also refuses such a response.
+            // stripped. HAProxy also refuses such a response.
             let mut codings = wire::tokens(headers, &TRANSFER_ENCODING);
             let chunked = codings
                 .next()

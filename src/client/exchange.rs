@@ -111,7 +111,8 @@ pub fn send<'a>(
         let framing =
             Framing::of(&head, request.method == Method::HEAD).map_err(|e| (e, reused))?;
         let unread = writer.may_be_unread(head.status, pool.reuses_after_body());
-        let keep_alive = framing.allows_reuse() && keeps_alive(&head) && !unread;
+        let keep_alive =
+            framing.allows_reuse() && keeps_alive(&head) && !unread && !head.framed_twice;
         let body = UpstreamBody::new(conn, writer, framing, keep_alive, pool.clone(), timeout);
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
@@ -122,6 +123,9 @@ pub fn send<'a>(
         }
         if let Some(dropped) = head.dropped {
             response.extensions_mut().insert(dropped);
+        }
+        if head.framed_twice {
+            response.extensions_mut().insert(FramedTwice);
         }
         Ok(response)
     }
@@ -204,7 +208,14 @@ pub struct Head {
     pub noted: Noted,
     /// Field lines that are not relayed, because they are not valid HTTP.
     pub dropped: Option<DroppedLines>,
+    /// It had both `Transfer-Encoding` and `Content-Length`; the length was removed.
+    pub framed_twice: bool,
 }
+
+/// Marks a response whose head had both `Transfer-Encoding` and `Content-Length`: the body
+/// was read as chunked, the length dropped, and the connection is not reused.
+#[derive(Clone, Copy, Debug)]
+pub struct FramedTwice;
 
 /// The field lines of an upstream's response head that were not relayed: lines that are not
 /// `name: value` with a token name (RFC 9110 §5.1), or whose value holds control characters
@@ -231,6 +242,7 @@ fn parser(skip_invalid: bool) -> httparse::ParserConfig {
     config
         .allow_obsolete_multiline_headers_in_responses(true)
         .allow_spaces_after_header_name_in_responses(true)
+        .allow_multiple_spaces_in_response_status_delimiters(true)
         .ignore_invalid_headers_in_responses(skip_invalid);
     config
 }
@@ -250,16 +262,63 @@ fn parse_into<'h, 'b>(
 }
 
 /// The reason phrase of the status line at the start of `head`, as its bytes, if it has one:
-/// what follows `HTTP/1.1 200 ` up to the line's end.
+/// what follows `HTTP/1.1 200 ` (with one space or more) up to the line's end.
 fn raw_reason(head: &[u8]) -> Option<&[u8]> {
     let line = &head[..memchr::memchr(b'\n', head)?];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let reason = line.get(b"HTTP/1.1 200 ".len()..)?;
-    (!reason.is_empty()).then_some(reason)
+    reason_at(line).map(|at| &line[at..])
 }
+
+/// Where the reason phrase of a status `line` starts, if it has one.
+fn reason_at(line: &[u8]) -> Option<usize> {
+    let spaces = |from: usize| {
+        let rest = line.get(from..).unwrap_or_default();
+        rest.iter().take_while(|b| **b == b' ').count()
+    };
+    let version = b"HTTP/1.1".len();
+    let code = version + spaces(version);
+    let reason = code + 3 + spaces(code + 3);
+    (reason > code + 3 && reason < line.len()).then_some(reason)
+}
+
+/// Replaces control characters in the reason phrase of the status line at the start of
+/// `buf` with spaces; whether there were any. The reason phrase is then not relayed: the
+/// client gets the status's standard one (RFC 9112 §4: a client should ignore it anyway).
+fn scrub_reason(buf: &mut [u8]) -> bool {
+    let Some(end) = memchr::memchr(b'\n', buf) else {
+        return false;
+    };
+    let line_end = if end > 0 && buf[end - 1] == b'\r' {
+        end - 1
+    } else {
+        end
+    };
+    let line = &mut buf[..line_end];
+    let Some(at) = reason_at(line) else {
+        return false;
+    };
+    let mut scrubbed = false;
+    for byte in &mut line[at..] {
+        if (byte.is_ascii_control() && *byte != b'\t') || *byte == 0x7f {
+            *byte = b' ';
+            scrubbed = true;
+        }
+    }
+    scrubbed
+}
+
+const MALFORMED: &str = "malformed response head";
 
 /// Parses a response head at the start of `buf`, taking its bytes; `None` until it is whole.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
+    match parse_head_as(buf, false) {
+        Err(SendError::Invalid(MALFORMED)) if scrub_reason(buf) => parse_head_as(buf, true),
+        parsed => parsed,
+    }
+}
+
+/// [`parse_head`]; `scrubbed`: control characters in its reason phrase were replaced.
+fn parse_head_as(buf: &mut BytesMut, scrubbed: bool) -> Result<Option<Head>, SendError> {
     // Left uninitialised: httparse writes the slots it uses, and filling 256 empty ones on
     // every response would cost more than the parse.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -283,7 +342,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
         Err(httparse::Error::TooManyHeaders) => {
             return Err(SendError::Invalid("more than 256 header fields"))
         }
-        Err(_) => return Err(SendError::Invalid("malformed response head")),
+        Err(_) => return Err(SendError::Invalid(MALFORMED)),
     };
     let code = parsed.code.unwrap_or(0);
     let version = match parsed.version {
@@ -295,6 +354,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
         .ok()
         .and_then(|s| s.canonical_reason());
     let reason = match parsed.reason {
+        _ if scrubbed => None,
         // httparse gives an empty reason for one with obs-text (RFC 9112 §4 allows bytes
         // 0x80-0xFF): it is read from the status line itself, and relayed as sent.
         Some("") => raw_reason(&buf[..len]).map(<[u8]>::to_vec),
@@ -331,18 +391,24 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
             None => suspect = true,
         }
     }
-    if noted.transfer_encoding && noted.content_length() {
-        // RFC 9112 §6.3: both framings on one response hints at response splitting and
-        // ought to be handled as an error.
-        return Err(SendError::Invalid(
-            "both Transfer-Encoding and Content-Length",
-        ));
+    let framed_twice = noted.transfer_encoding && noted.content_length();
+    if framed_twice {
+        // RFC 9112 §6.3 (3): Transfer-Encoding overrides Content-Length, and an intermediary
+        // that forwards such a message must remove the length first. It hints at response
+        // splitting, so the connection is not reused and the response is recorded.
+        headers.remove(CONTENT_LENGTH);
+        noted.forget_lengths();
     }
     // Rare, so worked out again from the head's bytes only when a line may be missing.
-    let dropped = match suspect {
+    let mut dropped = match suspect {
         true => dropped_lines(&head)?,
         false => None,
     };
+    if scrubbed {
+        let mut lines = dropped.map_or_else(Vec::new, |d| d.0);
+        lines.insert(0, 1);
+        dropped = Some(DroppedLines(lines));
+    }
     Ok(Some(Head {
         status,
         version,
@@ -350,6 +416,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
         reason,
         noted,
         dropped,
+        framed_twice,
     }))
 }
 
@@ -413,8 +480,10 @@ fn status_of(code: u16) -> Result<StatusCode, SendError> {
         // not switch unasked), so a 101 is invalid and no tunnel is opened.
         return Err(SendError::Invalid("101 Switching Protocols unasked"));
     }
-    if !(100..=599).contains(&code) {
-        // RFC 9110 §15: status codes run from 100 to 599.
+    if !(100..=999).contains(&code) {
+        // RFC 9112 §4: a status code is three digits. One from 600 to 999 is outside RFC
+        // 9110 §15's range, but relayed as NGINX and HAProxy do; rules read it as a 5xx,
+        // which is how §15 says a client should take it.
         return Err(SendError::Invalid("status code out of range"));
     }
     StatusCode::from_u16(code).map_err(|_| SendError::Invalid("status code out of range"))
@@ -742,6 +811,32 @@ mod tests {
                 "{head:?}"
             );
         }
+    }
+
+    #[test]
+    fn reason_phrases_are_found_after_one_space_or_more() {
+        let reason = |line: &[u8]| {
+            reason_at(line).map(|at| String::from_utf8_lossy(&line[at..]).into_owned())
+        };
+        assert_eq!(reason(b"HTTP/1.1 200 OK").as_deref(), Some("OK"));
+        assert_eq!(
+            reason(b"HTTP/1.1  201  Made It").as_deref(),
+            Some("Made It")
+        );
+        for line in [
+            &b"HTTP/1.1 200"[..],
+            b"HTTP/1.1 200 ",
+            b"HTTP",
+            b"",
+            b"HTTP/1.1 20",
+        ] {
+            assert_eq!(reason(line), None, "{:?}", String::from_utf8_lossy(line));
+        }
+        let mut head = b"HTTP/1.1 200 O\x01K\x7f\r\nX: \x01\r\n\r\n".to_vec();
+        assert!(scrub_reason(&mut head));
+        assert_eq!(&head[..], b"HTTP/1.1 200 O K \r\nX: \x01\r\n\r\n");
+        assert!(!scrub_reason(&mut b"HI\n".to_vec()));
+        assert!(!scrub_reason(&mut b"HTTP/1.1 200 OK\r\n\r\n".to_vec()));
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod limit;
 
 pub use crate::wire::BodyError;
 pub use body::UpstreamBody;
-pub use exchange::{send, DroppedLines, Outgoing, SendError, Unsent};
+pub use exchange::{send, DroppedLines, FramedTwice, Outgoing, SendError, Unsent};
 
 use crate::config::{ReuseAfterBody, Target, UpstreamConfig};
 use bytes::BytesMut;
@@ -527,7 +527,7 @@ impl crate::wire::Fill for Conn {
         Conn::poll_fill(self, cx)
     }
 
-    fn skips_invalid_trailers(&self) -> bool {
+    fn lenient(&self) -> bool {
         true
     }
 }

@@ -25,9 +25,13 @@ pub fn method_bucket(method: &Method) -> usize {
     }
 }
 
-/// A set of status codes 100..=599 as a bitmap.
+/// A set of status codes 100..=599 as a bitmap, and one more bit for the codes 600..=999.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusSet([u64; 8]);
+
+/// The bit after 599's: codes 600..=999, which RFC 9110 §15 says are invalid and to be taken
+/// as a 5xx. A set holding every 5xx holds them.
+const BEYOND: usize = 500;
 
 impl StatusSet {
     pub fn all() -> Self {
@@ -42,16 +46,23 @@ impl StatusSet {
 
     fn insert_range(&mut self, from: u16, to: u16) {
         for code in from..=to {
-            let bit = (code - 100) as usize;
-            self.0[bit / 64] |= 1 << (bit % 64);
+            self.insert_bit((code - 100) as usize);
+        }
+        if from <= 500 && to == 599 {
+            self.insert_bit(BEYOND);
         }
     }
 
+    fn insert_bit(&mut self, bit: usize) {
+        self.0[bit / 64] |= 1 << (bit % 64);
+    }
+
     pub fn contains(&self, code: u16) -> bool {
-        if !(100..=599).contains(&code) {
-            return false;
-        }
-        let bit = (code - 100) as usize;
+        let bit = match code {
+            100..=599 => (code - 100) as usize,
+            600..=999 => BEYOND,
+            _ => return false,
+        };
         self.0[bit / 64] & (1 << (bit % 64)) != 0
     }
 
@@ -689,5 +700,9 @@ mod tests {
         assert!(StatusSet::all().is_superset(&set));
         assert!(!set.is_superset(&StatusSet::all()));
         assert!(!set.contains(600));
+        let mut class = StatusSet::empty();
+        class.insert_range(500, 599);
+        assert!(class.contains(600) && class.contains(999) && !class.contains(1000));
+        assert!(StatusSet::all().contains(777));
     }
 }

@@ -273,7 +273,7 @@ pub struct TraceLine {
 /// The rules that apply to one route, in evaluation order, indexed by method and status.
 pub struct RuleSet {
     rules: Vec<Arc<Rule>>,
-    /// `METHOD_BUCKETS * 500` lists of candidates, for status 100..=599.
+    /// `METHOD_BUCKETS * STATUS_SLOTS` lists of candidates (see [`status_slot`]).
     index: Vec<Box<[Candidate]>>,
     needs_request_headers: bool,
     needs_body: bool,
@@ -286,6 +286,19 @@ pub struct RuleSet {
 pub struct Candidate {
     rule: u16,
     exact_path: u32,
+}
+
+/// Candidate lists per method bucket: one per status 100..=599, and one for 600..=999.
+const STATUS_SLOTS: usize = 501;
+
+/// Where a status's candidates are; the invalid codes 600..=999 share one list, since rules
+/// take them all as a 5xx (RFC 9110 §15).
+fn status_slot(status: u16) -> Option<usize> {
+    match status {
+        100..=599 => Some(usize::from(status - 100)),
+        600..=999 => Some(STATUS_SLOTS - 1),
+        _ => None,
+    }
 }
 
 /// FNV-1a of a path, never 0 (0 marks "no exact path").
@@ -305,9 +318,10 @@ impl std::fmt::Debug for RuleSet {
 
 impl RuleSet {
     pub fn new(rules: Vec<Arc<Rule>>) -> Self {
-        let mut index = Vec::with_capacity(METHOD_BUCKETS * 500);
+        let mut index = Vec::with_capacity(METHOD_BUCKETS * STATUS_SLOTS);
         for bucket in 0..METHOD_BUCKETS {
-            for status in 100..=599u16 {
+            // 600 stands for every code of the last slot.
+            for status in 100..=600u16 {
                 let list: Vec<Candidate> = rules
                     .iter()
                     .enumerate()
@@ -363,10 +377,10 @@ impl RuleSet {
 
     /// The rules that could match this method and status, in order.
     pub fn candidates(&self, method: &Method, status: u16) -> &[Candidate] {
-        if !(100..=599).contains(&status) {
-            return &[];
+        match status_slot(status) {
+            Some(slot) => &self.index[method_bucket(method) * STATUS_SLOTS + slot],
+            None => &[],
         }
-        &self.index[method_bucket(method) * 500 + (status - 100) as usize]
     }
 
     /// Evaluates candidates from position `start` until the first match.
