@@ -39,6 +39,12 @@ pub struct Activity {
     /// starts (the idle timeout gives way to the usually shorter header timeout), or a
     /// response starts waiting on the client (the send timeout starts).
     sooner: tokio::sync::Notify,
+    /// The connection speaks HTTP/2: its idle reads are frames of the connection (PING,
+    /// SETTINGS, WINDOW_UPDATE), not the start of a request head, so they start no header
+    /// timeout; `idle_timeout` alone bounds an idle HTTP/2 connection.
+    h2: AtomicBool,
+    /// Asks an HTTP/2 connection to close with a GOAWAY (its idle timeout passed).
+    go_away: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -49,6 +55,7 @@ impl Activity {
     fn on_read(&self) {
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.first_byte.load(Ordering::Relaxed) == 0
+            && !self.h2.load(Ordering::Relaxed)
         {
             let now = self.now_ms();
             self.first_byte.store(now, Ordering::Relaxed);
@@ -75,6 +82,26 @@ impl Activity {
         if self.waiting.fetch_sub(1, Ordering::Relaxed) > 1 {
             self.waiting_since.store(self.now_ms(), Ordering::Relaxed);
         }
+    }
+
+    /// The connection speaks HTTP/2 from now on (see `h2`).
+    pub fn speaks_h2(&self) {
+        self.h2.store(true, Ordering::Relaxed);
+        self.first_byte.store(0, Ordering::Relaxed);
+    }
+
+    pub fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Relaxed)
+    }
+
+    /// Asks the HTTP/2 connection to go away gracefully.
+    pub fn ask_to_go_away(&self) {
+        self.go_away.notify_one();
+    }
+
+    /// Completes once the HTTP/2 connection is asked to go away.
+    pub async fn asked_to_go_away(&self) {
+        self.go_away.notified().await;
     }
 
     /// Marks a request as dispatched; the returned guard marks it finished when dropped.
@@ -127,6 +154,9 @@ impl Drop for RequestGuard {
     }
 }
 
+/// The reason [`Watchdog::expired`] gives for a connection idle too long.
+pub const IDLE_TIMEOUT: &str = "idle timeout";
+
 pub struct Watchdog {
     activity: Arc<Activity>,
     idle_timeout: Duration,
@@ -146,6 +176,8 @@ impl Watchdog {
                 idle_since: AtomicU64::new(1),
                 first_byte: AtomicU64::new(0),
                 sooner: tokio::sync::Notify::new(),
+                h2: AtomicBool::new(false),
+                go_away: tokio::sync::Notify::new(),
             }),
             idle_timeout: settings.idle_timeout,
         }
@@ -173,7 +205,7 @@ impl Watchdog {
                 match activity.first_byte.load(Ordering::Relaxed) {
                     0 => (
                         activity.idle_since.load(Ordering::Relaxed) + idle_ms,
-                        "idle timeout",
+                        IDLE_TIMEOUT,
                     ),
                     first => (first + header_ms, "request header timeout"),
                 }

@@ -5,7 +5,7 @@ use crate::body::ClientBody;
 use crate::config::Config;
 use crate::deviation::DeviationLog;
 use crate::http1::{self, Ended, Relay};
-use crate::idle::{Activity, ActivityIo, Watchdog, WhenWoken};
+use crate::idle::{Activity, ActivityIo, Watchdog, WhenWoken, IDLE_TIMEOUT};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Connection};
@@ -360,14 +360,23 @@ async fn serve_connection<I>(
     };
     let peer = conn.peer;
     let expired = watchdog.expired();
-    tokio::pin!(expired);
+    tokio::pin!(expired, served);
     tokio::select! {
-        () = served => {}
+        () = served.as_mut() => {}
         reason = WhenWoken::new(expired.as_mut()) => {
             tracing::debug!(%peer, reason, "closing connection");
+            if reason == IDLE_TIMEOUT && activity.is_h2() {
+                // RFC 9113 §6.8: a GOAWAY tells the client that no stream it opens from now
+                // on will be served, so that it retries on a new connection.
+                activity.ask_to_go_away();
+                let _ = tokio::time::timeout(GO_AWAY_GRACE, served).await;
+            }
         }
     }
 }
+
+/// How long an idle HTTP/2 connection is given to send its GOAWAY before it is dropped.
+const GO_AWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs one request through the proxy, on the config in force when it arrived (even across
 /// a reload). Boxed, so that an idle connection holds no request's state.
@@ -398,6 +407,8 @@ async fn serve_h2<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    activity.speaks_h2();
+    let go_away = activity.clone();
     let (live, activity, peer) = (live.clone(), activity.clone(), conn.peer);
     let service = service_fn(move |request: Request<Incoming>| {
         let request = request.map(ClientBody::Http2);
@@ -409,7 +420,10 @@ async fn serve_h2<I>(
     tokio::pin!(served);
     let mut drain = shared.drain.clone();
     let draining = async {
-        let _ = drain.wait_for(|draining| *draining).await;
+        tokio::select! {
+            _ = drain.wait_for(|draining| *draining) => {}
+            () = go_away.asked_to_go_away() => {}
+        }
     };
     let finished = tokio::select! {
         result = served.as_mut() => Some(result),

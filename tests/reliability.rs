@@ -638,6 +638,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const DATA_HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
@@ -722,6 +723,51 @@ async fn until_goaway(
     })
     .await
     .map_err(|_| "the connection stayed open")
+}
+
+/// An idle HTTP/2 connection that keeps sending connection frames (PINGs here, as clients
+/// send to keep a connection alive) is not cut at `header_timeout`, which is for request
+/// heads: it lasts its `idle_timeout`, then ends with a GOAWAY (NO_ERROR), so that the client
+/// knows no request was lost (RFC 9113 §6.8).
+#[tokio::test]
+async fn an_idle_http2_connection_lasts_its_idle_timeout_and_ends_with_goaway() {
+    let upstream = echo_upstream().await;
+    let server = "header_timeout = \"300ms\"\nidle_timeout = \"2s\"";
+    let proxy = spawn_proxy(&config_for(upstream.addr, server, NO_PROFILE, "")).await;
+    let (mut read, mut write, _) = h2_connect(proxy.addr).await;
+    write
+        .write_all(&frame(DATA_HEADERS, END_STREAM | END_HEADERS, 1, GET_BLOCK))
+        .await
+        .expect("headers");
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some((kind, flags, _)) = read_frame(&mut read).await {
+            if kind <= DATA_HEADERS && flags & END_STREAM != 0 {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(answered, Ok(true), "no whole response");
+    let idle_from = std::time::Instant::now();
+    let pinger = tokio::spawn(async move {
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            pace.tick().await;
+            if write.write_all(&frame(PING, 0, 0, &[7; 8])).await.is_err() {
+                return;
+            }
+        }
+    });
+    let goaway = until_goaway(&mut read, Duration::from_secs(10)).await;
+    pinger.abort();
+    assert_eq!(goaway, Ok(Some(0)), "no GOAWAY NO_ERROR");
+    let lasted = idle_from.elapsed();
+    assert!(
+        lasted >= Duration::from_millis(1500),
+        "closed after {lasted:?}"
+    );
+    proxy.stop().await;
 }
 
 /// The server advertises its stream and header-list limits, and a header block continued
