@@ -35,8 +35,9 @@ pub fn has_expect_continue(headers: &HeaderMap) -> bool {
 ///
 /// A client waiting for `100 Continue` is never asked for its body (reading it would make
 /// hyper send the 100), so its connection closes. Otherwise a small body is read and dropped
-/// so that keep-alive survives; a large or slow one closes the connection. HTTP/2 streams
-/// are reset on their own without affecting the connection.
+/// so that keep-alive survives; a large or slow one closes the connection. An HTTP/2 body is
+/// drained in the background when dropped (see `Http2Body`), without holding up the
+/// connection.
 pub async fn settle_unread(request: Request<ClientBody>) -> bool {
     let expects = expects_continue(&request);
     let version = request.version();

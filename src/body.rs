@@ -206,7 +206,51 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ClientBody {
     Empty,
     Http1(crate::http1::RequestBody),
-    Http2(Incoming),
+    Http2(Http2Body),
+}
+
+/// An HTTP/2 request body. Dropped before its end (restatus, or the upstream, answered
+/// before the body was all sent), it is read and thrown away in the background, up to
+/// `H2_DRAIN_LIMIT` bytes within `H2_DRAIN_TIME`, before the stream is reset. RFC 9113 §8.1
+/// allows either, but clients that send a whole body before they read the answer (Python's
+/// httpx) fail on the reset and lose the answer they were sent.
+pub struct Http2Body(Option<Incoming>);
+
+/// Most of an unread HTTP/2 request body read and thrown away after an early answer.
+const H2_DRAIN_LIMIT: u64 = 4 << 20;
+/// Longest time spent on it; after either, the stream is reset.
+const H2_DRAIN_TIME: Duration = Duration::from_secs(2);
+
+impl Http2Body {
+    pub fn new(body: Incoming) -> Self {
+        Http2Body(Some(body))
+    }
+}
+
+impl Drop for Http2Body {
+    fn drop(&mut self) {
+        let Some(mut body) = self.0.take() else {
+            return;
+        };
+        if body.is_end_stream() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let drain = async {
+                let mut seen = 0u64;
+                while let Some(Ok(frame)) = body.frame().await {
+                    seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if seen > H2_DRAIN_LIMIT {
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(H2_DRAIN_TIME, drain).await;
+        });
+    }
 }
 
 impl Body for ClientBody {
@@ -220,7 +264,10 @@ impl Body for ClientBody {
         match self.get_mut() {
             ClientBody::Empty => Poll::Ready(None),
             ClientBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            ClientBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ClientBody::Http2(Http2Body(Some(body))) => {
+                Pin::new(body).poll_frame(cx).map_err(Into::into)
+            }
+            ClientBody::Http2(Http2Body(None)) => Poll::Ready(None),
         }
     }
 
@@ -228,7 +275,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Empty => true,
             ClientBody::Http1(body) => body.is_end_stream(),
-            ClientBody::Http2(body) => body.is_end_stream(),
+            ClientBody::Http2(body) => body.0.as_ref().is_none_or(|b| b.is_end_stream()),
         }
     }
 
@@ -236,7 +283,10 @@ impl Body for ClientBody {
         match self {
             ClientBody::Empty => SizeHint::with_exact(0),
             ClientBody::Http1(body) => body.size_hint(),
-            ClientBody::Http2(body) => body.size_hint(),
+            ClientBody::Http2(body) => body
+                .0
+                .as_ref()
+                .map_or(SizeHint::with_exact(0), |b| b.size_hint()),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Listeners, per-connection settings and timeouts, and graceful shutdown.
 
 use crate::access::LoggedBody;
-use crate::body::ClientBody;
+use crate::body::{ClientBody, Http2Body};
 use crate::config::Config;
 use crate::deviation::DeviationLog;
 use crate::http1::{self, Ended, Relay};
@@ -411,7 +411,7 @@ async fn serve_h2<I>(
     let go_away = activity.clone();
     let (live, activity, peer) = (live.clone(), activity.clone(), conn.peer);
     let service = service_fn(move |request: Request<Incoming>| {
-        let request = request.map(ClientBody::Http2);
+        let request = request.map(|body| ClientBody::Http2(Http2Body::new(body)));
         // hyper's HTTP/2 server has no way to send an interim response other than `100`.
         let response = respond(&live, &activity, conn.clone(), request, None);
         async move { Ok::<_, Infallible>(response.await) }

@@ -770,6 +770,72 @@ async fn an_idle_http2_connection_lasts_its_idle_timeout_and_ends_with_goaway() 
     proxy.stop().await;
 }
 
+/// HPACK for `POST http://a/` with `content-length: 50000` (static table, RFC 7541
+/// Appendix A; the length as a literal with indexing of name 28).
+const POST_BLOCK: &[u8] = &[
+    0x83, 0x86, 0x84, 0x41, 0x01, b'a', 0x5c, 0x05, b'5', b'0', b'0', b'0', b'0',
+];
+
+/// An early answer (a 413 for a declared body over the limit) to an HTTP/2 client that goes
+/// on sending its body: the rest of the body is read and thrown away, so the stream ends
+/// without a reset, and a client that reads the answer only after sending its whole body
+/// (Python's httpx) gets it instead of an error.
+#[tokio::test]
+async fn an_http2_body_after_an_early_answer_is_read_instead_of_reset() {
+    let upstream = echo_upstream().await;
+    let tail = "[limits]\nrequest_body = \"1KiB\"";
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, tail)).await;
+    let (mut read, mut write, _) = h2_connect(proxy.addr).await;
+    write
+        .write_all(&frame(DATA_HEADERS, END_HEADERS, 1, POST_BLOCK))
+        .await
+        .expect("headers");
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some((kind, flags, _)) = read_frame(&mut read).await {
+            if kind <= DATA_HEADERS && flags & END_STREAM != 0 {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(answered, Ok(true), "no whole early answer");
+    // The whole body, within the initial flow-control window, then a PING: frames come
+    // back in order, so its ACK follows anything the body caused.
+    for (at, size) in [(0, 16_384), (1, 16_384), (2, 16_384), (3, 848)] {
+        let flags = if at == 3 { END_STREAM } else { 0 };
+        write
+            .write_all(&frame(0x0, flags, 1, &vec![b'x'; size]))
+            .await
+            .expect("data");
+    }
+    write
+        .write_all(&frame(PING, 0, 0, &[9; 8]))
+        .await
+        .expect("ping");
+    let kinds = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut kinds = Vec::new();
+        while let Some((kind, flags, _)) = read_frame(&mut read).await {
+            if kind == PING && flags & 0x1 != 0 {
+                return kinds;
+            }
+            kinds.push(kind);
+        }
+        kinds
+    })
+    .await
+    .expect("PING ACK within 10s");
+    assert!(
+        !kinds.contains(&RST_STREAM),
+        "the stream was reset: {kinds:?}"
+    );
+    assert!(
+        !kinds.contains(&GOAWAY),
+        "the connection went away: {kinds:?}"
+    );
+    proxy.stop().await;
+}
+
 /// The server advertises its stream and header-list limits, and a header block continued
 /// without end (CONTINUATION flood) ends the connection instead of growing a buffer.
 #[tokio::test]
