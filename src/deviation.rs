@@ -116,6 +116,11 @@ pub struct Record<'a> {
     pub action: Action,
     pub kind: Kind,
     pub source: Source,
+    /// Why restatus answered itself, when it did (`"source": "proxy"`): the failure's kind,
+    /// such as `connect`, `timeout` or `invalid_response` (the labels of
+    /// `restatus_upstream_errors_total`), or `check`, `body_too_large`, ... for the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cow<'a, str>>,
     #[serde(serialize_with = "method_str", deserialize_with = "method_from_str")]
     pub method: Method,
     pub path: Cow<'a, str>,
@@ -249,6 +254,7 @@ struct Tally {
     method: Method,
     upstream: Box<str>,
     body_inspected: bool,
+    cause: Option<Box<str>>,
     /// The line's text from the route to the path, and from the upstream to the duration.
     middle: Vec<u8>,
     tail: Vec<u8>,
@@ -265,6 +271,7 @@ impl Tally {
             method: record.method.clone(),
             upstream: Box::from(&*record.upstream),
             body_inspected: record.body_inspected,
+            cause: record.cause.as_deref().map(Box::from),
             middle,
             tail,
             count: 0,
@@ -277,6 +284,7 @@ impl Tally {
             && self.body_inspected == record.body_inspected
             && self.method == record.method
             && *self.upstream == *record.upstream
+            && self.cause.as_deref() == record.cause.as_deref()
     }
 }
 
@@ -868,7 +876,17 @@ mod tests {
         records[2].upstream = "other".into();
         records[3].source = Source::Proxy;
         records[4].body_inspected = true;
-        records.push(first);
+        records.push(first.clone());
+        records.push(Record {
+            source: Source::Proxy,
+            cause: Some("timeout".into()),
+            ..first.clone()
+        });
+        records.push(Record {
+            source: Source::Proxy,
+            cause: Some("connect".into()),
+            ..first
+        });
         for (at, record) in records.iter_mut().enumerate() {
             record.request_id = format!("id-{at}").into();
             record.path = format!("/item/{at}").into();
@@ -885,7 +903,7 @@ mod tests {
         let counts = log.counts();
         assert_eq!(counts.by_status["app"]["200->201"], 5);
         assert_eq!(
-            counts.by_status["app"]["proxy 200->201"], 1,
+            counts.by_status["app"]["proxy 200->201"], 3,
             "the proxy's own apart"
         );
     }

@@ -309,6 +309,7 @@ fn write_record(
         action: outcome.action,
         kind: Kind::Status,
         source: answer.source,
+        cause: None,
         method: query.method.clone(),
         path: path.into(),
         upstream: config.upstream(route).name.as_str().into(),

@@ -118,6 +118,8 @@ struct Exchange<'a> {
     framed_twice: bool,
     /// Why the proxy answered itself, for the access line.
     error: Option<String>,
+    /// The kind of that answer, for its record.
+    cause: Option<&'static str>,
     /// A HEAD sent upstream as GET for the route's body rules; the client gets no body.
     head_as_get: bool,
     /// Conditional, range and preflight requests, whose answers are not `left` records.
@@ -153,6 +155,7 @@ pub fn handle(
             invalid_header: false,
             framed_twice: false,
             error: None,
+            cause: None,
             head_as_get: false,
             asked: Asked::default(),
             origin: proxy
@@ -167,6 +170,7 @@ pub fn handle(
                 Ok(response) => (response, deviation::Source::Upstream),
                 Err(err) => {
                     exchange.error = Some(err.message());
+                    exchange.cause = Some(err.kind());
                     let response = error_response(&err, &exchange, &proxy.metrics);
                     (response, deviation::Source::Proxy)
                 }
@@ -612,6 +616,7 @@ async fn normalize_body(
     // The upstream failed while its body was being inspected; nothing was sent yet, so the
     // client gets an honest proxy error, itself normalized.
     exchange.error = Some(err.message());
+    exchange.cause = Some(err.kind());
     let mut response = error_response(&err, exchange, &proxy.metrics);
     let made = (deviation::Source::Proxy, response.status());
     match normalize_head(proxy, route, &mut response, made.0, exchange) {
@@ -657,6 +662,10 @@ fn record<'a>(
         action: outcome.action,
         kind: Kind::Status,
         source,
+        cause: match source {
+            deviation::Source::Proxy => exchange.cause.map(Cow::Borrowed),
+            deviation::Source::Upstream => None,
+        },
         method: exchange.method.clone(),
         path: Cow::Borrowed(exchange.uri.path()),
         upstream: Cow::Borrowed(route.upstream.name()),

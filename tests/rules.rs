@@ -843,7 +843,11 @@ path_prefix = "/silent"
     );
     let proxy = spawn_proxy(&text).await;
     let client = client();
-    for (id, path, proxy_status) in [("dead", "/dead/x?token=s", 502), ("slow", "/silent/x", 504)] {
+    let cases = [
+        ("dead", "/dead/x?token=s", 502, "connect"),
+        ("slow", "/silent/x", 504, "timeout"),
+    ];
+    for (id, path, proxy_status, cause) in cases {
         let reply = tagged(&client, id, "GET", &proxy.url(path), &[], "").await;
         assert_eq!(reply.status, 500, "{path}");
         assert_eq!(reply.header("x-restatus-source"), Some("proxy"));
@@ -851,6 +855,7 @@ path_prefix = "/silent"
         let record = record_of(&records, id);
         assert_eq!(record["source"], "proxy");
         assert_eq!(record["upstream_status"], proxy_status);
+        assert_eq!(record["cause"], cause, "why restatus answered");
         assert_eq!(record["status"], 500);
         assert_eq!(record["rule"], "documented/server-error-is-500");
         assert_eq!(record["path"], path.split('?').next().unwrap_or(path));
@@ -872,6 +877,7 @@ async fn a_status_beyond_599_is_taken_as_a_5xx() {
     let records = proxy.records();
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["source"], "upstream");
+    assert!(records[0].get("cause").is_none(), "{records:?}");
     assert_eq!(records[0]["upstream_status"], 600);
     assert_eq!(records[0]["rule"], "documented/server-error-is-500");
     proxy.stop().await;

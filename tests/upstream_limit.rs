@@ -226,7 +226,7 @@ async fn a_queue_timeout_is_a_500_under_the_documented_profile() {
     let records = proxy.records();
     let busy = records
         .iter()
-        .find(|r| r["upstream_status"] == 503 && r["status"] == 500);
+        .find(|r| r["upstream_status"] == 503 && r["cause"] == "queue_timeout");
     assert!(busy.is_some(), "{records:?}");
     proxy.stop().await;
 }

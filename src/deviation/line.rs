@@ -84,6 +84,10 @@ pub(super) fn middle(line: &mut Vec<u8>, record: &Record) {
         line.extend_from_slice(value.as_bytes());
         line.push(b'"');
     }
+    if let Some(cause) = &record.cause {
+        line.extend_from_slice(b",\"cause\":");
+        json_str(line, cause);
+    }
     // A method is a token (RFC 9110 §9.1), which holds nothing JSON escapes.
     line.extend_from_slice(b",\"method\":\"");
     line.extend_from_slice(record.method.as_str().as_bytes());
@@ -281,6 +285,7 @@ pub(super) mod tests {
             action: Action::Rewrote,
             kind: Kind::Status,
             source: Source::Upstream,
+            cause: None,
             method: Method::GET,
             path: "/".into(),
             upstream: "u".into(),
