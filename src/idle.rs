@@ -52,6 +52,7 @@ impl Activity {
         self.opened.elapsed().as_millis() as u64 + 1
     }
 
+    #[inline]
     fn on_read(&self) {
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.first_byte.load(Ordering::Relaxed) == 0

@@ -310,6 +310,7 @@ fn scrub_reason(buf: &mut [u8]) -> bool {
 const MALFORMED: &str = "malformed response head";
 
 /// Parses a response head at the start of `buf`, taking its bytes; `None` until it is whole.
+#[inline]
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
     match parse_head_as(buf, false) {
         Err(SendError::Invalid(MALFORMED)) if scrub_reason(buf) => parse_head_as(buf, true),
