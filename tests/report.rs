@@ -842,3 +842,50 @@ fn statuses_restatus_made_are_marked_apart_from_the_services() {
     let table = report_table(&old);
     assert!(!table.contains("proxy"), "{table}");
 }
+
+/// Records of statuses restatus made say why (`cause`); the report keeps the causes apart,
+/// so a service that could not be reached does not read like one that answered garbage.
+#[test]
+fn causes_of_statuses_restatus_made_are_shown_apart() {
+    let served = record(
+        "2026-11-24T10:00:00.000Z",
+        "billing",
+        "GET",
+        "/invoices",
+        Some("documented/server-error-is-500"),
+        (502, 500),
+    );
+    let made = |cause: &str| {
+        served.replace(
+            "\"source\":\"upstream\"",
+            &format!("\"source\":\"proxy\",\"cause\":\"{cause}\""),
+        )
+    };
+    let input = [made("connect"), made("invalid_response"), made("connect")].concat();
+    let table = report_table(&input);
+    assert!(table.contains(" proxy 502->500 (connect) "), "{table}");
+    assert!(
+        table.contains(" proxy 502->500 (invalid_response) "),
+        "{table}"
+    );
+    let report = restatus_report(&["--format", "json"], input.as_bytes()).json();
+    let groups = endpoint(&report, "billing", "GET /invoices")["deviations"]
+        .as_array()
+        .expect("groups")
+        .clone();
+    let mut seen: Vec<(String, u64)> = groups
+        .iter()
+        .map(|g| {
+            let cause = g["cause"].as_str().unwrap_or("?").to_string();
+            (cause, g["records"].as_u64().unwrap_or(0))
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("connect".to_string(), 2),
+            ("invalid_response".to_string(), 1)
+        ]
+    );
+}

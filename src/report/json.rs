@@ -41,6 +41,7 @@ fn endpoint(endpoint: &Endpoint) -> Value {
                 "upstream_status": g.upstream_status,
                 "status": g.status,
                 "source": if g.by_proxy { "proxy" } else { "upstream" },
+                "cause": g.cause,
                 "records": g.tally.count,
                 "share": (g.share(endpoint) * 10.0).round() / 10.0,
                 "first_seen": time::format(g.tally.first),

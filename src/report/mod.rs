@@ -105,14 +105,22 @@ pub struct Group {
     /// restatus made `upstream_status` itself (a 502 for a dead service, a check's 403): the
     /// service never saw the request, or never answered it.
     pub by_proxy: bool,
+    /// Why restatus made it (`connect`, `timeout`, `invalid_response`, ...), when the
+    /// records say.
+    pub cause: Option<String>,
     pub tally: Tally,
 }
 
 impl Group {
-    /// `200 → 404`, or `proxy 502 → 500` for a status restatus made, joined by `arrow`.
+    /// `200 → 404`, or `proxy 502 → 500 (connect)` for a status restatus made, joined by
+    /// `arrow`.
     pub fn statuses(&self, arrow: &str) -> String {
         let by = if self.by_proxy { "proxy " } else { "" };
-        format!("{by}{}{arrow}{}", self.upstream_status, self.status)
+        let pair = format!("{by}{}{arrow}{}", self.upstream_status, self.status);
+        match &self.cause {
+            Some(cause) => format!("{pair} ({cause})"),
+            None => pair,
+        }
     }
 
     /// The rule's name, or what the record was when no rule made it.
@@ -145,12 +153,14 @@ impl Endpoint {
         self.tally.add(ts);
         let rule = record.rule.as_deref();
         let by_proxy = record.source == "proxy";
+        let cause = record.cause.as_deref();
         let found = self.groups.iter_mut().find(|g| {
             g.upstream_status == record.upstream_status
                 && g.status == record.status
                 && g.by_proxy == by_proxy
                 && g.rule.as_deref() == rule
                 && g.kind == record.kind
+                && g.cause.as_deref() == cause
         });
         match found {
             Some(group) => group.tally.add(ts),
@@ -163,6 +173,7 @@ impl Endpoint {
                     upstream_status: record.upstream_status,
                     status: record.status,
                     by_proxy,
+                    cause: cause.map(str::to_string),
                     tally,
                 });
             }
@@ -236,6 +247,8 @@ struct Line<'a> {
     status: u16,
     #[serde(borrow, default = "upstream_source")]
     source: Cow<'a, str>,
+    #[serde(borrow, default)]
+    cause: Option<Cow<'a, str>>,
 }
 
 fn upstream_source() -> Cow<'static, str> {
