@@ -312,9 +312,15 @@ const MALFORMED: &str = "malformed response head";
 /// Parses a response head at the start of `buf`, taking its bytes; `None` until it is whole.
 #[inline]
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
-    match parse_head_as(buf, false) {
-        Err(SendError::Invalid(MALFORMED)) if scrub_reason(buf) => parse_head_as(buf, true),
-        parsed => parsed,
+    // A loop rather than a second call, so that the parse is inlined once.
+    let mut scrubbed = false;
+    loop {
+        match parse_head_as(buf, scrubbed) {
+            Err(SendError::Invalid(MALFORMED)) if !scrubbed && scrub_reason(buf) => {
+                scrubbed = true;
+            }
+            parsed => return parsed,
+        }
     }
 }
 

@@ -224,7 +224,7 @@ impl Pool {
 
     /// The most recently used shared idle connection that is still open; the ones found
     /// closed or idle too long go to `stale`.
-    #[inline]
+    #[inline(always)]
     fn take_shared(&self, stale: &mut Vec<Idle>) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(mut entry) = idle.pop() {
@@ -335,7 +335,7 @@ impl Pool {
     }
 
     /// Adds `conn` to the idle connections; returns it if `max` are idle already.
-    #[inline]
+    #[inline(always)]
     fn add_idle(&self, conn: Conn) -> Option<Conn> {
         let Ok(mut idle) = self.idle.lock() else {
             return Some(conn);
