@@ -102,6 +102,19 @@ impl Upstream {
         &self.name
     }
 
+    /// Target `index`, or under `max_connections`, when it has all its connections busy,
+    /// the next one that has room: a request waits only when every target is busy.
+    fn with_room(&self, index: usize) -> usize {
+        if self.config.max_connections.is_none() {
+            return index;
+        }
+        let count = self.pools.len();
+        (0..count)
+            .map(|step| (index + step) % count)
+            .find(|&at| self.pools[at].has_room())
+            .unwrap_or(index)
+    }
+
     /// Requests waiting for a connection to one of its targets (`max_connections`).
     pub fn queued(&self) -> usize {
         self.pools.iter().map(|pool| pool.waiting()).sum()
@@ -178,7 +191,7 @@ impl Upstream {
         let timeout = self.config.response_timeout;
         async move {
             let targets = &self.config.targets;
-            let first = self.next.fetch_add(1, Ordering::Relaxed) % targets.len();
+            let first = self.with_room(self.next.fetch_add(1, Ordering::Relaxed) % targets.len());
             for tried in 0..targets.len() {
                 let index = (first + tried) % targets.len();
                 let target = &targets[index];

@@ -257,3 +257,33 @@ async fn many_concurrent_requests_all_get_through_a_small_cap() {
     assert_eq!(proxy.live.proxy().upstreams[0].queued(), 0);
     proxy.stop().await;
 }
+
+/// With several targets, a request whose turn falls on a target with all its connections
+/// busy goes to one that has room, instead of waiting.
+#[tokio::test]
+async fn a_busy_target_is_passed_over_for_one_with_room() {
+    let (busy, busy_counts, gate) = gated_upstream(false).await;
+    let (free, free_counts, _open) = gated_upstream(true).await;
+    let text = capped_config(busy, 1, "300ms").replace(
+        &format!("targets = [\"http://{busy}\"]"),
+        &format!("targets = [\"http://{busy}\", \"http://{free}\"]"),
+    );
+    let proxy = spawn_proxy(&text).await;
+    // Round-robin: the first request to the busy target (held there), the second to the
+    // free one.
+    let url = proxy.url("/items/1");
+    let held = tokio::spawn(async move { get(&url).await });
+    wait_until(Duration::from_secs(10), "the held request upstream", || {
+        busy_counts.requests.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(get(&proxy.url("/items/2")).await.status, 200);
+    // The third request's turn is the busy target's: it goes to the free one.
+    let reply = get(&proxy.url("/items/3")).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+    assert_eq!(free_counts.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(busy_counts.requests.load(Ordering::SeqCst), 1);
+    gate.send_replace(true);
+    assert_eq!(held.await.expect("held request").status, 200);
+    proxy.stop().await;
+}

@@ -189,6 +189,13 @@ impl Limit {
         idle(conn)
     }
 
+    /// Whether a request would get a connection at once: fewer than `max` are open, or
+    /// one is idle in `pool`.
+    pub fn has_room(&self, pool: &Pool) -> bool {
+        let state = lock(&self.state);
+        state.open < self.max || pool.has_idle()
+    }
+
     /// Requests waiting now.
     pub fn waiting(&self) -> usize {
         let state = lock(&self.state);

@@ -256,6 +256,17 @@ impl Pool {
         }
     }
 
+    /// Whether a request would get a connection at once (always, without
+    /// `max_connections`).
+    pub fn has_room(&self) -> bool {
+        self.limit.as_ref().is_none_or(|limit| limit.has_room(self))
+    }
+
+    /// Whether a shared connection is idle (it may have been closed meanwhile).
+    fn has_idle(&self) -> bool {
+        self.idle.lock().is_ok_and(|idle| !idle.is_empty())
+    }
+
     /// Requests waiting for a connection under `max_connections`.
     pub fn waiting(&self) -> usize {
         self.limit.as_ref().map_or(0, |limit| limit.waiting())
