@@ -45,7 +45,16 @@ pub struct Activity {
     h2: AtomicBool,
     /// Asks an HTTP/2 connection to close with a GOAWAY (its idle timeout passed).
     go_away: tokio::sync::Notify,
+    /// A request has been in flight since the watchdog last looked: the HTTP/1 connection
+    /// watches its client's socket for a hang-up from now on (see [`WATCH_AFTER_MS`]).
+    watch: AtomicBool,
 }
+
+/// While a request is in flight the watchdog looks at least this often; a request still in
+/// flight then has its client's socket watched, so that a client that hangs up ends it
+/// (the upstream request aborted, its place in a `max_connections` queue given up), as
+/// NGINX does. Fast requests never get there: watching costs a read per request.
+pub const WATCH_AFTER_MS: u64 = 1000;
 
 impl Activity {
     fn now_ms(&self) -> u64 {
@@ -105,10 +114,16 @@ impl Activity {
         self.go_away.notified().await;
     }
 
+    /// Whether the client's socket is to be watched for a hang-up (see `watch`).
+    pub fn watches_hangup(&self) -> bool {
+        self.watch.load(Ordering::Relaxed)
+    }
+
     /// Marks a request as dispatched; the returned guard marks it finished when dropped.
     pub fn request_started(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.first_byte.store(0, Ordering::Relaxed);
+        self.watch.store(false, Ordering::Relaxed);
         RequestGuard {
             activity: self.clone(),
             waiting: false,
@@ -179,6 +194,7 @@ impl Watchdog {
                 sooner: tokio::sync::Notify::new(),
                 h2: AtomicBool::new(false),
                 go_away: tokio::sync::Notify::new(),
+                watch: AtomicBool::new(false),
             }),
             idle_timeout: settings.idle_timeout,
         }
@@ -193,14 +209,26 @@ impl Watchdog {
         let activity = &self.activity;
         let header_ms = activity.header_ms;
         let idle_ms = self.idle_timeout.as_millis() as u64;
+        // When the watchdog first saw the connection busy, since it last saw it idle.
+        let mut busy_since: Option<u64> = None;
         loop {
             let now = activity.now_ms();
+            if activity.in_flight.load(Ordering::Relaxed) == 0 {
+                busy_since = None;
+            }
             let (deadline, reason) = if activity.in_flight.load(Ordering::Relaxed) > 0 {
                 if activity.waiting.load(Ordering::Relaxed) > 0 {
                     let since = activity.waiting_since.load(Ordering::Relaxed);
                     (since + activity.send_ms, "send timeout")
                 } else {
-                    (now + header_ms.min(idle_ms).max(1), "")
+                    // Busy for a while: the request in flight is a slow one, and its
+                    // client's hang-up is watched for.
+                    let since = *busy_since.get_or_insert(now);
+                    if now - since >= WATCH_AFTER_MS {
+                        activity.watch.store(true, Ordering::Relaxed);
+                    }
+                    let every = header_ms.min(idle_ms).min(WATCH_AFTER_MS);
+                    (now + every.max(1), "")
                 }
             } else {
                 match activity.first_byte.load(Ordering::Relaxed) {
@@ -294,6 +322,12 @@ impl<S> ActivityIo<S> {
 
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+}
+
+impl<S> crate::http1::Hangup for ActivityIo<S> {
+    fn watch_for_hangup(&self) -> bool {
+        self.activity.watches_hangup()
     }
 }
 

@@ -362,7 +362,9 @@ async fn serve_connection<I>(
     let expired = watchdog.expired();
     tokio::pin!(expired, served);
     tokio::select! {
-        () = served.as_mut() => {}
+        // The watchdog first: what it marks (a slow request's hang-up to watch for) is seen
+        // by the connection in the same wake-up.
+        biased;
         reason = WhenWoken::new(expired.as_mut()) => {
             tracing::debug!(%peer, reason, "closing connection");
             if reason == IDLE_TIMEOUT && activity.is_h2() {
@@ -372,6 +374,7 @@ async fn serve_connection<I>(
                 let _ = tokio::time::timeout(GO_AWAY_GRACE, served).await;
             }
         }
+        () = served.as_mut() => {}
     }
 }
 

@@ -69,7 +69,23 @@ async fn answer_when_open(
         }
         buf.drain(..end + 4 + length);
         counts.requests.fetch_add(1, Ordering::SeqCst);
-        let _ = open.wait_for(|open| *open).await;
+        // While it holds the answer, it notices the proxy closing the connection.
+        let mut chunk = [0u8; 4096];
+        let read = tokio::select! {
+            _ = open.wait_for(|open| *open) => None,
+            read = stream.read(&mut chunk) => Some(read),
+        };
+        match read {
+            Some(Ok(0) | Err(_)) => {
+                counts.closed.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            Some(Ok(n)) => {
+                buf.extend_from_slice(&chunk[..n]);
+                let _ = open.wait_for(|open| *open).await;
+            }
+            None => {}
+        }
         let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
         if stream.write_all(reply).await.is_err() {
             return;
@@ -285,5 +301,72 @@ async fn a_busy_target_is_passed_over_for_one_with_room() {
     assert_eq!(busy_counts.requests.load(Ordering::SeqCst), 1);
     gate.send_replace(true);
     assert_eq!(held.await.expect("held request").status, 200);
+    proxy.stop().await;
+}
+
+/// Sends `GET path` on a raw connection of its own and returns it, unread.
+async fn raw_get(proxy: &TestProxy, path: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let head = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.expect("send");
+    stream
+}
+
+/// An HTTP/1.1 client that hangs up while its request waits for a connection gives up its
+/// place in the queue (at once, not at `queue_timeout`), as NGINX drops such a request.
+#[tokio::test]
+async fn a_client_that_hangs_up_leaves_the_queue() {
+    let (upstream, counts, gate) = gated_upstream(false).await;
+    let proxy = spawn_proxy(&capped_config(upstream, 1, "60s")).await;
+    let held = raw_get(&proxy, "/items/1").await;
+    wait_until(
+        Duration::from_secs(10),
+        "the first request upstream",
+        || counts.requests.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    let queued = raw_get(&proxy, "/items/2").await;
+    let upstreams = proxy.live.proxy().upstreams.clone();
+    wait_until(Duration::from_secs(10), "the second request queued", || {
+        upstreams[0].queued() == 1
+    })
+    .await;
+    drop(queued);
+    wait_until(Duration::from_secs(10), "the hung-up request gone", || {
+        upstreams[0].queued() == 0
+    })
+    .await;
+    gate.send_replace(true);
+    drop(held);
+    // The connection comes back, or closes: either way the next request gets through.
+    let reply = get(&proxy.url("/items/3")).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+    assert!(
+        counts.requests.load(Ordering::SeqCst) <= 2,
+        "a dropped request went upstream"
+    );
+    proxy.stop().await;
+}
+
+/// A client that hangs up while the service is still working on its request: the upstream
+/// request is aborted (its connection closed), not left to run for a client that is gone.
+#[tokio::test]
+async fn a_client_that_hangs_up_aborts_its_upstream_request() {
+    let (upstream, counts, _gate) = gated_upstream(false).await;
+    // The service would be given a minute.
+    let text = simple_config(upstream, "").replace("\"10s\"", "\"60s\"");
+    let proxy = spawn_proxy(&text).await;
+    let client = raw_get(&proxy, "/slow").await;
+    wait_until(Duration::from_secs(10), "the request upstream", || {
+        counts.requests.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    drop(client);
+    wait_until(
+        Duration::from_secs(10),
+        "the upstream request aborted",
+        || counts.closed.load(Ordering::SeqCst) == 1,
+    )
+    .await;
     proxy.stop().await;
 }

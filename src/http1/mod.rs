@@ -51,6 +51,16 @@ const MAX_QUEUED: usize = 64 << 10;
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_MAX: Duration = Duration::from_secs(10);
 
+/// Says when a connection's socket is to be watched for the client hanging up while its
+/// request is in flight (see `idle::WATCH_AFTER_MS`).
+pub trait Hangup {
+    fn watch_for_hangup(&self) -> bool;
+}
+
+/// Pipelined bytes read while watching for a hang-up, at most: past them the socket is left
+/// alone until the next head is read.
+const MAX_WATCHED: usize = 64 << 10;
+
 /// A connection's socket and what was read from it but not yet used.
 pub struct Wire<I> {
     io: I,
@@ -85,7 +95,7 @@ pub async fn serve<I, S, F, B>(
     mut handler: S,
 ) -> Ended<I>
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin + Hangup,
     S: FnMut(Request<ClientBody>, Option<Arc<Relay>>) -> F,
     F: Future<Output = Response<B>> + Unpin,
     B: Body<Data = Bytes> + Unpin,
@@ -165,7 +175,7 @@ fn exchange<'w, I, S, F, B>(
     relay: Option<Arc<Relay>>,
 ) -> impl Future<Output = Next> + use<'w, I, S, F, B>
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin + Hangup,
     S: FnMut(Request<ClientBody>, Option<Arc<Relay>>) -> F,
     F: Future<Output = Response<B>> + Unpin,
     B: Body<Data = Bytes> + Unpin,
@@ -198,6 +208,9 @@ where
         // The final response, held (rarely) while interim heads still go out ahead of it.
         let mut held: Option<Box<Response<B>>> = None;
         let mut failed = false;
+        // Whether the socket may still be watched for a hang-up: not once it has ended after
+        // pipelined bytes, which are served first.
+        let mut watchable = true;
         let response = poll_fn(|cx| loop {
             let ready = match held.take() {
                 Some(response) => Poll::Ready(*response),
@@ -214,7 +227,7 @@ where
                         Poll::Ready(written) => failed = written.is_err(),
                     }
                 }
-                return Poll::Ready(response);
+                return Poll::Ready(Some(response));
             }
             if let Some(relay) = relay.as_ref().filter(|relay| relay.is_pending()) {
                 let may_start = pump.as_ref().is_none_or(|p| !p.continue_started());
@@ -225,12 +238,25 @@ where
                     return Poll::Pending;
                 }
             }
+            let body_read = pump.as_ref().is_none_or(|p| p.is_done());
+            if watchable && body_read && wire.io.watch_for_hangup() {
+                match wire.poll_hangup(cx) {
+                    Poll::Ready(true) => return Poll::Ready(None),
+                    Poll::Ready(false) => watchable = false,
+                    Poll::Pending => {}
+                }
+            }
             if !pump.as_mut().is_some_and(|pump| pump.drive(wire, cx)) {
                 return Poll::Pending;
             }
         })
         .await;
         drop(answer);
+        let Some(response) = response else {
+            // The request was dropped above, and its upstream request with it (NGINX's 499).
+            tracing::debug!("the client hung up before its response; request abandoned");
+            return Next::Abort;
+        };
         if failed {
             return Next::Abort;
         }
@@ -333,6 +359,20 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Wire<I> {
         ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
         self.buf.extend_from_slice(read.filled());
         Poll::Ready(Ok(read.filled().len()))
+    }
+
+    /// Reads what the client sends while its request is in flight: `Ready(true)` once it
+    /// has hung up (the end of its stream with nothing pipelined, or an error), `Ready(false)`
+    /// when the stream ended after pipelined bytes, which are served as usual.
+    fn poll_hangup(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        while self.buf.len() < MAX_WATCHED {
+            match ready!(self.poll_fill_idle(cx)) {
+                Ok(0) => return Poll::Ready(self.buf.is_empty()),
+                Ok(_) => {}
+                Err(_) => return Poll::Ready(true),
+            }
+        }
+        Poll::Pending
     }
 
     /// Closes the sending side, then drops what the client still sends for a moment.
