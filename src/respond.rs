@@ -170,7 +170,8 @@ impl ProxyError {
             }
             ProxyError::UpstreamTls(why) => format!("TLS with the upstream failed: {why}"),
             ProxyError::UpstreamBusy { max, waited } => format!(
-                "upstream has its max_connections ({max}) busy, and none came free within {waited:?}"
+                "upstream has its max_connections ({max}) busy, and none came free within {}",
+                crate::config::shown(*waited)
             ),
             ProxyError::LastHop(_) => {
                 "Max-Forwards is 0: answered by restatus, not forwarded (RFC 9110 §7.6.2)".into()

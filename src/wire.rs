@@ -255,7 +255,11 @@ fn fill<F: Fill>(
 /// `lenient`. Leading zeros do not count toward the 15 digits a size may have.
 fn size_line(buf: &[u8], lenient: bool) -> Result<Option<(usize, u64)>, BodyError> {
     let Some(end) = buf.iter().position(|b| *b == b'\n') else {
-        return Ok(None);
+        // A CR not followed by LF ends no line: waiting for one would stall the body.
+        return match memchr::memchr(b'\r', buf) {
+            Some(cr) if cr + 1 < buf.len() => Err(BodyError::Invalid),
+            _ => Ok(None),
+        };
     };
     let line = match buf[..end].strip_suffix(b"\r") {
         Some(line) => line,
@@ -676,6 +680,11 @@ mod tests {
         assert_eq!(strict(zeros).ok().flatten(), Some((zeros.len(), 5)));
         assert_eq!(strict(b"0000\r\n").ok().flatten(), Some((6, 0)));
         assert!(strict(b"0001000000000000000\r\n").is_err(), "overflow");
+        assert!(size_line(b"5\rhello\r", true).is_err(), "a bare CR");
+        assert!(
+            strict(b"5\r").is_ok_and(|r| r.is_none()),
+            "its LF may come next"
+        );
     }
 
     #[test]

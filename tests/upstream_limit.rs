@@ -370,3 +370,29 @@ async fn a_client_that_hangs_up_aborts_its_upstream_request() {
     .await;
     proxy.stop().await;
 }
+
+/// A reload that changes the cap replaces the upstream's pools: connections the old pool
+/// kept for clients (`reuse_after_body = "same_client"`) are closed with it, so that they do
+/// not stay open beside the new pool's and exceed its cap.
+#[tokio::test]
+async fn a_reload_closes_the_connections_kept_under_the_old_cap() {
+    let (upstream, counts, _gate) = gated_upstream(true).await;
+    let proxy = spawn_proxy(&capped_config(upstream, 2, "5s")).await;
+    let (first, second) = (client(), client());
+    for quiet in [&first, &second] {
+        let reply = send_with(quiet, "POST", &proxy.url("/items"), &[], "{}").await;
+        assert_eq!(reply.status, 200);
+    }
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    proxy.live.apply(config(&capped_config(upstream, 3, "5s")));
+    wait_until(
+        Duration::from_secs(10),
+        "the kept connections closed",
+        || counts.closed.load(Ordering::SeqCst) == 2,
+    )
+    .await;
+    // The clients are still there, and get answers on connections of the new pool.
+    let reply = send_with(&first, "POST", &proxy.url("/items"), &[], "{}").await;
+    assert_eq!(reply.status, 200);
+    proxy.stop().await;
+}

@@ -432,3 +432,26 @@ fn pooled_connections_are_kept_4s_by_default() {
         .expect("valid config");
     assert_eq!(config.upstreams[0].idle_timeout, Duration::from_secs(4));
 }
+
+/// After a reload that replaced the upstream, a connection its old pool kept for a client
+/// can serve no request any more: that client's next request closes it.
+#[tokio::test]
+async fn a_connection_kept_by_a_replaced_pool_is_closed_on_its_clients_next_request() {
+    let (upstream, counts, _) = body_skipping_upstream().await;
+    let proxy = spawn_proxy(&pool_config(upstream, 8)).await;
+    let a = client();
+    let reply = send_with(&a, "POST", &proxy.url("/ok"), &[], "{}").await;
+    assert_eq!(reply.text(), "POST /ok HTTP/1.1");
+    proxy.live.apply(config(&pool_config(upstream, 9)));
+    let reply = send_with(&a, "GET", &proxy.url("/items/1"), &[], "").await;
+    assert_eq!(reply.text(), "GET /items/1 HTTP/1.1");
+    // Closed by that request, not later by an idle timeout (4 s).
+    wait_until(
+        Duration::from_secs(2),
+        "the old kept connection closed",
+        || counts.closed_by_proxy.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    proxy.stop().await;
+}

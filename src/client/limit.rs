@@ -157,6 +157,14 @@ impl Limit {
         slot
     }
 
+    /// Closes every idle connection kept for a client connection (the pool is going).
+    pub fn close_kept(&self, pool: &Pool) {
+        let keepers = lock(&self.state).keepers.clone();
+        for owner in keepers.iter().filter_map(Weak::upgrade) {
+            while owner.give_up(pool).is_some() {}
+        }
+    }
+
     /// A slot is free: it goes to the oldest waiting request, if any.
     fn free(self: &Arc<Self>) {
         let mut state = lock(&self.state);

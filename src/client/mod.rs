@@ -69,6 +69,9 @@ impl std::fmt::Debug for Owner {
 /// An idle connection kept for a client, and the pool (its `id`) of its target.
 struct Kept {
     pool: u64,
+    /// Gone once the pool is (a reload replaced its upstream): the connection can serve no
+    /// request any more.
+    alive: Weak<()>,
     idle: Idle,
 }
 
@@ -85,6 +88,9 @@ impl Owner {
         // Before the lock: connections close after it is released (see `limit`).
         let mut stale = Vec::new();
         let mut kept = self.kept.lock().ok()?;
+        while let Some(at) = kept.iter().position(|k| k.alive.strong_count() == 0) {
+            stale.push(kept.remove(at).idle);
+        }
         while let Some(at) = kept.iter().rposition(|k| k.pool == pool.id) {
             let mut entry = kept.remove(at).idle;
             if pool.fresh(&mut entry) {
@@ -110,6 +116,7 @@ impl Owner {
         // Closed here, after the lock is released (see `limit`).
         drop(self.push(Kept {
             pool: pool.id,
+            alive: Arc::downgrade(&pool.alive),
             idle,
         }));
     }
@@ -184,6 +191,18 @@ pub struct Pool {
     name: String,
     /// The target's `max_connections`, if it has one.
     limit: Option<Arc<Limit>>,
+    /// Held while the pool lasts (see [`Kept::alive`]).
+    alive: Arc<()>,
+}
+
+impl Drop for Pool {
+    /// A reload replaced the upstream: the connections kept for clients under its cap are
+    /// closed now, so that they do not stay open beside the new pool's and exceed its cap.
+    fn drop(&mut self) {
+        if let Some(limit) = &self.limit {
+            limit.close_kept(self);
+        }
+    }
 }
 
 static NEXT_POOL: AtomicU64 = AtomicU64::new(0);
@@ -208,6 +227,7 @@ impl Pool {
             limit: config
                 .max_connections
                 .map(|max| Limit::new(max, config.queue_timeout)),
+            alive: Arc::new(()),
         }
     }
 

@@ -10,7 +10,7 @@ mod units;
 pub use error::{ConfigError, Locator};
 pub use raw::{ExpectMode, HostMode, LogFormat, Mode, ReuseAfterBody};
 pub use tls::{key_is_exposed, ServerTls, UpstreamTls};
-pub use units::{parse_duration, parse_size};
+pub use units::{parse_duration, parse_size, shown};
 
 pub use crate::cors::Cors;
 use crate::http1::MAX_TARGET;
@@ -916,8 +916,9 @@ pub fn summary(config: &Config) -> String {
             upstream.response_timeout,
             match upstream.max_connections {
                 Some(max) => format!(
-                    ", at most {max} connections per target, queue {:?}",
-                    upstream.queue_timeout
+                    ", at most {max} connection{} per target, queue {}",
+                    if max == 1 { "" } else { "s" },
+                    units::shown(upstream.queue_timeout)
                 ),
                 None => String::new(),
             },

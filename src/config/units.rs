@@ -131,9 +131,25 @@ impl serde::de::Visitor<'_> for SizeVisitor {
     }
 }
 
+/// A duration as people write it in the config: `10s`, `1.5s`, `200ms`, and `0s` (not
+/// Rust's `0ns`).
+pub fn shown(duration: Duration) -> String {
+    if duration.is_zero() {
+        return "0s".to_string();
+    }
+    format!("{duration:?}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_shown_as_written() {
+        assert_eq!(shown(Duration::ZERO), "0s");
+        assert_eq!(shown(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(shown(Duration::from_millis(200)), "200ms");
+    }
 
     #[test]
     fn durations() {
