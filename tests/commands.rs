@@ -710,9 +710,14 @@ fn wait_for_line<T>(
     }
 }
 
-#[test]
-fn demo_keeps_serving_prints_records_and_stops_on_ctrl_c() {
-    use std::io::{Read, Write};
+/// Starts `restatus demo` on a free port: the process, its stdout's lines, the lines seen so
+/// far and restatus's address.
+fn start_demo() -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    Vec<String>,
+    String,
+) {
     let mut child = Command::new(support::binary())
         .args(["demo", "--listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
@@ -726,6 +731,13 @@ fn demo_keeps_serving_prints_records_and_stops_on_ctrl_c() {
             .and_then(|rest| rest.split(',').next())
             .map(str::to_owned)
     });
+    (child, lines, seen, addr)
+}
+
+#[test]
+fn demo_keeps_serving_prints_records_and_stops_on_ctrl_c() {
+    use std::io::{Read, Write};
+    let (mut child, lines, mut seen, addr) = start_demo();
     let admin = wait_for_line(&lines, &mut seen, |line| {
         line.strip_prefix("admin page on http://")
             .and_then(|rest| rest.split('/').next())
@@ -827,19 +839,8 @@ fn the_demo_spec_documents_only_contract_statuses() {
 /// schemathesis is installed by `.ci/run`; without it, outside CI, the run is passed over.
 #[test]
 fn the_demo_passes_a_contract_tester() {
-    let mut child = Command::new(support::binary())
-        .args(["demo", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the demo");
-    let lines = stdout_lines(&mut child);
-    let mut seen = Vec::new();
-    let addr = wait_for_line(&lines, &mut seen, |line| {
-        line.strip_prefix("restatus on http://")
-            .and_then(|rest| rest.split(',').next())
-            .map(str::to_owned)
-    });
+    // The lines are read on (into `_lines`) so that the demo never blocks on its stdout.
+    let (mut child, _lines, _, addr) = start_demo();
     let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/demo-openapi.yaml");
     let checks = "status_code_conformance,content_type_conformance,response_schema_conformance";
     let url = format!("http://{addr}");

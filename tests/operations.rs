@@ -21,15 +21,6 @@ fn admin_url(proxy: &TestProxy, path: &str) -> String {
     format!("http://{}{}", proxy.admin.expect("admin listener"), path)
 }
 
-/// The value of the series whose line starts with `series` (name and labels, in order).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_count_known_traffic() {
     let upstream = spawn_upstream(|seen| async move {

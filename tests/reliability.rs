@@ -705,6 +705,20 @@ async fn h2_connect(
     (read, write, settings)
 }
 
+/// Reads frames until a HEADERS or DATA frame ends a stream: a whole response.
+async fn until_answered(read: &mut tokio::net::tcp::OwnedReadHalf) {
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some((kind, flags, _)) = read_frame(read).await {
+            if kind <= DATA_HEADERS && flags & END_STREAM != 0 {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(answered, Ok(true), "no whole response");
+}
+
 /// Reads frames until GOAWAY or the end of the connection (at most `limit`); returns the
 /// GOAWAY error code, or `None` when the connection ended without one.
 async fn until_goaway(
@@ -739,16 +753,7 @@ async fn an_idle_http2_connection_lasts_its_idle_timeout_and_ends_with_goaway() 
         .write_all(&frame(DATA_HEADERS, END_STREAM | END_HEADERS, 1, GET_BLOCK))
         .await
         .expect("headers");
-    let answered = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some((kind, flags, _)) = read_frame(&mut read).await {
-            if kind <= DATA_HEADERS && flags & END_STREAM != 0 {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(answered, Ok(true), "no whole response");
+    until_answered(&mut read).await;
     let idle_from = std::time::Instant::now();
     let pinger = tokio::spawn(async move {
         let mut pace = tokio::time::interval(Duration::from_millis(100));
@@ -790,16 +795,7 @@ async fn an_http2_body_after_an_early_answer_is_read_instead_of_reset() {
         .write_all(&frame(DATA_HEADERS, END_HEADERS, 1, POST_BLOCK))
         .await
         .expect("headers");
-    let answered = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some((kind, flags, _)) = read_frame(&mut read).await {
-            if kind <= DATA_HEADERS && flags & END_STREAM != 0 {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(answered, Ok(true), "no whole early answer");
+    until_answered(&mut read).await;
     // The whole body, within the initial flow-control window, then a PING: frames come
     // back in order, so its ACK follows anything the body caused.
     for (at, size) in [(0, 16_384), (1, 16_384), (2, 16_384), (3, 848)] {

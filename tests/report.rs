@@ -795,38 +795,29 @@ fn bad_arguments_exit_2_with_a_clear_error() {
     );
 }
 
-/// A 502 restatus made for a dead service and a 502 the service sent are told apart in every
-/// format: the service's owners must not chase statuses their service never produced.
-#[test]
-fn statuses_restatus_made_are_marked_apart_from_the_services() {
-    let served = record(
+/// A record of `GET /invoices` on `billing`: the service's 502, made a 500 by the profile.
+fn invoice_502() -> String {
+    record(
         "2026-11-24T10:00:00.000Z",
         "billing",
         "GET",
         "/invoices",
         Some("documented/server-error-is-500"),
         (502, 500),
-    );
+    )
+}
+
+/// A 502 restatus made for a dead service and a 502 the service sent are told apart in every
+/// format: the service's owners must not chase statuses their service never produced.
+#[test]
+fn statuses_restatus_made_are_marked_apart_from_the_services() {
+    let served = invoice_502();
     let made = served
         .replace("\"source\":\"upstream\"", "\"source\":\"proxy\"")
         .replace("10:00:00", "10:05:00");
     assert_ne!(served, made);
     let input = [served.clone(), made.clone(), made].concat();
-    let report = restatus_report(&["--format", "json"], input.as_bytes()).json();
-    let groups = endpoint(&report, "billing", "GET /invoices")["deviations"]
-        .as_array()
-        .expect("groups")
-        .clone();
-    let mut seen: Vec<(String, u64)> = groups
-        .iter()
-        .map(|g| {
-            (
-                g["source"].as_str().unwrap_or("?").to_string(),
-                g["records"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
-    seen.sort();
+    let seen = records_by(&input, "source");
     assert_eq!(
         seen,
         [("proxy".to_string(), 2), ("upstream".to_string(), 1)]
@@ -843,18 +834,30 @@ fn statuses_restatus_made_are_marked_apart_from_the_services() {
     assert!(!table.contains("proxy"), "{table}");
 }
 
+/// The records of `GET /invoices` on `billing` in `input`'s JSON report, per value of each
+/// group's `field`, sorted.
+fn records_by(input: &str, field: &str) -> Vec<(String, u64)> {
+    let report = restatus_report(&["--format", "json"], input.as_bytes()).json();
+    let groups = endpoint(&report, "billing", "GET /invoices")["deviations"]
+        .as_array()
+        .expect("groups")
+        .clone();
+    let mut seen: Vec<(String, u64)> = groups
+        .iter()
+        .map(|g| {
+            let value = g[field].as_str().unwrap_or("?").to_string();
+            (value, g["records"].as_u64().unwrap_or(0))
+        })
+        .collect();
+    seen.sort();
+    seen
+}
+
 /// Records of statuses restatus made say why (`cause`); the report keeps the causes apart,
 /// so a service that could not be reached does not read like one that answered garbage.
 #[test]
 fn causes_of_statuses_restatus_made_are_shown_apart() {
-    let served = record(
-        "2026-11-24T10:00:00.000Z",
-        "billing",
-        "GET",
-        "/invoices",
-        Some("documented/server-error-is-500"),
-        (502, 500),
-    );
+    let served = invoice_502();
     let made = |cause: &str| {
         served.replace(
             "\"source\":\"upstream\"",
@@ -868,19 +871,7 @@ fn causes_of_statuses_restatus_made_are_shown_apart() {
         table.contains(" proxy 502->500 (invalid_response) "),
         "{table}"
     );
-    let report = restatus_report(&["--format", "json"], input.as_bytes()).json();
-    let groups = endpoint(&report, "billing", "GET /invoices")["deviations"]
-        .as_array()
-        .expect("groups")
-        .clone();
-    let mut seen: Vec<(String, u64)> = groups
-        .iter()
-        .map(|g| {
-            let cause = g["cause"].as_str().unwrap_or("?").to_string();
-            (cause, g["records"].as_u64().unwrap_or(0))
-        })
-        .collect();
-    seen.sort();
+    let seen = records_by(&input, "cause");
     assert_eq!(
         seen,
         [

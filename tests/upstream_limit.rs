@@ -118,13 +118,17 @@ profile = "none"
     )
 }
 
-/// The value of the series whose line starts with `series`.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
+/// Sends a request that the (closed) gated upstream holds, once it is there.
+async fn held_request(proxy: &TestProxy, counts: &Counts) -> tokio::task::JoinHandle<Reply> {
+    let url = proxy.url("/items");
+    let request = tokio::spawn(async move { get(&url).await });
+    wait_until(
+        Duration::from_secs(10),
+        "the first request upstream",
+        || counts.requests.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    request
 }
 
 async fn metric(proxy: &TestProxy, series: &str) -> Option<f64> {
@@ -172,14 +176,7 @@ async fn max_connections_caps_the_connections_and_queues_the_rest() {
 async fn a_request_that_waits_past_queue_timeout_gets_a_503() {
     let (upstream, counts, gate) = gated_upstream(false).await;
     let proxy = spawn_proxy(&capped_config(upstream, 1, "200ms")).await;
-    let url = proxy.url("/items");
-    let first = tokio::spawn(async move { get(&url).await });
-    wait_until(
-        Duration::from_secs(10),
-        "the first request upstream",
-        || counts.requests.load(Ordering::SeqCst) == 1,
-    )
-    .await;
+    let first = held_request(&proxy, &counts).await;
     let reply = get(&proxy.url("/items/2")).await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.header("x-restatus-source"), Some("proxy"));
@@ -227,14 +224,7 @@ async fn a_queue_timeout_is_a_500_under_the_documented_profile() {
     let (upstream, counts, gate) = gated_upstream(false).await;
     let text = capped_config(upstream, 1, "100ms").replace("profile = \"none\"", "");
     let proxy = spawn_proxy(&text).await;
-    let url = proxy.url("/items");
-    let first = tokio::spawn(async move { get(&url).await });
-    wait_until(
-        Duration::from_secs(10),
-        "the first request upstream",
-        || counts.requests.load(Ordering::SeqCst) == 1,
-    )
-    .await;
+    let first = held_request(&proxy, &counts).await;
     let reply = get(&proxy.url("/items/2")).await;
     assert_eq!(reply.status, 500);
     gate.send_replace(true);

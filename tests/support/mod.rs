@@ -422,3 +422,12 @@ pub async fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> 
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_restatus")
 }
+
+/// The value of the series whose line starts with `series` (name and labels, in order).
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
