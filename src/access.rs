@@ -39,6 +39,13 @@ pub struct LoggedBody {
     _in_flight: Option<GaugeGuard>,
 }
 
+/// An empty body that logs nothing.
+impl Default for LoggedBody {
+    fn default() -> Self {
+        LoggedBody::new(ResponseBody::Empty, None)
+    }
+}
+
 impl LoggedBody {
     pub fn new(inner: ResponseBody, record: Option<AccessRecord>) -> Self {
         let complete = inner.is_end_stream();

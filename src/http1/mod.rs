@@ -98,7 +98,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Hangup,
     S: FnMut(Request<ClientBody>, Option<Arc<Relay>>) -> F,
     F: Future<Output = Response<B>> + Unpin,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + Unpin + Default,
     B::Error: Into<BoxError>,
 {
     let mut relay: Option<Arc<Relay>> = None;
@@ -178,7 +178,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Hangup,
     S: FnMut(Request<ClientBody>, Option<Arc<Relay>>) -> F,
     F: Future<Output = Response<B>> + Unpin,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + Unpin + Default,
     B::Error: Into<BoxError>,
 {
     let (mut pump, body) = match head.framing {
@@ -211,6 +211,7 @@ where
         // Whether the socket may still be watched for a hang-up: not once it has ended after
         // pipelined bytes, which are served first.
         let mut watchable = true;
+        let mut hung_up = false;
         let response = poll_fn(|cx| loop {
             let ready = match held.take() {
                 Some(response) => Poll::Ready(*response),
@@ -227,7 +228,7 @@ where
                         Poll::Ready(written) => failed = written.is_err(),
                     }
                 }
-                return Poll::Ready(Some(response));
+                return Poll::Ready(response);
             }
             if let Some(relay) = relay.as_ref().filter(|relay| relay.is_pending()) {
                 let may_start = pump.as_ref().is_none_or(|p| !p.continue_started());
@@ -241,7 +242,12 @@ where
             let body_read = pump.as_ref().is_none_or(|p| p.is_done());
             if watchable && body_read && wire.io.watch_for_hangup() {
                 match wire.poll_hangup(cx) {
-                    Poll::Ready(true) => return Poll::Ready(None),
+                    Poll::Ready(true) => {
+                        // A stand-in: not sent, the connection ends below. (Not an `Option`
+                        // around every response: moving it costs more than the rare case.)
+                        hung_up = true;
+                        return Poll::Ready(Response::new(B::default()));
+                    }
                     Poll::Ready(false) => watchable = false,
                     Poll::Pending => {}
                 }
@@ -252,11 +258,11 @@ where
         })
         .await;
         drop(answer);
-        let Some(response) = response else {
+        if hung_up {
             // The request was dropped above, and its upstream request with it (NGINX's 499).
             tracing::debug!("the client hung up before its response; request abandoned");
             return Next::Abort;
-        };
+        }
         if failed {
             return Next::Abort;
         }
