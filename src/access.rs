@@ -47,6 +47,8 @@ impl Default for LoggedBody {
 }
 
 impl LoggedBody {
+    // Inlined: built in place, as it is for every response.
+    #[inline(always)]
     pub fn new(inner: ResponseBody, record: Option<AccessRecord>) -> Self {
         let complete = inner.is_end_stream();
         LoggedBody {
