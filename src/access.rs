@@ -101,10 +101,14 @@ impl Body for LoggedBody {
             Poll::Ready(None) => this.complete = true,
             Poll::Ready(Some(Err(err))) => {
                 this.failed = true;
-                if let Some(record) = this.record.as_mut() {
-                    // The id as text, as the access line writes it, so the two join.
-                    let request_id = record.request_id.to_str().unwrap_or("-");
-                    tracing::warn!(request_id, error = %err, "upstream response body failed; aborting the client response");
+                // The id as text, as the access line writes it, so the two join; without an
+                // access log there is none to join, but the failure is still told.
+                let record = this.record.as_mut();
+                let request_id = record
+                    .as_ref()
+                    .map_or("-", |r| r.request_id.to_str().unwrap_or("-"));
+                tracing::warn!(request_id, error = %err, "upstream response body failed; aborting the client response");
+                if let Some(record) = record {
                     record
                         .error
                         .get_or_insert_with(|| format!("upstream response body failed: {err}"));

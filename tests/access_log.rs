@@ -127,4 +127,34 @@ then = {{ status = 404 }}
     assert!(line.contains("\"status\":502"), "{line}");
     assert!(line.contains("\"error\":\"upstream closed"), "{line}");
     proxy.stop().await;
+    // Without an access log the cut body is still told, with no id to join.
+    let quiet = spawn_proxy(
+        &simple_config(upstream.addr, "")
+            .replace("[[upstreams]]", "[log]\naccess = false\n\n[[upstreams]]"),
+    )
+    .await;
+    let warnings = || {
+        let text = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
+        text.lines()
+            .filter(|l| l.contains("aborting the client response"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let before = warnings().len();
+    let mut stream = TcpStream::connect(quiet.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /cut HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_to_close(&mut stream, Duration::from_secs(10)).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    wait_until(
+        Duration::from_secs(10),
+        "a warning without an access log",
+        || warnings().len() == before + 1,
+    )
+    .await;
+    let warning = warnings().pop().unwrap_or_default();
+    assert!(warning.contains("\"request_id\":\"-\""), "{warning}");
+    quiet.stop().await;
 }
