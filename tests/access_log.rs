@@ -9,6 +9,17 @@ use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// `GET /cut` on a connection of its own: the head of the 200 arrives, then the close.
+async fn get_cut(addr: std::net::SocketAddr) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /cut HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_to_close(&mut stream, Duration::from_secs(10)).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+}
+
 /// A response body the upstream cut short is logged with `complete=false` and the bytes
 /// that were sent.
 #[tokio::test]
@@ -60,13 +71,7 @@ then = {{ status = 404 }}
         upstream.addr
     ))
     .await;
-    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    stream
-        .write_all(b"GET /cut HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .expect("write");
-    let got = read_to_close(&mut stream, Duration::from_secs(10)).await;
-    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    get_cut(proxy.addr).await;
     let access = || {
         let text = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
         text.lines()
@@ -141,13 +146,7 @@ then = {{ status = 404 }}
             .collect::<Vec<_>>()
     };
     let before = warnings().len();
-    let mut stream = TcpStream::connect(quiet.addr).await.expect("connect");
-    stream
-        .write_all(b"GET /cut HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .expect("write");
-    let got = read_to_close(&mut stream, Duration::from_secs(10)).await;
-    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    get_cut(quiet.addr).await;
     wait_until(
         Duration::from_secs(10),
         "a warning without an access log",
