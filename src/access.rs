@@ -134,26 +134,36 @@ impl Drop for LoggedBody {
             return;
         };
         let complete = !self.failed && (self.complete || self.inner.is_end_stream());
-        let error = match &record.error {
-            Some(error) => error.as_str(),
-            // Dropped unsent: the client went away, or its connection was closed (send
-            // timeout, shutdown).
-            None if !complete => "the connection ended before the whole response was sent",
-            None => "-",
-        };
+        // Dropped unsent: the client went away, or its connection was closed (send timeout,
+        // shutdown).
+        let unsent =
+            (!complete).then_some("the connection ended before the whole response was sent");
+        record.log(self.bytes, complete, unsent);
+    }
+}
+
+/// The status logged for a request whose client went away before its response was ready,
+/// as NGINX logs it ("client closed request"); no response was sent.
+pub const CLIENT_CLOSED: u16 = 499;
+
+impl AccessRecord {
+    /// Writes the access line. `unsent` says why the response did not reach the client, when
+    /// the record has no error of its own.
+    pub fn log(&self, bytes: u64, complete: bool, unsent: Option<&str>) {
+        let error = self.error.as_deref().or(unsent).unwrap_or("-");
         tracing::info!(
             target: "restatus::access",
-            method = %record.method,
-            path = %record.path,
-            route = record.route.as_deref().unwrap_or("-"),
-            upstream = record.upstream.as_deref().unwrap_or("-"),
-            status = record.status.as_u16(),
-            upstream_status = record.upstream_status.map_or(0, |s| s.as_u16()),
+            method = %self.method,
+            path = %self.path,
+            route = self.route.as_deref().unwrap_or("-"),
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            status = self.status.as_u16(),
+            upstream_status = self.upstream_status.map_or(0, |s| s.as_u16()),
             // Whole microseconds, as the deviation record has them: `2.17` rather than
             // `2.1697100000000002`.
-            duration_ms = record.started.elapsed().as_micros() as u64 as f64 / 1000.0,
-            request_id = record.request_id.to_str().unwrap_or("-"),
-            bytes = self.bytes,
+            duration_ms = self.started.elapsed().as_micros() as u64 as f64 / 1000.0,
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            bytes,
             complete,
             error,
             "access"

@@ -1,6 +1,6 @@
 //! The per-request function: every stage of a request, in order, in one place.
 
-use crate::access::{AccessRecord, LoggedBody};
+use crate::access::{AccessRecord, LoggedBody, CLIENT_CLOSED};
 use crate::admit;
 use crate::body::ClientBody;
 use crate::body::ResponseBody;
@@ -141,7 +141,7 @@ pub fn handle(
     // Not an `async fn`, for the reason given at `forward`.
     async move {
         let in_flight = proxy.metrics.in_flight();
-        let mut exchange = Exchange {
+        let exchange = Exchange {
             started: Instant::now(),
             method: request.method().clone(),
             uri: request.uri().clone(),
@@ -164,26 +164,30 @@ pub fn handle(
                 .then(|| request.headers().get(ORIGIN).cloned().map(Box::new))
                 .flatten(),
         };
+        let mut call = Call {
+            proxy: &proxy,
+            exchange,
+            answered: false,
+        };
+        let exchange = &mut call.exchange;
         // 1-6: route, checks, forward, and the upstream's answer (or the proxy's own).
-        let (mut response, source) =
-            match forward(&proxy, conn, request, relay, &mut exchange).await {
-                Ok(response) => (response, deviation::Source::Upstream),
-                Err(err) => {
-                    exchange.error = Some(err.message());
-                    exchange.cause = Some(err.kind());
-                    let response = error_response(&err, &exchange, &proxy.metrics);
-                    (response, deviation::Source::Proxy)
-                }
-            };
+        let (mut response, source) = match forward(&proxy, conn, request, relay, exchange).await {
+            Ok(response) => (response, deviation::Source::Upstream),
+            Err(err) => {
+                exchange.error = Some(err.message());
+                exchange.cause = Some(err.kind());
+                let response = error_response(&err, exchange, &proxy.metrics);
+                (response, deviation::Source::Proxy)
+            }
+        };
         // 7-8: normalize and record.
         let mut made = (source, response.status());
         if let Some(route) = exchange.route {
-            if let Err(resume) = normalize_head(&proxy, route, &mut response, source, &exchange) {
+            if let Err(resume) = normalize_head(&proxy, route, &mut response, source, exchange) {
                 // Boxed: only responses whose rules need the body pay for the reading state.
                 // (A helper returning `Either<Ready<_>, BoxFuture<_>>` for this and the same
                 // step in `normalize_body` cost 180 instructions more per request.)
-                let reading =
-                    normalize_body(&proxy, route, response, resume, source, &mut exchange);
+                let reading = normalize_body(&proxy, route, response, resume, source, exchange);
                 (response, made) = Box::pin(reading).await;
             }
         }
@@ -199,7 +203,7 @@ pub fn handle(
             let framing = exchange.framed_twice.then_some(Kind::ConflictingFraming);
             for kind in [exchange.protocol, invalid, framing].into_iter().flatten() {
                 let status = response.status();
-                protocol_record(&proxy.deviations, &exchange, route, kind, made, status);
+                protocol_record(&proxy.deviations, exchange, route, kind, made, status);
             }
         }
         if exchange.head_as_get {
@@ -215,10 +219,43 @@ pub fn handle(
         metrics.request(&exchange.method, response.status().as_u16(), elapsed);
         let record = proxy
             .access_log
-            .then(|| access_record(&exchange, response.status()));
+            .then(|| access_record(exchange, response.status()));
         let (parts, body) = response.into_parts();
         let body = LoggedBody::new(body, record).with_in_flight(in_flight);
+        call.answered = true;
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// A request in the handler, and the access line of one whose client went away before its
+/// response was ready: the handler is dropped then (an HTTP/1.1 hang-up, an HTTP/2 stream
+/// reset), and this with it.
+struct Call<'a> {
+    proxy: &'a Proxy,
+    exchange: Exchange<'a>,
+    answered: bool,
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.abandoned();
+        }
+    }
+}
+
+impl Call<'_> {
+    /// Counted and logged as NGINX logs it, 499, so that every request has its line.
+    #[cold]
+    fn abandoned(&self) {
+        let exchange = &self.exchange;
+        let metrics = exchange.route.map_or(&self.proxy.unrouted, |r| &r.metrics);
+        metrics.request(&exchange.method, CLIENT_CLOSED, exchange.started.elapsed());
+        if self.proxy.access_log {
+            let status = StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST);
+            let unsent = "the connection ended before the response was ready";
+            access_record(exchange, status).log(0, false, Some(unsent));
+        }
     }
 }
 

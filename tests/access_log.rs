@@ -1,10 +1,11 @@
-//! The access line of a response cut short. In a test binary of its own: it installs the
-//! process-wide subscriber, which a per-thread one in a binary of parallel tests cannot
-//! stand in for reliably.
+//! The access lines of responses cut short and of requests whose client left. In a test
+//! binary of its own: it installs the process-wide subscriber, which a per-thread one in a
+//! binary of parallel tests cannot stand in for reliably.
 mod support;
 
+use std::sync::OnceLock;
 use std::time::Duration;
-use support::fault::{spawn_fault, FaultConn};
+use support::fault::{ok_response, spawn_fault, FaultConn};
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -20,20 +21,38 @@ async fn get_cut(addr: std::net::SocketAddr) {
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
 }
 
+/// The log lines of the whole test binary, JSON as `[log] format` is by default.
+fn logs() -> &'static SharedSink {
+    static LOGS: OnceLock<SharedSink> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = SharedSink::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        logs
+    })
+}
+
+/// The access lines logged so far for `path`.
+fn access_lines(path: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(&logs().0.lock().expect("logs")).into_owned();
+    let needle = format!("\"path\":\"{path}\"");
+    text.lines()
+        .filter(|l| l.contains(&needle) && l.contains("\"message\":\"access\""))
+        .map(str::to_string)
+        .collect()
+}
+
 /// A response body the upstream cut short is logged with `complete=false` and the bytes
 /// that were sent.
 #[tokio::test]
 async fn a_body_cut_short_is_logged_as_incomplete() {
-    let logs = SharedSink::default();
-    let writer = logs.clone();
-    // JSON, as `[log] format` is by default.
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    let logs = logs();
     let upstream = spawn_fault(|mut conn: FaultConn| async move {
         if conn.read_request().await.is_some() {
             conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nonly this much")
@@ -156,4 +175,67 @@ then = {{ status = 404 }}
     let warning = warnings().pop().unwrap_or_default();
     assert!(warning.contains("\"request_id\":\"-\""), "{warning}");
     quiet.stop().await;
+}
+
+/// A request whose client goes away before the answer is ready (an HTTP/1.1 hang-up, an
+/// HTTP/2 stream reset) still gets its access line: status 499, as NGINX logs it, no bytes,
+/// not complete. A request answered gets one line, not a 499 besides.
+#[tokio::test]
+async fn a_request_whose_client_left_is_logged_as_499() {
+    logs();
+    // Answers `/fine`, and holds every other request until the proxy gives it up.
+    let upstream = spawn_fault(|mut conn: FaultConn| async move {
+        while let Some(request) = conn.read_request().await {
+            if !request.starts_with("GET /fine ") {
+                conn.hold().await;
+                return;
+            }
+            conn.send(&ok_response("{}")).await;
+        }
+    })
+    .await;
+    let proxy = spawn_proxy(&simple_config(upstream.addr, "")).await;
+    assert_eq!(get(&proxy.url("/fine")).await.status, 200);
+    // An HTTP/1.1 client that hangs up.
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /gone/h1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    wait_until(Duration::from_secs(10), "the request upstream", || {
+        upstream.all_bytes().contains("GET /gone/h1 ")
+    })
+    .await;
+    drop(stream);
+    // An HTTP/2 client that cancels its request.
+    let url = proxy.url("/gone/h2");
+    let request = tokio::spawn(async move { h2_client().get(url.parse().expect("url")).await });
+    wait_until(
+        Duration::from_secs(10),
+        "the HTTP/2 request upstream",
+        || upstream.all_bytes().contains("GET /gone/h2 "),
+    )
+    .await;
+    request.abort();
+    for path in ["/gone/h1", "/gone/h2"] {
+        wait_until(Duration::from_secs(10), "the access line", || {
+            !access_lines(path).is_empty()
+        })
+        .await;
+        let lines = access_lines(path);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        for field in [
+            "\"status\":499",
+            "\"bytes\":0",
+            "\"complete\":false",
+            "\"route\":\"main\"",
+            "\"error\":\"the connection ended before the response was ready\"",
+        ] {
+            assert!(lines[0].contains(field), "{field} in {}", lines[0]);
+        }
+    }
+    let fine = access_lines("/fine");
+    assert_eq!(fine.len(), 1, "{fine:?}");
+    assert!(fine[0].contains("\"status\":200"), "{}", fine[0]);
+    proxy.stop().await;
 }
