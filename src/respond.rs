@@ -6,7 +6,7 @@ use crate::max_forwards;
 use crate::rules::check::Check;
 use crate::wire::BodyError;
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use std::sync::Arc;
 
@@ -187,6 +187,15 @@ impl ProxyError {
                 max_forwards::answer(echo.as_ref(), &mut response);
                 response
             }
+            ProxyError::UpstreamBusy { .. } => {
+                let mut response = proxy_response(self.status(), &self.message(), request_id);
+                // RFC 9110 §10.2.3: how long to wait before trying again. The queue moves as
+                // requests finish, so a second is a fair guess, and it keeps retrying clients
+                // (urllib3, browsers' fetch retries) from coming straight back.
+                let wait = HeaderValue::from_static("1");
+                response.headers_mut().insert(RETRY_AFTER, wait);
+                response
+            }
             _ => proxy_response(self.status(), &self.message(), request_id),
         }
     }
@@ -275,6 +284,8 @@ mod tests {
             assert_eq!(err.status().as_u16(), code, "{err:?}");
             let response = err.response(&HeaderValue::from_static("id-1"));
             assert_eq!(response.headers()["x-restatus-source"], "proxy");
+            let retry = response.headers().get(RETRY_AFTER);
+            assert_eq!(retry.is_some(), code == 503, "{err:?}");
         }
     }
 }

@@ -180,6 +180,7 @@ async fn a_request_that_waits_past_queue_timeout_gets_a_503() {
     let reply = get(&proxy.url("/items/2")).await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.header("x-restatus-source"), Some("proxy"));
+    assert_eq!(reply.header("retry-after"), Some("1"));
     let error = reply.json()["error"]
         .as_str()
         .unwrap_or_default()
@@ -227,6 +228,8 @@ async fn a_queue_timeout_is_a_500_under_the_documented_profile() {
     let first = held_request(&proxy, &counts).await;
     let reply = get(&proxy.url("/items/2")).await;
     assert_eq!(reply.status, 500);
+    // Still a fair hint to a client that retries: RFC 9110 §10.2.3 does not tie it to 503.
+    assert_eq!(reply.header("retry-after"), Some("1"));
     gate.send_replace(true);
     assert_eq!(first.await.expect("first request").status, 200);
     let records = proxy.records();
