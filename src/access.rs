@@ -2,6 +2,7 @@
 //! abandoned), so it can state the bytes actually sent and whether the body completed.
 
 use crate::body::ResponseBody;
+use crate::cut::Cut;
 use crate::idle::RequestGuard;
 use crate::metrics::GaugeGuard;
 use bytes::Bytes;
@@ -37,6 +38,8 @@ pub struct LoggedBody {
     /// client (for `send_timeout`).
     guard: Option<RequestGuard>,
     _in_flight: Option<GaugeGuard>,
+    /// The record of a body the upstream may yet cut short.
+    cut: Option<Box<Cut>>,
 }
 
 /// An empty body that logs nothing.
@@ -59,12 +62,19 @@ impl LoggedBody {
             failed: false,
             guard: None,
             _in_flight: None,
+            cut: None,
         }
     }
 
     /// Keeps the request counted as in flight until the body is done.
     pub fn with_in_flight(mut self, guard: GaugeGuard) -> Self {
         self._in_flight = Some(guard);
+        self
+    }
+
+    /// Records the body, should the upstream cut it short.
+    pub fn with_cut(mut self, cut: Option<Box<Cut>>) -> Self {
+        self.cut = cut;
         self
     }
 
@@ -108,6 +118,9 @@ impl Body for LoggedBody {
                     .as_ref()
                     .map_or("-", |r| r.request_id.to_str().unwrap_or("-"));
                 tracing::warn!(request_id, error = %err, "upstream response body failed; aborting the client response");
+                if let Some(cut) = this.cut.take() {
+                    cut.report(err);
+                }
                 if let Some(record) = record {
                     record
                         .error

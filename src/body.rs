@@ -37,6 +37,16 @@ impl ResponseBody {
         ResponseBody::Full(Some(bytes.into()))
     }
 
+    /// Whether the body is still to be read from the upstream, which may cut it short.
+    pub fn may_fail(&self) -> bool {
+        match self {
+            ResponseBody::Upstream(body) | ResponseBody::Prefixed { rest: body, .. } => {
+                body.may_fail()
+            }
+            _ => false,
+        }
+    }
+
     /// The upstream's body. A chunked body read with the head has its first frame taken
     /// (polled once, never waited for): if that chunk is malformed the error is reported, so
     /// that the client gets an honest 502 instead of a response cut off before it began.

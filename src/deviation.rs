@@ -89,6 +89,10 @@ pub enum Kind {
     /// The upstream's response had both `Transfer-Encoding` and `Content-Length`; the body
     /// was read as chunked and the length dropped (RFC 9112 §6.3).
     ConflictingFraming,
+    /// The upstream's body ended before its framing said it would, or stalled past its
+    /// `response_timeout`, after the head had gone to the client; the client's response was
+    /// aborted (RFC 9112 §8: an incomplete message).
+    TruncatedBody,
 }
 
 impl Kind {
@@ -100,6 +104,7 @@ impl Kind {
             Kind::ExpectRefused => "expect_refused",
             Kind::InvalidHeader => "invalid_header",
             Kind::ConflictingFraming => "conflicting_framing",
+            Kind::TruncatedBody => "truncated_body",
         }
     }
 }
@@ -458,6 +463,7 @@ impl Counts {
             (None, Kind::ExpectRefused) => "(expect_refused)",
             (None, Kind::InvalidHeader) => "(invalid_header)",
             (None, Kind::ConflictingFraming) => "(conflicting_framing)",
+            (None, Kind::TruncatedBody) => "(truncated_body)",
         };
         bump(&mut self.by_rule, &labels.route, rule, count);
         if labels.kind != Kind::Status {

@@ -11,6 +11,7 @@ pub mod check;
 pub mod client;
 pub mod config;
 pub mod cors;
+pub mod cut;
 pub mod demo;
 pub mod deviation;
 pub mod expect;

@@ -6,6 +6,7 @@ use crate::body::ClientBody;
 use crate::body::ResponseBody;
 use crate::client::{DroppedLines, FramedTwice, Owner};
 use crate::config::{Config, HostMode};
+use crate::cut::Cut;
 use crate::deviation::{self, DeviationLog, Kind, Record};
 use crate::expect::{self, Held};
 use crate::headers::{self, RequestIds, X_REQUEST_ID};
@@ -221,10 +222,33 @@ pub fn handle(
             .access_log
             .then(|| access_record(exchange, response.status()));
         let (parts, body) = response.into_parts();
-        let body = LoggedBody::new(body, record).with_in_flight(in_flight);
+        let cut = (exchange.route)
+            .filter(|_| body.may_fail())
+            .map(|route| cut(&proxy, route, exchange, parts.status));
+        let body = LoggedBody::new(body, record)
+            .with_in_flight(in_flight)
+            .with_cut(cut);
         call.answered = true;
         Ok(Response::from_parts(parts, body))
     }
+}
+
+/// What the record of a body the upstream cuts short will say. Out of line: only responses
+/// whose body is not already whole in the buffer pay for it.
+#[inline(never)]
+fn cut(proxy: &Proxy, route: &Route, exchange: &Exchange, status: StatusCode) -> Box<Cut> {
+    Box::new(Cut {
+        log: proxy.deviations.clone(),
+        metrics: proxy.metrics.clone(),
+        route: route.name.clone(),
+        upstream: route.upstream.clone(),
+        method: exchange.method.clone(),
+        uri: exchange.uri.clone(),
+        request_id: exchange.request_id.clone(),
+        upstream_status: exchange.upstream_status.unwrap_or(status),
+        status,
+        started: exchange.started,
+    })
 }
 
 /// A request in the handler, and the access line of one whose client went away before its

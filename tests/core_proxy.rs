@@ -728,15 +728,17 @@ async fn dying_upstream(partial: &'static [u8], death: Death, go: Arc<Notify>) -
 async fn upstream_dying_mid_body_aborts_the_client_response() {
     let sized = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nfirst part of the body";
     let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n";
-    let cases: [(&'static [u8], Death); 3] = [
-        (sized, Death::Close),
-        (sized, Death::Reset),
-        (chunked, Death::Close),
+    let cases: [(&'static [u8], Death, &str); 3] = [
+        (sized, Death::Close, "closed"),
+        (sized, Death::Reset, "reset"),
+        (chunked, Death::Close, "closed"),
     ];
-    for (partial, death) in cases {
+    let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    for (partial, death, cause) in cases {
         let go = Arc::new(Notify::new());
         let upstream = dying_upstream(partial, death, go.clone()).await;
-        let proxy = spawn_proxy(&simple_config(upstream, NO_PROFILE)).await;
+        let text = simple_config(upstream, &format!("{NO_PROFILE}\n{admin}"));
+        let proxy = spawn_proxy(&text).await;
         let request = Request::get(proxy.url("/"))
             .body(full(""))
             .expect("request");
@@ -751,8 +753,93 @@ async fn upstream_dying_mid_body_aborts_the_client_response() {
             body.is_err(),
             "{death:?}: a truncated body must not look complete"
         );
+        // The service's owners read it in the deviation log, with how it failed.
+        let records = proxy.records_of_kind("truncated_body");
+        assert_eq!(records.len(), 1, "{death:?}: {records:?}");
+        let record = &records[0];
+        assert_eq!(record["cause"], cause, "{record}");
+        assert_eq!(record["source"], "upstream", "{record}");
+        assert_eq!(
+            (
+                record["upstream_status"].as_u64(),
+                record["status"].as_u64()
+            ),
+            (Some(200), Some(200))
+        );
+        assert_eq!(
+            (record["route"].as_str(), record["path"].as_str()),
+            (Some("main"), Some("/"))
+        );
+        let metrics = get(&format!("http://{}/metrics", proxy.admin.expect("admin")))
+            .await
+            .text();
+        let series = r#"restatus_upstream_errors_total{upstream="backend",kind="truncated_body"}"#;
+        assert_eq!(sample(&metrics, series), Some(1.0), "{death:?}");
         proxy.stop().await;
     }
+}
+
+/// A chunked body that turns invalid, or goes silent past `response_timeout`, is recorded
+/// with that cause; bodies that end as framed, small or streamed, are not recorded.
+#[tokio::test]
+async fn a_body_cut_short_is_recorded_with_its_cause_and_a_whole_one_is_not() {
+    let big = "x".repeat(300_000);
+    let whole = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{big}",
+        big.len()
+    );
+    let upstream = support::fault::spawn_fault(move |mut conn: support::fault::FaultConn| {
+        let whole = whole.clone();
+        async move {
+            while let Some(request) = conn.read_request().await {
+                let path = request.split(' ').nth(1).unwrap_or_default().to_string();
+                let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+                match path.as_str() {
+                    "/invalid" => conn.send(format!("{head}zz\r\n").as_bytes()).await,
+                    "/silent" => {
+                        conn.send(head.as_bytes()).await;
+                        conn.hold().await;
+                        return;
+                    }
+                    "/small" => conn.send(&support::fault::ok_response("{}")).await,
+                    _ => conn.send(whole.as_bytes()).await,
+                }
+            }
+        }
+    })
+    .await;
+    let text = simple_config(upstream.addr, NO_PROFILE)
+        .replace("response_timeout = \"10s\"", "response_timeout = \"300ms\"");
+    let proxy = spawn_proxy(&text).await;
+    for path in ["/small", "/big"] {
+        let reply = get(&proxy.url(path)).await;
+        assert_eq!(reply.status, 200, "{path}");
+    }
+    for path in ["/invalid", "/silent"] {
+        let response = client()
+            .get(proxy.url(path).parse().expect("url"))
+            .await
+            .expect("response head");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let body = tokio::time::timeout(Duration::from_secs(10), response.collect())
+            .await
+            .expect("body ends within 10s");
+        assert!(body.is_err(), "{path}: a cut body must not look complete");
+    }
+    let records = proxy.records_of_kind("truncated_body");
+    let causes: Vec<_> = records
+        .iter()
+        .map(|r| (r["path"].as_str(), r["cause"].as_str()))
+        .collect();
+    assert_eq!(
+        causes,
+        [
+            (Some("/invalid"), Some("invalid_chunked")),
+            (Some("/silent"), Some("timeout"))
+        ],
+        "{records:?}"
+    );
+    proxy.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------

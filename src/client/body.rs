@@ -109,6 +109,15 @@ impl UpstreamBody {
         })
     }
 
+    /// Whether the body can still fail: the rest of it is yet to be read. A body whose
+    /// `Content-Length` bytes all came with the head (most small answers) cannot.
+    pub fn may_fail(&self) -> bool {
+        self.live.as_ref().is_some_and(|live| match live.framing {
+            Framing::Length(left) => (live.conn.buf.len() as u64) < left,
+            _ => !live.framing.is_over(),
+        })
+    }
+
     /// The body is read to its end: the connection goes back to the pool if it can carry
     /// another request, and is closed otherwise.
     fn finish(&mut self) {
