@@ -142,33 +142,33 @@ pub fn handle(
     // Not an `async fn`, for the reason given at `forward`.
     async move {
         let in_flight = proxy.metrics.in_flight();
-        let exchange = Exchange {
-            started: Instant::now(),
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            bare_path: None,
-            request_id: headers::request_id(request.headers(), &proxy.ids),
-            route: None,
-            request_headers: None,
-            upstream_status: None,
-            close: false,
-            protocol: None,
-            invalid_header: false,
-            framed_twice: false,
-            error: None,
-            cause: None,
-            head_as_get: false,
-            asked: Asked::default(),
-            origin: proxy
-                .cors
-                .is_on()
-                .then(|| request.headers().get(ORIGIN).cloned().map(Box::new))
-                .flatten(),
-        };
+        // Built in place: a separate `Exchange` moved into the `Call` costs a copy of it.
         let mut call = Call {
             proxy: &proxy,
-            exchange,
             answered: false,
+            exchange: Exchange {
+                started: Instant::now(),
+                method: request.method().clone(),
+                uri: request.uri().clone(),
+                bare_path: None,
+                request_id: headers::request_id(request.headers(), &proxy.ids),
+                route: None,
+                request_headers: None,
+                upstream_status: None,
+                close: false,
+                protocol: None,
+                invalid_header: false,
+                framed_twice: false,
+                error: None,
+                cause: None,
+                head_as_get: false,
+                asked: Asked::default(),
+                origin: proxy
+                    .cors
+                    .is_on()
+                    .then(|| request.headers().get(ORIGIN).cloned().map(Box::new))
+                    .flatten(),
+            },
         };
         let exchange = &mut call.exchange;
         // 1-6: route, checks, forward, and the upstream's answer (or the proxy's own).
