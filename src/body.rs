@@ -313,6 +313,13 @@ pub enum Source {
         limit: u64,
         idle: IdleTimer,
     },
+    /// The start of a body of unknown length, read ahead (see [`ForwardBody::settle`]), then
+    /// the rest of it.
+    Prefixed {
+        prefix: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+        rest: Box<Source>,
+    },
 }
 
 /// Time allowed between two reads of a request body (`server.body_timeout`). The timer is
@@ -371,6 +378,11 @@ impl Source {
             Source::Empty => SizeHint::with_exact(0),
             Source::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |b| b.len() as u64)),
             Source::Client { body, .. } => body.size_hint(),
+            Source::Prefixed { prefix, .. } => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(prefix.as_ref().map_or(0, |b| b.len() as u64));
+                hint
+            }
         }
     }
     pub fn is_end_stream(&self) -> bool {
@@ -378,6 +390,11 @@ impl Source {
             Source::Empty => true,
             Source::Full(data) => data.is_none(),
             Source::Client { body, .. } => body.is_end_stream(),
+            Source::Prefixed {
+                prefix,
+                trailers,
+                rest,
+            } => prefix.is_none() && trailers.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -385,6 +402,18 @@ impl Source {
         match self {
             Source::Empty => Poll::Ready(None),
             Source::Full(data) => Poll::Ready(data.take().map(|b| Ok(Frame::data(b)))),
+            Source::Prefixed {
+                prefix,
+                trailers,
+                rest,
+            } => match (prefix.take(), trailers.take()) {
+                (Some(data), held) => {
+                    *trailers = held;
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                (None, Some(fields)) => Poll::Ready(Some(Ok(Frame::trailers(fields)))),
+                (None, None) => rest.poll_frame(cx),
+            },
             Source::Client {
                 body,
                 seen,
@@ -442,6 +471,40 @@ impl ForwardBody {
 
     pub fn empty() -> Self {
         ForwardBody::new(Source::Empty)
+    }
+
+    /// Whether [`ForwardBody::settle`] has anything to do: a body of unknown length that
+    /// nothing holds back.
+    pub fn unsettled(&self) -> bool {
+        self.hold.is_none() && !self.is_end_stream() && self.size_hint().exact().is_none()
+    }
+
+    /// Reads ahead a body of unknown length (chunked from the client, an HTTP/2 upload
+    /// without `content-length`): one that ends within `within` bytes becomes a whole body,
+    /// sent with a `Content-Length`, which every server reads, one that only speaks HTTP/1.0
+    /// (RFC 9112 §6.1) or does not take chunked requests as much as any other. A longer one
+    /// goes on streaming, what was read first; so does one with trailers, which a length
+    /// cannot carry. Errors are the client's: its body too large, too slow, or broken.
+    pub async fn settle(mut self, within: usize) -> Result<Self, BoxError> {
+        let mut data = BytesMut::new();
+        let trailers = loop {
+            let Some(frame) = self.frame().await.transpose()? else {
+                return Ok(ForwardBody::new(Source::Full(Some(data.freeze()))));
+            };
+            match frame.into_data() {
+                Ok(chunk) => data.extend_from_slice(&chunk),
+                Err(frame) => break frame.into_trailers().ok(),
+            }
+            if data.len() > within {
+                break None;
+            }
+        };
+        let rest = std::mem::replace(&mut self.source, Source::Empty);
+        Ok(ForwardBody::new(Source::Prefixed {
+            prefix: (!data.is_empty()).then(|| data.freeze()),
+            trailers,
+            rest: Box::new(rest),
+        }))
     }
 
     /// Holds the body back behind `hold` (see [`crate::expect`]).

@@ -30,6 +30,8 @@ pub struct Upstream {
     next: AtomicUsize,
     /// Per target: its latest response was HTTP/1.0, so it cannot take part in 100-continue.
     http10: Vec<AtomicBool>,
+    /// Per target: it has answered at least once, so `http10` says what it speaks.
+    heard: Vec<AtomicBool>,
     /// Per target: it refused `Expect: 100-continue` with 417, so restatus answers it itself.
     refuses_expect: Vec<AtomicBool>,
 }
@@ -86,6 +88,11 @@ impl Upstream {
                 .iter()
                 .map(|_| AtomicBool::default())
                 .collect(),
+            heard: config
+                .targets
+                .iter()
+                .map(|_| AtomicBool::default())
+                .collect(),
             refuses_expect: config
                 .targets
                 .iter()
@@ -131,6 +138,9 @@ impl Upstream {
     fn note_version(&self, index: usize, version: Version) {
         let http10 = version == Version::HTTP_10;
         // Read first: a store on every response would bounce the line between cores.
+        if !self.heard[index].load(Ordering::Relaxed) {
+            self.heard[index].store(true, Ordering::Relaxed);
+        }
         let flag = &self.http10[index];
         if flag.load(Ordering::Relaxed) != http10 && flag.swap(http10, Ordering::Relaxed) != http10
         {
@@ -144,6 +154,22 @@ impl Upstream {
                     tracing::debug!(upstream = %self.config.name, %target, "target answers HTTP/1.1 again: Expect goes to it")
                 }
             }
+        }
+    }
+
+    /// RFC 9112 §6.1: whether a body of unknown length must go to target `index` whole, with
+    /// a length: it last answered HTTP/1.0.
+    fn needs_length(&self, index: usize) -> bool {
+        self.http10[index].load(Ordering::Relaxed)
+    }
+
+    /// How much of a body of unknown length is read ahead for target `index` (see
+    /// [`ForwardBody::settle`]): more when it has not answered yet, so it is not known to read
+    /// chunked (RFC 9112 §6.1), bounded all the same, as that much is held in memory.
+    fn read_ahead(&self, index: usize) -> usize {
+        match self.heard[index].load(Ordering::Relaxed) {
+            true => READ_AHEAD,
+            false => READ_AHEAD_UNHEARD,
         }
     }
 
@@ -192,6 +218,12 @@ impl Upstream {
         async move {
             let targets = &self.config.targets;
             let first = self.with_room(self.next.fetch_add(1, Ordering::Relaxed) % targets.len());
+            if body.unsettled() {
+                // Boxed: most bodies have a length, and skip it.
+                body = Box::pin(body.settle(self.read_ahead(first)))
+                    .await
+                    .map_err(|err| body_error(&*err))?;
+            }
             for tried in 0..targets.len() {
                 let index = (first + tried) % targets.len();
                 let target = &targets[index];
@@ -200,7 +232,7 @@ impl Upstream {
                 }
                 self.answer_expect_locally(index, outbound);
                 // Read before a connection is taken, so that no pooled one idles meanwhile.
-                if self.http10[index].load(Ordering::Relaxed) {
+                if self.needs_length(index) {
                     body = Box::pin(with_length(body)).await?;
                 }
                 let pool = &self.pools[index];
@@ -306,6 +338,14 @@ fn keep_for_client(pool: &Pool, conn: &mut Conn, body: &ForwardBody, owner: &Arc
         conn.keep_for(owner);
     }
 }
+
+/// A body of unknown length that ends within this many bytes goes upstream with a
+/// `Content-Length` (see [`ForwardBody::settle`]): most request bodies of a REST service do,
+/// and a legacy server that cannot read chunked requests reads them.
+const READ_AHEAD: usize = 64 << 10;
+/// The same for a target that has not answered yet (after a start or a reload), which may
+/// speak only HTTP/1.0 and would read a chunked body as none.
+const READ_AHEAD_UNHEARD: usize = 1 << 20;
 
 /// RFC 9112 §6.1: a request may not go chunked to a server not known to read HTTP/1.1; one
 /// that last answered HTTP/1.0 would read no body at all. A body of unknown length (chunked
