@@ -371,6 +371,14 @@ fn rewrite(
         headers.remove(CONTENT_ENCODING);
         headers.remove(TRANSFER_ENCODING);
         headers.remove(TRAILER);
+        // RFC 9110 §8.8: the upstream's validators and digests describe its body, not this
+        // one; a cache revalidating with its ETag would keep the old body. A rule's own
+        // `headers.set` still wins.
+        for name in ABOUT_THE_BODY {
+            if !action.set_headers.iter().any(|(set, _)| set == name) {
+                headers.remove(name);
+            }
+        }
         headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         if let Some(content_type) = content_type {
             headers.insert(CONTENT_TYPE, content_type.clone());
@@ -389,6 +397,17 @@ fn rewrite(
         *response.body_mut() = ResponseBody::Empty;
     }
 }
+
+/// Fields that describe the upstream's body, dropped with it when a rule replaces it.
+const ABOUT_THE_BODY: [&str; 7] = [
+    "etag",
+    "last-modified",
+    "content-range",
+    "content-md5",
+    "digest",
+    "content-digest",
+    "repr-digest",
+];
 
 /// The digits of every status code, 100 to 999 (RFC 9110 §15: three digits), made once.
 static STATUS_DIGITS: [u8; 2700] = status_digits();

@@ -903,6 +903,11 @@ then = { status = 404, body = { error = { code = "NOT_FOUND", retry = false } } 
 name = "text-body"
 when = { path = "/t", status = 200 }
 then = { status = 409, body = "conflict" }
+
+[[rules]]
+name = "tagged-body"
+when = { path = "/tagged", status = 200 }
+then = { status = 404, body = "gone", headers = { set = { "etag" = "\"rule-1\"" } } }
 "#;
     let (_upstream, proxy) = echo_proxy(r#"profile = "none""#, rules).await;
     let upstream_headers = [
@@ -946,9 +951,29 @@ then = { status = 409, body = "conflict" }
         "the new body has no trailers"
     );
 
-    let reply = send("POST", &proxy.url("/t"), &[], &long).await;
+    // RFC 9110 §8.8: the upstream's validators and digests go with its body, or a cache
+    // revalidating with the old ETag would get a 304 for the new body.
+    let about_the_body = [
+        ("x-reply-etag", "\"v1\""),
+        ("x-reply-last-modified", "Mon, 07 Dec 2026 10:00:00 GMT"),
+        ("x-reply-content-digest", "sha-256=:abc=:"),
+        ("x-reply-x-kept", "kept"),
+    ];
+    let reply = send("POST", &proxy.url("/t"), &about_the_body, &long).await;
     assert_eq!((reply.status, reply.text().as_str()), (409, "conflict"));
     assert_eq!(reply.header("content-length"), Some("8"));
+    for name in ["etag", "last-modified", "content-digest"] {
+        assert_eq!(reply.header(name), None, "{name}");
+    }
+    assert_eq!(reply.header("x-kept"), Some("kept"));
+    // Without a new body they stay; a rule's own ETag stays with its body.
+    let reply = send("POST", &proxy.url("/h"), &about_the_body, "payload").await;
+    assert_eq!(reply.header("etag"), Some("\"v1\""));
+    let reply = send("POST", &proxy.url("/tagged"), &about_the_body, "payload").await;
+    assert_eq!(
+        (reply.status, reply.header("etag")),
+        (404, Some("\"rule-1\""))
+    );
     proxy.stop().await;
 }
 
