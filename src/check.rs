@@ -41,6 +41,7 @@ pub fn report(config: &Config) -> String {
         warnings.extend(method_warnings(route));
         warnings.extend(contract_warnings(route));
     }
+    warnings.extend(global_warnings(config));
     for warning in &warnings {
         let _ = writeln!(out, "warning: {warning}");
     }
@@ -80,6 +81,38 @@ fn route_warnings(route: &RouteConfig) -> Vec<String> {
                 route.name
             ));
         }
+    }
+    out
+}
+
+/// Global rules and checks (no `routes`) whose path lies outside every route's prefix: the
+/// usual slip with `strip_prefix`, writing the path as the upstream sees it. For a check it
+/// leaves open what it was meant to guard.
+fn global_warnings(config: &Config) -> Vec<String> {
+    let rules = (config.rules.iter()).map(|r| ("rule", &*r.name, &r.routes, &r.when));
+    let checks = (config.checks.iter()).map(|c| ("check", c.name.as_str(), &c.routes, &c.when));
+    let mut out = Vec::new();
+    for (what, name, routes, when) in rules.chain(checks) {
+        let Some(path) = when.path.as_ref().filter(|_| routes.is_empty()) else {
+            continue;
+        };
+        if config
+            .routes
+            .iter()
+            .any(|r| path_reachable(&r.path_prefix, path))
+        {
+            continue;
+        }
+        let prefixes: Vec<&str> = config
+            .routes
+            .iter()
+            .map(|r| r.path_prefix.as_str())
+            .collect();
+        out.push(format!(
+            "{what} `{name}` can never fire: its path {} is outside every route's path_prefix ({}; paths are matched before strip_prefix)",
+            when.path_text.as_deref().unwrap_or(""),
+            prefixes.join(", ")
+        ));
     }
     out
 }

@@ -872,3 +872,59 @@ fn the_demo_passes_a_contract_tester() {
     );
     assert!(report.contains("No issues found"), "{report}");
 }
+
+/// The `strip_prefix` slip: global rules and checks written with the upstream's paths, outside
+/// every route's prefix, are warned about (a check would leave its paths unguarded).
+#[test]
+fn check_warns_about_global_entries_outside_every_route() {
+    let text = r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[[upstreams]]
+name = "legacy"
+targets = ["http://127.0.0.1:9"]
+
+[[routes]]
+name = "flask"
+upstream = "legacy"
+path_prefix = "/f"
+strip_prefix = true
+
+[[routes]]
+name = "node"
+upstream = "legacy"
+path_prefix = "/n"
+
+[[rules]]
+name = "upstream-path"
+when = { method = "GET", path = "/items/*", status = 200 }
+then = { status = 404 }
+
+[[rules]]
+name = "client-path"
+when = { method = "GET", path = "/f/items/*", status = 200 }
+then = { status = 404 }
+
+[[checks]]
+name = "token-required"
+when = { path = "/admin/**", request_header = { "x-token" = { present = false } } }
+then = { status = 403 }
+"#;
+    let path = config_file("global-outside", text);
+    let output = restatus(&["check", "--config", path.to_str().expect("path")]);
+    std::fs::remove_file(&path).ok();
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}");
+    for (what, name, path) in [
+        ("rule", "upstream-path", "/items/*"),
+        ("check", "token-required", "/admin/**"),
+    ] {
+        let warning = format!(
+            "warning: {what} `{name}` can never fire: its path {path} is outside every route's \
+             path_prefix (/f, /n; paths are matched before strip_prefix)"
+        );
+        assert!(text.contains(&warning), "{warning}\n{text}");
+    }
+    assert!(!text.contains("`client-path` can never fire"), "{text}");
+}
