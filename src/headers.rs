@@ -12,6 +12,7 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 /// Marks a response the proxy made itself rather than relayed from the upstream.
 pub static X_RESTATUS_SOURCE: HeaderName = HeaderName::from_static("x-restatus-source");
 
@@ -60,6 +61,7 @@ fn strip(headers: &mut HeaderMap, own: Option<&str>) -> Present {
             Some(Kind::ForwardedFor) => present.forwarded_for = true,
             Some(Kind::ForwardedProto) => present.forwarded_proto = true,
             Some(Kind::ForwardedHost) => present.forwarded_host = true,
+            Some(Kind::ForwardedPrefix) => present.forwarded_prefix = true,
             Some(Kind::RequestId) => present.request_id = true,
             Some(Kind::AllowOrigin) => present.allow_origin = true,
             Some(Kind::Source) => mine |= own.is_some(),
@@ -92,6 +94,7 @@ pub struct Present {
     pub forwarded_for: bool,
     pub forwarded_proto: bool,
     pub forwarded_host: bool,
+    pub forwarded_prefix: bool,
     pub request_id: bool,
     /// `Access-Control-Allow-Origin`: the service lets a page read this response.
     pub allow_origin: bool,
@@ -108,6 +111,7 @@ enum Kind {
     ForwardedFor,
     ForwardedProto,
     ForwardedHost,
+    ForwardedPrefix,
     RequestId,
     /// `X-Restatus-Source`.
     Source,
@@ -131,6 +135,7 @@ fn classify(name: &str) -> Option<Kind> {
         17 if name == "x-forwarded-proto" => return Some(Kind::ForwardedProto),
         17 if name == "x-restatus-source" => return Some(Kind::Source),
         17 => (Kind::HopByHop(TRANSFER_ENCODING_AT), "transfer-encoding"),
+        18 if name == "x-forwarded-prefix" => return Some(Kind::ForwardedPrefix),
         18 => (Kind::HopByHop(6), "proxy-authenticate"),
         19 => (Kind::HopByHop(5), "proxy-authorization"),
         27 => (Kind::AllowOrigin, "access-control-allow-origin"),
@@ -333,6 +338,8 @@ pub struct Added {
     forwarded_for: Option<HeaderValue>,
     forwarded_proto: Option<HeaderValue>,
     forwarded_host: Option<HeaderValue>,
+    /// Set by the caller, for a route that strips its prefix.
+    pub forwarded_prefix: Option<HeaderValue>,
     via: Option<HeaderValue>,
     request_id: Option<HeaderValue>,
 }
@@ -343,6 +350,7 @@ impl Added {
             (&X_FORWARDED_FOR, &self.forwarded_for),
             (&X_FORWARDED_PROTO, &self.forwarded_proto),
             (&X_FORWARDED_HOST, &self.forwarded_host),
+            (&X_FORWARDED_PREFIX, &self.forwarded_prefix),
             (&VIA, &self.via),
             (&X_REQUEST_ID, &self.request_id),
         ]
@@ -372,6 +380,8 @@ pub fn forwarding(headers: &mut HeaderMap, present: Present, hop: &ThisHop<'_>) 
     for (there, name) in [
         (present.forwarded_proto, &X_FORWARDED_PROTO),
         (present.forwarded_host, &X_FORWARDED_HOST),
+        // A client's would tell a service that reads it where to send its redirects.
+        (present.forwarded_prefix, &X_FORWARDED_PREFIX),
         (present.request_id, &X_REQUEST_ID),
     ] {
         if there {

@@ -25,6 +25,7 @@ pub mod max_forwards;
 pub mod metrics;
 pub mod normalize;
 pub mod proxy;
+pub mod redirect;
 pub mod report;
 pub mod respond;
 pub mod route;

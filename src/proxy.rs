@@ -377,6 +377,9 @@ fn forward<'a, 'e>(
         let body = ResponseBody::upstream(body)
             .await
             .map_err(ProxyError::body_failed)?;
+        if route.forwarded_prefix.is_some() {
+            restore_prefix(route, &outbound, &mut parts.headers);
+        }
         let own = proxy.original_status_header.as_ref();
         Ok(client_response(parts, body, &exchange.request_id, own))
     }
@@ -520,7 +523,8 @@ fn outbound_request(
         received: parts.version,
         request_id,
     };
-    let added = headers::forwarding(&mut headers, present, &hop);
+    let mut added = headers::forwarding(&mut headers, present, &hop);
+    added.forwarded_prefix = route.forwarded_prefix.clone();
     if route.upstream.config.host == HostMode::Preserve {
         if let Some(authority) = authority {
             headers.insert(HOST, authority);
@@ -539,6 +543,23 @@ fn outbound_request(
         interim: expect::Interim::new(false, relay),
         owner: conn.owner,
     }
+}
+
+/// `Location` under a route that strips its prefix (see [`crate::redirect`]).
+fn restore_prefix(route: &Route, outbound: &OutboundRequest, headers: &mut HeaderMap) {
+    let host = outbound.headers.get(HOST).and_then(|h| h.to_str().ok());
+    let Some(prefix) = route
+        .forwarded_prefix
+        .as_ref()
+        .and_then(|p| p.to_str().ok())
+    else {
+        return;
+    };
+    let targets = &route.upstream.config.targets;
+    let is_target = |authority: &str| {
+        (targets.iter()).any(|t| t.authority.as_str().eq_ignore_ascii_case(authority))
+    };
+    crate::redirect::restore_prefix(headers, prefix, host, is_target);
 }
 
 fn client_response(

@@ -7,6 +7,7 @@ use crate::rules::profile::Profile;
 use crate::rules::RuleSet;
 use crate::upstream::Upstream;
 use http::uri::PathAndQuery;
+use http::HeaderValue;
 use std::sync::Arc;
 
 pub struct Route {
@@ -16,6 +17,9 @@ pub struct Route {
     /// `/` or a prefix without trailing slash.
     pub prefix: String,
     pub strip_prefix: bool,
+    /// `X-Forwarded-Prefix` for a route that strips its prefix: where the upstream's paths
+    /// are, as the client sees them.
+    pub forwarded_prefix: Option<HeaderValue>,
     pub rules: Arc<RuleSet>,
     /// Request checks, decided from the head before anything is forwarded.
     pub checks: Arc<[Arc<Check>]>,
@@ -45,6 +49,7 @@ impl RouteTable {
                 upstream: upstreams[r.upstream].clone(),
                 prefix: r.path_prefix.clone(),
                 strip_prefix: r.strip_prefix,
+                forwarded_prefix: forwarded_prefix(r.strip_prefix, &r.path_prefix),
                 rules: r.rules.clone(),
                 checks: r.checks.clone(),
                 validate_json: r.validate_json,
@@ -153,6 +158,13 @@ impl Route {
         }
         PathAndQuery::try_from(out).unwrap_or_else(|_| original.clone())
     }
+}
+
+fn forwarded_prefix(strip: bool, prefix: &str) -> Option<HeaderValue> {
+    let prefix = prefix.trim_end_matches('/');
+    (strip && !prefix.is_empty())
+        .then(|| HeaderValue::from_str(prefix).ok())
+        .flatten()
 }
 
 /// `example.com:8080` -> `example.com`; `[::1]:80` -> `[::1]`.

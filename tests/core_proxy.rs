@@ -1015,6 +1015,60 @@ async fn longest_prefix_and_host_choose_the_route() {
     proxy.stop().await;
 }
 
+/// Behind `strip_prefix` the upstream is told the prefix (`X-Forwarded-Prefix`, a client's
+/// own copy never passes), and its redirects to its own paths get the prefix back, so that a
+/// client following them stays on the route.
+#[tokio::test]
+async fn strip_prefix_routes_send_the_prefix_and_keep_redirects_on_the_route() {
+    let a = spawn_upstream(|seen| async move {
+        let host = seen.headers.get("host").and_then(|h| h.to_str().ok());
+        let location = match seen.uri.as_str() {
+            "/old" => "/items/1".to_string(),
+            "/absolute" => format!("http://{}/items/2", host.unwrap_or("-")),
+            "/aware" => "/api/v2/items/3".to_string(),
+            "/relative" => "items/4".to_string(),
+            _ => "http://elsewhere.test/x".to_string(),
+        };
+        let prefix = seen.headers.get("x-forwarded-prefix");
+        let told = prefix
+            .and_then(|p| p.to_str().ok())
+            .unwrap_or("none")
+            .to_string();
+        let mut response = reply(302, told);
+        let value = http::HeaderValue::from_str(&location).expect("location");
+        response.headers_mut().insert("location", value);
+        response
+    })
+    .await;
+    let b = spawn_upstream(|_| async move { reply(200, "b") }).await;
+    let proxy = spawn_proxy(&routing_config(a.addr, b.addr)).await;
+    let spoof = [("x-forwarded-prefix", "/evil")];
+    let cases = [
+        ("/api/v2/old", "/api/v2/items/1"),
+        ("/api/v2/aware", "/api/v2/items/3"),
+        ("/api/v2/relative", "items/4"),
+        ("/api/v2/elsewhere", "http://elsewhere.test/x"),
+    ];
+    for (path, want) in cases {
+        let reply = send("GET", &proxy.url(path), &spoof, "").await;
+        assert_eq!(reply.status, 302, "{path}");
+        assert_eq!(reply.header("location"), Some(want), "{path}");
+        assert_eq!(
+            reply.text(),
+            "/api/v2",
+            "{path}: the prefix the upstream was told"
+        );
+    }
+    let reply = send("GET", &proxy.url("/api/v2/absolute"), &[], "").await;
+    let want = format!("http://{}/api/v2/items/2", proxy.addr);
+    assert_eq!(reply.header("location"), Some(want.as_str()));
+    // A route that does not strip leaves the Location, and tells the upstream nothing.
+    let reply = send("GET", &proxy.url("/old"), &spoof, "").await;
+    assert_eq!(reply.header("location"), Some("/items/1"));
+    assert_eq!(reply.text(), "none");
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn no_matching_route_is_404_from_the_proxy() {
     let upstream = fixed_upstream(200, "{}").await;

@@ -1,0 +1,119 @@
+//! `Location` behind `strip_prefix`: the upstream names its own paths (`/items/1`), which the
+//! client reaches under the route's prefix (`/f/items/1`). Without the prefix put back, a
+//! client following the redirect would land on another route or a 404. NGINX's default
+//! `proxy_redirect` does the same for absolute URLs naming the upstream.
+
+use http::header::{CONTENT_LOCATION, LOCATION};
+use http::{HeaderMap, HeaderValue};
+
+/// Puts `prefix` (`/f`, no trailing slash) back in front of the upstream's paths in
+/// `Location` and `Content-Location`: a path-absolute reference (`/items/1`), or an absolute
+/// URL on `host` (the `Host` the upstream was sent) or on one of `targets` (the upstream's
+/// own addresses, which the client cannot reach: the URL becomes a path). A reference that
+/// already starts with the prefix (a service that reads `X-Forwarded-Prefix`), a relative one
+/// (`items/1`, resolved against the client's own URL) and one on another host are left.
+pub fn restore_prefix(
+    headers: &mut HeaderMap,
+    prefix: &str,
+    host: Option<&str>,
+    is_target: impl Fn(&str) -> bool,
+) {
+    for name in [LOCATION, CONTENT_LOCATION] {
+        let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        if let Some(fixed) = with_prefix(value, prefix, host, &is_target) {
+            if let Ok(fixed) = HeaderValue::try_from(fixed) {
+                headers.insert(name, fixed);
+            }
+        }
+    }
+}
+
+/// The reference with the prefix put back, or `None` to leave it as it is.
+fn with_prefix(
+    value: &str,
+    prefix: &str,
+    host: Option<&str>,
+    is_target: &impl Fn(&str) -> bool,
+) -> Option<String> {
+    if value.starts_with('/') && !value.starts_with("//") {
+        return (!has_prefix(value, prefix)).then(|| format!("{prefix}{value}"));
+    }
+    let (scheme, rest) = value.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let path = match path.starts_with('/') {
+        true => path.to_string(),
+        false => format!("/{path}"),
+    };
+    let same = |other: &str| authority.eq_ignore_ascii_case(other);
+    if is_target(authority) {
+        return Some(match has_prefix(&path, prefix) {
+            true => path,
+            false => format!("{prefix}{path}"),
+        });
+    }
+    if host.is_some_and(same) && !has_prefix(&path, prefix) {
+        return Some(format!("{scheme}://{authority}{prefix}{path}"));
+    }
+    None
+}
+
+/// Whether `path` (with any query) is `prefix` or lies under it, segment-wise.
+fn has_prefix(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#']))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixed(value: &str) -> Option<String> {
+        with_prefix(value, "/f", Some("shop.example"), &|a: &str| {
+            a == "10.0.0.5:8080"
+        })
+    }
+
+    #[test]
+    fn the_upstreams_own_paths_get_the_prefix_back() {
+        assert_eq!(fixed("/items/1").as_deref(), Some("/f/items/1"));
+        assert_eq!(fixed("/").as_deref(), Some("/f/"));
+        assert_eq!(fixed("/login?next=/a").as_deref(), Some("/f/login?next=/a"));
+        assert_eq!(
+            fixed("http://shop.example/items/1").as_deref(),
+            Some("http://shop.example/f/items/1")
+        );
+        assert_eq!(
+            fixed("HTTPS://SHOP.EXAMPLE?x=1").as_deref(),
+            Some("HTTPS://SHOP.EXAMPLE/f/?x=1")
+        );
+        // The upstream's own address is no use to the client: a path instead.
+        assert_eq!(
+            fixed("http://10.0.0.5:8080/items/1").as_deref(),
+            Some("/f/items/1")
+        );
+    }
+
+    #[test]
+    fn other_references_are_left() {
+        for value in [
+            "/f/items/1",
+            "/f",
+            "/f?x=1",
+            "items/1",
+            "//cdn.example/a",
+            "http://other.example/items/1",
+            "http://shop.example/f/items/1",
+            "mailto:ops@example.com",
+        ] {
+            assert_eq!(fixed(value), None, "{value}");
+        }
+        // Segment-wise: `/fx` is not under `/f`.
+        assert_eq!(fixed("/fx/1").as_deref(), Some("/f/fx/1"));
+    }
+}
