@@ -48,6 +48,7 @@ impl Cut {
             upstream: Cow::Borrowed(self.upstream.name()),
             upstream_status: self.upstream_status.as_u16(),
             status: self.status.as_u16(),
+            would_status: None,
             body_inspected: false,
             duration_ms: self.started.elapsed().as_micros() as u64 as f64 / 1000.0,
         });

@@ -132,6 +132,10 @@ pub struct Record<'a> {
     pub upstream: Cow<'a, str>,
     pub upstream_status: u16,
     pub status: u16,
+    /// In audit mode (`"action": "would_rewrite"`), the status the rule would have answered;
+    /// `status` is the upstream's, which the client got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub would_status: Option<u16>,
     pub body_inspected: bool,
     /// Written as `null` when it is not a finite number, and read back from it as NaN.
     #[serde(deserialize_with = "number_or_null")]
@@ -199,6 +203,7 @@ pub struct Labels {
     pub kind: Kind,
     pub upstream_status: u16,
     pub status: u16,
+    pub would_status: Option<u16>,
     /// Who made `upstream_status`: the service, or restatus itself (a 502, a check's 403).
     pub source: Source,
 }
@@ -212,6 +217,7 @@ impl Labels {
             kind: record.kind,
             upstream_status: record.upstream_status,
             status: record.status,
+            would_status: record.would_status,
             source: record.source,
         }
     }
@@ -220,6 +226,7 @@ impl Labels {
     fn matches(&self, record: &Record) -> bool {
         self.upstream_status == record.upstream_status
             && self.status == record.status
+            && self.would_status == record.would_status
             && self.source == record.source
             && self.action == record.action
             && self.kind == record.kind
@@ -470,7 +477,11 @@ impl Counts {
             return;
         }
         let mut pair = [0u8; 12];
-        let pair = status_pair(labels.upstream_status, labels.status, &mut pair);
+        let pair = match labels.would_status {
+            // Audit mode: what the rule would have answered, in parentheses.
+            Some(would) => audit_pair(labels.upstream_status, would, &mut pair),
+            None => status_pair(labels.upstream_status, labels.status, &mut pair),
+        };
         match labels.source {
             Source::Upstream => bump(&mut self.by_status, &labels.route, pair, count),
             // The service never saw these: its owners must not read them as its own.
@@ -491,6 +502,15 @@ fn status_pair(from: u16, to: u16, out: &mut [u8; 12]) -> &str {
     out[3..5].copy_from_slice(b"->");
     out[5..8].copy_from_slice(&digits3(u32::from(to)));
     std::str::from_utf8(&out[..8]).unwrap_or("")
+}
+
+/// `"200->(404)"`: in audit mode, the status the rule would have answered.
+fn audit_pair(from: u16, would: u16, out: &mut [u8; 12]) -> &str {
+    out[..3].copy_from_slice(&digits3(u32::from(from)));
+    out[3..6].copy_from_slice(b"->(");
+    out[6..9].copy_from_slice(&digits3(u32::from(would)));
+    out[9] = b')';
+    std::str::from_utf8(&out[..10]).unwrap_or("")
 }
 
 /// Adds `count` to `map[route][key]`, allocating keys only the first time they are seen.

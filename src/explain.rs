@@ -315,6 +315,7 @@ fn write_record(
         upstream: config.upstream(route).name.as_str().into(),
         upstream_status: outcome.upstream_status.as_u16(),
         status: outcome.status.as_u16(),
+        would_status: outcome.would_status.map(|s| s.as_u16()),
         body_inspected: outcome.body_inspected,
         duration_ms: 0.0,
     };

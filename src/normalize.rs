@@ -78,6 +78,8 @@ pub struct Outcome {
     pub action: Action,
     pub upstream_status: StatusCode,
     pub status: StatusCode,
+    /// In audit mode, the status the rule would have answered.
+    pub would_status: Option<StatusCode>,
     pub body_inspected: bool,
 }
 
@@ -190,6 +192,7 @@ fn apply(
             Mode::Enforce => rule.then.status,
             Mode::Audit => upstream_status,
         },
+        would_status: (settings.mode == Mode::Audit).then_some(rule.then.status),
         body_inspected: inspected,
     };
     if settings.mode == Mode::Enforce {
@@ -221,6 +224,7 @@ fn left(
         action: Action::Left,
         upstream_status: status,
         status,
+        would_status: None,
         body_inspected: inspected,
     })
 }

@@ -753,6 +753,7 @@ fn record<'a>(
         upstream: Cow::Borrowed(route.upstream.name()),
         upstream_status: outcome.upstream_status.as_u16(),
         status: outcome.status.as_u16(),
+        would_status: outcome.would_status.map(|s| s.as_u16()),
         body_inspected: outcome.body_inspected,
         // Whole microseconds: finer digits are noise, and a short number is cheaper to write.
         // Through u64 (enough for 584,000 years), as a u128 converts by a slow library call.
@@ -781,6 +782,7 @@ fn protocol_record(
         action: deviation::Action::Left,
         upstream_status,
         status,
+        would_status: None,
         body_inspected: false,
     };
     log.write(&Record {

@@ -162,6 +162,30 @@ fn endpoint<'a>(report: &'a Value, route: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("endpoint {name}: {report}"))
 }
 
+/// Audit mode's records show what the rule would have answered: `200 -> (404)`, apart from
+/// the same rule's enforced rewrites.
+#[test]
+fn audit_records_show_the_status_the_rule_would_answer() {
+    let audit = missing("2026-11-24T10:00:00.000Z", 7)
+        .replace("\"rewrote\"", "\"would_rewrite\"")
+        .replace("\"status\":404", "\"status\":200,\"would_status\":404");
+    let input = audit + &missing("2026-11-24T10:00:01.000Z", 8);
+    let run = restatus_report(&["--format", "json"], input.as_bytes());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    let items = endpoint(&report, "inventory", "GET /items/{id}");
+    let groups = items["deviations"].as_array().expect("deviations");
+    let pairs: Vec<_> = groups
+        .iter()
+        .map(|g| (g["status"].clone(), g["would_status"].clone()))
+        .collect();
+    assert!(pairs.contains(&(json!(200), json!(404))), "{groups:?}");
+    assert!(pairs.contains(&(json!(404), Value::Null)), "{groups:?}");
+    let table = report_table(&input);
+    assert!(table.contains("200->(404)"), "{table}");
+    assert!(table.contains("200->404"), "{table}");
+}
+
 #[test]
 fn groups_records_by_endpoint_then_rule_and_status_pair() {
     let run = restatus_report(&["--format", "json"], sample().as_bytes());

@@ -609,8 +609,19 @@ then = { status = 404, body = "replaced", headers = { set = { "x-added" = "1" } 
     assert_eq!(post["rule"], "documented/create-is-201");
     assert_eq!(post["upstream_status"], 200);
     assert_eq!(post["status"], 200, "what the client got");
-    assert_eq!(record_of(&records, "body")["action"], "would_rewrite");
-    assert_eq!(record_of(&records, "left")["action"], "left");
+    assert_eq!(post["would_status"], 201, "what the rule would answer");
+    let body = record_of(&records, "body");
+    assert_eq!(body["action"], "would_rewrite");
+    assert_eq!(body["would_status"], 404);
+    let left = record_of(&records, "left");
+    assert_eq!(left["action"], "left");
+    assert!(left.get("would_status").is_none(), "{left}");
+    // The counts say what would change: `200->(201)`, not `200->200`.
+    let counts = proxy.log.counts();
+    let pairs = &counts.by_status["main"];
+    assert_eq!(pairs.get("200->(201)"), Some(&1), "{pairs:?}");
+    assert_eq!(pairs.get("200->(404)"), Some(&1), "{pairs:?}");
+    assert!(!pairs.contains_key("200->200"), "{pairs:?}");
     proxy.stop().await;
 }
 

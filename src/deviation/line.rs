@@ -102,6 +102,10 @@ pub(super) fn tail(line: &mut Vec<u8>, record: &Record) {
     status(line, record.upstream_status);
     line.extend_from_slice(b",\"status\":");
     status(line, record.status);
+    if let Some(would) = record.would_status {
+        line.extend_from_slice(b",\"would_status\":");
+        status(line, would);
+    }
     line.extend_from_slice(match record.body_inspected {
         true => b",\"body_inspected\":true,\"duration_ms\":",
         false => b",\"body_inspected\":false,\"duration_ms\":",
@@ -291,6 +295,7 @@ pub(super) mod tests {
             upstream: "u".into(),
             upstream_status: 200,
             status,
+            would_status: None,
             body_inspected: false,
             duration_ms: 0.0,
         }
@@ -315,6 +320,7 @@ pub(super) mod tests {
         odd.duration_ms = 12_345.5;
         let mut whole = record("app", 500);
         whole.action = Action::WouldRewrite;
+        whole.would_status = Some(409);
         whole.kind = Kind::ExpectIgnored;
         whole.duration_ms = 3.0;
         let mut stamps = Stamps::default();

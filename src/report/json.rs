@@ -40,6 +40,7 @@ fn endpoint(endpoint: &Endpoint) -> Value {
                 "kind": g.kind,
                 "upstream_status": g.upstream_status,
                 "status": g.status,
+                "would_status": g.would_status,
                 "source": if g.by_proxy { "proxy" } else { "upstream" },
                 "cause": g.cause,
                 "records": g.tally.count,

@@ -102,6 +102,8 @@ pub struct Group {
     pub kind: String,
     pub upstream_status: u16,
     pub status: u16,
+    /// In audit mode, the status the rule would have answered.
+    pub would_status: Option<u16>,
     /// restatus made `upstream_status` itself (a 502 for a dead service, a check's 403): the
     /// service never saw the request, or never answered it.
     pub by_proxy: bool,
@@ -112,11 +114,15 @@ pub struct Group {
 }
 
 impl Group {
-    /// `200 → 404`, or `proxy 502 → 500 (connect)` for a status restatus made, joined by
-    /// `arrow`.
+    /// `200 → 404`, `200 → (404)` for what audit mode would have answered, or
+    /// `proxy 502 → 500 (connect)` for a status restatus made, joined by `arrow`.
     pub fn statuses(&self, arrow: &str) -> String {
         let by = if self.by_proxy { "proxy " } else { "" };
-        let pair = format!("{by}{}{arrow}{}", self.upstream_status, self.status);
+        let pair = match self.would_status {
+            // Audit mode: what the rule would have answered; the client got the upstream's.
+            Some(would) => format!("{by}{}{arrow}({would})", self.upstream_status),
+            None => format!("{by}{}{arrow}{}", self.upstream_status, self.status),
+        };
         match &self.cause {
             Some(cause) => format!("{pair} ({cause})"),
             None => pair,
@@ -157,6 +163,7 @@ impl Endpoint {
         let found = self.groups.iter_mut().find(|g| {
             g.upstream_status == record.upstream_status
                 && g.status == record.status
+                && g.would_status == record.would_status
                 && g.by_proxy == by_proxy
                 && g.rule.as_deref() == rule
                 && g.kind == record.kind
@@ -172,6 +179,7 @@ impl Endpoint {
                     kind: record.kind.to_string(),
                     upstream_status: record.upstream_status,
                     status: record.status,
+                    would_status: record.would_status,
                     by_proxy,
                     cause: cause.map(str::to_string),
                     tally,
@@ -245,6 +253,8 @@ struct Line<'a> {
     path: Cow<'a, str>,
     upstream_status: u16,
     status: u16,
+    #[serde(default)]
+    would_status: Option<u16>,
     #[serde(borrow, default = "upstream_source")]
     source: Cow<'a, str>,
     #[serde(borrow, default)]
