@@ -461,43 +461,61 @@ fn hex_into(out: &mut [u8], mut value: u64) {
 
 /// On a route whose rules read response bodies, the client's `Accept-Encoding` (RFC 9110
 /// §12.5.3) is narrowed to the codings restatus can inspect: `gzip` (`x-gzip`) and
-/// `identity`, with their weights; `*` becomes `gzip`. Otherwise a browser's `gzip, deflate,
+/// `identity`, with their weights; `*` becomes `gzip` when `gzip` is not listed itself (RFC
+/// 9110 §12.5.3: `*` stands for the codings not named). Otherwise a browser's `gzip, deflate,
 /// br, zstd` gets a `br` body no rule can read, and body rules stop firing for it. When
-/// nothing is left, `identity` is asked for. A request without the field is left alone.
+/// nothing acceptable is left (none, or only `;q=0` ones), `identity` is asked for. A
+/// request without the field is left alone.
 pub fn narrow_accept_encoding(headers: &mut HeaderMap) {
     if !headers.contains_key(ACCEPT_ENCODING) {
         return;
     }
-    let mut kept: Vec<String> = Vec::new();
-    let values = headers.get_all(ACCEPT_ENCODING).iter();
-    for item in values
+    let items: Vec<(&str, &str)> = (headers.get_all(ACCEPT_ENCODING).iter())
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-    {
-        let item = item.trim();
-        let (coding, weight) = item.split_once(';').unwrap_or((item, ""));
-        let coding = coding.trim();
-        let weight = if weight.is_empty() {
-            String::new()
-        } else {
-            format!(";{weight}")
+        .map(|item| {
+            let (coding, weight) = item.split_once(';').unwrap_or((item, ""));
+            (coding.trim(), weight.trim())
+        })
+        .collect();
+    let is_gzip =
+        |coding: &str| coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip");
+    let named_gzip = items.iter().any(|(coding, _)| is_gzip(coding));
+    let mut kept: Vec<String> = Vec::new();
+    let mut acceptable = false;
+    for (coding, weight) in &items {
+        let coding = match *coding {
+            "*" if !named_gzip => "gzip",
+            c if is_gzip(c) || c.eq_ignore_ascii_case("identity") => c,
+            _ => continue,
         };
-        if ["gzip", "x-gzip", "identity"]
-            .iter()
-            .any(|c| coding.eq_ignore_ascii_case(c))
-        {
-            kept.push(format!("{coding}{weight}"));
-        } else if coding == "*" {
-            kept.push(format!("gzip{weight}"));
-        }
+        acceptable |= !refused(weight);
+        kept.push(match weight.is_empty() {
+            true => coding.to_string(),
+            false => format!("{coding};{weight}"),
+        });
     }
-    let value = match kept.is_empty() {
-        true => HeaderValue::from_static("identity"),
-        false => {
+    let value = match acceptable {
+        false => HeaderValue::from_static("identity"),
+        true => {
             HeaderValue::from_str(&kept.join(", ")).unwrap_or(HeaderValue::from_static("identity"))
         }
     };
     headers.insert(ACCEPT_ENCODING, value);
+}
+
+/// A weight of zero (`q=0`, `q=0.000`): "not acceptable" (RFC 9110 §12.4.2).
+fn refused(weight: &str) -> bool {
+    let Some((name, value)) = weight.split_once('=') else {
+        return false;
+    };
+    name.trim().eq_ignore_ascii_case("q")
+        && value.trim().strip_prefix('0').is_some_and(|rest| {
+            rest.is_empty()
+                || rest
+                    .strip_prefix('.')
+                    .is_some_and(|d| d.bytes().all(|b| b == b'0'))
+        })
 }
 
 /// RFC 9113 §8.2.3: HTTP/2 clients may split `Cookie` into one field per cookie; before the
@@ -526,7 +544,13 @@ mod tests {
     fn accept_encoding_is_narrowed_to_inspectable_codings() {
         let cases = [
             ("gzip, deflate, br, zstd", "gzip"),
-            ("br;q=1.0, gzip;q=0.8, *;q=0.1", "gzip;q=0.8, gzip;q=0.1"),
+            // `*` stands for the codings not named: gzip is named, so `*` adds nothing.
+            ("br;q=1.0, gzip;q=0.8, *;q=0.1", "gzip;q=0.8"),
+            ("br, *;q=0.1", "gzip;q=0.1"),
+            // Nothing acceptable left: identity rather than a list of refusals.
+            ("identity;q=0, br", "identity"),
+            ("gzip;q=0.000, br", "identity"),
+            ("gzip;q=0.001, br", "gzip;q=0.001"),
             ("GZIP", "GZIP"),
             ("x-gzip, identity;q=0.5", "x-gzip, identity;q=0.5"),
             ("br", "identity"),
