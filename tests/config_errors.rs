@@ -649,3 +649,17 @@ fn max_connections_is_at_least_one_and_queue_timeout_a_duration() {
         assert_error(&err, &text, line, &key_path, message);
     }
 }
+
+/// A number where a string goes (`listen = 8080`) is told to be quoted.
+#[test]
+fn an_unquoted_number_for_a_string_says_to_quote_it() {
+    let text = VALID.replace(r#"listen = "127.0.0.1:0""#, "listen = 8080");
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "listen = 8080",
+        "server.listen",
+        "expected a string (write the value in quotes)",
+    );
+}

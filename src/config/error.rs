@@ -48,6 +48,13 @@ fn plain_words(message: &str) -> String {
     ] {
         text = text.replace(rust, plain);
     }
+    // `listen = 8080`, `name = 42`: TOML strings need their quotes.
+    if text.starts_with("invalid type: integer") || text.starts_with("invalid type: floating") {
+        text = text.replace(
+            "expected a string",
+            "expected a string (write the value in quotes)",
+        );
+    }
     if let Some(at) = text.find("expected struct Raw") {
         let end = text[at..].find(['\n', ',']).map_or(text.len(), |e| at + e);
         text.replace_range(at..end, "expected a table");
