@@ -314,12 +314,15 @@ pub enum Source {
         idle: IdleTimer,
     },
     /// The start of a body of unknown length, read ahead (see [`ForwardBody::settle`]), then
-    /// the rest of it.
-    Prefixed {
-        prefix: Option<Bytes>,
-        trailers: Option<HeaderMap>,
-        rest: Box<Source>,
-    },
+    /// the rest of it. Boxed: every request's body has room for the largest variant.
+    Prefixed(Box<Ahead>),
+}
+
+/// What [`ForwardBody::settle`] read of a longer body, and the rest of it.
+pub struct Ahead {
+    prefix: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+    rest: Source,
 }
 
 /// Time allowed between two reads of a request body (`server.body_timeout`). The timer is
@@ -378,9 +381,9 @@ impl Source {
             Source::Empty => SizeHint::with_exact(0),
             Source::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |b| b.len() as u64)),
             Source::Client { body, .. } => body.size_hint(),
-            Source::Prefixed { prefix, .. } => {
+            Source::Prefixed(ahead) => {
                 let mut hint = SizeHint::new();
-                hint.set_lower(prefix.as_ref().map_or(0, |b| b.len() as u64));
+                hint.set_lower(ahead.prefix.as_ref().map_or(0, |b| b.len() as u64));
                 hint
             }
         }
@@ -390,11 +393,9 @@ impl Source {
             Source::Empty => true,
             Source::Full(data) => data.is_none(),
             Source::Client { body, .. } => body.is_end_stream(),
-            Source::Prefixed {
-                prefix,
-                trailers,
-                rest,
-            } => prefix.is_none() && trailers.is_none() && rest.is_end_stream(),
+            Source::Prefixed(ahead) => {
+                ahead.prefix.is_none() && ahead.trailers.is_none() && ahead.rest.is_end_stream()
+            }
         }
     }
 
@@ -402,18 +403,15 @@ impl Source {
         match self {
             Source::Empty => Poll::Ready(None),
             Source::Full(data) => Poll::Ready(data.take().map(|b| Ok(Frame::data(b)))),
-            Source::Prefixed {
-                prefix,
-                trailers,
-                rest,
-            } => match (prefix.take(), trailers.take()) {
-                (Some(data), held) => {
-                    *trailers = held;
-                    Poll::Ready(Some(Ok(Frame::data(data))))
+            Source::Prefixed(ahead) => {
+                if let Some(data) = ahead.prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                (None, Some(fields)) => Poll::Ready(Some(Ok(Frame::trailers(fields)))),
-                (None, None) => rest.poll_frame(cx),
-            },
+                match ahead.trailers.take() {
+                    Some(fields) => Poll::Ready(Some(Ok(Frame::trailers(fields)))),
+                    None => ahead.rest.poll_frame(cx),
+                }
+            }
             Source::Client {
                 body,
                 seen,
@@ -500,11 +498,11 @@ impl ForwardBody {
             }
         };
         let rest = std::mem::replace(&mut self.source, Source::Empty);
-        Ok(ForwardBody::new(Source::Prefixed {
+        Ok(ForwardBody::new(Source::Prefixed(Box::new(Ahead {
             prefix: (!data.is_empty()).then(|| data.freeze()),
             trailers,
-            rest: Box::new(rest),
-        }))
+            rest,
+        }))))
     }
 
     /// Holds the body back behind `hold` (see [`crate::expect`]).

@@ -338,8 +338,6 @@ pub struct Added {
     forwarded_for: Option<HeaderValue>,
     forwarded_proto: Option<HeaderValue>,
     forwarded_host: Option<HeaderValue>,
-    /// Set by the caller, for a route that strips its prefix.
-    pub forwarded_prefix: Option<HeaderValue>,
     via: Option<HeaderValue>,
     request_id: Option<HeaderValue>,
 }
@@ -350,7 +348,6 @@ impl Added {
             (&X_FORWARDED_FOR, &self.forwarded_for),
             (&X_FORWARDED_PROTO, &self.forwarded_proto),
             (&X_FORWARDED_HOST, &self.forwarded_host),
-            (&X_FORWARDED_PREFIX, &self.forwarded_prefix),
             (&VIA, &self.via),
             (&X_REQUEST_ID, &self.request_id),
         ]

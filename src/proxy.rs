@@ -523,8 +523,11 @@ fn outbound_request(
         received: parts.version,
         request_id,
     };
-    let mut added = headers::forwarding(&mut headers, present, &hop);
-    added.forwarded_prefix = route.forwarded_prefix.clone();
+    let added = headers::forwarding(&mut headers, present, &hop);
+    if let Some(prefix) = &route.forwarded_prefix {
+        // Inserted rather than added after the fields: only such routes pay for it.
+        headers.insert(&headers::X_FORWARDED_PREFIX, prefix.clone());
+    }
     if route.upstream.config.host == HostMode::Preserve {
         if let Some(authority) = authority {
             headers.insert(HOST, authority);

@@ -163,11 +163,11 @@ impl Upstream {
         self.http10[index].load(Ordering::Relaxed)
     }
 
-    /// How much of a body of unknown length is read ahead for target `index` (see
-    /// [`ForwardBody::settle`]): more when it has not answered yet, so it is not known to read
-    /// chunked (RFC 9112 §6.1), bounded all the same, as that much is held in memory.
-    fn read_ahead(&self, index: usize) -> usize {
-        match self.heard[index].load(Ordering::Relaxed) {
+    /// How much of a body of unknown length is read ahead (see [`ForwardBody::settle`]):
+    /// more while a target has not answered yet, so it is not known to read chunked (RFC 9112
+    /// §6.1), bounded all the same, as that much is held in memory.
+    fn read_ahead(&self) -> usize {
+        match self.heard.iter().all(|heard| heard.load(Ordering::Relaxed)) {
             true => READ_AHEAD,
             false => READ_AHEAD_UNHEARD,
         }
@@ -216,14 +216,14 @@ impl Upstream {
         let mut body = ForwardBody::new(body).held(hold);
         let timeout = self.config.response_timeout;
         async move {
-            let targets = &self.config.targets;
-            let first = self.with_room(self.next.fetch_add(1, Ordering::Relaxed) % targets.len());
             if body.unsettled() {
                 // Boxed: most bodies have a length, and skip it.
-                body = Box::pin(body.settle(self.read_ahead(first)))
+                body = Box::pin(body.settle(self.read_ahead()))
                     .await
                     .map_err(|err| body_error(&*err))?;
             }
+            let targets = &self.config.targets;
+            let first = self.with_room(self.next.fetch_add(1, Ordering::Relaxed) % targets.len());
             for tried in 0..targets.len() {
                 let index = (first + tried) % targets.len();
                 let target = &targets[index];
