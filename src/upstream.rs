@@ -157,12 +157,6 @@ impl Upstream {
         }
     }
 
-    /// RFC 9112 §6.1: whether a body of unknown length must go to target `index` whole, with
-    /// a length: it last answered HTTP/1.0.
-    fn needs_length(&self, index: usize) -> bool {
-        self.http10[index].load(Ordering::Relaxed)
-    }
-
     /// How much of a body of unknown length is read ahead (see [`ForwardBody::settle`]):
     /// more while a target has not answered yet, so it is not known to read chunked (RFC 9112
     /// §6.1), bounded all the same, as that much is held in memory.
@@ -232,7 +226,7 @@ impl Upstream {
                 }
                 self.answer_expect_locally(index, outbound);
                 // Read before a connection is taken, so that no pooled one idles meanwhile.
-                if self.needs_length(index) {
+                if self.http10[index].load(Ordering::Relaxed) {
                     body = Box::pin(with_length(body)).await?;
                 }
                 let pool = &self.pools[index];
