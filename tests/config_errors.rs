@@ -417,6 +417,19 @@ fn type_errors_are_told_in_the_config_s_words() {
         "server.workers",
         "expected a whole number",
     );
+    // A number in quotes is told to lose them.
+    let text = VALID.replace(
+        r#"idle_timeout = "250ms""#,
+        "idle_timeout = \"250ms\"\nworkers = \"2\"",
+    );
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "workers",
+        "server.workers",
+        "(write the number without quotes)",
+    );
     let text = format!("{VALID}\n[rules]\nname = \"x\"\n");
     let err = error(&text);
     assert_error(

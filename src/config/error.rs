@@ -48,6 +48,10 @@ fn plain_words(message: &str) -> String {
     ] {
         text = text.replace(rust, plain);
     }
+    // `workers = "2"`: a number in quotes is a string to TOML.
+    if text.starts_with("invalid type: string") && text.contains("expected a whole number") {
+        text.push_str(" (write the number without quotes)");
+    }
     // `listen = 8080`, `name = 42`: TOML strings need their quotes.
     if text.starts_with("invalid type: integer") || text.starts_with("invalid type: floating") {
         text = text.replace(
