@@ -171,8 +171,11 @@ impl Upstream {
     /// speaks only HTTP/1.0 (or refuses the expectation) may answer `100` itself; the body
     /// then flows without waiting.
     fn answer_expect_locally(&self, index: usize, outbound: &mut OutboundRequest) {
+        // A service that takes no chunked body gets a body of unknown length only once it is
+        // read whole, so it cannot answer before it: restatus answers for it.
         let local = self.http10[index].load(Ordering::Relaxed)
-            || self.refuses_expect[index].load(Ordering::Relaxed);
+            || self.refuses_expect[index].load(Ordering::Relaxed)
+            || !self.config.chunked_requests;
         if outbound.interim.is_held() && local {
             outbound.headers.remove(EXPECT);
             outbound.interim.release_locally();
@@ -226,7 +229,7 @@ impl Upstream {
                 }
                 self.answer_expect_locally(index, outbound);
                 // Read before a connection is taken, so that no pooled one idles meanwhile.
-                if self.http10[index].load(Ordering::Relaxed) {
+                if !self.config.chunked_requests || self.http10[index].load(Ordering::Relaxed) {
                     body = Box::pin(with_length(body)).await?;
                 }
                 let pool = &self.pools[index];

@@ -735,6 +735,46 @@ async fn a_chunked_body_goes_with_a_length_to_a_target_that_speaks_http10() {
     proxy.stop().await;
 }
 
+/// `chunked_requests = false`, for a service that cannot read a chunked request: a body of
+/// unknown length of any size goes whole with a `Content-Length`, and `Expect:
+/// 100-continue` is answered by restatus (the service could only answer after the body).
+#[tokio::test]
+async fn chunked_requests_false_sends_every_body_with_a_length() {
+    let upstream = serving(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let text = simple_config(upstream.addr, NO_PROFILE).replace(
+        "response_timeout = \"10s\"",
+        "response_timeout = \"10s\"\nchunked_requests = false",
+    );
+    let proxy = spawn_proxy(&text).await;
+    assert_eq!(get(&proxy.url("/learn")).await.status, 200);
+    let chunk = format!("40000\r\n{}\r\n", "z".repeat(0x40000));
+    let body = chunk.repeat(8) + "0\r\n\r\n";
+    let head = "POST /big HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
+                Expect: 100-continue\r\nConnection: close\r\n\r\n";
+    let mut conn = TcpStream::connect(proxy.addr).await.expect("connect");
+    conn.write_all(head.as_bytes()).await.expect("head");
+    let mut interim = [0u8; 25];
+    conn.read_exact(&mut interim)
+        .await
+        .expect("an interim answer");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    conn.write_all(body.as_bytes()).await.expect("body");
+    let answer = read_to_close(&mut conn, Duration::from_secs(10)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    let requests = received(&upstream);
+    let sent = requests.last().expect("the POST went upstream");
+    assert_eq!(sent.path, "/big");
+    assert_eq!(sent.values("content-length"), [(8 * 0x40000).to_string()]);
+    assert!(sent.values("transfer-encoding").is_empty());
+    assert!(sent.values("expect").is_empty());
+    assert_eq!(sent.body.len(), 8 * 0x40000);
+    proxy.stop().await;
+}
+
 /// A chunked body longer than what is read ahead still streams chunked, with the same
 /// bytes, to a target that has answered HTTP/1.1.
 #[tokio::test]

@@ -132,6 +132,9 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     /// Who may reuse a connection that carried a request body answered with a 2xx.
     pub reuse_after_body: ReuseAfterBody,
+    /// `false` for a service that cannot read a chunked request body: every body of unknown
+    /// length is read whole and sent with a `Content-Length`.
+    pub chunked_requests: bool,
     /// Most connections open to each target at once; further requests wait their turn.
     pub max_connections: Option<usize>,
     /// How long a request waits for a connection under `max_connections`.
@@ -468,6 +471,7 @@ fn compile_upstreams(
             idle_connections: raw.idle_connections.unwrap_or(DEFAULT_IDLE_CONNECTIONS),
             idle_timeout: raw.idle_timeout.map_or(DEFAULT_POOL_IDLE, |d| d.0),
             reuse_after_body: raw.reuse_after_body.unwrap_or_default(),
+            chunked_requests: raw.chunked_requests.unwrap_or(true),
             max_connections: max_connections(raw.max_connections.as_ref(), at)?,
             queue_timeout: raw.queue_timeout.map_or(DEFAULT_QUEUE_WAIT, |d| d.0),
             tls,
@@ -909,7 +913,7 @@ pub fn summary(config: &Config) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "  {}: {} (connect {:?}, response {:?}{}{})",
+            "  {}: {} (connect {:?}, response {:?}{}{}{})",
             upstream.name,
             targets.join(", "),
             upstream.connect_timeout,
@@ -926,6 +930,10 @@ pub fn summary(config: &Config) -> String {
                 ReuseAfterBody::SameClient => "",
                 ReuseAfterBody::Any => ", reuse after a body by any client",
                 ReuseAfterBody::Never => ", no reuse after a body",
+            },
+            match upstream.chunked_requests {
+                true => "",
+                false => ", request bodies sent with a length",
             }
         );
     }

@@ -144,6 +144,7 @@ pub struct RawUpstream {
     pub idle_connections: Option<usize>,
     pub idle_timeout: Option<Timeout>,
     pub reuse_after_body: Option<ReuseAfterBody>,
+    pub chunked_requests: Option<bool>,
     pub max_connections: Option<Spanned<usize>>,
     pub queue_timeout: Option<HumanDuration>,
     pub ca: Option<Spanned<String>>,
