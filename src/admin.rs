@@ -200,11 +200,15 @@ fn rule_label(rule: &str) -> &str {
 /// (the service never saw the request, or never answered it).
 type Row = (bool, u16);
 
+/// A column of the status matrix: what the client got, or (audit mode) what the rule would
+/// have answered.
+type Column = (bool, u16);
+
 /// Rows are what the upstream said, columns what the client got; a cell counts the records.
 /// The statuses restatus made itself come last, marked, so that nobody reads them as the
-/// service's.
+/// service's. Audit mode's `200->(404)` goes in a column `(404)` of its own.
 fn status_matrix(html: &mut String, pairs: &BTreeMap<String, u64>) {
-    let cells: BTreeMap<(Row, u16), u64> = pairs
+    let cells: BTreeMap<(Row, Column), u64> = pairs
         .iter()
         .filter_map(|(pair, n)| {
             let (by_proxy, pair) = match pair.strip_prefix(PROXY_MADE) {
@@ -212,17 +216,22 @@ fn status_matrix(html: &mut String, pairs: &BTreeMap<String, u64>) {
                 None => (false, pair.as_str()),
             };
             let (upstream, status) = pair.split_once("->")?;
-            Some((
-                ((by_proxy, upstream.parse().ok()?), status.parse().ok()?),
-                *n,
-            ))
+            let would = status.strip_prefix('(').and_then(|s| s.strip_suffix(')'));
+            let column = (would.is_some(), would.unwrap_or(status).parse().ok()?);
+            Some((((by_proxy, upstream.parse().ok()?), column), *n))
         })
         .collect();
     let rows: BTreeSet<Row> = cells.keys().map(|(row, _)| *row).collect();
-    let columns: BTreeSet<u16> = cells.keys().map(|(_, status)| *status).collect();
+    let columns: BTreeSet<Column> = cells.keys().map(|(_, column)| *column).collect();
     html.push_str("<table class=matrix><tr><th>upstream ↓ · final →</th>");
-    for status in &columns {
-        let _ = write!(html, "<th class=n>{status}</th>");
+    for (would, status) in &columns {
+        let _ = match would {
+            true => write!(
+                html,
+                "<th class=n title=\"audit mode: what the rule would answer\">({status})</th>"
+            ),
+            false => write!(html, "<th class=n>{status}</th>"),
+        };
     }
     html.push_str("</tr>");
     for row in &rows {
@@ -234,8 +243,8 @@ fn status_matrix(html: &mut String, pairs: &BTreeMap<String, u64>) {
                 let _ = write!(html, "<tr><th>{made} made by restatus</th>");
             }
         }
-        for status in &columns {
-            match cells.get(&(*row, *status)) {
+        for column in &columns {
+            match cells.get(&(*row, *column)) {
                 Some(n) => {
                     let _ = write!(html, "<td class=n>{n}</td>");
                 }
@@ -248,11 +257,11 @@ fn status_matrix(html: &mut String, pairs: &BTreeMap<String, u64>) {
 }
 
 fn latest_table(html: &mut String, records: &[Record]) {
-    html.push_str("<section><h2>latest records</h2><table><tr><th>time</th><th>route</th><th>request</th><th>kind</th><th>source</th><th>upstream</th><th>final</th><th>rule</th><th>action</th></tr>");
+    html.push_str("<section><h2>latest records</h2><table><tr><th>time</th><th>route</th><th>request</th><th>kind</th><th>source</th><th>upstream</th><th>final</th><th>rule</th><th>action</th><th>cause</th></tr>");
     for r in records {
         let _ = write!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             r.ts,
             escape(&r.route),
             escape(r.method.as_str()),
@@ -260,9 +269,13 @@ fn latest_table(html: &mut String, records: &[Record]) {
             r.kind.as_str(),
             r.source.as_str(),
             r.upstream_status,
-            r.status,
+            match r.would_status {
+                Some(would) => format!("{} (would be {would})", r.status),
+                None => r.status.to_string(),
+            },
             escape(r.rule.as_deref().unwrap_or("-")),
-            r.action.as_str()
+            r.action.as_str(),
+            escape(r.cause.as_deref().unwrap_or("-"))
         );
     }
     html.push_str("</table></section>");
@@ -310,6 +323,20 @@ mod tests {
             "{html}"
         );
         assert!(rows[2].contains("<td class=n>2</td>"), "{html}");
+    }
+
+    #[test]
+    fn audit_pairs_have_columns_of_their_own() {
+        let pairs = BTreeMap::from([("200->404".to_string(), 3), ("200->(404)".to_string(), 2)]);
+        let mut html = String::new();
+        status_matrix(&mut html, &pairs);
+        assert!(html.contains("<th class=n>404</th>"), "{html}");
+        assert!(html.contains(">(404)</th>"), "{html}");
+        let row = html.split("<tr>").nth(2).unwrap_or_default();
+        assert!(
+            row.contains("<td class=n>3</td><td class=n>2</td>"),
+            "{html}"
+        );
     }
 
     #[test]

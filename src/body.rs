@@ -472,9 +472,15 @@ impl ForwardBody {
     }
 
     /// Whether [`ForwardBody::settle`] has anything to do: a body of unknown length that
-    /// nothing holds back.
+    /// nothing holds back (or whose `100 Continue` restatus answered itself).
     pub fn unsettled(&self) -> bool {
-        self.hold.is_none() && !self.is_end_stream() && self.size_hint().exact().is_none()
+        let held = self.hold.as_ref().is_some_and(Hold::is_waiting);
+        !held && self.unknown_length()
+    }
+
+    /// Chunked from the client, or an HTTP/2 upload without `content-length`.
+    pub fn unknown_length(&self) -> bool {
+        !self.is_end_stream() && self.size_hint().exact().is_none()
     }
 
     /// Reads ahead a body of unknown length (chunked from the client, an HTTP/2 upload

@@ -165,6 +165,11 @@ impl Hold {
     }
 
     /// Ready(Ok) once the body may be sent; Ready(Err) when it never will be.
+    /// Whether the body still waits for the upstream's `100` (or its timer).
+    pub fn is_waiting(&self) -> bool {
+        self.interim.state.load(Ordering::Acquire) == WAITING
+    }
+
     pub fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.interim.waker.register(cx.waker());
         loop {

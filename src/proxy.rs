@@ -560,7 +560,7 @@ fn restore_prefix(route: &Route, outbound: &OutboundRequest, headers: &mut Heade
     };
     let targets = &route.upstream.config.targets;
     let is_target = |authority: &str| {
-        (targets.iter()).any(|t| t.authority.as_str().eq_ignore_ascii_case(authority))
+        (targets.iter()).any(|t| crate::redirect::same_authority(t.authority.as_str(), authority))
     };
     crate::redirect::restore_prefix(headers, prefix, host, is_target);
 }

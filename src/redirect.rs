@@ -40,27 +40,41 @@ fn with_prefix(
     if value.starts_with('/') && !value.starts_with("//") {
         return (!has_prefix(value, prefix)).then(|| format!("{prefix}{value}"));
     }
-    let (scheme, rest) = value.split_once("://")?;
-    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-        return None;
-    }
+    // `http://host/...`, `https://host/...`, or scheme-relative `//host/...` (RFC 3986 §4.2).
+    let (lead, rest) = match value.strip_prefix("//") {
+        Some(rest) => ("//", rest),
+        None => {
+            let (scheme, rest) = value.split_once("://")?;
+            let web = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+            (&value[..web.then_some(scheme.len() + 3)?], rest)
+        }
+    };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
     let path = match path.starts_with('/') {
         true => path.to_string(),
         false => format!("/{path}"),
     };
-    let same = |other: &str| authority.eq_ignore_ascii_case(other);
     if is_target(authority) {
         return Some(match has_prefix(&path, prefix) {
             true => path,
             false => format!("{prefix}{path}"),
         });
     }
-    if host.is_some_and(same) && !has_prefix(&path, prefix) {
-        return Some(format!("{scheme}://{authority}{prefix}{path}"));
+    let on_host = host.is_some_and(|host| same_authority(authority, host));
+    (on_host && !has_prefix(&path, prefix)).then(|| format!("{lead}{authority}{prefix}{path}"))
+}
+
+/// Whether two authorities name the same server: without case, a trailing dot on the host,
+/// or a default port (`:80`, `:443`), which a service writing its own URLs may add or drop.
+pub fn same_authority(a: &str, b: &str) -> bool {
+    fn bare(authority: &str) -> &str {
+        let authority = (authority.strip_suffix(":80"))
+            .or_else(|| authority.strip_suffix(":443"))
+            .unwrap_or(authority);
+        authority.strip_suffix('.').unwrap_or(authority)
     }
-    None
+    bare(a).eq_ignore_ascii_case(bare(b))
 }
 
 /// Whether `path` (with any query) is `prefix` or lies under it, segment-wise.
@@ -97,6 +111,23 @@ mod tests {
             fixed("http://10.0.0.5:8080/items/1").as_deref(),
             Some("/f/items/1")
         );
+        assert_eq!(
+            fixed("//10.0.0.5:8080/items/1").as_deref(),
+            Some("/f/items/1")
+        );
+        // Scheme-relative, a default port, a trailing dot: still the client's host.
+        assert_eq!(
+            fixed("//shop.example/items/1").as_deref(),
+            Some("//shop.example/f/items/1")
+        );
+        assert_eq!(
+            fixed("http://shop.example:80/items/1").as_deref(),
+            Some("http://shop.example:80/f/items/1")
+        );
+        assert_eq!(
+            fixed("https://Shop.Example.:443/a").as_deref(),
+            Some("https://Shop.Example.:443/f/a")
+        );
     }
 
     #[test]
@@ -107,6 +138,7 @@ mod tests {
             "/f?x=1",
             "items/1",
             "//cdn.example/a",
+            "ftp://shop.example/items/1",
             "http://other.example/items/1",
             "http://shop.example/f/items/1",
             "mailto:ops@example.com",

@@ -161,10 +161,15 @@ impl Upstream {
     /// more while a target has not answered yet, so it is not known to read chunked (RFC 9112
     /// §6.1), bounded all the same, as that much is held in memory.
     fn read_ahead(&self) -> usize {
-        match self.heard.iter().all(|heard| heard.load(Ordering::Relaxed)) {
+        match self.all_heard() {
             true => READ_AHEAD,
             false => READ_AHEAD_UNHEARD,
         }
+    }
+
+    /// Every target has answered at least once, so what each speaks is known.
+    fn all_heard(&self) -> bool {
+        self.heard.iter().all(|heard| heard.load(Ordering::Relaxed))
     }
 
     /// RFC 9110 §10.1.1: a proxy that believes, from past interaction, that the next hop
@@ -213,6 +218,14 @@ impl Upstream {
         let mut body = ForwardBody::new(body).held(hold);
         let timeout = self.config.response_timeout;
         async move {
+            if outbound.interim.is_held() && body.unknown_length() && !self.all_heard() {
+                // RFC 9110 §10.1.1 lets a proxy answer `100` itself for a server it believes
+                // speaks only HTTP/1.0. One not heard from yet may; a body it would read as
+                // none (chunked) must not go to it, so the body is read first, the
+                // expectation answered here, on the first requests only.
+                outbound.headers.remove(EXPECT);
+                outbound.interim.release_locally();
+            }
             if body.unsettled() {
                 // Boxed: most bodies have a length, and skip it.
                 body = Box::pin(body.settle(self.read_ahead()))

@@ -437,9 +437,16 @@ async fn a_100_after_the_body_still_records_the_expectation_ignored() {
 #[tokio::test]
 async fn an_over_limit_body_after_an_ignored_expect_is_recorded_as_the_proxys_answer() {
     // The upstream never sends 100 and never answers; the chunked body, sent after the
-    // timeout, passes the limit, so the proxy answers 413 (normalized to 400) itself.
+    // timeout, passes the limit, so the proxy answers 413 (normalized to 400) itself. The
+    // upstream answers a GET first: before any target has answered, restatus answers the
+    // expectation of a chunked body itself (see `upstream_wire`).
     let upstream = raw_upstream(|mut stream, _| async move {
-        read_until(&mut stream, "\r\n\r\n").await;
+        let head = read_until(&mut stream, "\r\n\r\n").await;
+        if head.starts_with("GET ") {
+            let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            stream.write_all(ok.as_bytes()).await.expect("answer");
+            read_until(&mut stream, "\r\n\r\n").await;
+        }
         read_to_close(&mut stream, Duration::from_secs(5)).await;
     })
     .await;
@@ -450,6 +457,7 @@ async fn an_over_limit_body_after_an_ignored_expect_is_recorded_as_the_proxys_an
         "[limits]\nrequest_body = \"16B\"",
     );
     let proxy = spawn_proxy(&config).await;
+    assert_eq!(get(&proxy.url("/learn")).await.status, 200);
     let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
     let head = "POST /items HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\
                 Expect: 100-continue\r\n\r\n";

@@ -735,6 +735,36 @@ async fn a_chunked_body_goes_with_a_length_to_a_target_that_speaks_http10() {
     proxy.stop().await;
 }
 
+/// `curl -T -` sends a chunked body with `Expect: 100-continue`. To a target that has not
+/// answered yet, which may speak only HTTP/1.0, restatus answers the expectation itself and
+/// reads the body first, so that it goes with a `Content-Length` (RFC 9110 §10.1.1).
+#[tokio::test]
+async fn an_expecting_chunked_upload_to_a_new_target_goes_with_a_length() {
+    let upstream = serving(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = proxy_for(&upstream).await;
+    let head = "PUT /file HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
+                Expect: 100-continue\r\nConnection: close\r\n\r\n";
+    let mut conn = TcpStream::connect(proxy.addr).await.expect("connect");
+    conn.write_all(head.as_bytes()).await.expect("head");
+    let mut interim = [0u8; 25];
+    conn.read_exact(&mut interim)
+        .await
+        .expect("an interim answer");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    conn.write_all(b"5\r\nhello\r\n0\r\n\r\n")
+        .await
+        .expect("body");
+    let answer = read_to_close(&mut conn, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let requests = received(&upstream);
+    let sent = requests.last().expect("the PUT went upstream");
+    assert_eq!(sent.values("content-length"), ["5"]);
+    assert!(sent.values("transfer-encoding").is_empty());
+    assert!(sent.values("expect").is_empty());
+    assert_eq!(sent.body, b"hello");
+    proxy.stop().await;
+}
+
 /// `chunked_requests = false`, for a service that cannot read a chunked request: a body of
 /// unknown length of any size goes whole with a `Content-Length`, and `Expect:
 /// 100-continue` is answered by restatus (the service could only answer after the body).
