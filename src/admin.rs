@@ -302,7 +302,8 @@ th{color:#5a6270;font-weight:600}.n{text-align:right;font-variant-numeric:tabula
 
 #[cfg(test)]
 mod tests {
-    use super::{escape, status_matrix};
+    use super::{escape, latest_table, status_matrix};
+    use crate::deviation::{Action, Kind, Record, Source, Timestamp};
     use std::collections::BTreeMap;
 
     #[test]
@@ -337,6 +338,40 @@ mod tests {
             row.contains("<td class=n>3</td><td class=n>2</td>"),
             "{html}"
         );
+    }
+
+    /// A cut body's cause and audit mode's would-be status are among the latest records.
+    #[test]
+    fn latest_records_show_the_cause_and_the_would_be_status() {
+        let cut = Record {
+            ts: Timestamp::now(),
+            request_id: "1".into(),
+            route: "main".into(),
+            rule: None,
+            action: Action::Left,
+            kind: Kind::TruncatedBody,
+            source: Source::Upstream,
+            cause: Some("invalid_chunked".into()),
+            method: http::Method::GET,
+            path: "/items".into(),
+            upstream: "backend".into(),
+            upstream_status: 200,
+            status: 200,
+            would_status: None,
+            body_inspected: false,
+            duration_ms: 1.0,
+        };
+        let audit = Record {
+            kind: Kind::Status,
+            action: Action::WouldRewrite,
+            cause: None,
+            would_status: Some(404),
+            ..cut.clone()
+        };
+        let mut html = String::new();
+        latest_table(&mut html, &[cut, audit]);
+        assert!(html.contains("<td>invalid_chunked</td>"), "{html}");
+        assert!(html.contains("200 (would be 404)"), "{html}");
     }
 
     #[test]
