@@ -77,10 +77,11 @@ pub fn same_authority(a: &str, b: &str) -> bool {
     bare(a).eq_ignore_ascii_case(bare(b))
 }
 
-/// Whether `path` (with any query) is `prefix` or lies under it, segment-wise.
+/// Whether `path` (with any query) is `prefix` or lies under it, segment-wise; a segment's
+/// `;` parameters are part of it, as routes match them.
 fn has_prefix(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#']))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#', ';']))
 }
 
 #[cfg(test)]
@@ -136,6 +137,7 @@ mod tests {
             "/f/items/1",
             "/f",
             "/f?x=1",
+            "/f;v=1/x",
             "items/1",
             "//cdn.example/a",
             "ftp://shop.example/items/1",
