@@ -120,7 +120,10 @@ fn global_warnings(config: &Config) -> Vec<String> {
 /// Entries (in evaluation order) that can never fire on `route`, each with the reason.
 fn never_fire<'a>(route: &RouteConfig, entries: &[Entry<'a>]) -> Vec<(&'a str, String)> {
     let mut why = Vec::new();
+    // Entries that can never fire by themselves: they shadow nothing.
+    let mut dead = vec![false; entries.len()];
     for (i, entry) in entries.iter().enumerate() {
+        let before = why.len();
         if only_interim(entry.when) {
             why.push((entry.name, "rules never see 1xx responses".to_string()));
         }
@@ -136,7 +139,10 @@ fn never_fire<'a>(route: &RouteConfig, entries: &[Entry<'a>]) -> Vec<(&'a str, S
                 )));
             }
         }
-        if let Some(earlier) = entries[..i].iter().find(|e| e.when.covers(entry.when)) {
+        dead[i] = why.len() > before;
+        let shadowing = (entries[..i].iter().zip(&dead))
+            .find(|(earlier, dead)| !**dead && earlier.when.covers(entry.when));
+        if let Some((earlier, _)) = shadowing {
             let reason = format!(
                 "`{}` comes first and matches everything it does",
                 earlier.name

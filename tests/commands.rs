@@ -902,6 +902,12 @@ when = { method = "GET", path = "/items/*", status = 200 }
 then = { status = 404 }
 
 [[rules]]
+name = "named-upstream-path"
+routes = ["flask"]
+when = { path = "/items/**", status = 200 }
+then = { status = 404 }
+
+[[rules]]
 name = "client-path"
 when = { method = "GET", path = "/f/items/*", status = 200 }
 then = { status = 404 }
@@ -927,4 +933,16 @@ then = { status = 403 }
         assert!(text.contains(&warning), "{warning}\n{text}");
     }
     assert!(!text.contains("`client-path` can never fire"), "{text}");
+    // A rule that can never fire itself shadows nothing: no "comes first" for the global
+    // one it would cover.
+    assert!(
+        text.contains(
+            "route flask: rule `named-upstream-path` can never fire: its path /items/** is outside"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("`named-upstream-path` comes first"),
+        "{text}"
+    );
 }
