@@ -735,15 +735,13 @@ async fn a_chunked_body_goes_with_a_length_to_a_target_that_speaks_http10() {
     proxy.stop().await;
 }
 
-/// `curl -T -` sends a chunked body with `Expect: 100-continue`. To a target that has not
-/// answered yet, which may speak only HTTP/1.0, restatus answers the expectation itself and
-/// reads the body first, so that it goes with a `Content-Length` (RFC 9110 §10.1.1).
-#[tokio::test]
-async fn an_expecting_chunked_upload_to_a_new_target_goes_with_a_length() {
-    let upstream = serving(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-    let proxy = proxy_for(&upstream).await;
-    let head = "PUT /file HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
-                Expect: 100-continue\r\nConnection: close\r\n\r\n";
+/// Sends `request` (method and path) with a chunked `body` as `curl -T -` does: `Expect:
+/// 100-continue`, the body only after the `100`. Returns the answer, read to the close.
+async fn upload_after_100(proxy: &TestProxy, request: &str, body: &str) -> String {
+    let head = format!(
+        "{request} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
+         Expect: 100-continue\r\nConnection: close\r\n\r\n"
+    );
     let mut conn = TcpStream::connect(proxy.addr).await.expect("connect");
     conn.write_all(head.as_bytes()).await.expect("head");
     let mut interim = [0u8; 25];
@@ -751,10 +749,18 @@ async fn an_expecting_chunked_upload_to_a_new_target_goes_with_a_length() {
         .await
         .expect("an interim answer");
     assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
-    conn.write_all(b"5\r\nhello\r\n0\r\n\r\n")
-        .await
-        .expect("body");
-    let answer = read_to_close(&mut conn, Duration::from_secs(10)).await;
+    conn.write_all(body.as_bytes()).await.expect("body");
+    read_to_close(&mut conn, Duration::from_secs(10)).await
+}
+
+/// `curl -T -` sends a chunked body with `Expect: 100-continue`. To a target that has not
+/// answered yet, which may speak only HTTP/1.0, restatus answers the expectation itself and
+/// reads the body first, so that it goes with a `Content-Length` (RFC 9110 §10.1.1).
+#[tokio::test]
+async fn an_expecting_chunked_upload_to_a_new_target_goes_with_a_length() {
+    let upstream = serving(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = proxy_for(&upstream).await;
+    let answer = upload_after_100(&proxy, "PUT /file", "5\r\nhello\r\n0\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let requests = received(&upstream);
     let sent = requests.last().expect("the PUT went upstream");
@@ -779,17 +785,7 @@ async fn chunked_requests_false_sends_every_body_with_a_length() {
     assert_eq!(get(&proxy.url("/learn")).await.status, 200);
     let chunk = format!("40000\r\n{}\r\n", "z".repeat(0x40000));
     let body = chunk.repeat(8) + "0\r\n\r\n";
-    let head = "POST /big HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
-                Expect: 100-continue\r\nConnection: close\r\n\r\n";
-    let mut conn = TcpStream::connect(proxy.addr).await.expect("connect");
-    conn.write_all(head.as_bytes()).await.expect("head");
-    let mut interim = [0u8; 25];
-    conn.read_exact(&mut interim)
-        .await
-        .expect("an interim answer");
-    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
-    conn.write_all(body.as_bytes()).await.expect("body");
-    let answer = read_to_close(&mut conn, Duration::from_secs(10)).await;
+    let answer = upload_after_100(&proxy, "POST /big", &body).await;
     assert!(
         answer.starts_with("HTTP/1.1 200"),
         "{}",
