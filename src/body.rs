@@ -318,6 +318,15 @@ pub enum Source {
     Prefixed(Box<Ahead>),
 }
 
+/// How much of a body of unknown length [`ForwardBody::settle`] reads.
+pub enum ReadAhead {
+    /// Up to this many bytes; a longer body, or one with trailers, streams on.
+    Upto(usize),
+    /// All of it, for a server that cannot take a chunked body; its trailers, which a length
+    /// cannot carry, are dropped.
+    Whole,
+}
+
 /// What [`ForwardBody::settle`] read of a longer body, and the rest of it.
 pub struct Ahead {
     prefix: Option<Bytes>,
@@ -484,22 +493,25 @@ impl ForwardBody {
     }
 
     /// Reads ahead a body of unknown length (chunked from the client, an HTTP/2 upload
-    /// without `content-length`): one that ends within `within` bytes becomes a whole body,
-    /// sent with a `Content-Length`, which every server reads, one that only speaks HTTP/1.0
-    /// (RFC 9112 §6.1) or does not take chunked requests as much as any other. A longer one
-    /// goes on streaming, what was read first; so does one with trailers, which a length
-    /// cannot carry. Errors are the client's: its body too large, too slow, or broken.
-    pub async fn settle(mut self, within: usize) -> Result<Self, BoxError> {
+    /// without `content-length`): one that ends within what `ahead` allows becomes a whole
+    /// body, sent with a `Content-Length`, which every server reads, one that only speaks
+    /// HTTP/1.0 (RFC 9112 §6.1) or does not take chunked requests as much as any other. A
+    /// longer one goes on streaming, what was read first; so does one with trailers, which a
+    /// length cannot carry, unless the whole body is asked for. Errors are the client's: its
+    /// body too large, too slow, or broken.
+    pub async fn settle(mut self, ahead: ReadAhead) -> Result<Self, BoxError> {
         let mut data = BytesMut::new();
         let trailers = loop {
             let Some(frame) = self.frame().await.transpose()? else {
                 return Ok(ForwardBody::new(Source::Full(Some(data.freeze()))));
             };
-            match frame.into_data() {
-                Ok(chunk) => data.extend_from_slice(&chunk),
-                Err(frame) => break frame.into_trailers().ok(),
+            match (frame.into_data(), &ahead) {
+                (Ok(chunk), _) => data.extend_from_slice(&chunk),
+                // The last frame: the loop ends with the body, its trailers dropped.
+                (Err(_), ReadAhead::Whole) => {}
+                (Err(frame), ReadAhead::Upto(_)) => break frame.into_trailers().ok(),
             }
-            if data.len() > within {
+            if matches!(ahead, ReadAhead::Upto(within) if data.len() > within) {
                 break None;
             }
         };

@@ -1,7 +1,7 @@
 //! Upstreams: a pooled keep-alive client per upstream, round-robin over its targets, and the
 //! mapping of every way a request to it can fail onto a [`ProxyError`].
 
-use crate::body::{BodyTimeout, BodyTooLarge, ForwardBody, Source};
+use crate::body::{BodyTimeout, BodyTooLarge, ForwardBody, ReadAhead, Source};
 use crate::client::{
     self, Conn, ConnectError, Connector, Outgoing, Owner, Pool, SendError, Unsent, UpstreamBody,
 };
@@ -9,13 +9,11 @@ use crate::config::{ExpectMode, HostMode, Target, UpstreamConfig};
 use crate::expect::{BodyWithheld, Hold, Interim};
 use crate::headers::Added;
 use crate::respond::ProxyError;
-use bytes::BytesMut;
 use futures_util::FutureExt;
 use http::header::{EXPECT, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Response, Version};
 use http_body::Body;
-use http_body_util::BodyExt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -228,7 +226,7 @@ impl Upstream {
             }
             if body.unsettled() {
                 // Boxed: most bodies have a length, and skip it.
-                body = Box::pin(body.settle(self.read_ahead()))
+                body = Box::pin(body.settle(ReadAhead::Upto(self.read_ahead())))
                     .await
                     .map_err(|err| body_error(&*err))?;
             }
@@ -242,8 +240,14 @@ impl Upstream {
                 }
                 self.answer_expect_locally(index, outbound);
                 // Read before a connection is taken, so that no pooled one idles meanwhile.
-                if !self.config.chunked_requests || self.http10[index].load(Ordering::Relaxed) {
-                    body = Box::pin(with_length(body)).await?;
+                // RFC 9112 §6.1: a request may not go chunked to a server not known to read
+                // HTTP/1.1; one that last answered HTTP/1.0 would read no body at all.
+                let chunked =
+                    self.config.chunked_requests && !self.http10[index].load(Ordering::Relaxed);
+                if !chunked && body.unknown_length() {
+                    body = Box::pin(body.settle(ReadAhead::Whole))
+                        .await
+                        .map_err(|err| body_error(&*err))?;
                 }
                 let pool = &self.pools[index];
                 let mut conn = match pool.take(&outbound.owner) {
@@ -356,24 +360,6 @@ const READ_AHEAD: usize = 64 << 10;
 /// The same for a target that has not answered yet (after a start or a reload), which may
 /// speak only HTTP/1.0 and would read a chunked body as none.
 const READ_AHEAD_UNHEARD: usize = 1 << 20;
-
-/// RFC 9112 §6.1: a request may not go chunked to a server not known to read HTTP/1.1; one
-/// that last answered HTTP/1.0 would read no body at all. A body of unknown length (chunked
-/// from the client, an HTTP/2 upload without `content-length`) is read whole, within
-/// `limits.request_body` and `server.body_timeout`, and sent with a `Content-Length`; its
-/// trailers, which HTTP/1.0 cannot carry, are dropped.
-async fn with_length(mut body: ForwardBody) -> Result<ForwardBody, ProxyError> {
-    if body.is_end_stream() || body.size_hint().exact().is_some() {
-        return Ok(body);
-    }
-    let mut data = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(chunk) = frame.map_err(|err| body_error(&*err))?.into_data() {
-            data.extend_from_slice(&chunk);
-        }
-    }
-    Ok(ForwardBody::new(Source::Full(Some(data.freeze()))))
-}
 
 /// A safe method (RFC 9110 §9.2.1) with no body: it may be sent again.
 fn is_replayable(method: &Method, body: &Source) -> bool {
