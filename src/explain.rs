@@ -128,6 +128,14 @@ fn write_changes(out: &mut String, route: &RouteConfig, outcome: &Outcome) {
     if !changes.is_empty() {
         let _ = writeln!(out, "also: {}", changes.join(", "));
     }
+    if rule.then.body.is_some() {
+        // RFC 9110 §8.8: validators and digests of the upstream's body would now be false.
+        let _ = writeln!(
+            out,
+            "      the upstream's {} go with its body, unless the rule sets them",
+            crate::normalize::ABOUT_THE_BODY.join(", ")
+        );
+    }
 }
 
 /// The first of the route's checks that refuses the request, as the proxy tries them.

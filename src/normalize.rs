@@ -403,7 +403,7 @@ fn rewrite(
 }
 
 /// Fields that describe the upstream's body, dropped with it when a rule replaces it.
-const ABOUT_THE_BODY: [&str; 7] = [
+pub const ABOUT_THE_BODY: [&str; 7] = [
     "etag",
     "last-modified",
     "content-range",

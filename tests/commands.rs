@@ -438,6 +438,10 @@ fn explain_shows_a_replaced_body_and_headers() {
         text.contains("also: replaces the body, removes server, sets x-why"),
         "{text}"
     );
+    assert!(
+        text.contains("the upstream's etag, last-modified, content-range, content-md5, digest, content-digest, repr-digest go with its body"),
+        "{text}"
+    );
 }
 
 #[test]
