@@ -264,9 +264,13 @@ impl Upstream {
                     },
                 };
                 keep_for_client(pool, &mut conn, &body, &outbound.owner);
+                let went_chunked = chunked && body.unknown_length();
                 let request = outbound.outgoing(target);
                 let interim = &outbound.interim;
                 return match client::send(conn, &request, body, interim, pool, timeout).await {
+                    Ok(response) if went_chunked && response.version() == Version::HTTP_10 => {
+                        Err(self.unread_chunked(index))
+                    }
                     Ok(response) => Ok((index, response)),
                     Err((err, reused)) if replayable && reused && is_stale(&err) => {
                         // A pooled connection the upstream closed while idle fails the request
@@ -293,6 +297,20 @@ impl Upstream {
             }
             Err(ProxyError::UpstreamConnect)
         }
+    }
+
+    /// A body longer than the read-ahead went chunked to a target not heard from since it
+    /// last answered HTTP/1.1, and it answered HTTP/1.0: RFC 9112 §6.1 does not let it be
+    /// taken to read chunked, and a legacy one reads no body at all and answers as if there
+    /// were none. Its answer is not relayed as a success; the client gets a 502 and can send
+    /// again, and the next body goes to the target whole, with a length.
+    fn unread_chunked(&self, index: usize) -> ProxyError {
+        self.note_version(index, Version::HTTP_10);
+        let target = &self.config.targets[index].authority;
+        tracing::warn!(upstream = %self.config.name, %target, "target answered HTTP/1.0 to a request whose body went chunked, which it cannot have read: the client gets a 502, and bodies go to it with a length from now on (set chunked_requests = false to start that way)");
+        ProxyError::UpstreamInvalid(
+            "answered HTTP/1.0 to a chunked request body, which it cannot have read",
+        )
     }
 
     /// RFC 9110 §10.1.1: a client (restatus, here) that gets a 417 to a request with

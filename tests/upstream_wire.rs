@@ -735,6 +735,33 @@ async fn a_chunked_body_goes_with_a_length_to_a_target_that_speaks_http10() {
     proxy.stop().await;
 }
 
+/// A body longer than the 1 MiB read-ahead goes chunked to a target not heard from yet. When
+/// that target answers HTTP/1.0, it cannot have read the body (RFC 9112 §6.1): its 200 is not
+/// relayed as a success, and the upload sent again goes with a `Content-Length`.
+#[tokio::test]
+async fn a_chunked_body_an_http10_target_cannot_have_read_is_a_502() {
+    let upstream = serving(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = proxy_for(&upstream).await;
+    let chunk = format!("10000\r\n{}\r\n", "z".repeat(0x10000));
+    let body = chunk.repeat(17) + "0\r\n\r\n";
+    let head = "POST /big HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
+                Connection: close\r\n\r\n";
+    let first = raw(proxy.addr, (head.to_string() + &body).as_bytes()).await;
+    assert!(first.starts_with("HTTP/1.1 502 "), "{first}");
+    assert!(first.contains("cannot have read"), "{first}");
+    let again = raw(proxy.addr, (head.to_string() + &body).as_bytes()).await;
+    assert!(again.starts_with("HTTP/1.1 200 "), "{again}");
+    let requests = received(&upstream);
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[0].values("transfer-encoding"), ["chunked"]);
+    assert_eq!(
+        requests[1].values("content-length"),
+        [(17 * 0x10000).to_string()]
+    );
+    assert!(requests[1].values("transfer-encoding").is_empty());
+    proxy.stop().await;
+}
+
 /// Sends `request` (method and path) with a chunked `body` as `curl -T -` does: `Expect:
 /// 100-continue`, the body only after the `100`. Returns the answer, read to the close.
 async fn upload_after_100(proxy: &TestProxy, request: &str, body: &str) -> String {
