@@ -173,12 +173,12 @@ impl Upstream {
     /// RFC 9110 §10.1.1: a proxy that believes, from past interaction, that the next hop
     /// speaks only HTTP/1.0 (or refuses the expectation) may answer `100` itself; the body
     /// then flows without waiting.
-    fn answer_expect_locally(&self, index: usize, outbound: &mut OutboundRequest) {
-        // A service that takes no chunked body gets a body of unknown length only once it is
-        // read whole, so it cannot answer before it: restatus answers for it.
+    fn answer_expect_locally(&self, index: usize, outbound: &mut OutboundRequest, whole: bool) {
+        // A body read whole before it goes (one of unknown length to a service that takes no
+        // chunked body) cannot wait for the service's `100`: restatus answers for it.
         let local = self.http10[index].load(Ordering::Relaxed)
             || self.refuses_expect[index].load(Ordering::Relaxed)
-            || !self.config.chunked_requests;
+            || whole;
         if outbound.interim.is_held() && local {
             outbound.headers.remove(EXPECT);
             outbound.interim.release_locally();
@@ -238,12 +238,12 @@ impl Upstream {
                 if self.config.host == HostMode::Target {
                     outbound.headers.insert(HOST, target.host_header.clone());
                 }
-                self.answer_expect_locally(index, outbound);
-                // Read before a connection is taken, so that no pooled one idles meanwhile.
                 // RFC 9112 §6.1: a request may not go chunked to a server not known to read
                 // HTTP/1.1; one that last answered HTTP/1.0 would read no body at all.
                 let chunked =
                     self.config.chunked_requests && !self.http10[index].load(Ordering::Relaxed);
+                self.answer_expect_locally(index, outbound, !chunked && body.unknown_length());
+                // Read before a connection is taken, so that no pooled one idles meanwhile.
                 if !chunked && body.unknown_length() {
                     body = Box::pin(body.settle(ReadAhead::Whole))
                         .await

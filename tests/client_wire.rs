@@ -533,7 +533,11 @@ async fn request_trailers_that_belong_in_the_head_are_dropped() {
         }
     })
     .await;
-    let proxy = proxy_for(upstream.addr).await;
+    let proxy = spawn_proxy(&streaming_chunked(&simple_config(
+        upstream.addr,
+        NO_PROFILE,
+    )))
+    .await;
     let mut conn = connect(proxy.addr).await;
     conn.send(
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\

@@ -301,7 +301,7 @@ async fn large_upload_streams_through() {
     })
     .await;
     let extra = format!("{NO_PROFILE}\n[limits]\nrequest_body = \"1GiB\"");
-    let proxy = spawn_proxy(&simple_config(upstream.addr, &extra)).await;
+    let proxy = spawn_proxy(&streaming_chunked(&simple_config(upstream.addr, &extra))).await;
     // Chunked: the proxy cannot know the length in advance.
     let body = Pattern::new(LARGE_CHUNKS, false, produced);
     let request = Request::post(proxy.url("/upload"))

@@ -452,7 +452,7 @@ async fn an_over_limit_body_after_an_ignored_expect_is_recorded_as_the_proxys_an
     .await;
     let config = config_with(
         upstream,
-        r#"expect_timeout = "100ms""#,
+        "expect_timeout = \"100ms\"\nchunked_requests = true",
         "",
         "[limits]\nrequest_body = \"16B\"",
     );

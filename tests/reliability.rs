@@ -440,7 +440,8 @@ async fn chunked_body_over_the_limit_is_aborted_mid_stream() {
     .await;
     // Over the 1 MiB read ahead for a target not heard from yet, so that it streams.
     let tail = "[limits]\nrequest_body = \"1536KiB\"";
-    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, tail)).await;
+    let config = streaming_chunked(&config_for(upstream.addr, "", NO_PROFILE, tail));
+    let proxy = spawn_proxy(&config).await;
     let chunk = format!("40000\r\n{}\r\n", "y".repeat(0x40000));
     let request = format!(
         "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{}0\r\n\r\n",

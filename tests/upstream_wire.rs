@@ -27,6 +27,16 @@ async fn proxy_for(upstream: &FaultUpstream) -> TestProxy {
     spawn_proxy(&simple_config(upstream.addr, NO_PROFILE)).await
 }
 
+/// A proxy whose upstream has `chunked_requests = true`: a long body of unknown length
+/// streams chunked.
+async fn streaming_proxy_for(upstream: &FaultUpstream) -> TestProxy {
+    spawn_proxy(&streaming_chunked(&simple_config(
+        upstream.addr,
+        NO_PROFILE,
+    )))
+    .await
+}
+
 /// The proxy's own 502, saying `why`.
 fn assert_bad_gateway(reply: &Reply, why: &str) {
     let text = reply.text();
@@ -700,14 +710,14 @@ async fn an_invalid_trailer_section_is_dropped_and_the_body_ends_normally() {
     proxy.stop().await;
 }
 
-/// RFC 9112 §6.1: a body of unknown length (chunked from the client) goes to a server that
-/// may speak only HTTP/1.0 whole, with a `Content-Length`, not chunked, which it would read
+/// RFC 9112 §6.1: with `chunked_requests = true`, a body of unknown length (chunked from the
+/// client) goes to a server that may speak only HTTP/1.0 whole, with a `Content-Length`, not chunked, which it would read
 /// as no body at all: before the target has answered at all (the very first request, read
 /// ahead up to 1 MiB) and once it has answered HTTP/1.0.
 #[tokio::test]
 async fn a_chunked_body_goes_with_a_length_to_a_target_that_speaks_http10() {
     let upstream = serving(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-    let proxy = proxy_for(&upstream).await;
+    let proxy = streaming_proxy_for(&upstream).await;
     let chunk = format!("4000\r\n{}\r\n", "z".repeat(0x4000));
     let long = chunk.repeat(6) + "0\r\n\r\n";
     let small = "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
@@ -735,13 +745,14 @@ async fn a_chunked_body_goes_with_a_length_to_a_target_that_speaks_http10() {
     proxy.stop().await;
 }
 
-/// A body longer than the 1 MiB read-ahead goes chunked to a target not heard from yet. When
+/// With `chunked_requests = true`, a body longer than the 1 MiB read-ahead goes chunked to a
+/// target not heard from yet. When
 /// that target answers HTTP/1.0, it cannot have read the body (RFC 9112 §6.1): its 200 is not
 /// relayed as a success, and the upload sent again goes with a `Content-Length`.
 #[tokio::test]
 async fn a_chunked_body_an_http10_target_cannot_have_read_is_a_502() {
     let upstream = serving(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-    let proxy = proxy_for(&upstream).await;
+    let proxy = streaming_proxy_for(&upstream).await;
     let chunk = format!("10000\r\n{}\r\n", "z".repeat(0x10000));
     let body = chunk.repeat(17) + "0\r\n\r\n";
     let head = "POST /big HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
@@ -786,7 +797,7 @@ async fn upload_after_100(proxy: &TestProxy, request: &str, body: &str) -> Strin
 #[tokio::test]
 async fn an_expecting_chunked_upload_to_a_new_target_goes_with_a_length() {
     let upstream = serving(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-    let proxy = proxy_for(&upstream).await;
+    let proxy = streaming_proxy_for(&upstream).await;
     let answer = upload_after_100(&proxy, "PUT /file", "5\r\nhello\r\n0\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let requests = received(&upstream);
@@ -798,17 +809,14 @@ async fn an_expecting_chunked_upload_to_a_new_target_goes_with_a_length() {
     proxy.stop().await;
 }
 
-/// `chunked_requests = false`, for a service that cannot read a chunked request: a body of
-/// unknown length of any size goes whole with a `Content-Length`, and `Expect:
-/// 100-continue` is answered by restatus (the service could only answer after the body).
+/// By default (`chunked_requests = false`), as many legacy services cannot read a chunked
+/// request and take it as none: a body of unknown length of any size goes whole with a
+/// `Content-Length`, to a target that answers HTTP/1.1 too, and `Expect: 100-continue` is
+/// answered by restatus (the service could only answer after the body).
 #[tokio::test]
-async fn chunked_requests_false_sends_every_body_with_a_length() {
+async fn by_default_every_body_goes_with_a_length() {
     let upstream = serving(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-    let text = simple_config(upstream.addr, NO_PROFILE).replace(
-        "response_timeout = \"10s\"",
-        "response_timeout = \"10s\"\nchunked_requests = false",
-    );
-    let proxy = spawn_proxy(&text).await;
+    let proxy = proxy_for(&upstream).await;
     assert_eq!(get(&proxy.url("/learn")).await.status, 200);
     let chunk = format!("40000\r\n{}\r\n", "z".repeat(0x40000));
     let body = chunk.repeat(8) + "0\r\n\r\n";
@@ -828,12 +836,12 @@ async fn chunked_requests_false_sends_every_body_with_a_length() {
     proxy.stop().await;
 }
 
-/// A chunked body longer than what is read ahead still streams chunked, with the same
-/// bytes, to a target that has answered HTTP/1.1.
+/// With `chunked_requests = true`, a chunked body longer than what is read ahead streams
+/// chunked, with the same bytes, to a target that has answered HTTP/1.1.
 #[tokio::test]
 async fn a_chunked_body_longer_than_64_kib_streams_chunked() {
     let upstream = serving(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-    let proxy = proxy_for(&upstream).await;
+    let proxy = streaming_proxy_for(&upstream).await;
     assert_eq!(get(&proxy.url("/learn")).await.status, 200);
     let chunk = format!("4000\r\n{}\r\n", "z".repeat(0x4000));
     let request = format!(

@@ -132,8 +132,9 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     /// Who may reuse a connection that carried a request body answered with a 2xx.
     pub reuse_after_body: ReuseAfterBody,
-    /// `false` for a service that cannot read a chunked request body: every body of unknown
-    /// length is read whole and sent with a `Content-Length`.
+    /// `true` for a service known to read chunked request bodies, which then stream; with
+    /// `false` (the default, as many legacy servers take a chunked body as none) every body
+    /// of unknown length is read whole and sent with a `Content-Length`.
     pub chunked_requests: bool,
     /// Most connections open to each target at once; further requests wait their turn.
     pub max_connections: Option<usize>,
@@ -471,7 +472,7 @@ fn compile_upstreams(
             idle_connections: raw.idle_connections.unwrap_or(DEFAULT_IDLE_CONNECTIONS),
             idle_timeout: raw.idle_timeout.map_or(DEFAULT_POOL_IDLE, |d| d.0),
             reuse_after_body: raw.reuse_after_body.unwrap_or_default(),
-            chunked_requests: raw.chunked_requests.unwrap_or(true),
+            chunked_requests: raw.chunked_requests.unwrap_or(false),
             max_connections: max_connections(raw.max_connections.as_ref(), at)?,
             queue_timeout: raw.queue_timeout.map_or(DEFAULT_QUEUE_WAIT, |d| d.0),
             tls,
@@ -932,8 +933,8 @@ pub fn summary(config: &Config) -> String {
                 ReuseAfterBody::Never => ", no reuse after a body",
             },
             match upstream.chunked_requests {
-                true => "",
-                false => ", request bodies sent with a length",
+                true => ", long request bodies of unknown length streamed chunked",
+                false => "",
             }
         );
     }

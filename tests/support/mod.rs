@@ -310,6 +310,12 @@ path_prefix = "/"
     )
 }
 
+/// `config` with `chunked_requests = true` on every upstream, for tests of request bodies
+/// that stream chunked to the service.
+pub fn streaming_chunked(config: &str) -> String {
+    config.replace("\ntargets = [", "\nchunked_requests = true\ntargets = [")
+}
+
 /// A complete response as the client saw it.
 #[derive(Debug)]
 pub struct Reply {
