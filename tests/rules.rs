@@ -419,6 +419,8 @@ then = { status = 409 }
         ("/a", r#"{"error":{"code":"GONE"}}"#, 200),
         ("/a", r#"{"error":"NOT_FOUND"}"#, 200),
         ("/a", "NOT_FOUND", 200),
+        // A leading byte-order mark (.NET, IIS) is ignored, as RFC 8259 §8.1 allows.
+        ("/a", "\u{feff}{\"error\":{\"code\":\"NOT_FOUND\"}}", 404),
         ("/b", r#"{"error":null}"#, 400),
         ("/b", r#"{"data":[]}"#, 200),
         ("/c", r#"{"error":"x"}"#, 500),

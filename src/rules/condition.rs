@@ -213,6 +213,7 @@ impl BodyJson {
     /// or which value (and of which type) is there instead.
     pub fn why_not(&self, document: &[u8]) -> String {
         let pointer = &self.pointer;
+        let document = super::json::without_bom(document);
         if let Err(err) = serde_json::from_slice::<serde::de::IgnoredAny>(document) {
             return format!("body is not one JSON document ({err})");
         }

@@ -24,7 +24,7 @@ pub fn tokens(pointer: &str) -> Vec<String> {
 /// `pointer`).
 pub fn lookup(document: &[u8], tokens: &[String]) -> Option<Value> {
     // Checked once up front: skipped strings are not all checked for UTF-8 on the way.
-    let document = std::str::from_utf8(document).ok()?;
+    let document = std::str::from_utf8(without_bom(document)).ok()?;
     let Some((first, rest)) = tokens.split_first() else {
         return serde_json::from_str(document).ok();
     };
@@ -38,6 +38,12 @@ pub fn lookup(document: &[u8], tokens: &[String]) -> Option<Value> {
         found = Child(token).deserialize(&mut de).ok()?;
     }
     serde_json::from_str(found?.get()).ok()
+}
+
+/// `document` without a leading UTF-8 byte-order mark, which .NET and IIS services often send:
+/// RFC 8259 §8.1 lets a parser ignore it.
+pub fn without_bom(document: &[u8]) -> &[u8] {
+    document.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(document)
 }
 
 /// Finds member or element `token` of the container being read; the container is read to its
