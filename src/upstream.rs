@@ -73,10 +73,7 @@ impl Upstream {
         let pools: Vec<Arc<Pool>> = config
             .targets
             .iter()
-            .map(|target| {
-                let name = format!("{} ({})", config.name, target.authority);
-                Arc::new(Pool::new(&config, name))
-            })
+            .map(|target| Arc::new(Pool::new(&config, target.authority.to_string())))
             .collect();
         client::start_pruning(&pools);
         Upstream {
@@ -146,10 +143,10 @@ impl Upstream {
             // Debug: a balancer over mixed backends would flip it on every request.
             match http10 {
                 true => {
-                    tracing::debug!(upstream = %self.config.name, %target, "target answers HTTP/1.0: Expect is answered locally for it")
+                    tracing::debug!(upstream = %self.config.name, address = %target, "target answers HTTP/1.0: Expect is answered locally for it")
                 }
                 false => {
-                    tracing::debug!(upstream = %self.config.name, %target, "target answers HTTP/1.1 again: Expect goes to it")
+                    tracing::debug!(upstream = %self.config.name, address = %target, "target answers HTTP/1.1 again: Expect goes to it")
                 }
             }
         }
@@ -257,7 +254,7 @@ impl Upstream {
                     None => match Box::pin(pool.connect(&self.connector, target)).await {
                         Ok(conn) => conn,
                         Err(ConnectError::Refused(err)) if tried + 1 < targets.len() => {
-                            tracing::debug!(upstream = %self.config.name, target = %target.authority, error = %err, "connect refused, trying next target");
+                            tracing::debug!(upstream = %self.config.name, address = %target.authority, error = %err, "connect refused, trying next target");
                             continue;
                         }
                         Err(err) => return Err(connect_error(err)),
@@ -307,7 +304,7 @@ impl Upstream {
     fn unread_chunked(&self, index: usize) -> ProxyError {
         self.note_version(index, Version::HTTP_10);
         let target = &self.config.targets[index].authority;
-        tracing::warn!(upstream = %self.config.name, %target, "target answered HTTP/1.0 to a request whose body went chunked, which it cannot have read: the client gets a 502, and bodies go to it with a length from now on (set chunked_requests = false to start that way)");
+        tracing::warn!(upstream = %self.config.name, address = %target, "target answered HTTP/1.0 to a request whose body went chunked, which it cannot have read: the client gets a 502, and bodies go to it with a length from now on (set chunked_requests = false to start that way)");
         ProxyError::UpstreamInvalid(
             "answered HTTP/1.0 to a chunked request body, which it cannot have read",
         )
@@ -325,7 +322,7 @@ impl Upstream {
     ) -> Result<(usize, Response<UpstreamBody>), ProxyError> {
         let target = &self.config.targets[index];
         if !self.refuses_expect[index].swap(true, Ordering::Relaxed) {
-            tracing::info!(upstream = %self.config.name, target = %target.authority, "target answered 417 to Expect: 100-continue; the request goes again without it, and restatus answers Expect for this target from now on");
+            tracing::info!(upstream = %self.config.name, address = %target.authority, "target answered 417 to Expect: 100-continue; the request goes again without it, and restatus answers Expect for this target from now on");
         }
         outbound.headers.remove(EXPECT);
         outbound.interim.refused();

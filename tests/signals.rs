@@ -276,3 +276,87 @@ fn a_misspelt_rust_log_is_warned_about() {
         .unwrap_or_else(|| panic!("{seen:#?}"));
     assert!(warning.contains("\"WARN\""), "{warning}");
 }
+
+/// An upstream that answers 417 to a request with `Expect` and 200 to any other, reading
+/// `Content-Length` bodies.
+async fn refusing_expect() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = conn.read(&mut chunk).await {
+                    seen.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let answer = match text[..end].contains("expect: 100-continue") {
+                        true => "HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n",
+                        false if seen.len() < end + 4 + 3 => continue,
+                        false => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                    };
+                    seen.clear();
+                    if conn.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// JSON log lines name the target in an `address` field: a field called `target` would
+/// repeat the key the line's own target (the module) is written under, and a JSON reader
+/// keeps only one of the two.
+#[tokio::test]
+async fn json_log_lines_about_a_target_name_its_address_once() {
+    let upstream = refusing_expect().await;
+    let config = temp("address-field.toml");
+    let sink = temp("address-field.jsonl");
+    std::fs::write(&config, config_text(upstream, &sink, 201)).expect("write config");
+    let mut child = spawn_run(&config, &[]);
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let next = |rx: &mpsc::Receiver<String>| {
+        let left = deadline.saturating_duration_since(Instant::now());
+        rx.recv_timeout(left).expect("a log line")
+    };
+    let listening = loop {
+        let line = next(&rx);
+        if line.contains("\"listening\"") {
+            break line;
+        }
+    };
+    let event: serde_json::Value = serde_json::from_str(&listening).expect("JSON");
+    let proxy = event["addr"].as_str().expect("addr").to_string();
+    let url = format!("http://{proxy}/upload");
+    let reply = send("PUT", &url, &[("expect", "100-continue")], "abc").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let warning = loop {
+        let line = next(&rx);
+        if line.contains("answered 417") {
+            break line;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::remove_file(&config).ok();
+    std::fs::remove_file(&sink).ok();
+    assert_eq!(warning.matches("\"target\":").count(), 1, "{warning}");
+    let event: serde_json::Value = serde_json::from_str(&warning).expect("JSON");
+    assert_eq!(event["address"], upstream.to_string(), "{warning}");
+    assert_eq!(event["upstream"], "backend", "{warning}");
+}

@@ -139,7 +139,7 @@ impl Limit {
             let conn = keeper.upgrade().and_then(|owner| owner.give_up(pool));
             match conn {
                 Some(mut conn) => {
-                    tracing::debug!(upstream = %pool.name, "closed a connection kept for a quiet client: a request waits for one under max_connections");
+                    tracing::debug!(upstream = %pool.upstream, address = %pool.address, "closed a connection kept for a quiet client: a request waits for one under max_connections");
                     slot = conn.slot.take();
                     break;
                 }

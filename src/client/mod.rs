@@ -187,8 +187,9 @@ pub struct Pool {
     reuse_after_body: AtomicBool,
     /// Such a connection is kept for the client connection whose request it carried.
     same_client: bool,
-    /// The target's name, for the warning when `reuse_after_body` is turned off.
-    name: String,
+    /// The upstream's name and the target's address, for logs.
+    upstream: String,
+    address: String,
     /// The target's `max_connections`, if it has one.
     limit: Option<Arc<Limit>>,
     /// Held while the pool lasts (see [`Kept::alive`]).
@@ -213,8 +214,8 @@ struct Idle {
 }
 
 impl Pool {
-    /// `name` names the upstream and target in logs.
-    pub fn new(config: &UpstreamConfig, name: String) -> Self {
+    /// `address` is the target's, for logs.
+    pub fn new(config: &UpstreamConfig, address: String) -> Self {
         let reuse = config.reuse_after_body;
         Pool {
             id: NEXT_POOL.fetch_add(1, Ordering::Relaxed),
@@ -223,7 +224,8 @@ impl Pool {
             timeout: config.idle_timeout,
             reuse_after_body: AtomicBool::new(reuse != ReuseAfterBody::Never),
             same_client: reuse == ReuseAfterBody::SameClient,
-            name,
+            upstream: config.name.clone(),
+            address,
             limit: config
                 .max_connections
                 .map(|max| Limit::new(max, config.queue_timeout)),
@@ -325,7 +327,7 @@ impl Pool {
     /// From then on no connection of this target is reused after a request with a body.
     fn unasked(&self, carried_body: bool) {
         if carried_body && self.reuse_after_body.swap(false, Ordering::Relaxed) {
-            tracing::warn!(upstream = %self.name, "the upstream answered a request nobody sent after a request with a body: it may leave bodies unread and read them as requests; connections that carry a body are no longer reused (set reuse_after_body = false to start that way)");
+            tracing::warn!(upstream = %self.upstream, address = %self.address, "the upstream answered a request nobody sent after a request with a body: it may leave bodies unread and read them as requests; connections that carry a body are no longer reused (set reuse_after_body = false to start that way)");
         }
     }
 
