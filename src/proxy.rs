@@ -377,7 +377,8 @@ fn forward<'a, 'e>(
         let body = ResponseBody::upstream(body)
             .await
             .map_err(ProxyError::body_failed)?;
-        if route.forwarded_prefix.is_some() {
+        // Without a prefix only a redirect or a create can name the upstream's own address.
+        if route.forwarded_prefix.is_some() || points_somewhere(parts.status) {
             restore_prefix(route, &outbound, &mut parts.headers);
         }
         let own = proxy.original_status_header.as_ref();
@@ -548,15 +549,18 @@ fn outbound_request(
     }
 }
 
-/// `Location` under a route that strips its prefix (see [`crate::redirect`]).
+/// A status whose `Location` sends the client somewhere: a redirect, or a create's new item.
+fn points_somewhere(status: StatusCode) -> bool {
+    status.is_redirection() || status == StatusCode::CREATED
+}
+
+/// `Location` under a route that strips its prefix, and on any route an absolute URL on a
+/// target's own address, which the client cannot reach (see [`crate::redirect`]).
 fn restore_prefix(route: &Route, outbound: &OutboundRequest, headers: &mut HeaderMap) {
     let host = outbound.headers.get(HOST).and_then(|h| h.to_str().ok());
-    let Some(prefix) = route
-        .forwarded_prefix
-        .as_ref()
-        .and_then(|p| p.to_str().ok())
-    else {
-        return;
+    let prefix = match &route.forwarded_prefix {
+        Some(prefix) => prefix.to_str().unwrap_or_default(),
+        None => "",
     };
     let targets = &route.upstream.config.targets;
     let is_target = |authority: &str| {

@@ -1069,6 +1069,46 @@ async fn strip_prefix_routes_send_the_prefix_and_keep_redirects_on_the_route() {
     proxy.stop().await;
 }
 
+/// On any route, an absolute `Location` of a redirect or a create on a target's own address,
+/// which the client cannot reach, becomes a path on the client's host, as NGINX's default
+/// `proxy_redirect` does; one on another host, and the `Location` of other answers, are left.
+#[tokio::test]
+async fn a_location_on_the_targets_own_address_becomes_a_path() {
+    let own = Arc::new(std::sync::OnceLock::<String>::new());
+    let known = own.clone();
+    let upstream = spawn_upstream(move |seen| {
+        let own = known.get().cloned().unwrap_or_default();
+        async move {
+            let (status, location) = match seen.uri.as_str() {
+                "/moved" => (301, format!("http://{own}/new?x=1")),
+                "/items" => (201, format!("http://{own}/items/5")),
+                "/plain" => (200, format!("http://{own}/items/6")),
+                _ => (302, "http://elsewhere.test/x".to_string()),
+            };
+            let mut response = reply(status, "");
+            let value = http::HeaderValue::from_str(&location).expect("location");
+            response.headers_mut().insert("location", value);
+            response
+        }
+    })
+    .await;
+    own.set(upstream.addr.to_string()).expect("set once");
+    let proxy = spawn_proxy(&simple_config(upstream.addr, NO_PROFILE)).await;
+    let own_plain = format!("http://{}/items/6", upstream.addr);
+    let cases = [
+        ("GET", "/moved", 301, "/new?x=1"),
+        ("POST", "/items", 201, "/items/5"),
+        ("GET", "/plain", 200, own_plain.as_str()),
+        ("GET", "/away", 302, "http://elsewhere.test/x"),
+    ];
+    for (method, path, status, want) in cases {
+        let reply = send(method, &proxy.url(path), &[], "").await;
+        assert_eq!(reply.status, status, "{path}");
+        assert_eq!(reply.header("location"), Some(want), "{path}");
+    }
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn no_matching_route_is_404_from_the_proxy() {
     let upstream = fixed_upstream(200, "{}").await;
