@@ -1136,6 +1136,17 @@ async fn chunked_request_body_arrives_with_the_same_bytes() {
     assert!(sent.values("transfer-encoding").is_empty(), "{sent:?}");
 }
 
+/// A target with quotes or angle brackets, which a URI may not hold but scripts send
+/// (`?filter={"a":1}`), is forwarded with them percent-encoded, not refused.
+#[tokio::test]
+async fn quotes_in_a_query_go_upstream_percent_encoded() {
+    let sent = forwarded(
+        b"GET /items?filter={\"a\":1}&q=<b> HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(sent.path, "/items?filter={%22a%22:1}&q=%3Cb%3E", "{sent:?}");
+}
+
 /// A sized body arrives with one Content-Length and no Transfer-Encoding.
 #[tokio::test]
 async fn sized_request_body_arrives_with_one_content_length() {

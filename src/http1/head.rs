@@ -120,6 +120,7 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadEr
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.1))
         .ok()
+        .or_else(|| encoded_target(&head[target.0..target.1]))
         .filter(|uri| has_a_form(&method, &head[target.0..target.1], uri))
         .ok_or(HeadError::Malformed("invalid request target"))?;
     // Room for the fields the proxy adds (Via, X-Forwarded-*, the request id), so that the
@@ -161,6 +162,25 @@ fn version_error(buf: &[u8]) -> HeadError {
     } else {
         HeadError::Malformed("malformed request line")
     }
+}
+
+/// An origin-form target with bytes RFC 3986 leaves out of a URI but clients send all the
+/// same (`?filter={"a":1}` from a script, `<`, `>`, a backtick), which the URI
+/// parser refuses: the same target with those bytes percent-encoded (RFC 3986 §2.1), which
+/// a service decodes to the same text. NGINX and HAProxy forward them as sent.
+fn encoded_target(target: &[u8]) -> Option<Uri> {
+    const TOLERATED: &[u8] = b"\"<>`";
+    if target.first() != Some(&b'/') {
+        return None;
+    }
+    let mut out = Vec::with_capacity(target.len() + 16);
+    for &byte in target {
+        match TOLERATED.contains(&byte) {
+            true => out.extend_from_slice(format!("%{byte:02X}").as_bytes()),
+            false => out.push(byte),
+        }
+    }
+    Uri::try_from(out).ok()
 }
 
 /// Whether the target has one of RFC 9112 §3.2's forms: origin-form (`/...`), absolute-form
@@ -269,6 +289,36 @@ mod tests {
         assert!(parsed.keep_alive && !parsed.expects_continue);
         assert!(matches!(parsed.framing, Framing::Empty));
         assert_eq!(&buf[..], b"NEXT");
+    }
+
+    /// Bytes a URI may not hold but clients send are forwarded percent-encoded; a target
+    /// that is wrong in another way is still refused.
+    #[test]
+    fn quotes_angle_brackets_and_backticks_in_a_target_are_encoded() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"/a?q={\"a\":1}", "/a?q={%22a%22:1}"),
+            (b"/a?x=<b>&y=`c`", "/a?x=%3Cb%3E&y=%60c%60"),
+            // UTF-8 passes as it is.
+            ("/caf\u{e9}?q=\u{e9}".as_bytes(), "/caf\u{e9}?q=\u{e9}"),
+            (
+                "/caf\u{e9}?q=\"\u{e9}\"".as_bytes(),
+                "/caf\u{e9}?q=%22\u{e9}%22",
+            ),
+            (b"/100%25?a=%22", "/100%25?a=%22"),
+        ];
+        for (target, want) in cases {
+            let mut head = b"GET ".to_vec();
+            head.extend_from_slice(target);
+            head.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut buf = BytesMut::from(&head[..]);
+            let parsed = parse(&mut buf, 1024).ok().flatten().expect("head");
+            assert_eq!(parsed.uri, want);
+        }
+        let mut buf = BytesMut::from(&b"GET a\"b HTTP/1.1\r\nHost: x\r\n\r\n"[..]);
+        assert!(matches!(
+            parse(&mut buf, 1024),
+            Err(HeadError::Malformed(_))
+        ));
     }
 
     #[test]
