@@ -223,8 +223,11 @@ fn h2_builder(settings: &ConnSettings) -> http2::Builder<TokioExecutor> {
     builder
         .timer(TokioTimer::new())
         // Bounds the decoded header block, so an endless CONTINUATION sequence ends the
-        // connection instead of growing a buffer.
-        .max_header_list_size(settings.max_header_bytes as u32)
+        // connection instead of growing a buffer. With room above `max_header_bytes`, as for
+        // HTTP/1.1 (`max_head`): a head over the limit reaches the proxy's own check, which
+        // logs, counts and answers it through the route's profile; one far beyond it is
+        // refused here with a bare 431.
+        .max_header_list_size(max_head(settings) as u32)
         .max_concurrent_streams(H2_MAX_STREAMS)
         // Rapid reset (CVE-2023-44487): streams the client resets before they are served
         // count against this; past it the connection gets GOAWAY (ENHANCE_YOUR_CALM).
