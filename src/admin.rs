@@ -82,6 +82,7 @@ fn route(live: &Live, request: &Request<Incoming>) -> Response<Full<Bytes>> {
             let capped = capped.filter(|u| u.config.max_connections.is_some());
             live.metrics
                 .set_queued(capped.map(|u| (u.name(), u.queued())));
+            live.metrics.set_held_bodies(proxy.held.used());
             let body = live.metrics.encode(live.deviations.dropped());
             with_type(
                 StatusCode::OK,

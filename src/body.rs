@@ -10,6 +10,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
@@ -319,12 +321,12 @@ pub enum Source {
 }
 
 /// How much of a body of unknown length [`ForwardBody::settle`] reads.
-pub enum ReadAhead {
+pub enum ReadAhead<'a> {
     /// Up to this many bytes; a longer body, or one with trailers, streams on.
     Upto(usize),
     /// All of it, for a server that cannot take a chunked body; its trailers, which a length
-    /// cannot carry, are dropped.
-    Whole,
+    /// cannot carry, are dropped. The bytes are held within `budget`.
+    Whole(&'a Arc<Budget>),
 }
 
 /// What [`ForwardBody::settle`] read of a longer body, and the rest of it.
@@ -332,6 +334,80 @@ pub struct Ahead {
     prefix: Option<Bytes>,
     trailers: Option<HeaderMap>,
     rest: Source,
+    /// The part of the budget a body read whole holds, given back when the body is dropped.
+    _held: Option<Held>,
+}
+
+/// Memory that request bodies read whole before they go upstream may take together
+/// (`limits.held_bodies`): without it, many large uploads at once could take the process's
+/// memory, each within `limits.request_body`.
+#[derive(Debug)]
+pub struct Budget {
+    max: AtomicU64,
+    used: AtomicU64,
+}
+
+/// A body would pass `limits.held_bodies`.
+#[derive(Debug, thiserror::Error)]
+#[error("request bodies held in memory reached limits.held_bodies ({0} bytes)")]
+pub struct BudgetSpent(pub u64);
+
+impl Budget {
+    pub fn new(max: u64) -> Self {
+        Budget {
+            max: AtomicU64::new(max),
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// A reload's new limit; bodies held already keep what they have.
+    pub fn set_max(&self, max: u64) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` more, unless that would pass the limit.
+    fn take(&self, bytes: u64) -> Result<(), BudgetSpent> {
+        let max = self.max.load(Ordering::Relaxed);
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|&total| total <= max)
+            })
+            .map(|_| ())
+            .map_err(|_| BudgetSpent(max))
+    }
+}
+
+/// The bytes of a [`Budget`] one body holds, given back when it is dropped.
+#[derive(Debug)]
+pub struct Held {
+    budget: Arc<Budget>,
+    bytes: u64,
+}
+
+impl Held {
+    fn new(budget: &Arc<Budget>) -> Self {
+        Held {
+            budget: budget.clone(),
+            bytes: 0,
+        }
+    }
+
+    fn grow(&mut self, bytes: usize) -> Result<(), BudgetSpent> {
+        self.budget.take(bytes as u64)?;
+        self.bytes += bytes as u64;
+        Ok(())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// Time allowed between two reads of a request body (`server.body_timeout`). The timer is
@@ -391,8 +467,13 @@ impl Source {
             Source::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |b| b.len() as u64)),
             Source::Client { body, .. } => body.size_hint(),
             Source::Prefixed(ahead) => {
+                let read = ahead.prefix.as_ref().map_or(0, |b| b.len() as u64);
+                // A body read whole is as long as what was read.
+                if ahead.trailers.is_none() && ahead.rest.is_end_stream() {
+                    return SizeHint::with_exact(read);
+                }
                 let mut hint = SizeHint::new();
-                hint.set_lower(ahead.prefix.as_ref().map_or(0, |b| b.len() as u64));
+                hint.set_lower(read);
                 hint
             }
         }
@@ -499,16 +580,25 @@ impl ForwardBody {
     /// longer one goes on streaming, what was read first; so does one with trailers, which a
     /// length cannot carry, unless the whole body is asked for. Errors are the client's: its
     /// body too large, too slow, or broken.
-    pub async fn settle(mut self, ahead: ReadAhead) -> Result<Self, BoxError> {
+    pub async fn settle(mut self, ahead: ReadAhead<'_>) -> Result<Self, BoxError> {
         let mut data = BytesMut::new();
+        let mut held = match ahead {
+            ReadAhead::Whole(budget) => Some(Held::new(budget)),
+            ReadAhead::Upto(_) => None,
+        };
         let trailers = loop {
             let Some(frame) = self.frame().await.transpose()? else {
-                return Ok(ForwardBody::new(Source::Full(Some(data.freeze()))));
+                return Ok(ForwardBody::new(read_whole(data.freeze(), held)));
             };
             match (frame.into_data(), &ahead) {
-                (Ok(chunk), _) => data.extend_from_slice(&chunk),
+                (Ok(chunk), _) => {
+                    if let Some(held) = held.as_mut() {
+                        held.grow(chunk.len())?;
+                    }
+                    data.extend_from_slice(&chunk)
+                }
                 // The last frame: the loop ends with the body, its trailers dropped.
-                (Err(_), ReadAhead::Whole) => {}
+                (Err(_), ReadAhead::Whole(_)) => {}
                 (Err(frame), ReadAhead::Upto(_)) => break frame.into_trailers().ok(),
             }
             if matches!(ahead, ReadAhead::Upto(within) if data.len() > within) {
@@ -520,6 +610,7 @@ impl ForwardBody {
             prefix: (!data.is_empty()).then(|| data.freeze()),
             trailers,
             rest,
+            _held: None,
         }))))
     }
 
@@ -527,6 +618,19 @@ impl ForwardBody {
     pub fn held(mut self, hold: Option<Hold>) -> Self {
         self.hold = hold;
         self
+    }
+}
+
+/// A body read to its end: whole in memory, holding its part of the budget while it goes.
+fn read_whole(data: Bytes, held: Option<Held>) -> Source {
+    match held {
+        None => Source::Full(Some(data)),
+        Some(held) => Source::Prefixed(Box::new(Ahead {
+            prefix: (!data.is_empty()).then_some(data),
+            trailers: None,
+            rest: Source::Empty,
+            _held: Some(held),
+        })),
     }
 }
 

@@ -82,6 +82,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     in_flight: Gauge,
     open_connections: Gauge,
+    held_bodies: Gauge,
     deviations_dropped: Counter,
     dropped_seen: AtomicU64,
     tls_handshake_failures: Counter,
@@ -108,6 +109,7 @@ impl Metrics {
             reloads: Family::default(),
             in_flight: Gauge::default(),
             open_connections: Gauge::default(),
+            held_bodies: Gauge::default(),
             deviations_dropped: Counter::default(),
             dropped_seen: AtomicU64::new(0),
             tls_handshake_failures: Counter::default(),
@@ -184,6 +186,11 @@ impl Metrics {
             self.open_connections.clone(),
         );
         registry.register(
+            "held_body_bytes",
+            "Bytes of request bodies read whole before they go upstream, held now (limit: limits.held_bodies)",
+            self.held_bodies.clone(),
+        );
+        registry.register(
             "deviation_records_dropped",
             "Deviation records dropped because the sink could not keep up",
             self.deviations_dropped.clone(),
@@ -252,6 +259,12 @@ impl Metrics {
 
     /// Sets the requests waiting for a connection, per upstream with `max_connections`;
     /// upstreams not given (gone with a reload) are dropped.
+    /// Bytes of request bodies held whole now, set when the metrics are read.
+    pub fn set_held_bodies(&self, bytes: u64) {
+        self.held_bodies
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
     pub fn set_queued<'a>(&self, upstreams: impl Iterator<Item = (&'a str, usize)>) {
         self.queued.clear();
         for (upstream, waiting) in upstreams {

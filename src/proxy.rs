@@ -2,8 +2,8 @@
 
 use crate::access::{AccessRecord, LoggedBody, CLIENT_CLOSED};
 use crate::admit;
-use crate::body::ClientBody;
 use crate::body::ResponseBody;
+use crate::body::{Budget, ClientBody};
 use crate::client::{DroppedLines, FramedTwice, Owner};
 use crate::config::{Config, HostMode};
 use crate::cut::Cut;
@@ -48,6 +48,8 @@ pub struct Proxy {
     pub settings: ConnSettings,
     /// Certificates for HTTPS listeners; replaced on reload.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The memory request bodies read whole may take (`limits.held_bodies`).
+    pub held: Arc<Budget>,
 }
 
 /// What the listener knows about the connection a request came in on.
@@ -68,13 +70,19 @@ impl Proxy {
         metrics: Arc<Metrics>,
         previous: Option<&Proxy>,
     ) -> Self {
+        // Kept across reloads, so that bodies held under the old config still count.
+        let held = match previous {
+            Some(previous) => previous.held.clone(),
+            None => Arc::new(Budget::new(config.limits.held_bodies)),
+        };
+        held.set_max(config.limits.held_bodies);
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
             .map(|u| {
                 previous
                     .and_then(|p| p.routes.upstream_like(u))
-                    .unwrap_or_else(|| Arc::new(Upstream::new(u.clone())))
+                    .unwrap_or_else(|| Arc::new(Upstream::new(u.clone(), held.clone())))
             })
             .collect();
         Proxy {
@@ -92,6 +100,7 @@ impl Proxy {
             // Kept across reloads, so ids stay unique for the whole process.
             ids: previous.map_or_else(|| Arc::new(RequestIds::new()), |p| p.ids.clone()),
             deviations,
+            held,
         }
     }
 }

@@ -48,6 +48,9 @@ pub enum ProxyError {
     UpstreamInvalid(&'static str),
     /// The TLS handshake with the upstream failed (its certificate did not verify, ...).
     UpstreamTls(String),
+    /// Reading the request body whole would pass `limits.held_bodies`, the memory all such
+    /// bodies may take together.
+    BodiesHeld { limit: u64 },
     /// The target had its `max_connections` open and none came free within `queue_timeout`.
     UpstreamBusy {
         max: usize,
@@ -96,7 +99,9 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout
             | ProxyError::UpstreamTimeout
             | ProxyError::UpstreamStalled(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::UpstreamBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamBusy { .. } | ProxyError::BodiesHeld { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -111,6 +116,7 @@ impl ProxyError {
             | ProxyError::BodyTimeout
             | ProxyError::UriTooLong
             | ProxyError::HeadersTooLarge
+            | ProxyError::BodiesHeld { .. }
             | ProxyError::LastHop(_) => Culprit::Client,
             _ => Culprit::Upstream,
         }
@@ -135,6 +141,7 @@ impl ProxyError {
             ProxyError::UpstreamInvalid(_) => "invalid_response",
             ProxyError::UpstreamTls(_) => "tls",
             ProxyError::UpstreamBusy { .. } => "queue_timeout",
+            ProxyError::BodiesHeld { .. } => "held_bodies",
             ProxyError::LastHop(_) => "max_forwards",
         }
     }
@@ -176,6 +183,9 @@ impl ProxyError {
             ProxyError::LastHop(_) => {
                 "Max-Forwards is 0: answered by restatus, not forwarded (RFC 9110 §7.6.2)".into()
             }
+            ProxyError::BodiesHeld { limit } => format!(
+                "restatus holds as many request bodies as it may ({limit} bytes, limits.held_bodies); send again shortly"
+            ),
         }
     }
 
@@ -187,7 +197,7 @@ impl ProxyError {
                 max_forwards::answer(echo.as_ref(), &mut response);
                 response
             }
-            ProxyError::UpstreamBusy { .. } => {
+            ProxyError::UpstreamBusy { .. } | ProxyError::BodiesHeld { .. } => {
                 let mut response = proxy_response(self.status(), &self.message(), request_id);
                 // RFC 9110 §10.2.3: how long to wait before trying again. The queue moves as
                 // requests finish, so a second is a fair guess, and it keeps retrying clients

@@ -178,6 +178,7 @@ pub(crate) fn host_without_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::body::Budget;
     use crate::config::Config;
     use std::path::Path;
 
@@ -214,7 +215,7 @@ path_prefix = "/inventory"
         let upstreams: Vec<_> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(Upstream::new(u.clone())))
+            .map(|u| Arc::new(Upstream::new(u.clone(), Arc::new(Budget::new(1 << 20)))))
             .collect();
         RouteTable::build(&config, &upstreams, &crate::metrics::Metrics::new())
     }

@@ -1,7 +1,7 @@
 //! Upstreams: a pooled keep-alive client per upstream, round-robin over its targets, and the
 //! mapping of every way a request to it can fail onto a [`ProxyError`].
 
-use crate::body::{BodyTimeout, BodyTooLarge, ForwardBody, ReadAhead, Source};
+use crate::body::{BodyTimeout, BodyTooLarge, Budget, BudgetSpent, ForwardBody, ReadAhead, Source};
 use crate::client::{
     self, Conn, ConnectError, Connector, Outgoing, Owner, Pool, SendError, Unsent, UpstreamBody,
 };
@@ -32,6 +32,8 @@ pub struct Upstream {
     heard: Vec<AtomicBool>,
     /// Per target: it refused `Expect: 100-continue` with 417, so restatus answers it itself.
     refuses_expect: Vec<AtomicBool>,
+    /// The memory request bodies read whole may take, shared by every upstream.
+    held: Arc<Budget>,
 }
 
 /// The head of a request that goes upstream, already rewritten by the proxy. The caller
@@ -63,7 +65,8 @@ impl OutboundRequest {
 }
 
 impl Upstream {
-    pub fn new(config: Arc<UpstreamConfig>) -> Self {
+    /// `held` bounds the memory of the bodies it reads whole (see `limits.held_bodies`).
+    pub fn new(config: Arc<UpstreamConfig>, held: Arc<Budget>) -> Self {
         let tls = config.tls.as_ref();
         let connector = Connector::new(
             config.connect_timeout,
@@ -94,6 +97,7 @@ impl Upstream {
                 .map(|_| AtomicBool::default())
                 .collect(),
             config,
+            held,
             connector,
             pools,
             next: AtomicUsize::new(0),
@@ -221,7 +225,8 @@ impl Upstream {
                 outbound.headers.remove(EXPECT);
                 outbound.interim.release_locally();
             }
-            if body.unsettled() {
+            // Without chunked requests the body is read whole below, within `held_bodies`.
+            if self.config.chunked_requests && body.unsettled() {
                 // Boxed: most bodies have a length, and skip it.
                 body = Box::pin(body.settle(ReadAhead::Upto(self.read_ahead())))
                     .await
@@ -242,7 +247,7 @@ impl Upstream {
                 self.answer_expect_locally(index, outbound, !chunked && body.unknown_length());
                 // Read before a connection is taken, so that no pooled one idles meanwhile.
                 if !chunked && body.unknown_length() {
-                    body = Box::pin(body.settle(ReadAhead::Whole))
+                    body = Box::pin(body.settle(ReadAhead::Whole(&self.held)))
                         .await
                         .map_err(|err| body_error(&*err))?;
                 }
@@ -413,6 +418,15 @@ fn body_error(err: &(dyn std::error::Error + Send + Sync + 'static)) -> ProxyErr
     }
     if err.downcast_ref::<BodyWithheld>().is_some() {
         return ProxyError::UpstreamReset;
+    }
+    if let Some(spent) = err.downcast_ref::<BudgetSpent>() {
+        // Worth an operator's eye: the limit may be too low for the traffic, or someone is
+        // sending many large uploads at once.
+        tracing::warn!(
+            limit = spent.0,
+            "request bodies read whole reached limits.held_bodies: the request gets 503"
+        );
+        return ProxyError::BodiesHeld { limit: spent.0 };
     }
     ProxyError::BadRequest("the request body could not be read from the client")
 }

@@ -553,6 +553,32 @@ fn a_uri_limit_beyond_what_a_uri_holds_is_refused() {
     assert!(parse(&with("65534B")).is_ok());
 }
 
+/// `limits.held_bodies` must hold one body of `request_body`'s size; by default it is 256 MiB,
+/// or `request_body` when that is larger.
+#[test]
+fn held_bodies_holds_at_least_one_largest_body() {
+    let with = |line: &str| {
+        VALID.replace(
+            "request_body = \"16MiB\"",
+            &format!("request_body = \"16MiB\"\n{line}"),
+        )
+    };
+    let text = with("held_bodies = \"8MiB\"");
+    let err = error(&text);
+    assert_error(
+        &err,
+        &text,
+        "held_bodies = ",
+        "limits.held_bodies",
+        "at least request_body",
+    );
+    let config = parse(&with("held_bodies = \"16MiB\"")).expect("valid");
+    assert_eq!(config.limits.held_bodies, 16 << 20);
+    assert_eq!(parse(VALID).expect("valid").limits.held_bodies, 256 << 20);
+    let large = VALID.replace("request_body = \"16MiB\"", "request_body = \"1GiB\"");
+    assert_eq!(parse(&large).expect("valid").limits.held_bodies, 1 << 30);
+}
+
 #[test]
 fn cors_origins_must_be_origins_and_credentials_need_named_ones() {
     // (the [cors] table, the line the error points at, its key, what it says)

@@ -434,6 +434,65 @@ async fn a_short_chunked_body_over_the_limit_never_reaches_the_upstream() {
     proxy.stop().await;
 }
 
+/// Polls until the request bodies held whole come to `want` bytes or more (`at_most`: to
+/// `want` or fewer).
+async fn held_reaches(proxy: &TestProxy, want: u64, at_most: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = proxy.live.proxy().held.used();
+        if (at_most && held <= want) || (!at_most && held >= want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{held} bytes held, not {want}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Request bodies read whole before they go upstream (chunked, to a service that reads no
+/// chunked body) take at most `limits.held_bodies` together: a body that would pass it gets
+/// 503 with `Retry-After`, the body held goes on, and its memory is given back once it has
+/// gone.
+#[tokio::test]
+async fn bodies_read_whole_are_bounded_by_held_bodies() {
+    let upstream =
+        spawn_upstream(|seen| async move { reply(200, seen.body.len().to_string()) }).await;
+    let tail = "[limits]\nrequest_body = \"1MiB\"\nheld_bodies = \"1MiB\"";
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, tail)).await;
+    let head =
+        "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let chunk = format!("{:x}\r\n{}\r\n", 600 << 10, "a".repeat(600 << 10));
+    let mut first = TcpStream::connect(proxy.addr).await.expect("connect");
+    first
+        .write_all(format!("{head}{chunk}").as_bytes())
+        .await
+        .expect("first body");
+    held_reaches(&proxy, 600 << 10, false).await;
+    let whole = format!("{head}{chunk}0\r\n\r\n");
+    let second = exchange(proxy.addr, whole.as_bytes()).await;
+    assert!(
+        second.starts_with("HTTP/1.1 503 "),
+        "{}",
+        &second[..second.len().min(300)]
+    );
+    assert!(
+        second.to_ascii_lowercase().contains("retry-after: 1\r\n"),
+        "{second}"
+    );
+    assert!(second.contains("held_bodies"), "{second}");
+    first.write_all(b"0\r\n\r\n").await.expect("end");
+    let answer = read_to_close(&mut first, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with(&(600 << 10).to_string()), "{answer}");
+    held_reaches(&proxy, 0, true).await;
+    let again = exchange(proxy.addr, whole.as_bytes()).await;
+    assert!(
+        again.starts_with("HTTP/1.1 200 "),
+        "{}",
+        &again[..again.len().min(300)]
+    );
+    proxy.stop().await;
+}
+
 /// A chunked body that crosses `limits.request_body` mid-stream: the client gets 413, and the
 /// upstream's request is cut off (its connection closed) before the body completes.
 #[tokio::test]

@@ -109,6 +109,8 @@ pub struct Log {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub request_body: u64,
+    /// Most memory all request bodies read whole before they go upstream take together.
+    pub held_bodies: u64,
     /// Most of a response body buffered for body conditions.
     pub inspect_body: usize,
     /// Longest request target (path and query) accepted.
@@ -574,8 +576,21 @@ fn compile_limits(raw: &raw::RawLimits, at: &Locator) -> Result<Limits, ConfigEr
         }
         Some(size) => size.get_ref().0 as usize,
     };
+    let request_body = raw.request_body.map_or(16 << 20, |s| s.0);
+    let held_bodies = match &raw.held_bodies {
+        None => request_body.max(256 << 20),
+        // One body of the largest size must fit, or it could never go.
+        Some(size) if size.get_ref().0 < request_body => {
+            return Err(at.at(
+                size.span(),
+                "held_bodies must be at least request_body, so that one body of that size fits",
+            ));
+        }
+        Some(size) => size.get_ref().0,
+    };
     Ok(Limits {
-        request_body: raw.request_body.map_or(16 << 20, |s| s.0),
+        request_body,
+        held_bodies,
         inspect_body,
         uri,
     })

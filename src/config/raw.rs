@@ -127,6 +127,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub request_body: Option<ByteSize>,
+    pub held_bodies: Option<Spanned<ByteSize>>,
     pub uri: Option<Spanned<ByteSize>>,
     pub inspect_body: Option<Spanned<ByteSize>>,
 }
