@@ -933,7 +933,7 @@ def main():
     quick = args.quick
     args.duration = parse_duration(env.get("BENCH_DURATION", "2s" if quick else "10s"))
     args.warmup = parse_duration(env.get("BENCH_WARMUP", "1s"))
-    args.rounds = int(env.get("BENCH_ROUNDS", "1" if quick else "3"))
+    args.rounds = int(env.get("BENCH_ROUNDS", "1" if quick else "5"))
     args.big_bytes = int(env.get("BENCH_BIG_MIB", "256" if quick else "1024")) * 2**20
     args.idle_conns = int(env.get("BENCH_IDLE_CONNS", "1000" if quick else "10000"))
     args.scenarios = env.get("BENCH_SCENARIOS", ",".join(SCENARIOS)).split(",")
