@@ -397,9 +397,13 @@ impl Held {
         }
     }
 
-    fn grow(&mut self, bytes: usize) -> Result<(), BudgetSpent> {
-        self.budget.take(bytes as u64)?;
-        self.bytes += bytes as u64;
+    /// Holds `total` bytes in all, taking what it does not hold yet.
+    fn cover(&mut self, total: usize) -> Result<(), BudgetSpent> {
+        let total = total as u64;
+        if total > self.bytes {
+            self.budget.take(total - self.bytes)?;
+            self.bytes = total;
+        }
         Ok(())
     }
 }
@@ -461,6 +465,15 @@ pub struct ForwardBody {
 }
 
 impl Source {
+    /// The longest the client may be silent while its body is read, if it is the client's.
+    fn body_timeout(&self) -> Option<Duration> {
+        match self {
+            Source::Client { idle, .. } => Some(idle.timeout()),
+            Source::Prefixed(ahead) => ahead.rest.body_timeout(),
+            Source::Empty | Source::Full(_) => None,
+        }
+    }
+
     fn hint(&self) -> SizeHint {
         match self {
             Source::Empty => SizeHint::with_exact(0),
@@ -580,7 +593,19 @@ impl ForwardBody {
     /// longer one goes on streaming, what was read first; so does one with trailers, which a
     /// length cannot carry, unless the whole body is asked for. Errors are the client's: its
     /// body too large, too slow, or broken.
-    pub async fn settle(mut self, ahead: ReadAhead<'_>) -> Result<Self, BoxError> {
+    pub async fn settle(self, ahead: ReadAhead<'_>) -> Result<Self, BoxError> {
+        match (&ahead, self.source.body_timeout()) {
+            // A body held whole must arrive within the body timeout in all, like a JSON body
+            // `validate_json` reads: one trickled a byte at a time would otherwise keep its
+            // share of `held_bodies` for as long as its client likes.
+            (ReadAhead::Whole(_), Some(limit)) => tokio::time::timeout(limit, self.read(ahead))
+                .await
+                .unwrap_or_else(|_| Err(BodyTimeout(limit).into())),
+            _ => self.read(ahead).await,
+        }
+    }
+
+    async fn read(mut self, ahead: ReadAhead<'_>) -> Result<Self, BoxError> {
         let mut data = BytesMut::new();
         let mut held = match ahead {
             ReadAhead::Whole(budget) => Some(Held::new(budget)),
@@ -593,7 +618,9 @@ impl ForwardBody {
             match (frame.into_data(), &ahead) {
                 (Ok(chunk), _) => {
                     if let Some(held) = held.as_mut() {
-                        held.grow(chunk.len())?;
+                        // Counted as the memory the buffer takes, which grows by doubling.
+                        data.reserve(chunk.len());
+                        held.cover(data.capacity())?;
                     }
                     data.extend_from_slice(&chunk)
                 }

@@ -572,8 +572,13 @@ fn restore_prefix(route: &Route, outbound: &OutboundRequest, headers: &mut Heade
         None => "",
     };
     let targets = &route.upstream.config.targets;
-    let is_target = |authority: &str| {
-        (targets.iter()).any(|t| crate::redirect::same_authority(t.authority.as_str(), authority))
+    // A URL names a target only with the target's scheme: `https://` on an HTTP target's
+    // address is another server (a service sending its client to HTTPS).
+    let is_target = |scheme: Option<&str>, authority: &str| {
+        targets.iter().any(|t| {
+            scheme.is_none_or(|s| s.eq_ignore_ascii_case(t.scheme.as_str()))
+                && crate::redirect::same_authority(t.authority.as_str(), authority)
+        })
     };
     crate::redirect::restore_prefix(headers, prefix, host, is_target);
 }

@@ -10,7 +10,7 @@ use crate::expect::{BodyWithheld, Hold, Interim};
 use crate::headers::Added;
 use crate::respond::ProxyError;
 use futures_util::FutureExt;
-use http::header::{EXPECT, HOST};
+use http::header::{EXPECT, HOST, TRAILER};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Response, Version};
 use http_body::Body;
@@ -250,6 +250,8 @@ impl Upstream {
                     body = Box::pin(body.settle(ReadAhead::Whole(&self.held)))
                         .await
                         .map_err(|err| body_error(&*err))?;
+                    // RFC 9110 §6.6.2: the trailers it announces are dropped with the length.
+                    outbound.headers.remove(TRAILER);
                 }
                 let pool = &self.pools[index];
                 let mut conn = match pool.take(&outbound.owner) {

@@ -493,6 +493,46 @@ async fn bodies_read_whole_are_bounded_by_held_bodies() {
     proxy.stop().await;
 }
 
+/// A body read whole must arrive within `server.body_timeout` in all: a client that
+/// trickles one, never silent for that long, gets 408 all the same, and gives its memory back.
+#[tokio::test]
+async fn a_trickled_body_read_whole_is_cut_at_body_timeout() {
+    let upstream = spawn_fault(|conn: FaultConn| conn.hold()).await;
+    let server = "body_timeout = \"500ms\"";
+    let proxy = spawn_proxy(&config_for(upstream.addr, server, NO_PROFILE, "")).await;
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let head = "POST /slow HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+    write.write_all(head.as_bytes()).await.expect("head");
+    // A byte every 100 ms, for up to 10 s: never silent for the 500 ms between reads.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            if write.write_all(b"1\r\na\r\n").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), read.read(&mut buf)).await {
+            Ok(Ok(n @ 1..)) => answer.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        !trickle.is_finished(),
+        "the answer came only once the client stopped"
+    );
+    trickle.abort();
+    held_reaches(&proxy, 0, true).await;
+    assert_eq!(upstream.connections(), 0, "the upstream was contacted");
+    proxy.stop().await;
+}
+
 /// A chunked body that crosses `limits.request_body` mid-stream: the client gets 413, and the
 /// upstream's request is cut off (its connection closed) before the body completes.
 #[tokio::test]

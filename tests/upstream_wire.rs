@@ -1147,6 +1147,21 @@ async fn quotes_in_a_query_go_upstream_percent_encoded() {
     assert_eq!(sent.path, "/items?filter={%22a%22:1}&q=%3Cb%3E", "{sent:?}");
 }
 
+/// A chunked body read whole goes with a length, without its trailers, which a length cannot
+/// carry, nor the `Trailer` field that announced them (RFC 9110 §6.6.2).
+#[tokio::test]
+async fn a_body_read_whole_loses_its_trailer_field_with_its_trailers() {
+    let sent = forwarded(
+        b"POST /trail HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\
+          Connection: close\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(sent.body, b"abc", "{sent:?}");
+    assert_eq!(sent.values("content-length"), ["3"], "{sent:?}");
+    assert!(sent.values("trailer").is_empty(), "{sent:?}");
+    assert!(sent.values("x-sum").is_empty(), "{sent:?}");
+}
+
 /// A sized body arrives with one Content-Length and no Transfer-Encoding.
 #[tokio::test]
 async fn sized_request_body_arrives_with_one_content_length() {

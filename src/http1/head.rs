@@ -165,17 +165,24 @@ fn version_error(buf: &[u8]) -> HeadError {
 }
 
 /// An origin-form target with bytes RFC 3986 leaves out of a URI but clients send all the
-/// same (`?filter={"a":1}` from a script, `<`, `>`, a backtick), which the URI
-/// parser refuses: the same target with those bytes percent-encoded (RFC 3986 §2.1), which
-/// a service decodes to the same text. NGINX and HAProxy forward them as sent.
+/// same (`?filter={"a":1}` from a script, `<`, `>`), which the URI parser refuses: the same
+/// target with the bytes it refuses percent-encoded (RFC 3986 §2.1), which a service decodes
+/// to the same text. Only those: `<`, `>` and a backtick in the path, `"`, `<` and `>` in the
+/// query (the parser takes a `"` in a path and a backtick in a query as they are), so that a
+/// path reads the same whatever its query holds. NGINX and HAProxy forward them as sent.
 fn encoded_target(target: &[u8]) -> Option<Uri> {
-    const TOLERATED: &[u8] = b"\"<>`";
     if target.first() != Some(&b'/') {
         return None;
     }
     let mut out = Vec::with_capacity(target.len() + 16);
+    let mut in_query = false;
     for &byte in target {
-        match TOLERATED.contains(&byte) {
+        in_query |= byte == b'?';
+        let refused = match in_query {
+            false => b"<>`".contains(&byte),
+            true => b"\"<>".contains(&byte),
+        };
+        match refused {
             true => out.extend_from_slice(format!("%{byte:02X}").as_bytes()),
             false => out.push(byte),
         }
@@ -295,9 +302,12 @@ mod tests {
     /// that is wrong in another way is still refused.
     #[test]
     fn quotes_angle_brackets_and_backticks_in_a_target_are_encoded() {
-        let cases: [(&[u8], &str); 5] = [
+        let cases: [(&[u8], &str); 6] = [
             (b"/a?q={\"a\":1}", "/a?q={%22a%22:1}"),
-            (b"/a?x=<b>&y=`c`", "/a?x=%3Cb%3E&y=%60c%60"),
+            // Each part keeps what the parser takes as it is: a backtick in the query, a `"`
+            // in the path.
+            (b"/a?x=<b>&y=`c`", "/a?x=%3Cb%3E&y=`c`"),
+            (b"/q/\"x\"`?y=<", "/q/\"x\"%60?y=%3C"),
             // UTF-8 passes as it is.
             ("/caf\u{e9}?q=\u{e9}".as_bytes(), "/caf\u{e9}?q=\u{e9}"),
             (
