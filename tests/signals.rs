@@ -42,6 +42,18 @@ fn spawn_run(config: &Path, env: &[(&str, &str)]) -> Child {
         .expect("start restatus")
 }
 
+/// The child's stderr, a line at a time, read on a thread of its own.
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 fn start_with(config: &Path, admin: bool) -> Running {
     let mut child = spawn_run(config, &[]);
     let stderr = child.stderr.take().expect("stderr");
@@ -250,13 +262,7 @@ fn a_misspelt_rust_log_is_warned_about() {
     let sink = temp("rust-log.jsonl");
     std::fs::write(&config, config_text(upstream, &sink, 201)).expect("write config");
     let mut child = spawn_run(&config, &[("RUST_LOG", "restatus=loud")]);
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stderr_lines(&mut child);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     while !seen.iter().any(|l: &String| l.contains("\"listening\"")) {
@@ -322,13 +328,7 @@ async fn json_log_lines_about_a_target_name_its_address_once() {
     let sink = temp("address-field.jsonl");
     std::fs::write(&config, config_text(upstream, &sink, 201)).expect("write config");
     let mut child = spawn_run(&config, &[]);
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stderr_lines(&mut child);
     let deadline = Instant::now() + Duration::from_secs(20);
     let next = |rx: &mpsc::Receiver<String>| {
         let left = deadline.saturating_duration_since(Instant::now());
