@@ -531,16 +531,19 @@ fn an_error_in_a_multi_line_array_names_the_array() {
     );
 }
 
+/// The valid config with `line` added to its `[limits]`.
+fn with_limit(line: &str) -> String {
+    VALID.replace(
+        "request_body = \"16MiB\"",
+        &format!("request_body = \"16MiB\"\n{line}"),
+    )
+}
+
 /// A request target longer than 65534 bytes cannot be held as a URI, so a `limits.uri` above
 /// it would promise what the proxy cannot do.
 #[test]
 fn a_uri_limit_beyond_what_a_uri_holds_is_refused() {
-    let with = |uri: &str| {
-        VALID.replace(
-            "request_body = \"16MiB\"",
-            &format!("request_body = \"16MiB\"\nuri = \"{uri}\""),
-        )
-    };
+    let with = |uri: &str| with_limit(&format!("uri = \"{uri}\""));
     let text = with("100KiB");
     let err = error(&text);
     assert_error(
@@ -557,13 +560,7 @@ fn a_uri_limit_beyond_what_a_uri_holds_is_refused() {
 /// or `request_body` when that is larger.
 #[test]
 fn held_bodies_holds_at_least_one_largest_body() {
-    let with = |line: &str| {
-        VALID.replace(
-            "request_body = \"16MiB\"",
-            &format!("request_body = \"16MiB\"\n{line}"),
-        )
-    };
-    let text = with("held_bodies = \"8MiB\"");
+    let text = with_limit("held_bodies = \"8MiB\"");
     let err = error(&text);
     assert_error(
         &err,
@@ -572,7 +569,7 @@ fn held_bodies_holds_at_least_one_largest_body() {
         "limits.held_bodies",
         "at least request_body",
     );
-    let config = parse(&with("held_bodies = \"16MiB\"")).expect("valid");
+    let config = parse(&with_limit("held_bodies = \"16MiB\"")).expect("valid");
     assert_eq!(config.limits.held_bodies, 16 << 20);
     assert_eq!(parse(VALID).expect("valid").limits.held_bodies, 256 << 20);
     let large = VALID.replace("request_body = \"16MiB\"", "request_body = \"1GiB\"");
