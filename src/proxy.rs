@@ -422,6 +422,13 @@ fn admit<'a>(
             "the Host is not a valid host[:port] (no userinfo, path, comma or spaces)",
         ));
     }
+    if request.version() == Version::HTTP_2 && names_two_hosts(request) {
+        // RFC 9113 §8.3.1: a server should treat such a request as malformed; routing by one
+        // while the service reads the other is how a request reaches a host it should not.
+        return Err(ProxyError::BadRequest(
+            "the Host field names another host than :authority",
+        ));
+    }
     // A 2xx to CONNECT means a tunnel is open (RFC 9110 §9.3.6); a reverse proxy opens none.
     if request.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest(
@@ -475,6 +482,17 @@ fn admit<'a>(
         return Err(ProxyError::LastHop(max_forwards::echo(request)));
     }
     Ok(route)
+}
+
+/// An HTTP/2 request whose `Host` field names another host than its `:authority`.
+fn names_two_hosts<B>(request: &Request<B>) -> bool {
+    let (Some(authority), Some(host)) = (request.uri().authority(), request.headers().get(HOST))
+    else {
+        return false;
+    };
+    host.to_str().map_or(true, |host| {
+        !crate::redirect::same_authority(authority.as_str(), host)
+    })
 }
 
 /// The host the client asked for: the URI authority (HTTP/2, absolute-form) or `Host`.

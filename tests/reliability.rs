@@ -958,6 +958,29 @@ async fn an_http2_body_after_an_early_answer_is_read_instead_of_reset() {
     proxy.stop().await;
 }
 
+/// RFC 9113 §8.3.1: an HTTP/2 request whose `Host` field names another host than its
+/// `:authority` is refused, before the upstream is contacted; one that names the same host
+/// (a default port, another case) goes through.
+#[tokio::test]
+async fn http2_host_that_disagrees_with_authority_is_refused() {
+    let upstream = echo_upstream().await;
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, "")).await;
+    let client = h2_client();
+    let url = proxy.url("/x");
+    let refused = send_with(&client, "GET", &url, &[("host", "b.example")], "").await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(refused.text().contains(":authority"), "{}", refused.text());
+    let own = proxy.addr.to_string();
+    let same = send_with(&client, "GET", &url, &[("host", own.as_str())], "").await;
+    assert_eq!(same.status, 200, "{}", same.text());
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "only the agreeing request went upstream"
+    );
+    proxy.stop().await;
+}
+
 /// The server advertises its stream and header-list limits, and a header block continued
 /// without end (CONTINUATION flood) ends the connection instead of growing a buffer.
 #[tokio::test]
