@@ -258,11 +258,7 @@ pub async fn validate_json(
     let data = match tokio::time::timeout(timeout, buffer_bounded(body, bound)).await {
         Ok(Ok(Buffered::Complete { data, .. })) => data,
         Ok(Ok(Buffered::TooLarge { .. })) => return Err(ProxyError::BodyTooLarge { limit }),
-        Ok(Err(_)) => {
-            return Err(ProxyError::BadRequest(
-                "the request body could not be read from the client",
-            ))
-        }
+        Ok(Err(err)) => return Err(ProxyError::client_body(&*err)),
         Err(_) => return Err(ProxyError::BodyTimeout),
     };
     // A gzip body is checked decompressed (within the same limit) and forwarded as sent; a

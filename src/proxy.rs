@@ -183,6 +183,14 @@ pub fn handle(
         // 1-6: route, checks, forward, and the upstream's answer (or the proxy's own).
         let (mut response, source) = match forward(&proxy, conn, request, relay, exchange).await {
             Ok(response) => (response, deviation::Source::Upstream),
+            Err(ProxyError::ClientGone) => {
+                // No one reads an answer; `call`, not answered, logs the request as 499 as it
+                // goes. The connection closes, should its client still be there.
+                let mut response = Response::new(LoggedBody::new(ResponseBody::Empty, None));
+                *response.status_mut() = StatusCode::BAD_REQUEST;
+                close_connection(&mut response);
+                return Ok(response);
+            }
             Err(err) => {
                 exchange.error = Some(err.message());
                 exchange.cause = Some(err.kind());

@@ -32,6 +32,9 @@ pub enum ProxyError {
     BodyTimeout,
     /// The request is malformed in a way the proxy refuses to forward.
     BadRequest(&'static str),
+    /// The client went away while its body was read: an HTTP/2 stream reset, a connection
+    /// reset. Nobody reads an answer; the access line says 499.
+    ClientGone,
     /// Every target refused the connection or could not be reached.
     UpstreamConnect,
     /// The connection to the upstream was not made within `connect_timeout`.
@@ -70,6 +73,22 @@ pub enum Culprit {
 }
 
 impl ProxyError {
+    /// What a failed read of the client's request body means: the client gone (a reset
+    /// connection or HTTP/2 stream), or a body it sent wrong (bad chunked framing, or a
+    /// close before its end, which a client that half-closes may still read the answer to).
+    pub fn client_body(err: &(dyn std::error::Error + 'static)) -> ProxyError {
+        let reset = match err.downcast_ref::<BodyError>() {
+            Some(BodyError::Io(_)) => true,
+            Some(_) => false,
+            // An HTTP/2 body fails only when its stream or connection ends early.
+            None => err.downcast_ref::<hyper::Error>().is_some(),
+        };
+        match reset {
+            true => ProxyError::ClientGone,
+            false => ProxyError::BadRequest("the request body could not be read from the client"),
+        }
+    }
+
     /// The upstream's response body failed before anything of it reached the client.
     pub fn body_failed(err: BodyError) -> ProxyError {
         match err {
@@ -88,7 +107,7 @@ impl ProxyError {
             // RFC 9110 §15.5.16: 415 for a content coding the server does not accept.
             ProxyError::UnreadableCoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::ClientGone => StatusCode::BAD_REQUEST,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -113,6 +132,7 @@ impl ProxyError {
             | ProxyError::UnreadableCoding
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequest(_)
+            | ProxyError::ClientGone
             | ProxyError::BodyTimeout
             | ProxyError::UriTooLong
             | ProxyError::HeadersTooLarge
@@ -131,6 +151,7 @@ impl ProxyError {
             ProxyError::UnreadableCoding => "unreadable_coding",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::ClientGone => "client_closed",
             ProxyError::BodyTimeout => "body_timeout",
             ProxyError::UriTooLong => "uri_too_long",
             ProxyError::HeadersTooLarge => "headers_too_large",
@@ -158,6 +179,7 @@ impl ProxyError {
                 format!("request body is larger than the limit of {limit} bytes")
             }
             ProxyError::BadRequest(why) => (*why).into(),
+            ProxyError::ClientGone => "the client went away during its request body".into(),
             ProxyError::BodyTimeout => "the request body stopped arriving".into(),
             ProxyError::UriTooLong => "the request target is too long".into(),
             ProxyError::HeadersTooLarge => "the request headers are too large".into(),

@@ -430,5 +430,5 @@ fn body_error(err: &(dyn std::error::Error + Send + Sync + 'static)) -> ProxyErr
         );
         return ProxyError::BodiesHeld { limit: spent.0 };
     }
-    ProxyError::BadRequest("the request body could not be read from the client")
+    ProxyError::client_body(err)
 }

@@ -178,7 +178,7 @@ then = {{ status = 404 }}
 }
 
 /// A request whose client goes away before the answer is ready (an HTTP/1.1 hang-up, an
-/// HTTP/2 stream reset) still gets its access line: status 499, as NGINX logs it, no bytes,
+/// HTTP/2 stream reset, also halfway through its upload) still gets its access line: status 499, as NGINX logs it, no bytes,
 /// not complete. A request answered gets one line, not a 499 besides.
 #[tokio::test]
 async fn a_request_whose_client_left_is_logged_as_499() {
@@ -217,7 +217,45 @@ async fn a_request_whose_client_left_is_logged_as_499() {
     )
     .await;
     request.abort();
-    for path in ["/gone/h1", "/gone/h2"] {
+    // An HTTP/2 client that cancels its upload halfway.
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, BoxError>>(4);
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|frame| (frame, rx))
+    });
+    let upload = http::Request::post(proxy.url("/gone/upload"))
+        .header("content-length", "1000000")
+        .body(http_body_util::BodyExt::boxed(
+            http_body_util::StreamBody::new(frames),
+        ))
+        .expect("request");
+    let request = tokio::spawn(async move { h2_client().request(upload).await });
+    let half = bytes::Bytes::from(vec![b'x'; 64 << 10]);
+    tx.send(Ok(http_body::Frame::data(half)))
+        .await
+        .expect("first half");
+    wait_until(Duration::from_secs(10), "the upload upstream", || {
+        upstream.all_bytes().contains("POST /gone/upload ")
+    })
+    .await;
+    request.abort();
+    // An HTTP/1.1 client whose connection is reset halfway through its upload.
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let head = "POST /gone/reset HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream
+        .write_all(&[b'x'; 64 << 10])
+        .await
+        .expect("first half");
+    wait_until(Duration::from_secs(10), "the reset upload upstream", || {
+        upstream.all_bytes().contains("POST /gone/reset ")
+    })
+    .await;
+    // A zero linger makes the close a reset; with no linger time, nothing blocks on drop.
+    #[allow(deprecated)]
+    stream.set_linger(Some(Duration::ZERO)).expect("linger");
+    drop(stream);
+    for path in ["/gone/h1", "/gone/h2", "/gone/upload", "/gone/reset"] {
         wait_until(Duration::from_secs(10), "the access line", || {
             !access_lines(path).is_empty()
         })
