@@ -334,7 +334,8 @@ pub struct Ahead {
     prefix: Option<Bytes>,
     trailers: Option<HeaderMap>,
     rest: Source,
-    /// The part of the budget a body read whole holds, given back when the body is dropped.
+    /// The part of the budget a body read whole holds (its length), given back when the body
+    /// is dropped.
     _held: Option<Held>,
 }
 
@@ -606,35 +607,37 @@ impl ForwardBody {
     }
 
     async fn read(mut self, ahead: ReadAhead<'_>) -> Result<Self, BoxError> {
-        let mut data = BytesMut::new();
+        // The pieces as they came, joined once at the end: a buffer grown by doubling would
+        // hold up to twice the body, and a body of `request_body` would not fit its budget.
+        let mut pieces = Vec::new();
+        let mut read = 0;
         let mut held = match ahead {
             ReadAhead::Whole(budget) => Some(Held::new(budget)),
             ReadAhead::Upto(_) => None,
         };
         let trailers = loop {
             let Some(frame) = self.frame().await.transpose()? else {
-                return Ok(ForwardBody::new(read_whole(data.freeze(), held)));
+                return Ok(ForwardBody::new(read_whole(joined(pieces, read), held)));
             };
             match (frame.into_data(), &ahead) {
                 (Ok(chunk), _) => {
                     if let Some(held) = held.as_mut() {
-                        // Counted as the memory the buffer takes, which grows by doubling.
-                        data.reserve(chunk.len());
-                        held.cover(data.capacity())?;
+                        held.cover(read + chunk.len())?;
                     }
-                    data.extend_from_slice(&chunk)
+                    read += chunk.len();
+                    pieces.push(chunk);
                 }
                 // The last frame: the loop ends with the body, its trailers dropped.
                 (Err(_), ReadAhead::Whole(_)) => {}
                 (Err(frame), ReadAhead::Upto(_)) => break frame.into_trailers().ok(),
             }
-            if matches!(ahead, ReadAhead::Upto(within) if data.len() > within) {
+            if matches!(ahead, ReadAhead::Upto(within) if read > within) {
                 break None;
             }
         };
         let rest = std::mem::replace(&mut self.source, Source::Empty);
         Ok(ForwardBody::new(Source::Prefixed(Box::new(Ahead {
-            prefix: (!data.is_empty()).then(|| data.freeze()),
+            prefix: (read > 0).then(|| joined(pieces, read)),
             trailers,
             rest,
             _held: None,
@@ -646,6 +649,18 @@ impl ForwardBody {
         self.hold = hold;
         self
     }
+}
+
+/// `pieces`, `length` bytes in all, as one buffer of exactly that size.
+fn joined(mut pieces: Vec<Bytes>, length: usize) -> Bytes {
+    if pieces.len() <= 1 {
+        return pieces.pop().unwrap_or_default();
+    }
+    let mut whole = BytesMut::with_capacity(length);
+    for piece in pieces {
+        whole.extend_from_slice(&piece);
+    }
+    whole.freeze()
 }
 
 /// A body read to its end: whole in memory, holding its part of the budget while it goes.

@@ -32,8 +32,8 @@ pub async fn explain(config: &Config, query: &Query) -> Result<String, String> {
     let route = find_route(config, &query.route)?;
     let status = StatusCode::from_u16(query.status)
         .ok()
-        .filter(|s| (200..=599).contains(&s.as_u16()))
-        .ok_or_else(|| format!("--status {} is not a final status (200-599)", query.status))?;
+        .filter(|s| (200..=999).contains(&s.as_u16()))
+        .ok_or_else(|| format!("--status {} is not a final status (200-999)", query.status))?;
     let sent = query.path.split('?').next().unwrap_or("/");
     if !sent.starts_with('/') {
         return Err(format!("--path {sent} must start with /"));

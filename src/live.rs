@@ -12,8 +12,11 @@ use std::sync::{Arc, Mutex};
 
 pub struct Live {
     proxy: ArcSwap<Proxy>,
-    /// The config in force, to tell what a reload cannot change.
+    /// The config in force.
     config: Mutex<Config>,
+    /// The config the process started with, which settings read once at start still follow:
+    /// what a reload cannot change is told against it, not against the latest reload.
+    started: Config,
     pub deviations: Arc<DeviationLog>,
     pub metrics: Arc<Metrics>,
     draining: AtomicBool,
@@ -25,6 +28,7 @@ impl Live {
         let proxy = Proxy::new(&config, deviations.clone(), metrics.clone(), None);
         Live {
             proxy: ArcSwap::from_pointee(proxy),
+            started: config.clone(),
             config: Mutex::new(config),
             deviations,
             metrics,
@@ -63,7 +67,7 @@ impl Live {
             Ok(current) => current,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let restart = needs_restart(&current, &config);
+        let restart = needs_restart(&self.started, &config);
         if current.deviations.sink != config.deviations.sink {
             self.deviations.reopen(config.deviations.sink.clone());
         }
@@ -112,6 +116,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.server.workers != new.server.workers {
         out.push("server.workers".to_string());
+    }
+    if old.server.watch_config != new.server.watch_config {
+        out.push("server.watch_config".to_string());
     }
     let tls_listen = |c: &Config| c.server.tls.as_ref().map(|t| t.listen.clone());
     if tls_listen(old) != tls_listen(new) {

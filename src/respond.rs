@@ -180,7 +180,7 @@ impl ProxyError {
             }
             ProxyError::BadRequest(why) => (*why).into(),
             ProxyError::ClientGone => "the client went away during its request body".into(),
-            ProxyError::BodyTimeout => "the request body stopped arriving".into(),
+            ProxyError::BodyTimeout => "the request body did not arrive in time".into(),
             ProxyError::UriTooLong => "the request target is too long".into(),
             ProxyError::HeadersTooLarge => "the request headers are too large".into(),
             ProxyError::UpstreamConnect => {

@@ -429,6 +429,13 @@ fn explain_names_the_rule_the_status_and_the_record() {
     assert_eq!(record["body_inspected"], true);
 }
 
+/// A status from 600 to 999, which the proxy relays as a 5xx, can be explained too.
+#[test]
+fn explain_takes_a_status_above_599() {
+    let text = explain(&["--method", "GET", "--path", "/items/7", "--status", "600"]);
+    assert!(text.contains("the client gets: 500"), "{text}");
+}
+
 /// What a rule's `then` changes besides the status is shown too.
 #[test]
 fn explain_shows_a_replaced_body_and_headers() {

@@ -467,6 +467,12 @@ async fn reload_reports_settings_that_need_a_restart() {
     let moved = simple_config(upstream.addr, "").replace("127.0.0.1:0", "127.0.0.1:1");
     let restart = proxy.live.apply(config(&moved));
     assert_eq!(restart, vec!["server.listen".to_string()]);
+    // Told against what the process started with: changed back, nothing is left to restart.
+    let back = simple_config(upstream.addr, "");
+    assert!(proxy.live.apply(config(&back)).is_empty());
+    let watched = back.replace("[server]", "[server]\nwatch_config = true");
+    let restart = proxy.live.apply(config(&watched));
+    assert_eq!(restart, vec!["server.watch_config".to_string()]);
 }
 
 /// Which of [A, B] is in force after `reloads` reloads: A at start, then B, A, B, ...

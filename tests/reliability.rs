@@ -493,6 +493,53 @@ async fn bodies_read_whole_are_bounded_by_held_bodies() {
     proxy.stop().await;
 }
 
+/// Chunked `size` bytes in pieces of 40,000 (not a power of two), with the last chunk.
+fn chunked_of(size: usize) -> String {
+    let mut body = String::new();
+    let mut left = size;
+    while left > 0 {
+        let piece = left.min(40_000);
+        body.push_str(&format!("{piece:x}\r\n{}\r\n", "b".repeat(piece)));
+        left -= piece;
+    }
+    body + "0\r\n\r\n"
+}
+
+/// One body as large as `request_body` fits a `held_bodies` of the same size, in whatever
+/// pieces it comes; one byte more is a 413, not a 503 to send again.
+#[tokio::test]
+async fn a_body_as_large_as_the_limit_fits_held_bodies() {
+    let upstream =
+        spawn_upstream(|seen| async move { reply(200, seen.body.len().to_string()) }).await;
+    let tail = "[limits]\nrequest_body = \"1MiB\"\nheld_bodies = \"1MiB\"";
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, tail)).await;
+    let head =
+        "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let whole = exchange(
+        proxy.addr,
+        format!("{head}{}", chunked_of(1 << 20)).as_bytes(),
+    )
+    .await;
+    assert!(
+        whole.starts_with("HTTP/1.1 200 "),
+        "{}",
+        &whole[..whole.len().min(300)]
+    );
+    assert!(whole.ends_with(&(1 << 20).to_string()), "{whole}");
+    let over = exchange(
+        proxy.addr,
+        format!("{head}{}", chunked_of((1 << 20) + 1)).as_bytes(),
+    )
+    .await;
+    assert!(
+        over.starts_with("HTTP/1.1 413 "),
+        "{}",
+        &over[..over.len().min(300)]
+    );
+    held_reaches(&proxy, 0, true).await;
+    proxy.stop().await;
+}
+
 /// A body read whole must arrive within `server.body_timeout` in all: a client that
 /// trickles one, never silent for that long, gets 408 all the same, and gives its memory back.
 #[tokio::test]
