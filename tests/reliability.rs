@@ -540,13 +540,18 @@ async fn a_body_as_large_as_the_limit_fits_held_bodies() {
     proxy.stop().await;
 }
 
+/// A proxy with `server` settings in front of an upstream that holds every connection.
+async fn before_a_holding_upstream(server: &str) -> (support::fault::FaultUpstream, TestProxy) {
+    let upstream = spawn_fault(|conn: FaultConn| conn.hold()).await;
+    let proxy = spawn_proxy(&config_for(upstream.addr, server, NO_PROFILE, "")).await;
+    (upstream, proxy)
+}
+
 /// A body read whole must arrive within `server.body_timeout` in all: a client that
 /// trickles one, never silent for that long, gets 408 all the same, and gives its memory back.
 #[tokio::test]
 async fn a_trickled_body_read_whole_is_cut_at_body_timeout() {
-    let upstream = spawn_fault(|conn: FaultConn| conn.hold()).await;
-    let server = "body_timeout = \"500ms\"";
-    let proxy = spawn_proxy(&config_for(upstream.addr, server, NO_PROFILE, "")).await;
+    let (upstream, proxy) = before_a_holding_upstream("body_timeout = \"500ms\"").await;
     let stream = TcpStream::connect(proxy.addr).await.expect("connect");
     let (mut read, mut write) = stream.into_split();
     let head = "POST /slow HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
@@ -626,9 +631,7 @@ async fn chunked_body_over_the_limit_is_aborted_mid_stream() {
 /// first byte), however steadily bytes keep coming.
 #[tokio::test]
 async fn trickled_headers_are_closed_at_header_timeout() {
-    let upstream = spawn_fault(|conn: FaultConn| conn.hold()).await;
-    let server = "header_timeout = \"500ms\"";
-    let proxy = spawn_proxy(&config_for(upstream.addr, server, NO_PROFILE, "")).await;
+    let (upstream, proxy) = before_a_holding_upstream("header_timeout = \"500ms\"").await;
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
