@@ -448,18 +448,28 @@ async fn held_reaches(proxy: &TestProxy, want: u64, at_most: bool) {
     }
 }
 
+/// The head of a chunked upload on a connection that closes after it.
+const CHUNKED_UPLOAD: &str =
+    "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+
+/// A proxy whose `request_body` and `held_bodies` are both 1 MiB, in front of an upstream
+/// that answers with the length of the body it got.
+async fn with_held_bodies_of_1mib() -> (Upstream, TestProxy) {
+    let upstream =
+        spawn_upstream(|seen| async move { reply(200, seen.body.len().to_string()) }).await;
+    let tail = "[limits]\nrequest_body = \"1MiB\"\nheld_bodies = \"1MiB\"";
+    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, tail)).await;
+    (upstream, proxy)
+}
+
 /// Request bodies read whole before they go upstream (chunked, to a service that reads no
 /// chunked body) take at most `limits.held_bodies` together: a body that would pass it gets
 /// 503 with `Retry-After`, the body held goes on, and its memory is given back once it has
 /// gone.
 #[tokio::test]
 async fn bodies_read_whole_are_bounded_by_held_bodies() {
-    let upstream =
-        spawn_upstream(|seen| async move { reply(200, seen.body.len().to_string()) }).await;
-    let tail = "[limits]\nrequest_body = \"1MiB\"\nheld_bodies = \"1MiB\"";
-    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, tail)).await;
-    let head =
-        "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let (_upstream, proxy) = with_held_bodies_of_1mib().await;
+    let head = CHUNKED_UPLOAD;
     let chunk = format!("{:x}\r\n{}\r\n", 600 << 10, "a".repeat(600 << 10));
     let mut first = TcpStream::connect(proxy.addr).await.expect("connect");
     first
@@ -509,12 +519,8 @@ fn chunked_of(size: usize) -> String {
 /// pieces it comes; one byte more is a 413, not a 503 to send again.
 #[tokio::test]
 async fn a_body_as_large_as_the_limit_fits_held_bodies() {
-    let upstream =
-        spawn_upstream(|seen| async move { reply(200, seen.body.len().to_string()) }).await;
-    let tail = "[limits]\nrequest_body = \"1MiB\"\nheld_bodies = \"1MiB\"";
-    let proxy = spawn_proxy(&config_for(upstream.addr, "", NO_PROFILE, tail)).await;
-    let head =
-        "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let (_upstream, proxy) = with_held_bodies_of_1mib().await;
+    let head = CHUNKED_UPLOAD;
     let whole = exchange(
         proxy.addr,
         format!("{head}{}", chunked_of(1 << 20)).as_bytes(),
