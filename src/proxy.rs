@@ -183,14 +183,8 @@ pub fn handle(
         // 1-6: route, checks, forward, and the upstream's answer (or the proxy's own).
         let (mut response, source) = match forward(&proxy, conn, request, relay, exchange).await {
             Ok(response) => (response, deviation::Source::Upstream),
-            Err(ProxyError::ClientGone) => {
-                // No one reads an answer; `call`, not answered, logs the request as 499 as it
-                // goes. The connection closes, should its client still be there.
-                let mut response = Response::new(LoggedBody::new(ResponseBody::Empty, None));
-                *response.status_mut() = StatusCode::BAD_REQUEST;
-                close_connection(&mut response);
-                return Ok(response);
-            }
+            // No one reads an answer; `call`, not answered, logs the request as 499 as it goes.
+            Err(ProxyError::ClientGone) => return Ok(unread()),
             Err(err) => {
                 exchange.error = Some(err.message());
                 exchange.cause = Some(err.kind());
@@ -248,6 +242,18 @@ pub fn handle(
         call.answered = true;
         Ok(Response::from_parts(parts, body))
     }
+}
+
+/// The answer to a client that went away during its body: empty, closing the connection,
+/// should its client still be there. Out of line, so that the request's state does not keep
+/// room for it.
+#[cold]
+#[inline(never)]
+fn unread() -> Response<LoggedBody> {
+    let mut response = Response::new(LoggedBody::new(ResponseBody::Empty, None));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    close_connection(&mut response);
+    response
 }
 
 /// What the record of a body the upstream cuts short will say. Out of line: only responses
