@@ -405,31 +405,18 @@ fn an_empty_body_json_in_list_is_refused() {
 
 #[test]
 fn type_errors_are_told_in_the_config_s_words() {
-    let text = VALID.replace(
-        r#"idle_timeout = "250ms""#,
-        "idle_timeout = \"250ms\"\nworkers = \"two\"",
-    );
-    let err = error(&text);
-    assert_error(
-        &err,
-        &text,
-        "workers",
-        "server.workers",
-        "expected a whole number",
-    );
     // A number in quotes is told to lose them.
-    let text = VALID.replace(
-        r#"idle_timeout = "250ms""#,
-        "idle_timeout = \"250ms\"\nworkers = \"2\"",
-    );
-    let err = error(&text);
-    assert_error(
-        &err,
-        &text,
-        "workers",
-        "server.workers",
-        "(write the number without quotes)",
-    );
+    for (value, message) in [
+        ("\"two\"", "expected a whole number"),
+        ("\"2\"", "(write the number without quotes)"),
+    ] {
+        let text = VALID.replace(
+            r#"idle_timeout = "250ms""#,
+            &format!("idle_timeout = \"250ms\"\nworkers = {value}"),
+        );
+        let err = error(&text);
+        assert_error(&err, &text, "workers", "server.workers", message);
+    }
     let text = format!("{VALID}\n[rules]\nname = \"x\"\n");
     let err = error(&text);
     assert_error(
